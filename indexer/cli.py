@@ -1,0 +1,261 @@
+"""Command line: `python -m indexer build | search | info | demo`. Parses arguments, calls the library, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+import unicodedata
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_representations
+from .encoder import Encoder, ModelError
+from .loaders import LoadReport, SourceError, load_queries
+from .pipeline import BuildError, BuildSummary, build_index
+from .search import SearchResult, Searcher
+from .store import MANIFEST, StoreError, read_manifest
+
+DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
+DEMO_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "sample"
+EXIT_USAGE = 2  # bad input the user can fix: missing path, unknown format, mismatched index
+
+
+def _clean(text: str) -> str:
+    """One line of printable text: control characters (terminal escapes included) become spaces."""
+    return " ".join("".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text).split())
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def format_result(result: SearchResult, width: int | None = None) -> str:
+    """Side-by-side table of the rankings; scores are only comparable within a column."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    reps = list(result.results)
+    col = max((width - 5 - 3 * (len(reps) - 1)) // max(len(reps), 1), 24)
+    text_w = col - 8
+    lines = [f'query: "{_clean(result.query)}"   k={result.k}', ""]
+    lines.append("  #  " + " │ ".join(f"{r:<{text_w}} {'score':>7}" for r in reps))
+    lines.append("─" * min(width, 5 + len(reps) * col + 3 * (len(reps) - 1)))
+    for i in range(max((len(h) for h in result.results.values()), default=0)):
+        cells = []
+        for r in reps:
+            hits = result.results[r]
+            if i < len(hits):
+                h = hits[i]
+                label = _clean(f"{h.doc_id}  {h.title or h.text}")
+                cells.append(f"{_cut(label, text_w):<{text_w}} {h.score:>7.3f}")
+            else:
+                cells.append(" " * col)
+        lines.append(f"{i + 1:>3}  " + " │ ".join(cells))
+    if len(reps) >= 2:
+        a, b = ({h.doc_id for h in result.results[r]} for r in reps[:2])
+        lines.append("")
+        lines.append(f"in both top-{result.k} ({reps[0]}, {reps[1]}): {len(a & b)} of {result.k} documents")
+    lines.append("scores are cosine similarities within one representation; compare ranks, not scores, across columns")
+    return "\n".join(lines)
+
+
+def format_summary(s: BuildSummary, show: int = 10) -> str:
+    rate = s.documents / s.seconds if s.seconds > 0 else 0.0
+    lines = [
+        f"indexed {s.documents} documents into {s.chunks} chunks ({s.tokens} tokens) in {s.seconds:.1f} s "
+        f"({rate:.1f} documents/s)",
+        f"skipped records: {s.skipped}" + (f"; files with other extensions ignored: {s.ignored_files}" if s.ignored_files else ""),
+    ]
+    for issue in s.issues[:show]:
+        lines.append(f"  skipped: {issue}")
+    if s.skipped > show:
+        lines.append(f"  … and {s.skipped - show} more (all were logged above)")
+    lines.append(f"index: {s.index_dir}")
+    return "\n".join(lines)
+
+
+def format_info(manifest: dict, directory: Path) -> str:
+    model, chunking, counts = manifest.get("model", {}), manifest.get("chunking", {}), manifest.get("counts", {})
+    pooler = manifest.get("pooler_check", {})
+    lines = [
+        f"index:          {directory}",
+        f"created:        {manifest.get('created_at')}  (format {manifest.get('format_version')}, indexer {manifest.get('indexer_version')})",
+        f"model:          {model.get('name')}  [{model.get('source')}]  {model.get('architecture')}, dim {model.get('dim')}",
+        f"weights sha256: {model.get('weights_sha256')}",
+        f"tokenizer:      {manifest.get('tokenizer')}",
+        f"pooler:         {pooler.get('status')} — {pooler.get('note')}",
+        f"chunking:       {chunking.get('max_tokens')} tokens per chunk (special tokens included), overlap {chunking.get('overlap')}",
+        f"documents:      {counts.get('documents')}",
+        f"chunks:         {counts.get('chunks')}",
+        f"vectors:        L2-normalised float32, {manifest.get('metric')}",
+        "representations:",
+    ]
+    files = manifest.get("files", {})
+    for r, spec in manifest.get("representations", {}).items():
+        f = files.get(spec.get("file"), {})
+        lines.append(f"  {r:<7} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({_size(f.get('bytes', 0))})")
+    source = manifest.get("source", {})
+    lines.append(f"source:         {source.get('path')} ({source.get('format')})")
+    build = manifest.get("build", {})
+    lines.append(f"build:          {build.get('seconds')} s, {build.get('skipped_records')} records skipped")
+    if pooler.get("status") == "missing":
+        lines.insert(0, "WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
+    return "\n".join(lines)
+
+
+def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> Encoder:
+    return Encoder.load(
+        args.model,
+        representations=representations,
+        batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
+        max_tokens=getattr(args, "max_tokens", None),
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    encoder = _load_encoder(args, parse_representations(args.representations))
+    summary = build_index(
+        args.source,
+        args.index,
+        encoder,
+        overlap=args.overlap,
+        overwrite=args.overwrite,
+        format=args.format,
+        id_column=args.id_column,
+        title_column=args.title_column,
+        text_column=args.text_column,
+        progress=not args.no_progress,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def _searcher(args: argparse.Namespace) -> Searcher:
+    encoder = None
+    if args.model is not None:
+        manifest = read_manifest(args.index)
+        encoder = _load_encoder(args, tuple(manifest.get("representations", {})) or ("mean",))
+    return Searcher(args.index, encoder)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    searcher = _searcher(args)
+    result = searcher.search(args.query, k=args.k)
+    print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.index)
+    directory = Path(args.index).resolve()
+    if args.json:
+        print(json.dumps({"directory": str(directory)} | manifest, ensure_ascii=False, indent=2))
+    else:
+        print(format_info(manifest, directory))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Terminal demo: build the sample index if missing, run sample queries, then read queries from stdin."""
+    index = Path(args.index)
+    if not (index / MANIFEST).is_file():
+        print(f"building the demo index from {args.source} into {index} …", file=sys.stderr)
+        encoder = _load_encoder(args, ("pooled", "mean"))
+        print(format_summary(build_index(args.source, index, encoder)), file=sys.stderr)
+    searcher = Searcher(index)
+    print(format_info(searcher.manifest, searcher.index.directory), end="\n\n")
+    queries_file = Path(args.source) / "queries.jsonl"
+    queries = list(load_queries(queries_file, LoadReport()).values()) if queries_file.is_file() else []
+    for q in queries[: args.n]:
+        print(format_result(searcher.search(q, k=args.k)), end="\n\n")
+    if sys.stdin.isatty():
+        print("type a query (empty line or Ctrl-D to quit)")
+        while (query := input("query> ").strip()):
+            print(format_result(searcher.search(query, k=args.k)), end="\n\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m indexer",
+        description="Index documents with a BERT-family model and compare its `pooled` and `mean` rankings.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped record and more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser, default_help: str) -> None:
+        p.add_argument("--model", default=None, help=default_help)
+        p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own Python code (off by default)")
+
+    b = sub.add_parser("build", help="index a folder, JSONL, CSV or BEIR dataset")
+    b.add_argument("source", help="folder of .txt/.md/.html, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")
+    b.add_argument("--index", required=True, type=Path, help="index directory to create")
+    model_options(b, "embedded all-MiniLM-L6-v2 by default; or a local model directory, or a Hugging Face model id (downloaded)")
+    b.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk incl. special tokens (default: the model's limit, 256 for all-MiniLM-L6-v2)")
+    b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tokens shared by neighbouring chunks (default {DEFAULT_OVERLAP})")
+    b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
+    b.add_argument("--representations", default="pooled,mean", help=f"comma-separated, from {', '.join(REPRESENTATIONS)} (default pooled,mean)")
+    b.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"], help="source format (default: detected)")
+    b.add_argument("--id-column", default=None, help="CSV: id column (default: _id, id or doc_id; else row numbers)")
+    b.add_argument("--title-column", default="title", help="CSV: title column (default title, optional)")
+    b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index (kept until the new one is complete)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("search", help="show the pooled and mean rankings for a query")
+    s.add_argument("index", type=Path, help="index directory")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=10, help="documents per ranking (default 10)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    model_options(s, "model to encode the query with (default: the index's own); must match the index")
+    s.set_defaults(func=cmd_search)
+
+    i = sub.add_parser("info", help="show an index's manifest and counts")
+    i.add_argument("index", type=Path)
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="terminal demo on the sample collection (what `make run` starts)")
+    d.add_argument("--index", type=Path, default=DEMO_INDEX, help=f"demo index (default {DEMO_INDEX})")
+    d.add_argument("--source", type=Path, default=DEMO_SOURCE, help="collection to build it from if missing")
+    d.add_argument("-k", type=int, default=5)
+    d.add_argument("-n", type=int, default=3, help="sample queries to show (default 3)")
+    model_options(d, "model for a missing demo index (default: embedded all-MiniLM-L6-v2)")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its weight-loading bar is noise next to ours
+    except ImportError:  # pragma: no cover
+        pass
+    started = time.perf_counter()
+    try:
+        return args.func(args)
+    except (SourceError, StoreError, ModelError, BuildError, ValueError) as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.perf_counter() - started:.0f} s; nothing was published", file=sys.stderr)
+        return 130

@@ -1,0 +1,47 @@
+"""Frozen settings for encoding, chunking and index layout, saved into the manifest as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, get_args
+
+Representation = Literal["pooled", "mean", "cls"]
+REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
+DEFAULT_REPRESENTATIONS: tuple[str, ...] = ("pooled", "mean")
+
+#: Name under which the embedded all-MiniLM-L6-v2 is known to `--model`.
+BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_OVERLAP = 32
+DEFAULT_BATCH_SIZE = 32
+
+
+def parse_representations(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Turn "pooled,mean" (or a sequence) into a validated, de-duplicated tuple in canonical order."""
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if not names:
+        raise ValueError(f"no representation given; choose from {', '.join(REPRESENTATIONS)}")
+    unknown = [n for n in names if n not in REPRESENTATIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown representation {', '.join(map(repr, unknown))}; valid: {', '.join(REPRESENTATIONS)}"
+        )
+    return tuple(r for r in REPRESENTATIONS if r in names)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """Token windows: `max_tokens` includes the model's special tokens; `overlap` tokens are shared by neighbours."""
+
+    max_tokens: int
+    overlap: int = DEFAULT_OVERLAP
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 8:
+            raise ValueError(f"max_tokens must be at least 8, got {self.max_tokens}")
+        if not 0 <= self.overlap < self.max_tokens // 2:
+            raise ValueError(
+                f"overlap must be between 0 and half of max_tokens ({self.max_tokens // 2 - 1}), got {self.overlap}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

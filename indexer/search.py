@@ -1,0 +1,152 @@
+"""Searcher: encode a query once, search every representation, turn chunk hits into document rankings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .encoder import Encoder, ModelInfo
+from .store import IndexReader, StoreError
+
+
+class IndexMismatchError(StoreError):
+    """The index was built with another model or settings than the searcher would use."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One document in a ranking; `score` is its best chunk's cosine similarity in that representation."""
+
+    rank: int
+    doc_id: str
+    title: str
+    chunk_id: int
+    text: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    k: int
+    results: Mapping[str, list[Hit]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "k": self.k, "results": {r: [h.to_dict() for h in hits] for r, hits in self.results.items()}}
+
+
+def rank_documents(
+    scores: Sequence[float], chunk_ids: Sequence[int], chunk_doc: Mapping[int, str], k: int
+) -> list[tuple[str, int, float]]:
+    """(doc_id, best chunk id, score) of the k best documents; a document scores as its best chunk.
+
+    Ties are broken by chunk id so that rankings are deterministic.
+    """
+    best: dict[str, tuple[float, int]] = {}
+    for score, cid in zip(scores, chunk_ids):
+        cid = int(cid)
+        if cid < 0:  # FAISS pads with -1 when it has fewer vectors than asked
+            continue
+        doc = chunk_doc[cid]
+        key = (-float(score), cid)
+        if doc not in best or key < (-best[doc][0], best[doc][1]):
+            best[doc] = (float(score), cid)
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1]))
+    return [(doc, cid, score) for doc, (score, cid) in ranked[:k]]
+
+
+def model_name_for(manifest: Mapping) -> str | None:
+    """The `--model` value that loads the model an index was built with."""
+    model = manifest.get("model", {})
+    return {"bundled": None, "local": model.get("location"), "hub": model.get("name")}.get(model.get("source"), model.get("name"))
+
+
+def compatibility_problems(manifest: Mapping, info: ModelInfo, max_tokens: int, representations: Sequence[str]) -> list[str]:
+    """What differs between an index's manifest and the encoder a searcher would use (empty: compatible)."""
+    problems = []
+    built = manifest.get("model", {})
+    if built.get("weights_sha256") != info.weights_sha256:
+        problems.append(
+            f"the index was built with model {built.get('name')!r} (weights sha256 {str(built.get('weights_sha256'))[:12]}…), "
+            f"but the searcher uses {info.name!r} (weights sha256 {info.weights_sha256[:12]}…)"
+        )
+    built_max = manifest.get("chunking", {}).get("max_tokens")
+    if built_max != max_tokens:
+        problems.append(f"the index was built with a max length of {built_max} tokens, the searcher's is {max_tokens}")
+    for r, spec in manifest.get("representations", {}).items():
+        if spec.get("dim") != info.dim:
+            problems.append(f"`{r}` vectors have dimension {spec.get('dim')}, the model produces {info.dim}")
+    missing = [r for r in representations if r not in manifest.get("representations", {})]
+    if missing:
+        problems.append(f"the index has no {', '.join(f'`{r}`' for r in missing)} representation")
+    return problems
+
+
+class Searcher:
+    """A verified index and the encoder that matches it."""
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        encoder: Encoder | None = None,
+        *,
+        representations: Sequence[str] | None = None,
+    ) -> None:
+        self.index = IndexReader(index_dir)
+        manifest = self.index.manifest
+        wanted = tuple(representations or self.index.representations)
+        if encoder is None:
+            encoder = Encoder.load(
+                model_name_for(manifest),
+                representations=self.index.representations,
+                max_tokens=manifest.get("chunking", {}).get("max_tokens"),
+            )
+        problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, wanted)
+        problems += [f"the encoder does not compute `{r}`" for r in wanted if r not in encoder.representations and r in self.index.representations]
+        if problems:
+            self.index.close()
+            raise IndexMismatchError(
+                f"cannot search {self.index.directory} with this model: " + "; ".join(problems) + ". "
+                f"Rebuild the index for this model: python -m indexer build SOURCE --index {self.index.directory} "
+                f"--overwrite --model {encoder.info.name if encoder.info.source != 'local' else encoder.info.location}"
+            )
+        self.encoder = encoder
+        self.representations = wanted
+
+    @property
+    def manifest(self) -> dict:
+        return self.index.manifest
+
+    def search(self, query: str, k: int = 10) -> SearchResult:
+        """Rankings of the k best documents in every representation, from one encoding of the query."""
+        if not query.strip():
+            raise ValueError("the query is empty")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        vectors = self.encoder.encode_texts([query])
+        return SearchResult(query, k, {r: self._rank(r, vectors[r][0], k) for r in self.representations})
+
+    def _rank(self, representation: str, vector: np.ndarray, k: int) -> list[Hit]:
+        total = self.index.n_chunks
+        n = min(total, max(2 * k, k + 16))
+        while True:
+            scores, ids = self.index.search(representation, vector[None, :], n)
+            chunk_doc = self.index.chunk_docs(ids[0])
+            ranked = rank_documents(scores[0], ids[0], chunk_doc, k)
+            if len(ranked) >= k or n >= total:
+                break
+            n = min(total, n * 4)  # many hits were chunks of the same documents: fetch more
+        rows = self.index.chunks(cid for _, cid, _ in ranked)
+        return [
+            Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score)
+            for i, (doc, cid, score) in enumerate(ranked)
+        ]
+
+    def close(self) -> None:
+        self.index.close()

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny random BERT-family models saved to disk, the bundled model, small collections."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# Tests never touch the network; the hub client reads this when it is first imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+MSMARCO = ROOT.parent / "shared" / "datasets" / "msmarco-5k"
+
+WORDS = (
+    "the a of and to in is was it for on with as by at from that this be are or an not "
+    "bees honey hive queen wax flower pollen nectar colony swarm "
+    "bread flour yeast dough oven bake crust water salt sugar "
+    "star planet moon sun orbit comet galaxy light telescope sky "
+    "river sea rain cloud storm wind snow ice lake fish "
+    "bike wheel chain brake tire gear pedal road ride repair "
+    "un ##believ ##able ##ly ##s ##ed ##ing ##er"
+).split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _tiny_tokenizer(directory: Path):
+    from transformers import BertTokenizer
+
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + WORDS + list(".,!?;:-'\"()")) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer.from_pretrained(directory, do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_tiny_bert(directory: Path, *, seed: int = 0, with_pooler: bool = True) -> Path:
+    """A 2-layer random BERT with a small vocabulary, saved as safetensors (no pooler weights if asked)."""
+    from transformers import BertConfig, BertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
+    )
+    BertModel(config, add_pooling_layer=with_pooler).save_pretrained(directory)
+    return directory
+
+
+def make_tiny_distilbert(directory: Path) -> Path:
+    """A model class with no pooler layer at all."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_tokenizer(directory)
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
+    DistilBertModel(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_other(tmp_path_factory) -> Path:
+    """Same architecture, other weights: stands for 'another model'."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-other"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_bert):
+    from indexer.encoder import Encoder
+
+    return Encoder.load(str(tiny_bert), representations=("pooled", "mean", "cls"), batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def bundled_encoder():
+    from indexer.encoder import Encoder
+
+    return Encoder.load(None, representations=("pooled", "mean", "cls"))
+
+
+@pytest.fixture
+def small_jsonl(tmp_path) -> Path:
+    """Eight documents, two of them long enough to span several chunks of the tiny model."""
+    rows = [
+        {"_id": "bee-1", "title": "bees", "text": "the bees make honey from nectar and pollen in the hive"},
+        {"_id": "bee-2", "title": "", "text": "a queen and her colony swarm from the hive in spring"},
+        {"_id": "bread-1", "title": "bread", "text": "bake bread with flour water salt and yeast in a hot oven"},
+        {"_id": "bread-2", "title": "", "text": "the dough and the crust of the bread"},
+        {"_id": "star-1", "title": "sky", "text": "a comet and a planet orbit the sun in the sky " * 6},
+        {"_id": "river-1", "title": "", "text": "rain and snow fill the river and the lake with water " * 5},
+        {"_id": "bike-1", "title": "bike", "text": "repair the chain brake and tire of the bike"},
+        {"_id": "bike-2", "title": "", "text": "ride the road on a bike with gear and pedal"},
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

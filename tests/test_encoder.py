@@ -1,0 +1,134 @@
+"""Encoder on a tiny random BERT: one pass, padding invariance, order, pooler check, model loading errors."""
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_bert, make_tiny_distilbert
+from indexer.encoder import Encoder, ModelError, resolve_model, weights_digest
+
+TEXTS = [
+    "the bees make honey",
+    "bake bread with flour water salt and yeast in a hot oven " * 3,
+    "a comet",
+    "rain and snow fill the river and the lake",
+    "unbelievable",
+]
+
+
+def reference(encoder, text):
+    """Independent computation: the model's own outputs for one unpadded text."""
+    batch = encoder.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        out = encoder.model(**batch)
+    mask = batch["attention_mask"][..., None].float()
+    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+    norm = lambda t: torch.nn.functional.normalize(t, dim=-1)[0].numpy()
+    return {"pooled": norm(out.pooler_output), "mean": norm(mean), "cls": norm(out.last_hidden_state[:, 0])}
+
+
+def test_all_representations_match_the_models_own_outputs(tiny_encoder):
+    vectors = tiny_encoder.encode_texts(TEXTS)
+    for i, text in enumerate(TEXTS):
+        ref = reference(tiny_encoder, text)
+        for r in ("pooled", "mean", "cls"):
+            np.testing.assert_allclose(vectors[r][i], ref[r], atol=1e-5, err_msg=f"{r} of {text!r}")
+
+
+def test_vectors_are_unit_float32(tiny_encoder):
+    vectors = tiny_encoder.encode_texts(TEXTS)
+    for v in vectors.values():
+        assert v.dtype == np.float32 and v.shape == (len(TEXTS), 32)
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+
+
+def test_padding_invariance_and_order_restored(tiny_encoder):
+    together = tiny_encoder.encode_texts(TEXTS)  # batch_size 4: sorted by length, padded
+    for i, text in enumerate(TEXTS):
+        alone = tiny_encoder.encode_texts([text])
+        for r in together:
+            np.testing.assert_allclose(together[r][i], alone[r][0], atol=1e-5)
+
+
+def test_one_forward_pass_per_batch(tiny_bert):
+    encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "cls"), batch_size=2)
+    calls = []
+    hook = encoder.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        encoder.encode_texts(TEXTS)
+    finally:
+        hook.remove()
+    assert len(calls) == 3  # ceil(5 / 2), whatever the number of representations
+
+
+def test_long_query_is_cut_to_the_window_with_a_warning(tiny_encoder, caplog):
+    with caplog.at_level(logging.WARNING, logger="indexer.encoder"):
+        v = tiny_encoder.encode_texts(["the bees " * 100])
+    assert "cut to the model's window" in caplog.text
+    assert v["mean"].shape == (1, 32)
+
+
+def test_encode_ids_refuses_a_sequence_longer_than_the_window(tiny_encoder):
+    with pytest.raises(ValueError, match="window"):
+        tiny_encoder.encode_ids([[5] * (tiny_encoder.window + 1)])
+
+
+def test_max_tokens_comes_from_the_model_and_cannot_exceed_it(tiny_bert):
+    encoder = Encoder.load(str(tiny_bert))
+    assert encoder.max_tokens == 64 and encoder.window == 62
+    with pytest.raises(ValueError, match="model's limit 64"):
+        Encoder.load(str(tiny_bert), max_tokens=65)
+
+
+def test_pooler_loaded_is_reported(tiny_encoder):
+    assert tiny_encoder.info.pooler == "loaded"
+
+
+def test_missing_pooler_weights_warn_loudly(tmp_path, caplog):
+    path = make_tiny_bert(tmp_path / "nopooler", with_pooler=False)
+    with caplog.at_level(logging.WARNING, logger="indexer.encoder"):
+        encoder = Encoder.load(str(path))
+    assert encoder.info.pooler == "missing"
+    assert "pooler.dense.weight" in encoder.info.pooler_note
+    assert "WARNING" in caplog.text and "randomly" in caplog.text
+
+
+def test_model_without_pooler_refuses_pooled_but_builds_mean(tmp_path):
+    path = make_tiny_distilbert(tmp_path / "distil")
+    with pytest.raises(ModelError, match="no pooler layer.*--representations mean"):
+        Encoder.load(str(path))
+    encoder = Encoder.load(str(path), representations=("mean",))
+    assert encoder.info.pooler == "absent"
+    assert set(encoder.encode_texts(["the bees"])) == {"mean"}
+
+
+def test_pickle_weights_are_refused(tiny_bert, tmp_path):
+    copy = tmp_path / "pickled"
+    shutil.copytree(tiny_bert, copy)
+    (copy / "model.safetensors").rename(copy / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="no safetensors weights.*pytorch_model.bin.*refused"):
+        Encoder.load(str(copy))
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model(str(tmp_path / "nowhere"))
+
+
+def test_hub_model_unreachable_is_a_clear_error():
+    # HF_HUB_OFFLINE=1 in tests: the real hub path runs and fails without any network access
+    with pytest.raises(ModelError, match="could not fetch model 'someone/some-model'.*local model directory"):
+        resolve_model("someone/some-model")
+
+
+def test_weights_digest_identifies_the_weights(tiny_bert, tiny_bert_other):
+    assert weights_digest(tiny_bert) != weights_digest(tiny_bert_other)
+    assert weights_digest(tiny_bert) == weights_digest(tiny_bert)
+
+
+def test_invalid_representation_lists_valid_ones(tiny_bert):
+    with pytest.raises(ValueError, match="unknown representation 'max'.*pooled, mean, cls"):
+        Encoder.load(str(tiny_bert), representations=("max",))

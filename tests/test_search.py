@@ -1,0 +1,108 @@
+"""Document rankings from chunk hits, end-to-end search on a tiny model, manifest mismatches refused."""
+
+import numpy as np
+import pytest
+
+from indexer.encoder import Encoder
+from indexer.pipeline import build_index
+from indexer.search import IndexMismatchError, Searcher, rank_documents
+from indexer.store import IndexReader
+
+
+def test_document_scores_are_their_best_chunk():
+    chunk_doc = {0: "a", 1: "b", 2: "a", 3: "c"}
+    ranked = rank_documents([0.9, 0.8, 0.7, 0.1], [2, 1, 0, 3], chunk_doc, k=10)
+    assert ranked == [("a", 2, 0.9), ("b", 1, 0.8), ("c", 3, 0.1)]
+
+
+def test_ties_break_by_chunk_id_and_faiss_padding_is_ignored():
+    chunk_doc = {5: "x", 3: "y", 1: "z"}
+    ranked = rank_documents([0.5, 0.5, 0.5, -3.4e38], [5, 3, 1, -1], chunk_doc, k=2)
+    assert ranked == [("z", 1, 0.5), ("y", 3, 0.5)]
+
+
+@pytest.fixture
+def tiny_index(tmp_path, tiny_bert, small_jsonl):
+    encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "cls"), max_tokens=12)
+    build_index(small_jsonl, tmp_path / "ix", encoder, overlap=2, progress=False)
+    return tmp_path / "ix", encoder
+
+
+def brute_force_documents(reader, encoder, representation, query, k):
+    """Independent ranking: score every chunk with numpy, keep each document's best."""
+    q = encoder.encode_texts([query])[representation][0]
+    ids = np.arange(reader.n_chunks)
+    vectors = reader.indexes[representation].index.reconstruct_n(0, reader.n_chunks)
+    docs = reader.chunk_docs(ids)
+    best = {}
+    for cid, score in zip(ids, vectors @ q):
+        if docs[int(cid)] not in best or score > best[docs[int(cid)]]:
+            best[docs[int(cid)]] = score
+    return sorted(best, key=lambda d: -best[d])[:k], best
+
+
+def test_search_matches_brute_force_in_every_representation(tiny_index):
+    directory, encoder = tiny_index
+    searcher = Searcher(directory, encoder)
+    assert searcher.index.n_chunks > searcher.index.n_documents  # long documents made several chunks
+    result = searcher.search("bees and honey in the hive", k=5)
+    assert set(result.results) == {"pooled", "mean", "cls"}
+    for r, hits in result.results.items():
+        expected, best = brute_force_documents(searcher.index, encoder, r, "bees and honey in the hive", 5)
+        # a random model makes near-ties, so compare scores (with float tolerance), not only ids
+        np.testing.assert_allclose([h.score for h in hits], [best[d] for d in expected], atol=1e-5)
+        for h in hits:
+            assert h.score == pytest.approx(float(best[h.doc_id]), abs=1e-5)
+        assert len({h.doc_id for h in hits}) == 5
+        assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+
+
+def test_k_is_filled_with_distinct_documents_even_when_chunks_repeat(tiny_index):
+    directory, encoder = tiny_index
+    hits = Searcher(directory, encoder).search("rain and snow fill the river", k=8).results["mean"]
+    assert len(hits) == 8 and len({h.doc_id for h in hits}) == 8
+
+
+def test_hit_carries_title_and_best_chunk_text(tiny_index):
+    directory, encoder = tiny_index
+    reader = IndexReader(directory)
+    hit = Searcher(directory, encoder).search("bake bread", k=1).results["pooled"][0]
+    row = reader.chunks([hit.chunk_id])[hit.chunk_id]
+    assert (hit.doc_id, hit.text, hit.title) == (row.doc_id, row.text, row.title)
+
+
+def test_empty_query_and_bad_k_are_refused(tiny_index):
+    searcher = Searcher(*tiny_index)
+    with pytest.raises(ValueError, match="empty"):
+        searcher.search("   ")
+    with pytest.raises(ValueError, match="k must be"):
+        searcher.search("bees", k=0)
+
+
+def test_searcher_loads_the_indexs_own_model_by_default(tiny_index):
+    directory, encoder = tiny_index
+    searcher = Searcher(directory)
+    assert searcher.encoder.info.weights_sha256 == encoder.info.weights_sha256
+    assert searcher.encoder.max_tokens == 12
+
+
+def test_another_model_is_refused_with_what_differs_and_how_to_rebuild(tiny_index, tiny_bert_other):
+    directory, _ = tiny_index
+    other = Encoder.load(str(tiny_bert_other), representations=("pooled", "mean", "cls"), max_tokens=12)
+    with pytest.raises(IndexMismatchError, match=r"built with model .* but the searcher uses .*python -m indexer build"):
+        Searcher(directory, other)
+
+
+def test_another_max_length_is_refused(tiny_index, tiny_bert):
+    directory, _ = tiny_index
+    longer = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "cls"), max_tokens=20)
+    with pytest.raises(IndexMismatchError, match="max length of 12 tokens, the searcher's is 20"):
+        Searcher(directory, longer)
+
+
+def test_missing_representation_is_refused(tmp_path, tiny_bert, small_jsonl):
+    encoder = Encoder.load(str(tiny_bert), representations=("mean",))
+    build_index(small_jsonl, tmp_path / "mean-only", encoder, overlap=4, progress=False)
+    with pytest.raises(IndexMismatchError, match="no `pooled` representation"):
+        Searcher(tmp_path / "mean-only", encoder, representations=("pooled", "mean"))
+    assert set(Searcher(tmp_path / "mean-only", encoder).search("bees").results) == {"mean"}
