@@ -178,7 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_info(searcher.manifest, searcher.index.directory), end="\n\n")
     queries_file = Path(args.source) / "queries.jsonl"
     queries = list(load_queries(queries_file, LoadReport()).values()) if queries_file.is_file() else []
-    for q in queries[: args.n]:
+    step = max(len(queries) // max(args.n, 1), 1)
+    for q in queries[::step][: args.n]:  # spread over the collection's topics
         print(format_result(searcher.search(q, k=args.k)), end="\n\n")
     if sys.stdin.isatty():
         print("type a query (empty line or Ctrl-D to quit)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .chunking import make_chunks
@@ -100,7 +101,7 @@ def build_index(
     started = time.perf_counter()
     tokens = 0
     dims = {r: encoder.info.dim for r in encoder.representations}
-    with IndexWriter(index_dir, dims, overwrite=overwrite) as writer, tqdm(
+    with logging_redirect_tqdm(), IndexWriter(index_dir, dims, overwrite=overwrite) as writer, tqdm(
         total=estimate_documents(source, fmt), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
     ) as bar:
         for batch in _batched(documents, DOCS_PER_BATCH):
@@ -120,6 +121,8 @@ def build_index(
                 tokens += sum(c.n_tokens for c in chunks)
             bar.update(len(batch))
             bar.set_postfix(chunks=writer.chunks, skipped=report.skipped, refresh=False)
+        bar.total = bar.n  # the total was an estimate from line or file counts
+        bar.refresh()
         if writer.documents == 0:
             raise BuildError(
                 f"no document could be indexed from {source} ({report.skipped} records skipped); nothing was written"

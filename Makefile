@@ -1,0 +1,43 @@
+# Pooling Lab — the two commands of the README:
+#   make run    set everything up and start the product on the embedded model and data/sample/
+#   make test   set up what the tests need and run them
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+INDEX  ?= indexes/sample
+SAMPLE := data/sample
+STAMP  := $(VENV)/.installed
+# Nothing is fetched from a model hub at run time unless the user names a hub model.
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run test install index clean constraints
+
+run: $(INDEX)/manifest.json
+	$(PY) -m indexer demo --index $(INDEX) --source $(SAMPLE)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 is pinned exactly: pip takes the local CPU wheel instead of pulling CUDA packages.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+index: $(INDEX)/manifest.json
+
+$(INDEX)/manifest.json: $(STAMP)
+	$(PY) -m indexer build $(SAMPLE) --index $(INDEX) --overwrite
+
+constraints: $(STAMP)
+	( echo "# Every package the runtime and test environments resolve to, pinned (pip install -c constraints.txt)."; \
+	  echo "# Regenerate after changing requirements*.txt: make constraints"; \
+	  $(PY) -m pip freeze | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' ) > constraints.txt
+
+clean:
+	rm -rf $(VENV) indexes .pytest_cache

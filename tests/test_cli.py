@@ -1,0 +1,127 @@
+"""CLI round trip (build -> search -> info) and the clear one-line errors of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from indexer.cli import main
+from indexer.store import read_manifest
+
+
+@pytest.fixture
+def build_args(tiny_bert):
+    return ["--model", str(tiny_bert), "--max-tokens", "12", "--overlap", "2", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_build_search_info_round_trip(tmp_path, small_jsonl, build_args, capsys):
+    code, out, _ = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)
+    assert code == 0
+    manifest = read_manifest(tmp_path / "ix")
+    assert f"indexed 8 documents into {manifest['counts']['chunks']} chunks" in out
+    assert "skipped records: 0" in out
+
+    code, out, _ = run(capsys, "search", tmp_path / "ix", "bees and honey", "-k", "3", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["query"] == "bees and honey" and result["k"] == 3
+    assert set(result["results"]) == {"pooled", "mean"}
+    for hits in result["results"].values():
+        assert [h["rank"] for h in hits] == [1, 2, 3]
+        assert all(set(h) == {"rank", "doc_id", "title", "chunk_id", "text", "score"} for h in hits)
+
+    code, out, _ = run(capsys, "search", tmp_path / "ix", "bees and honey", "-k", "3")
+    assert code == 0 and "pooled" in out and "mean" in out and "in both top-3" in out
+
+    code, out, _ = run(capsys, "info", tmp_path / "ix", "--json")
+    info = json.loads(out)
+    assert info["counts"] == manifest["counts"] and info["model"]["weights_sha256"] == manifest["model"]["weights_sha256"]
+    assert info["pooler_check"]["status"] == "loaded"
+    assert info["chunking"]["max_tokens"] == 12 and info["chunking"]["overlap"] == 2
+    code, out, _ = run(capsys, "info", tmp_path / "ix")
+    assert code == 0 and "documents:      8" in out and "pooler:         loaded" in out
+
+
+def test_skipped_records_are_named_and_counted(tmp_path, build_args, capsys):
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"_id": "a", "text": "the bees"}\n{"_id": broken\n{"_id": "c", "text": ""}\n{"_id": "a", "text": "again"}\n', encoding="utf-8")
+    code, out, err = run(capsys, "build", src, "--index", tmp_path / "ix", *build_args)
+    assert code == 0
+    assert "indexed 1 documents" in out and "skipped records: 3" in out
+    assert f"{src}:2: malformed JSON" in out and f"{src}:3:" in out and f"{src}:4: duplicate id 'a'" in out
+
+
+def test_missing_source_is_one_line_exit_2(tmp_path, build_args, capsys):
+    code, out, err = run(capsys, "build", tmp_path / "nope", "--index", tmp_path / "ix", *build_args)
+    assert code == 2 and err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
+    assert not (tmp_path / "ix").exists()
+
+
+def test_unknown_format_is_one_line_exit_2(tmp_path, build_args, capsys):
+    (tmp_path / "slides.pdf").write_bytes(b"%PDF-1.4")
+    code, _, err = run(capsys, "build", tmp_path / "slides.pdf", "--index", tmp_path / "ix", *build_args)
+    assert code == 2 and "slides.pdf" in err and err.count("\n") == 1
+
+
+def test_nothing_indexable_exits_2_and_keeps_the_existing_index(tmp_path, small_jsonl, build_args, capsys):
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)[0] == 0
+    before = read_manifest(tmp_path / "ix")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n", encoding="utf-8")
+    code, _, err = run(capsys, "build", bad, "--index", tmp_path / "ix", "--overwrite", *build_args)
+    assert code == 2 and "no document could be indexed" in err
+    assert read_manifest(tmp_path / "ix") == before
+
+
+def test_existing_index_needs_overwrite(tmp_path, small_jsonl, build_args, capsys):
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)[0] == 0
+    code, _, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)
+    assert code == 2 and "already exists; pass --overwrite" in err
+
+
+def test_search_with_another_model_is_refused(tmp_path, small_jsonl, build_args, tiny_bert_other, capsys):
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)[0] == 0
+    code, _, err = run(capsys, "search", tmp_path / "ix", "bees", "--model", tiny_bert_other)
+    assert code == 2 and "was built with model" in err and "Rebuild the index" in err
+
+
+def test_bad_representation_and_model_without_pooler(tmp_path, small_jsonl, build_args, capsys):
+    code, _, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args, "--representations", "pooled,max")
+    assert code == 2 and "unknown representation 'max'" in err
+
+
+def test_folder_source_with_html_and_a_binary_file(tmp_path, build_args, capsys):
+    src = tmp_path / "docs"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("the bees make honey", encoding="utf-8")
+    (src / "sub" / "b.md").write_text("# bread\n\nbake bread in the oven", encoding="utf-8")
+    (src / "c.html").write_text("<html><head><title>Sky</title><script>x=1</script></head><body><p>a comet</p></body></html>", encoding="utf-8")
+    (src / "d.txt").write_bytes(b"\x00\x01binary")
+    code, out, _ = run(capsys, "build", src, "--index", tmp_path / "ix", *build_args)
+    assert code == 0 and "indexed 3 documents" in out and "d.txt: binary file" in out
+    code, out, _ = run(capsys, "search", tmp_path / "ix", "comet", "--json", "-k", "3")
+    titles = {h["doc_id"]: h["title"] for h in json.loads(out)["results"]["mean"]}
+    assert titles == {"a.txt": "", "sub/b.md": "", "c.html": "Sky"}
+
+
+def test_python_dash_m_entry_point(tmp_path, small_jsonl, build_args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "indexer"]
+    build = subprocess.run(cmd + ["build", str(small_jsonl), "--index", str(tmp_path / "ix"), *build_args],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    search = subprocess.run(cmd + ["search", str(tmp_path / "ix"), "bread", "--json", "-k", "2"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert search.returncode == 0, search.stderr
+    assert len(json.loads(search.stdout)["results"]["pooled"]) == 2
+    missing = subprocess.run(cmd + ["info", str(tmp_path / "none")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
