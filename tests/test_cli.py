@@ -125,3 +125,14 @@ def test_python_dash_m_entry_point(tmp_path, small_jsonl, build_args):
     assert len(json.loads(search.stdout)["results"]["pooled"]) == 2
     missing = subprocess.run(cmd + ["info", str(tmp_path / "none")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_missing_pooler_weights_are_recorded_and_shown_by_info(tmp_path, small_jsonl, capsys):
+    from conftest import make_tiny_bert
+
+    model = make_tiny_bert(tmp_path / "nopooler", with_pooler=False)
+    args = ["--model", model, "--max-tokens", "12", "--overlap", "2", "--no-progress"]
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *args)[0] == 0
+    assert read_manifest(tmp_path / "ix")["pooler_check"]["status"] == "missing"
+    code, out, _ = run(capsys, "info", tmp_path / "ix")
+    assert code == 0 and out.startswith("WARNING: `pooled` vectors of this index come from a randomly initialised pooler")

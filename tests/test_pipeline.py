@@ -1,0 +1,57 @@
+"""Building: huge documents are chunked completely, a failed build loses nothing already indexed."""
+
+import json
+
+import pytest
+
+from indexer.encoder import Encoder
+from indexer.pipeline import DOCS_PER_BATCH, build_index
+from indexer.store import IndexReader, read_manifest
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert):
+    return Encoder.load(str(tiny_bert), max_tokens=32, batch_size=16)
+
+
+def test_huge_document_is_chunked_without_truncation(tmp_path, encoder):
+    words = ("the bees make honey from nectar and pollen in the hive " * 2000).split()
+    content = " ".join(f"{w}" for w in words)
+    src = tmp_path / "big.jsonl"
+    src.write_text(json.dumps({"_id": "big", "text": content}) + "\n", encoding="utf-8")
+    summary = build_index(src, tmp_path / "ix", encoder, overlap=4, progress=False)
+    reader = IndexReader(tmp_path / "ix")
+    spans = reader.db.execute("SELECT char_start, char_end, n_tokens FROM chunks ORDER BY position").fetchall()
+    assert summary.documents == 1 and summary.chunks == len(spans) > 700
+    covered = bytearray(len(content))
+    for start, end, n_tokens in spans:
+        assert n_tokens <= encoder.window
+        covered[start:end] = b"\x01" * (end - start)
+    assert all(covered[i] or content[i] == " " for i in range(len(content)))  # every word is in a chunk
+
+
+def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_jsonl, monkeypatch):
+    build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
+    before = read_manifest(tmp_path / "ix")
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"_id": str(i), "text": "the sky"}) + "\n" for i in range(3 * DOCS_PER_BATCH)), encoding="utf-8")
+    calls = []
+
+    def interrupted(sequences, _real=encoder.encode_ids):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return _real(sequences)
+
+    monkeypatch.setattr(encoder, "encode_ids", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(many, tmp_path / "ix", encoder, overlap=4, overwrite=True, progress=False)
+    assert read_manifest(tmp_path / "ix") == before
+    assert IndexReader(tmp_path / "ix").n_documents == 8
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temporary build removed
+
+
+def test_overlap_larger_than_half_a_chunk_is_refused(tmp_path, encoder, small_jsonl):
+    with pytest.raises(ValueError, match="overlap must be between 0 and"):
+        build_index(small_jsonl, tmp_path / "ix", encoder, overlap=20, progress=False)
+    assert not (tmp_path / "ix").exists()
