@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import logging
 import shutil
 import sys
@@ -15,8 +17,9 @@ from typing import Sequence
 from . import __version__
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_representations
 from .encoder import Encoder, ModelError
-from .loaders import LoadReport, SourceError, load_queries
-from .pipeline import BuildError, BuildSummary, build_index
+from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p
+from .loaders import LoadReport, SourceError, load_qrels, load_queries, open_beir
+from .pipeline import BuildError, BuildSummary, build_index, index_matches
 from .search import SearchResult, Searcher
 from .store import MANIFEST, StoreError, read_manifest
 
@@ -167,6 +170,75 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_eval_index(dataset: Path, model: str | None) -> Path:
+    """Cache folder for a BEIR dataset's index: one per dataset path and model, reused across runs."""
+    root = os.environ.get("POOLING_LAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pooling-lab"
+    key = hashlib.sha256(f"{dataset.resolve()}\n{model or 'bundled'}".encode()).hexdigest()[:10]
+    return Path(root) / "indexes" / f"{dataset.resolve().name}-{key}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    report = LoadReport()
+    if args.beir is not None:
+        dataset = open_beir(args.beir)
+        if dataset.queries is None:
+            raise SourceError(f"{dataset.root}: queries.jsonl is missing; it is needed to evaluate")
+        if args.split not in dataset.qrels:
+            raise SourceError(
+                f"{dataset.root}: no qrels/{args.split}.tsv; splits found: {', '.join(dataset.qrels) or 'none'}"
+            )
+        queries_file, qrels_file, name = dataset.queries, dataset.qrels[args.split], dataset.root.name
+        index = args.index or default_eval_index(dataset.root, args.model)
+        encoder = _load_encoder(args, parse_representations(args.representations))
+        why = index_matches(index, encoder, dataset.root)
+        if why is None:
+            print(f"reusing the index at {index}", file=sys.stderr)
+        else:
+            print(f"building the index at {index} ({why})", file=sys.stderr)
+            summary = build_index(dataset.root, index, encoder, overwrite=True, progress=not args.no_progress)
+            print(format_summary(summary), file=sys.stderr)
+        searcher = Searcher(index, encoder)
+    else:
+        if args.index is None or args.queries is None or args.qrels is None:
+            raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE")
+        queries_file, qrels_file = args.queries, args.qrels
+        name = Path(args.queries).resolve().parent.name
+        searcher = Searcher(args.index)
+    queries = load_queries(queries_file, report)
+    qrels = load_qrels(qrels_file, report, known_queries=queries, known_documents=searcher.index.doc_ids())
+    out_dir = args.out or Path(f"{searcher.index.directory}.eval") / f"{name}-{args.split}"
+    result = evaluate(
+        searcher, queries, qrels, dataset=name, split=args.split, issues=report.issues,
+        ignore_identical_ids=not args.keep_identical_ids, out_dir=out_dir, progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(format_evaluation(result))
+    return 0
+
+
+def format_evaluation(result: Evaluation) -> str:
+    report = result.to_dict()
+    lines = [
+        f"{report['dataset']} ({report['split']}): {report['queries_evaluated']} queries evaluated, "
+        f"{report['queries_excluded_no_positive']} without relevant documents excluded, {len(report['issues'])} lines skipped",
+        "",
+        f"{'system':<8}" + "".join(f"{m:>12}" for m in METRIC_NAMES),
+    ]
+    for system, values in report["metrics"].items():
+        lines.append(f"{system:<8}" + "".join(f"{values[m]:>12.4f}" for m in METRIC_NAMES))
+    lines += ["", "pooled - mean, paired over queries:", f"{'metric':<11}{'delta':>9}{'t-test p':>11}{'random. p':>11}  wins pooled/mean/ties"]
+    for m, sig in report["significance"].items():
+        lines.append(
+            f"{m:<11}{sig['delta']:>+9.4f}{format_p(sig['t_test_p']):>11}{format_p(sig['randomization_p']):>11}  "
+            f"{sig['pooled_wins']}/{sig['mean_wins']}/{sig['ties']}"
+        )
+    lines.append("")
+    lines += [f"{k}: {v}" for k, v in report["artifacts"].items()]
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Terminal demo: build the sample index if missing, run sample queries, then read queries from stdin."""
     index = Path(args.index)
@@ -230,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
+    e = sub.add_parser("evaluate", help="retrieval quality of pooled vs mean (and BM25, RRF) on labelled queries")
+    e.add_argument("--beir", type=Path, default=None, help="BEIR dataset folder: its corpus is indexed (or a matching index reused)")
+    e.add_argument("--index", type=Path, default=None, help="index directory (with --beir: where to build it; default a cache folder)")
+    e.add_argument("--split", default="test", help="qrels split of a BEIR dataset (default test)")
+    e.add_argument("--queries", type=Path, default=None, help="queries.jsonl, for an existing --index")
+    e.add_argument("--qrels", type=Path, default=None, help="qrels TSV (query-id, corpus-id, score), for an existing --index")
+    e.add_argument("--out", type=Path, default=None, help="where to write the reports and run files (default DIR.eval/NAME-SPLIT)")
+    e.add_argument("--keep-identical-ids", action="store_true", help="keep a document whose id equals the query id (BEIR ignores it)")
+    e.add_argument("--representations", default="pooled,mean", help="with --beir: representations to build (default pooled,mean)")
+    e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    model_options(e, "with --beir: model to build with (default: embedded all-MiniLM-L6-v2)")
+    e.set_defaults(func=cmd_evaluate)
+
     d = sub.add_parser("demo", help="terminal demo on the sample collection (what `make run` starts)")
     d.add_argument("--index", type=Path, default=DEMO_INDEX, help=f"demo index (default {DEMO_INDEX})")
     d.add_argument("--source", type=Path, default=DEMO_SOURCE, help="collection to build it from if missing")
@@ -243,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
 

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -447,8 +447,18 @@ def load_queries(path: str | Path, report: LoadReport) -> dict[str, str]:
     return queries
 
 
-def load_qrels(path: str | Path, report: LoadReport) -> dict[str, dict[str, int]]:
-    """Read a BEIR qrels TSV ("query-id corpus-id score") into {query id: {doc id: grade}}."""
+def load_qrels(
+    path: str | Path,
+    report: LoadReport,
+    *,
+    known_queries: Container[str] | None = None,
+    known_documents: Container[str] | None = None,
+) -> dict[str, dict[str, int]]:
+    """Read a BEIR qrels TSV ("query-id corpus-id score") into {query id: {doc id: grade}}.
+
+    With `known_queries` / `known_documents`, a judgement naming an id outside them is
+    reported with its line and skipped.
+    """
     path = _require(path)
     qrels: dict[str, dict[str, int]] = {}
     for lineno, text, error in _lines(path):
@@ -467,6 +477,12 @@ def load_qrels(path: str | Path, report: LoadReport) -> dict[str, dict[str, int]
                 grade = int(fields[2])
             except ValueError:
                 report.skip(path, lineno, f"score must be an integer, got {fields[2]!r}")
+                continue
+            if known_queries is not None and fields[0] not in known_queries:
+                report.skip(path, lineno, f"unknown query id {fields[0]!r} (not in the queries file)")
+                continue
+            if known_documents is not None and fields[1] not in known_documents:
+                report.skip(path, lineno, f"unknown document id {fields[1]!r} (not in the index)")
                 continue
             judged = qrels.setdefault(fields[0], {})
             if fields[1] in judged:

@@ -21,7 +21,9 @@ from .chunking import make_chunks
 from .config import ChunkingConfig, DEFAULT_OVERLAP
 from .encoder import Encoder
 from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, LoadIssue, LoadReport, detect_format, iter_documents
-from .store import IndexWriter
+from .files import sha256_file
+from .search import compatibility_problems
+from .store import MANIFEST, IndexWriter, StoreError, read_manifest
 
 log = logging.getLogger("indexer.pipeline")
 
@@ -66,6 +68,31 @@ def estimate_documents(source: Path, fmt: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def source_fingerprint(source: Path, fmt: str) -> str | None:
+    """sha256 of a file-based source (the corpus file of a BEIR folder); None for folders."""
+    if fmt == "folder":
+        return None
+    return sha256_file(source / "corpus.jsonl" if fmt == "beir" else source)
+
+
+def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: int = DEFAULT_OVERLAP) -> str | None:
+    """Why the index at `index_dir` cannot be reused for `source` with `encoder` (None: it can)."""
+    if not (Path(index_dir) / MANIFEST).is_file():
+        return "no index there yet"
+    try:
+        manifest = read_manifest(index_dir)
+    except StoreError as exc:
+        return str(exc)
+    fmt = detect_format(source)
+    built = manifest.get("source", {})
+    problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, encoder.representations)
+    if manifest.get("chunking", {}).get("overlap") != overlap:
+        problems.append(f"it was built with an overlap of {manifest.get('chunking', {}).get('overlap')} tokens, not {overlap}")
+    if built.get("path") != str(source.resolve()) or built.get("sha256") != source_fingerprint(source, fmt) or fmt == "folder":
+        problems.append(f"it was built from {built.get('path')} as it was then, not from {source.resolve()} as it is now")
+    return "; ".join(problems) or None
 
 
 def _batched(items: Iterable, n: int) -> Iterator[list]:
@@ -138,7 +165,7 @@ def build_index(
             "representations": {},
             "normalized": True,
             "metric": "inner_product",
-            "source": {"path": str(source.resolve()), "format": fmt},
+            "source": {"path": str(source.resolve()), "format": fmt, "sha256": source_fingerprint(source, fmt)},
             "build": {
                 "seconds": round(seconds, 3),
                 "tokens": tokens,

@@ -127,26 +127,53 @@ class Searcher:
         """Rankings of the k best documents in every representation, from one encoding of the query."""
         if not query.strip():
             raise ValueError("the query is empty")
+        rankings = self.rank_many([query], k)
+        rows = self.index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})
+        return SearchResult(
+            query,
+            k,
+            {
+                r: [
+                    Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score)
+                    for i, (doc, cid, score) in enumerate(ranked[0])
+                ]
+                for r, ranked in rankings.items()
+            },
+        )
+
+    def rank_many(
+        self, queries: Sequence[str], k: int, *, exclude: Sequence[str | None] | None = None
+    ) -> dict[str, list[list[tuple[str, int, float]]]]:
+        """(doc_id, best chunk id, score) of the k best documents per query and representation.
+
+        Queries are encoded together, once. `exclude[i]` names a document to leave out of query
+        i's ranking (BEIR's convention of ignoring a document whose id is the query's).
+        """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        vectors = self.encoder.encode_texts([query])
-        return SearchResult(query, k, {r: self._rank(r, vectors[r][0], k) for r in self.representations})
+        vectors = self.encoder.encode_texts(list(queries))
+        exclude = list(exclude) if exclude is not None else [None] * len(queries)
+        return {r: self._rank_batch(r, vectors[r], k, exclude) for r in self.representations}
 
-    def _rank(self, representation: str, vector: np.ndarray, k: int) -> list[Hit]:
+    def _rank_batch(
+        self, representation: str, matrix: np.ndarray, k: int, exclude: list[str | None]
+    ) -> list[list[tuple[str, int, float]]]:
         total = self.index.n_chunks
+        results: list[list[tuple[str, int, float]]] = [[] for _ in range(len(matrix))]
+        pending = list(range(len(matrix)))
         n = min(total, max(2 * k, k + 16))
-        while True:
-            scores, ids = self.index.search(representation, vector[None, :], n)
-            chunk_doc = self.index.chunk_docs(ids[0])
-            ranked = rank_documents(scores[0], ids[0], chunk_doc, k)
-            if len(ranked) >= k or n >= total:
-                break
-            n = min(total, n * 4)  # many hits were chunks of the same documents: fetch more
-        rows = self.index.chunks(cid for _, cid, _ in ranked)
-        return [
-            Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score)
-            for i, (doc, cid, score) in enumerate(ranked)
-        ]
+        while pending:
+            scores, ids = self.index.search(representation, matrix[pending], n)
+            chunk_doc = self.index.chunk_docs(np.unique(ids))
+            unfilled = []
+            for row, q in enumerate(pending):
+                ranked = [h for h in rank_documents(scores[row], ids[row], chunk_doc, k + 1) if h[0] != exclude[q]][:k]
+                if len(ranked) >= k or n >= total:
+                    results[q] = ranked
+                else:
+                    unfilled.append(q)  # many hits were chunks of the same documents: fetch more
+            pending, n = unfilled, min(total, n * 4)
+        return results
 
     def close(self) -> None:
         self.index.close()

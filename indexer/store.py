@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -274,6 +274,16 @@ class IndexReader:
             [int(i) for i in chunk_ids],
         )
         return {r[0]: ChunkHit(*r) for r in rows}
+
+    def doc_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self.db.execute("SELECT doc_id FROM documents")}
+
+    def documents(self) -> Iterator[tuple[str, str, str]]:
+        """(doc_id, title, text) of every document, in id order."""
+        with self._lock:
+            rows = self.db.execute("SELECT doc_id, title, text FROM documents ORDER BY doc_id").fetchall()
+        yield from rows
 
     def _query(self, sql: str, ids: list[int]) -> list[tuple]:
         out: list[tuple] = []

@@ -91,6 +91,16 @@ def bundled_encoder():
     return Encoder.load(None, representations=("pooled", "mean", "cls"))
 
 
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory, bundled_encoder):
+    """data/sample indexed with the bundled model: (directory, build summary)."""
+    from indexer.pipeline import build_index
+
+    directory = tmp_path_factory.mktemp("sample") / "ix"
+    summary = build_index(SAMPLE, directory, bundled_encoder, progress=False)
+    return directory, summary
+
+
 @pytest.fixture
 def small_jsonl(tmp_path) -> Path:
     """Eight documents, two of them long enough to span several chunks of the tiny model."""

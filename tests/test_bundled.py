@@ -8,7 +8,6 @@ import torch
 
 from conftest import SAMPLE
 from indexer.encoder import BUNDLED_SHA256, ModelError, bundled_model_dir, verify_bundled
-from indexer.pipeline import build_index
 from indexer.search import Searcher
 
 TEXTS = [
@@ -59,13 +58,6 @@ def test_mean_equals_sentence_transformers_encode(bundled_encoder, reference_mod
     *_, st = reference_models
     expected = st.encode(TEXTS, normalize_embeddings=True)
     np.testing.assert_allclose(bundled_encoder.encode_texts(TEXTS)["mean"], expected, atol=1e-4)
-
-
-@pytest.fixture(scope="session")
-def sample_index(tmp_path_factory, bundled_encoder):
-    directory = tmp_path_factory.mktemp("sample") / "ix"
-    summary = build_index(SAMPLE, directory, bundled_encoder, progress=False)
-    return directory, summary
 
 
 def test_sample_collection_builds_completely(sample_index):

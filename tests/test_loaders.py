@@ -498,3 +498,15 @@ def test_load_missing_beir_files_is_source_error(tmp_path):
         load_queries(tmp_path / "queries.jsonl", LoadReport())
     with pytest.raises(SourceError, match="does not exist"):
         load_qrels(tmp_path / "test.tsv", LoadReport())
+
+
+def test_load_qrels_reports_unknown_ids_with_their_line(tmp_path):
+    path = tmp_path / "qrels.tsv"
+    path.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq9\td1\t2\nq1\tdX\t2\nq1\td2\t0\n", encoding="utf-8")
+    report = LoadReport()
+    qrels = load_qrels(path, report, known_queries={"q1"}, known_documents={"d1", "d2"})
+    assert qrels == {"q1": {"d1": 1, "d2": 0}}
+    assert [str(i) for i in report.issues] == [
+        f"{path}:3: unknown query id 'q9' (not in the queries file)",
+        f"{path}:4: unknown document id 'dX' (not in the index)",
+    ]

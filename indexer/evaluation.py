@@ -1,0 +1,320 @@
+"""Retrieval quality of `pooled` vs `mean`: standard metrics, paired significance, BM25 and RRF baselines.
+
+Metrics come from pytrec_eval (trec_eval's own C code), the library BEIR and MTEB score with, so the numbers are comparable with theirs and with any tool that reads the
+TREC run files written beside the report. Ties within a run are broken as trec_eval breaks
+them (by descending document id), so every tool scoring those files gets the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .loaders import Document, LoadIssue
+
+Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
+Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
+
+METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+DEPTH = 100  # documents retrieved per query and representation
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
+N_RESAMPLES = 10_000  # Fisher randomisation test
+
+
+#: trec_eval measure behind each metric; MRR@10 is trec_eval's recip_rank over the top 10.
+TREC_MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@10": "recall_10", "recall@100": "recall_100", "map@100": "map_cut_100"}
+
+
+def per_query_metrics(run: Run, qrels: Qrels) -> dict[str, dict[str, float]]:
+    """Every metric for every judged query, from trec_eval (pytrec_eval); a query without results scores 0.
+
+    Graded gains for nDCG; the binary metrics count any grade >= 1 as relevant (BEIR's convention).
+    """
+    import pytrec_eval
+
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10,100", "map_cut.100", "recip_rank"})
+    full = evaluator.evaluate({q: docs for q, docs in run.items() if docs})
+    top10 = evaluator.evaluate({q: dict(trec_order(docs)[:10]) for q, docs in run.items() if docs})
+    scores = {}
+    for q in qrels:
+        values = full.get(q, {})
+        scores[q] = {m: float(values.get(t, 0.0)) for m, t in TREC_MEASURES.items()}
+        scores[q]["mrr@10"] = float(top10.get(q, {}).get("recip_rank", 0.0))
+    return {q: {m: v[m] for m in METRIC_NAMES} for q, v in scores.items()}
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {m: float(np.mean([v[m] for v in per_query.values()])) if per_query else 0.0 for m in METRIC_NAMES}
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict:
+    """Two-sided paired t-test and Fisher's randomisation test of mean(a - b), with wins/ties/losses."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = a - b
+    out = {
+        "delta": float(diff.mean()) if len(diff) else 0.0,
+        "n": int(len(diff)),
+        "wins": int((diff > 1e-12).sum()),
+        "losses": int((diff < -1e-12).sum()),
+        "ties": int((np.abs(diff) <= 1e-12).sum()),
+    }
+    if len(diff) < 2 or np.allclose(diff, diff[0]):
+        # no variation: the t statistic is undefined and every sign flip gives the same mean
+        same = len(diff) == 0 or abs(diff[0]) <= 1e-12
+        out.update(t_test_p=1.0 if same else 0.0, randomization_p=1.0 if same else 0.0)
+        return out
+    out["t_test_p"] = float(stats.ttest_rel(a, b).pvalue)
+    result = stats.permutation_test(
+        (a, b),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        n_resamples=N_RESAMPLES,
+        alternative="two-sided",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    out["randomization_p"] = float(result.pvalue)
+    return out
+
+
+def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """(doc, score) best first, ties by descending doc id: the order trec_eval ranks a run in."""
+    return sorted(sorted(docs.items(), key=lambda item: item[0], reverse=True), key=lambda item: -item[1])
+
+
+def rrf(runs: Sequence[Run], *, k: int = RRF_K, depth: int = DEPTH) -> Run:
+    """Reciprocal-rank fusion: a document scores sum(1 / (k + rank)) over the runs that retrieved it."""
+    fused: Run = {}
+    for run in runs:
+        for q, docs in run.items():
+            target = fused.setdefault(q, {})
+            for rank, (doc, _) in enumerate(trec_order(docs), start=1):
+                target[doc] = target.get(doc, 0.0) + 1.0 / (k + rank)
+    return {q: dict(trec_order(docs)[:depth]) for q, docs in fused.items()}
+
+
+def bm25_run(
+    documents: Sequence[tuple[str, str]], queries: Mapping[str, str], *, depth: int = DEPTH,
+    exclude_identical: bool = True,
+) -> Run:
+    """BM25 (bm25s, Lucene variant, English stop words and Snowball stemming) over (doc_id, text) pairs."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    ids = [d for d, _ in documents]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([t for _, t in documents], stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    qids = list(queries)
+    tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    k = min(len(ids), depth + 1)
+    hits, scores = retriever.retrieve(tokens, k=k, show_progress=False)
+    run: Run = {}
+    for qi, q in enumerate(qids):
+        ranked = {ids[int(i)]: float(s) for i, s in zip(hits[qi], scores[qi]) if s > 0}  # score 0: no query term
+        if exclude_identical:
+            ranked.pop(q, None)
+        run[q] = dict(list(ranked.items())[:depth])
+    return run
+
+
+def write_trec_run(run: Run, path: Path, tag: str) -> None:
+    """TREC run format: `qid Q0 docid rank score tag`, in trec_eval's order."""
+    with open(path, "w", encoding="utf-8") as f:
+        for q in sorted(run):
+            for rank, (doc, score) in enumerate(trec_order(run[q]), start=1):
+                f.write(f"{q} Q0 {doc} {rank} {score:.8f} {tag}\n")
+
+
+@dataclass
+class Evaluation:
+    """Everything `evaluate` measured; `to_dict` is the JSON report, `to_markdown` the readable one."""
+
+    dataset: str
+    split: str
+    index: str
+    model: str
+    queries: dict[str, str]
+    per_query: dict[str, dict[str, dict[str, float]]]  # system -> query -> metric -> value
+    excluded_no_positive: list[str]
+    issues: list[LoadIssue] = field(default_factory=list)
+    ignore_identical_ids: bool = True
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def systems(self) -> list[str]:
+        return list(self.per_query)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {s: mean_metrics(self.per_query[s]) for s in self.systems}
+
+    def significance(self) -> dict[str, dict]:
+        qids = sorted(self.per_query["pooled"])
+        out = {}
+        for m in METRIC_NAMES:
+            a = [self.per_query["pooled"][q][m] for q in qids]
+            b = [self.per_query["mean"][q][m] for q in qids]
+            test = paired_comparison(a, b)
+            out[m] = {
+                "pooled": float(np.mean(a)) if a else 0.0,
+                "mean": float(np.mean(b)) if b else 0.0,
+                "delta": test["delta"],
+                "n": test["n"],
+                "t_test_p": test["t_test_p"],
+                "randomization_p": test["randomization_p"],
+                "pooled_wins": test["wins"],
+                "mean_wins": test["losses"],
+                "ties": test["ties"],
+            }
+        return out
+
+    def per_query_table(self) -> list[dict]:
+        rows = []
+        for q in self.per_query["pooled"]:
+            pooled, mean = self.per_query["pooled"][q], self.per_query["mean"][q]
+            rows.append({
+                "query_id": q,
+                "text": self.queries.get(q, ""),
+                "pooled": pooled,
+                "mean": mean,
+                "delta": {m: pooled[m] - mean[m] for m in METRIC_NAMES},
+            })
+        return sorted(rows, key=lambda r: (-r["delta"]["ndcg@10"], r["query_id"]))
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "index": self.index,
+            "model": self.model,
+            "queries_evaluated": len(self.per_query["pooled"]),
+            "queries_excluded_no_positive": len(self.excluded_no_positive),
+            "ignore_identical_ids": self.ignore_identical_ids,
+            "depth": DEPTH,
+            "metrics": self.metrics(),
+            "significance": self.significance(),
+            "delta": "pooled - mean",
+            "per_query": self.per_query_table(),
+            "issues": [str(i) for i in self.issues],
+            "artifacts": self.artifacts,
+        }
+
+    def to_markdown(self) -> str:
+        report = self.to_dict()
+        lines = [
+            f"# Evaluation: {self.dataset} ({self.split})",
+            "",
+            f"Index `{self.index}`, model `{self.model}`; {report['queries_evaluated']} judged queries "
+            f"({report['queries_excluded_no_positive']} without any relevant document excluded), "
+            f"top {DEPTH} documents per query.",
+            "",
+            "| system | " + " | ".join(METRIC_NAMES) + " |",
+            "|---|" + "---:|" * len(METRIC_NAMES),
+        ]
+        for system, values in report["metrics"].items():
+            lines.append(f"| {system} | " + " | ".join(f"{values[m]:.4f}" for m in METRIC_NAMES) + " |")
+        lines += [
+            "",
+            "## pooled vs mean (paired, per query)",
+            "",
+            "| metric | pooled | mean | delta (pooled − mean) | t-test p | randomisation p | pooled wins | mean wins | ties |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m, s in report["significance"].items():
+            lines.append(
+                f"| {m} | {s['pooled']:.4f} | {s['mean']:.4f} | {s['delta']:+.4f} | {format_p(s['t_test_p'])} | "
+                f"{format_p(s['randomization_p'])} | {s['pooled_wins']} | {s['mean_wins']} | {s['ties']} |"
+            )
+        lines += ["", "## Queries by nDCG@10 difference (pooled − mean)", "", "| query | text | pooled | mean | delta |", "|---|---|---:|---:|---:|"]
+        for row in report["per_query"]:
+            text = " ".join(row["text"].split()).replace("|", "\\|")
+            lines.append(
+                f"| {row['query_id']} | {text[:80]} | {row['pooled']['ndcg@10']:.3f} | {row['mean']['ndcg@10']:.3f} | "
+                f"{row['delta']['ndcg@10']:+.3f} |"
+            )
+        if report["issues"]:
+            lines += ["", "## Skipped lines", ""] + [f"- {i}" for i in report["issues"]]
+        return "\n".join(lines) + "\n"
+
+
+def format_p(p: float) -> str:
+    return "—" if p is None or math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def evaluate(
+    searcher,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    *,
+    dataset: str,
+    split: str = "test",
+    issues: Sequence[LoadIssue] = (),
+    ignore_identical_ids: bool = True,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Rank every judged query in each representation, plus BM25 and RRF(pooled, mean), and score them.
+
+    `qrels` must already be restricted to known queries and documents (see loaders.load_qrels).
+    Queries without any judgement of grade >= 1 are excluded and counted.
+    """
+    judged = {q: j for q, j in qrels.items() if q in queries}
+    positive = {q: j for q, j in judged.items() if any(g > 0 for g in j.values())}
+    excluded = sorted(set(judged) - set(positive))
+    qids = sorted(positive)
+    if not qids:
+        raise ValueError("no query has a relevant document (grade >= 1) in the judgements; nothing to evaluate")
+    texts = [queries[q] for q in qids]
+    exclude = qids if ignore_identical_ids else None
+    steps = list(searcher.representations) + ["bm25", "rrf", "metrics"]
+    runs: dict[str, Run] = {}
+    with tqdm(total=len(steps), desc="evaluating", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str("encoding and searching")
+        rankings = searcher.rank_many(texts, DEPTH, exclude=exclude)
+        for r in searcher.representations:
+            runs[r] = {q: {doc: score for doc, _, score in ranked} for q, ranked in zip(qids, rankings[r])}
+            bar.update()
+        bar.set_postfix_str("bm25")
+        documents = [(d, Document(d, text, title).content) for d, title, text in searcher.index.documents()]
+        runs["bm25"] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
+        bar.update()
+        runs["rrf"] = rrf([runs["pooled"], runs["mean"]])
+        bar.update()
+        bar.set_postfix_str("metrics")
+        per_query = {system: per_query_metrics(run, positive) for system, run in runs.items()}
+        bar.update()
+    result = Evaluation(
+        dataset=dataset,
+        split=split,
+        index=str(searcher.index.directory),
+        model=searcher.encoder.info.name,
+        queries={q: queries[q] for q in qids},
+        per_query=per_query,
+        excluded_no_positive=excluded,
+        issues=list(issues),
+        ignore_identical_ids=ignore_identical_ids,
+    )
+    if out_dir is not None:
+        write_artifacts(result, runs, Path(out_dir))
+    return result
+
+
+def write_artifacts(result: Evaluation, runs: Mapping[str, Run], out_dir: Path) -> None:
+    """report.json, report.md and one TREC run file per system."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for system, run in runs.items():
+        path = out_dir / f"{system}.run"
+        write_trec_run(run, path, tag=system)
+        result.artifacts[f"run_{system}"] = str(path)
+    result.artifacts["report_json"] = str(out_dir / "report.json")
+    result.artifacts["report_md"] = str(out_dir / "report.md")
+    (out_dir / "report.md").write_text(result.to_markdown(), encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

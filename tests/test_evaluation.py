@@ -1,0 +1,227 @@
+"""Evaluation: metrics on hand-computed cases, significance, baselines, reports checked by independent scoring."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MSMARCO, SAMPLE
+from indexer.cli import main
+from indexer.evaluation import (
+    METRIC_NAMES, bm25_run, evaluate, paired_comparison, per_query_metrics, rrf, trec_order, write_trec_run,
+)
+from indexer.loaders import LoadReport, load_qrels, load_queries
+from indexer.search import Searcher
+
+LOG2 = math.log2
+
+
+# -- metrics on hand-computed cases ---------------------------------------------------------------
+
+def test_graded_ndcg_and_binary_metrics_by_hand():
+    qrels = {"q": {"a": 2, "b": 1, "c": 0}}
+    run = {"q": {"c": 4.0, "a": 3.0, "x": 2.0, "b": 1.0}}  # x is unjudged
+    m = per_query_metrics(run, qrels)["q"]
+    dcg = 2 / LOG2(3) + 1 / LOG2(5)  # a at rank 2, b at rank 4; gains are the grades
+    idcg = 2 / LOG2(2) + 1 / LOG2(3)
+    assert m["ndcg@10"] == pytest.approx(dcg / idcg)
+    assert m["mrr@10"] == pytest.approx(1 / 2)  # first document with grade >= 1 at rank 2
+    assert m["recall@10"] == pytest.approx(1.0)
+    assert m["map@100"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_mrr_with_no_relevant_hit_in_the_top_ten_is_zero():
+    qrels = {"q": {"rel": 1}}
+    run = {"q": {f"d{i:02d}": 100.0 - i for i in range(10)} | {"rel": 1.0}}  # relevant at rank 11
+    m = per_query_metrics(run, qrels)["q"]
+    assert m["mrr@10"] == 0.0 and m["recall@10"] == 0.0 and m["ndcg@10"] == 0.0
+    assert m["recall@100"] == 1.0 and m["map@100"] == pytest.approx(1 / 11)
+
+
+def test_recall_counts_only_judged_relevant_documents():
+    qrels = {"q": {"a": 1, "b": 2, "n": 0}}
+    run = {"q": {"x": 3.0, "a": 2.0, "n": 1.5, "y": 1.0}}  # x, y unjudged; n judged not relevant
+    assert per_query_metrics(run, qrels)["q"]["recall@10"] == pytest.approx(1 / 2)
+
+
+def test_a_query_missing_from_the_run_scores_zero():
+    m = per_query_metrics({}, {"q": {"a": 1}})
+    assert m == {"q": dict.fromkeys(METRIC_NAMES, 0.0)}
+
+
+def test_ties_follow_trec_eval_descending_doc_id():
+    assert [d for d, _ in trec_order({"a": 1.0, "c": 1.0, "b": 2.0})] == ["b", "c", "a"]
+    qrels = {"q": {"a": 1}}
+    assert per_query_metrics({"q": {"a": 1.0, "c": 1.0}}, qrels)["q"]["mrr@10"] == 0.5  # c ranks first
+
+
+# -- significance ----------------------------------------------------------------------------------
+
+def test_paired_tests_on_a_hand_computed_case():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]
+    out = paired_comparison(a, b)
+    # t = mean(d) / (sd(d) / sqrt(n)) = 2.5 / (1.2910 / 2) = 3.873 with 3 degrees of freedom
+    assert out["t_test_p"] == pytest.approx(0.03047, abs=1e-4)
+    # exact randomisation: of the 16 sign assignments only all-plus and all-minus reach |mean| = 2.5
+    assert out["randomization_p"] == pytest.approx(2 / 16)
+    assert (out["delta"], out["wins"], out["losses"], out["ties"], out["n"]) == (2.5, 4, 0, 0, 4)
+
+
+def test_identical_systems_are_not_significant():
+    out = paired_comparison([0.5, 0.2, 0.9], [0.5, 0.2, 0.9])
+    assert out["t_test_p"] == 1.0 and out["randomization_p"] == 1.0 and out["ties"] == 3
+
+
+# -- baselines and run files ------------------------------------------------------------------------
+
+def test_rrf_by_hand():
+    fused = rrf([{"q": {"a": 0.9, "b": 0.5}}, {"q": {"b": 10.0, "c": 1.0}}], k=60)
+    assert fused["q"] == pytest.approx({"b": 1 / 62 + 1 / 61, "a": 1 / 61, "c": 1 / 62})
+    assert list(fused["q"]) == ["b", "a", "c"]
+
+
+def test_bm25_ranks_term_matches_and_skips_documents_without_query_terms():
+    docs = [("d1", "bees make honey in the hive"), ("d2", "bread needs flour"), ("q1", "honey honey honey")]
+    run = bm25_run(docs, {"q1": "honey bees", "q2": "zebra"})
+    assert list(run["q1"]) == ["d1"]  # q1 itself is ignored (identical id), d2 has no query term
+    assert run["q2"] == {}
+    assert list(bm25_run(docs, {"q1": "honey"}, exclude_identical=False)["q1"])[0] == "q1"
+
+
+def test_trec_run_file_format(tmp_path):
+    write_trec_run({"q2": {"x": 0.5}, "q1": {"a": 1.0, "b": 2.0}}, tmp_path / "r.run", tag="mean")
+    assert (tmp_path / "r.run").read_text().splitlines() == [
+        "q1 Q0 b 1 2.00000000 mean", "q1 Q0 a 2 1.00000000 mean", "q2 Q0 x 1 0.50000000 mean",
+    ]
+
+
+# -- independent scoring of written run files --------------------------------------------------------
+
+def read_trec(path: Path) -> dict[str, list[str]]:
+    ranked: dict[str, list[tuple[str, float]]] = {}
+    for line in path.read_text().splitlines():
+        q, _, doc, _, score, _ = line.split()
+        ranked.setdefault(q, []).append((doc, float(score)))
+    # trec_eval's order: score descending, ties by descending document id
+    return {q: [d for d, _ in sorted(sorted(v, reverse=True), key=lambda x: -x[1])] for q, v in ranked.items()}
+
+
+def independent_scores(ranking: list[str], judged: dict[str, int]) -> dict[str, float]:
+    """Plain-Python metrics, written from their definitions (not through ir-measures)."""
+    relevant = {d for d, g in judged.items() if g > 0}
+    gains = [judged.get(d, 0) for d in ranking]
+    dcg = sum(g / LOG2(i + 2) for i, g in enumerate(gains[:10]))
+    idcg = sum(g / LOG2(i + 2) for i, g in enumerate(sorted((g for g in judged.values() if g > 0), reverse=True)[:10]))
+    first = next((i for i, d in enumerate(ranking[:10]) if d in relevant), None)
+    hits, precisions = 0, []
+    for i, d in enumerate(ranking[:100]):
+        if d in relevant:
+            hits += 1
+            precisions.append(hits / (i + 1))
+    return {
+        "ndcg@10": dcg / idcg,
+        "mrr@10": 0.0 if first is None else 1 / (first + 1),
+        "recall@10": len(relevant & set(ranking[:10])) / len(relevant),
+        "recall@100": len(relevant & set(ranking[:100])) / len(relevant),
+        "map@100": sum(precisions) / len(relevant),
+    }
+
+
+def check_against_run_files(report: dict, qrels: dict[str, dict[str, int]]) -> None:
+    for system in ("pooled", "mean", "bm25", "rrf"):
+        runs = read_trec(Path(report["artifacts"][f"run_{system}"]))
+        judged = {q: j for q, j in qrels.items() if any(g > 0 for g in j.values())}
+        for metric in METRIC_NAMES:
+            expected = np.mean([independent_scores(runs.get(q, []), j)[metric] for q, j in judged.items()])
+            assert report["metrics"][system][metric] == pytest.approx(expected, abs=1e-6), (system, metric)
+
+
+def test_sample_evaluation_end_to_end(sample_index, bundled_encoder, tmp_path):
+    searcher = Searcher(sample_index[0], bundled_encoder)
+    report_ = LoadReport()
+    queries = load_queries(SAMPLE / "queries.jsonl", report_)
+    qrels = load_qrels(SAMPLE / "qrels" / "test.tsv", report_, known_queries=queries, known_documents=searcher.index.doc_ids())
+    result = evaluate(searcher, queries, qrels, dataset="sample", out_dir=tmp_path / "out", progress=False)
+    report = result.to_dict()
+    assert report["queries_evaluated"] == 70 and report["queries_excluded_no_positive"] == 0
+    assert set(report["metrics"]) == {"pooled", "mean", "cls", "bm25", "rrf"}  # the fixture index keeps cls too
+    assert all(set(v) == set(METRIC_NAMES) for v in report["metrics"].values())
+    assert all(0.0 < v["ndcg@10"] <= 1.0 for v in report["metrics"].values())
+    assert report["metrics"]["mean"]["ndcg@10"] > 0.5  # all-MiniLM-L6-v2 was trained for mean pooling
+    check_against_run_files(report, qrels)
+    deltas = [row["delta"]["ndcg@10"] for row in report["per_query"]]
+    assert deltas == sorted(deltas, reverse=True)
+    row = report["per_query"][0]
+    assert row["delta"]["ndcg@10"] == pytest.approx(row["pooled"]["ndcg@10"] - row["mean"]["ndcg@10"])
+    sig = report["significance"]["ndcg@10"]
+    assert sig["n"] == 70 and sig["pooled_wins"] + sig["mean_wins"] + sig["ties"] == 70
+    assert 0.0 <= sig["t_test_p"] <= 1.0 and 0.0 < sig["randomization_p"] <= 1.0
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["metrics"] == report["metrics"]
+    assert "| pooled |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_identical_ids_are_ignored_unless_kept(sample_index, bundled_encoder):
+    searcher = Searcher(sample_index[0], bundled_encoder)
+    doc = "astro-001"
+    queries, qrels = {doc: "why the moon shows phases"}, {doc: {"astro-002": 1}}
+    ignored = evaluate(searcher, queries, qrels, dataset="t", progress=False)
+    kept = evaluate(searcher, queries, qrels, dataset="t", ignore_identical_ids=False, progress=False)
+    assert ignored.per_query["mean"][doc]["recall@100"] == 1.0
+    rankings = searcher.rank_many([queries[doc]], 5, exclude=[doc])["mean"][0]
+    assert doc not in [d for d, _, _ in rankings]
+    assert doc in [d for d, _, _ in searcher.rank_many([queries[doc]], 5)["mean"][0]]
+    assert kept.per_query["mean"][doc]["mrr@10"] <= ignored.per_query["mean"][doc]["mrr@10"]
+
+
+def test_queries_without_positive_judgements_are_excluded_and_counted(sample_index, bundled_encoder):
+    searcher = Searcher(sample_index[0], bundled_encoder)
+    queries = {"a": "what causes a solar eclipse", "b": "how to bake bread"}
+    result = evaluate(searcher, queries, {"a": {"astro-002": 2}, "b": {"astro-002": 0}}, dataset="t", progress=False)
+    assert result.to_dict()["queries_evaluated"] == 1 and result.excluded_no_positive == ["b"]
+
+
+# -- CLI -------------------------------------------------------------------------------------------------
+
+def test_cli_reports_malformed_and_unknown_lines_and_still_evaluates(sample_index, tmp_path, capsys):
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(
+        "query-id\tcorpus-id\tscore\nq01\tastro-002\t2\nq01\tastro-003\n q02\tastro-001\ttwo\n"
+        "q99\tastro-001\t1\nq02\tnope-1\t1\nq02\tastro-001\t2\n",
+        encoding="utf-8",
+    )
+    out_dir = tmp_path / "out"
+    code = main(["evaluate", "--index", str(sample_index[0]), "--queries", str(SAMPLE / "queries.jsonl"),
+                 "--qrels", str(qrels), "--json", "--no-progress", "--out", str(out_dir)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["queries_evaluated"] == 2
+    issues = report["issues"]
+    assert f"{qrels}:3: expected 3 tab-separated fields" in issues[0]
+    assert f"{qrels}:4: score must be an integer, got 'two'" in issues[1]
+    assert f"{qrels}:5: unknown query id 'q99'" in issues[2] and f"{qrels}:6: unknown document id 'nope-1'" in issues[3]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["bm25.run", "cls.run", "mean.run", "pooled.run", "report.json", "report.md", "rrf.run"]
+
+
+def test_cli_needs_a_dataset_or_an_index_with_labels(tmp_path, capsys):
+    assert main(["evaluate", "--index", str(tmp_path)]) == 2
+    assert "--queries FILE and --qrels FILE" in capsys.readouterr().err
+    assert main(["evaluate", "--beir", str(SAMPLE), "--split", "dev", "--index", str(tmp_path / "ix")]) == 2
+    assert "no qrels/dev.tsv; splits found: test" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not MSMARCO.is_dir(), reason=f"{MSMARCO} is absent (shared datasets not mounted)")
+def test_msmarco_5k_evaluation_is_complete(tmp_path, capsys):
+    index = tmp_path / "ms"
+    args = ["evaluate", "--beir", str(MSMARCO), "--index", str(index), "--json", "--no-progress"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["queries_evaluated"] == 43 and report["queries_excluded_no_positive"] == 0
+    assert report["issues"] == []
+    assert all(Path(p).is_file() for p in report["artifacts"].values()) and len(report["artifacts"]) == 6
+    qrels = load_qrels(MSMARCO / "qrels" / "test.tsv", LoadReport())
+    check_against_run_files(report, qrels)
+    # a second run reuses the index instead of rebuilding it
+    assert main(args) == 0
+    assert "reusing the index" in capsys.readouterr().err
