@@ -329,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
 

@@ -8,6 +8,7 @@ them (by descending document id), so every tool scoring those files gets the sam
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,8 @@ def bm25_run(
     """BM25 (bm25s, Lucene variant, English stop words and Snowball stemming) over (doc_id, text) pairs."""
     import bm25s
     import Stemmer
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import and would print internals
 
     stemmer = Stemmer.Stemmer("english")
     ids = [d for d, _ in documents]
