@@ -1,5 +1,5 @@
 # Pooling Lab — the two commands of the README:
-#   make run    set everything up and start the product on the embedded model and data/sample/
+#   make run    set everything up and start the app on the embedded model and data/sample/
 #   make test   set up what the tests need and run them
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -11,9 +11,16 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test install index clean constraints
+PORT   ?= 8501
 
+.PHONY: run demo test install index clean constraints
+
+# The Streamlit app on the sample index: open http://localhost:$(PORT)
 run: $(INDEX)/manifest.json
+	$(PY) -m streamlit run app/streamlit_app.py --server.port $(PORT) -- --index $(INDEX)
+
+# The same in a terminal: both rankings for sample queries, then your own
+demo: $(INDEX)/manifest.json
 	$(PY) -m indexer demo --index $(INDEX) --source $(SAMPLE)
 
 test: $(STAMP)

@@ -17,8 +17,8 @@ from typing import Sequence
 from . import __version__
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_representations
 from .encoder import Encoder, ModelError
-from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p
-from .loaders import LoadReport, SourceError, load_qrels, load_queries, open_beir
+from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels
+from .loaders import LoadReport, SourceError, load_queries, open_beir
 from .pipeline import BuildError, BuildSummary, build_index, index_matches
 from .search import SearchResult, Searcher
 from .store import MANIFEST, StoreError, read_manifest
@@ -178,7 +178,6 @@ def default_eval_index(dataset: Path, model: str | None) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    report = LoadReport()
     if args.beir is not None:
         dataset = open_beir(args.beir)
         if dataset.queries is None:
@@ -204,11 +203,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         queries_file, qrels_file = args.queries, args.qrels
         name = Path(args.queries).resolve().parent.name
         searcher = Searcher(args.index)
-    queries = load_queries(queries_file, report)
-    qrels = load_qrels(qrels_file, report, known_queries=queries, known_documents=searcher.index.doc_ids())
+    queries, qrels, issues = load_labels(queries_file, qrels_file, searcher.index.doc_ids())
     out_dir = args.out or Path(f"{searcher.index.directory}.eval") / f"{name}-{args.split}"
     result = evaluate(
-        searcher, queries, qrels, dataset=name, split=args.split, issues=report.issues,
+        searcher, queries, qrels, dataset=name, split=args.split, issues=issues,
         ignore_identical_ids=not args.keep_identical_ids, out_dir=out_dir, progress=not args.no_progress,
     )
     if args.json:
@@ -278,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--index", required=True, type=Path, help="index directory to create")
     model_options(b, "embedded all-MiniLM-L6-v2 by default; or a local model directory, or a Hugging Face model id (downloaded)")
     b.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk incl. special tokens (default: the model's limit, 256 for all-MiniLM-L6-v2)")
-    b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tokens shared by neighbouring chunks (default {DEFAULT_OVERLAP})")
+    b.add_argument("--overlap", type=int, default=None, help=f"tokens shared by neighbouring chunks (default {DEFAULT_OVERLAP}, or an eighth of shorter chunks)")
     b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
     b.add_argument("--representations", default="pooled,mean", help=f"comma-separated, from {', '.join(REPRESENTATIONS)} (default pooled,mean)")
     b.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"], help="source format (default: detected)")

@@ -28,6 +28,11 @@ def parse_representations(value: str | tuple[str, ...] | list[str]) -> tuple[str
     return tuple(r for r in REPRESENTATIONS if r in names)
 
 
+def default_overlap(max_tokens: int) -> int:
+    """32 tokens, or an eighth of the chunk when chunks are shorter than 256 tokens."""
+    return min(DEFAULT_OVERLAP, max_tokens // 8)
+
+
 @dataclass(frozen=True)
 class ChunkingConfig:
     """Token windows: `max_tokens` includes the model's special tokens; `overlap` tokens are shared by neighbours."""

@@ -12,12 +12,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Container, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .loaders import Document, LoadIssue
+from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
@@ -263,11 +263,13 @@ def evaluate(
     ignore_identical_ids: bool = True,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    on_step: Callable[[str, float], None] | None = None,
 ) -> Evaluation:
     """Rank every judged query in each representation, plus BM25 and RRF(pooled, mean), and score them.
 
     `qrels` must already be restricted to known queries and documents (see loaders.load_qrels).
-    Queries without any judgement of grade >= 1 are excluded and counted.
+    Queries without any judgement of grade >= 1 are excluded and counted. `on_step(label, fraction)`
+    reports progress (the app's bar).
     """
     judged = {q: j for q, j in qrels.items() if q in queries}
     positive = {q: j for q, j in judged.items() if any(g > 0 for g in j.values())}
@@ -280,20 +282,28 @@ def evaluate(
     steps = list(searcher.representations) + ["bm25", "rrf", "metrics"]
     runs: dict[str, Run] = {}
     with tqdm(total=len(steps), desc="evaluating", unit="step", disable=not progress) as bar:
-        bar.set_postfix_str("encoding and searching")
+
+        def step(label: str) -> None:
+            bar.set_postfix_str(label)
+            if on_step is not None:
+                on_step(label, bar.n / len(steps))
+
+        step("encoding and searching")
         rankings = searcher.rank_many(texts, DEPTH, exclude=exclude)
         for r in searcher.representations:
             runs[r] = {q: {doc: score for doc, _, score in ranked} for q, ranked in zip(qids, rankings[r])}
             bar.update()
-        bar.set_postfix_str("bm25")
+        step("bm25")
         documents = [(d, Document(d, text, title).content) for d, title, text in searcher.index.documents()]
         runs["bm25"] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
         bar.update()
+        step("fusion")
         runs["rrf"] = rrf([runs["pooled"], runs["mean"]])
         bar.update()
-        bar.set_postfix_str("metrics")
+        step("metrics")
         per_query = {system: per_query_metrics(run, positive) for system, run in runs.items()}
         bar.update()
+        step("done")
     result = Evaluation(
         dataset=dataset,
         split=split,
@@ -308,6 +318,37 @@ def evaluate(
     if out_dir is not None:
         write_artifacts(result, runs, Path(out_dir))
     return result
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """Queries and judgements that belong to an index (a split of the BEIR dataset it was built from)."""
+
+    name: str
+    queries: Path
+    qrels: Path
+
+
+def labelled_sets(manifest: Mapping) -> list[LabelledSet]:
+    """The labelled query sets of the BEIR dataset an index was built from (none for other sources)."""
+    source = manifest.get("source", {})
+    if source.get("format") != "beir":
+        return []
+    try:
+        dataset = open_beir(source.get("path", ""))
+    except SourceError:
+        return []
+    if dataset.queries is None:
+        return []
+    return [LabelledSet(f"{dataset.root.name} · {split}", dataset.queries, path) for split, path in dataset.qrels.items()]
+
+
+def load_labels(queries_file: str | Path, qrels_file: str | Path, doc_ids: Container[str]) -> tuple[dict[str, str], Qrels, list[LoadIssue]]:
+    """Queries and judgements, with bad lines and unknown query or document ids reported and skipped."""
+    report = LoadReport()
+    queries = load_queries(queries_file, report)
+    qrels = load_qrels(qrels_file, report, known_queries=queries, known_documents=doc_ids)
+    return queries, qrels, report.issues
 
 
 def write_artifacts(result: Evaluation, runs: Mapping[str, Run], out_dir: Path) -> None:

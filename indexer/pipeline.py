@@ -11,14 +11,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .chunking import make_chunks
-from .config import ChunkingConfig, DEFAULT_OVERLAP
+from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
 from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, LoadIssue, LoadReport, detect_format, iter_documents
 from .files import sha256_file
@@ -77,8 +77,9 @@ def source_fingerprint(source: Path, fmt: str) -> str | None:
     return sha256_file(source / "corpus.jsonl" if fmt == "beir" else source)
 
 
-def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: int = DEFAULT_OVERLAP) -> str | None:
+def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: int | None = None) -> str | None:
     """Why the index at `index_dir` cannot be reused for `source` with `encoder` (None: it can)."""
+    overlap = default_overlap(encoder.max_tokens) if overlap is None else overlap
     if not (Path(index_dir) / MANIFEST).is_file():
         return "no index there yet"
     try:
@@ -106,20 +107,24 @@ def build_index(
     index_dir: str | Path,
     encoder: Encoder,
     *,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     overwrite: bool = False,
     format: str = "auto",
     id_column: str | None = None,
     title_column: str | None = "title",
     text_column: str = "text",
     progress: bool = True,
+    on_progress: Callable[[int, int | None], None] | None = None,
 ) -> BuildSummary:
     """Index every readable document of `source` into `index_dir`; bad records are reported and skipped.
 
     Nothing is published unless the whole build succeeds; an existing index stays until then.
+    `on_progress(documents_done, estimated_total)` is called after every batch (the app's bar).
     """
     source = Path(source)
-    chunking = ChunkingConfig(max_tokens=encoder.max_tokens, overlap=overlap)
+    chunking = ChunkingConfig(
+        max_tokens=encoder.max_tokens, overlap=default_overlap(encoder.max_tokens) if overlap is None else overlap
+    )
     fmt = detect_format(source) if format == "auto" else format
     report = LoadReport()
     documents = iter_documents(
@@ -128,8 +133,9 @@ def build_index(
     started = time.perf_counter()
     tokens = 0
     dims = {r: encoder.info.dim for r in encoder.representations}
+    estimate = estimate_documents(source, fmt)
     with logging_redirect_tqdm(), IndexWriter(index_dir, dims, overwrite=overwrite) as writer, tqdm(
-        total=estimate_documents(source, fmt), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
+        total=estimate, unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
     ) as bar:
         for batch in _batched(documents, DOCS_PER_BATCH):
             kept, chunks = [], []
@@ -148,6 +154,8 @@ def build_index(
                 tokens += sum(c.n_tokens for c in chunks)
             bar.update(len(batch))
             bar.set_postfix(chunks=writer.chunks, skipped=report.skipped, refresh=False)
+            if on_progress is not None:
+                on_progress(bar.n, estimate)
         bar.total = bar.n  # the total was an estimate from line or file counts
         bar.refresh()
         if writer.documents == 0:

@@ -275,6 +275,26 @@ class IndexReader:
         )
         return {r[0]: ChunkHit(*r) for r in rows}
 
+    def vectors(self, representation: str, chunk_ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of the given chunks, in that order."""
+        index = self.indexes[representation]
+        return np.vstack([index.reconstruct(int(i)) for i in chunk_ids]) if len(chunk_ids) else np.empty((0, index.d), np.float32)
+
+    def chunk_ids_by_doc(self, doc_ids: Iterable[str] | None = None) -> dict[str, list[int]]:
+        """Chunk ids of each document (all documents when `doc_ids` is None), in position order."""
+        if doc_ids is None:
+            with self._lock:
+                rows = self.db.execute("SELECT doc_id, chunk_id FROM chunks ORDER BY doc_id, position").fetchall()
+        else:
+            rows = self._query("SELECT doc_id, chunk_id FROM chunks WHERE doc_id IN ({}) ORDER BY doc_id, position", list(doc_ids))
+        out: dict[str, list[int]] = {}
+        for doc, cid in rows:
+            out.setdefault(doc, []).append(cid)
+        return out
+
+    def titles(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        return dict(self._query("SELECT doc_id, title FROM documents WHERE doc_id IN ({})", list(doc_ids)))
+
     def doc_ids(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self.db.execute("SELECT doc_id FROM documents")}
@@ -285,7 +305,7 @@ class IndexReader:
             rows = self.db.execute("SELECT doc_id, title, text FROM documents ORDER BY doc_id").fetchall()
         yield from rows
 
-    def _query(self, sql: str, ids: list[int]) -> list[tuple]:
+    def _query(self, sql: str, ids: list) -> list[tuple]:
         out: list[tuple] = []
         with self._lock:
             for i in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit

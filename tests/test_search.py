@@ -106,3 +106,19 @@ def test_missing_representation_is_refused(tmp_path, tiny_bert, small_jsonl):
     with pytest.raises(IndexMismatchError, match="no `pooled` representation"):
         Searcher(tmp_path / "mean-only", encoder, representations=("pooled", "mean"))
     assert set(Searcher(tmp_path / "mean-only", encoder).search("bees").results) == {"mean"}
+
+
+def test_one_searcher_serves_many_threads_at_once(tiny_index):
+    """The app shares one Searcher between browser sessions: concurrent queries must not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    searcher = Searcher(*tiny_index)
+    queries = ["bees and honey", "bake bread", "rain and snow", "repair the bike", "a comet in the sky"] * 8
+    expected = {q: searcher.search(q, k=5).to_dict() for q in set(queries)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda q: searcher.search(q, k=5).to_dict(), queries))
+    for query, result in zip(queries, results):
+        for r, hits in result["results"].items():
+            want = expected[query]["results"][r]
+            assert [h["doc_id"] for h in hits] == [h["doc_id"] for h in want]
+            np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in want], atol=1e-5)

@@ -1,0 +1,159 @@
+"""Shared pieces of the app: the current index, cached model and indexes, and safe text display.
+
+Everything cached with `st.cache_resource` is shared by all browser sessions, so it is used
+read-only; the encoder guards its tokenizer with a lock and the index its SQLite connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from indexer.encoder import Encoder, ModelError
+from indexer.evaluation import LabelledSet, labelled_sets, load_labels
+from indexer.explore import anisotropy, pca_2d
+from indexer.search import Searcher, model_name_for
+from indexer.store import MANIFEST, StoreError, read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INDEX = ROOT / "indexes" / "sample"
+UPLOAD_LIMIT_MB = 50  # .streamlit/config.toml: server.maxUploadSize
+
+
+# -- which index --------------------------------------------------------------------------------------
+
+def index_dir() -> Path:
+    return Path(st.session_state.get("index_dir") or DEFAULT_INDEX)
+
+
+def index_root() -> Path:
+    """Folder where the app looks for indexes and builds new ones."""
+    return Path(st.session_state.get("index_root") or index_dir().parent)
+
+
+def available_indexes() -> list[Path]:
+    """Index directories in the index root, and the current one wherever it is."""
+    root = index_root()
+    found = sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    current = index_dir().resolve()
+    if (current / MANIFEST).is_file() and current not in [p.resolve() for p in found]:
+        found.insert(0, current)
+    return found
+
+
+def manifest_sha(directory: Path) -> str:
+    """Identity of an index's current contents: a rebuilt index gets a new cache entry."""
+    return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()
+
+
+# -- cached resources ------------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading the model…")
+def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens: int | None) -> Encoder:
+    """One shared encoder per model, representations and max length (None: the model's own)."""
+    return Encoder.load(model, representations=representations, max_tokens=max_tokens)
+
+
+@st.cache_resource(show_spinner="Opening the index…", max_entries=8)
+def load_searcher(directory: str, sha: str, model: str | None) -> Searcher:
+    """A verified index and its encoder; `model` overrides the index's own (then it must match)."""
+    manifest = read_manifest(directory)
+    name = model if model is not None else model_name_for(manifest)
+    encoder = load_encoder(name, tuple(manifest["representations"]), manifest["chunking"]["max_tokens"])
+    return Searcher(directory, encoder)
+
+
+def searcher_or_stop() -> Searcher:
+    """The current index's searcher, or a clear message on the page (never a traceback) and stop."""
+    directory = index_dir()
+    if not (directory / MANIFEST).is_file():
+        st.error(
+            f"No index at `{directory}`. Build one on the **Index** page, or from a terminal: "
+            f"`python -m indexer build SOURCE --index {directory}`"
+        )
+        st.stop()
+    try:
+        return load_searcher(str(directory.resolve()), manifest_sha(directory), st.session_state.get("model"))
+    except (StoreError, ModelError, ValueError, OSError) as exc:
+        st.error(f"Cannot open the index `{directory}`: {exc}")
+        st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def labels(directory: str, sha: str, name: str) -> tuple[dict[str, str], dict[str, dict[str, int]], list[str]]:
+    """Queries, judgements and skipped-line messages of one labelled set of an index."""
+    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    chosen = next(s for s in labelled_sets(searcher.manifest) if s.name == name)
+    queries, qrels, issues = load_labels(chosen.queries, chosen.qrels, searcher.index.doc_ids())
+    return queries, qrels, [str(i) for i in issues]
+
+
+def labelled_sets_of(searcher: Searcher) -> list[LabelledSet]:
+    return labelled_sets(searcher.manifest)
+
+
+def judgements_for(searcher: Searcher, query: str) -> tuple[str, dict[str, int]] | None:
+    """(query id, judgements) when the typed query is one of the index's labelled queries."""
+    wanted = " ".join(query.lower().split())
+    directory = str(searcher.index.directory)
+    for labelled in labelled_sets_of(searcher):
+        queries, qrels, _ = labels(directory, manifest_sha(searcher.index.directory), labelled.name)
+        for qid, text in queries.items():
+            if qid in qrels and " ".join(text.lower().split()) == wanted:
+                return qid, qrels[qid]
+    return None
+
+
+@st.cache_data(show_spinner="Sampling documents…", max_entries=8)
+def document_sample(directory: str, sha: str, limit: int = 1500) -> dict:
+    """First-chunk vectors of up to `limit` documents per representation, their PCA maps and anisotropy."""
+    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    chunks = searcher.index.chunk_ids_by_doc()
+    docs = sorted(chunks)
+    if len(docs) > limit:
+        docs = sorted(np.random.default_rng(0).choice(docs, size=limit, replace=False).tolist())
+    titles = searcher.index.titles(docs)
+    out = {"doc_ids": docs, "titles": [titles.get(d, "") for d in docs], "maps": {}, "anisotropy": {}}
+    for r in searcher.representations:
+        vectors = searcher.index.vectors(r, [chunks[d][0] for d in docs])
+        out["anisotropy"][r] = anisotropy(vectors)
+        out["maps"][r] = pca_2d(vectors) if len(docs) >= 3 else np.zeros((len(docs), 2))
+    return out
+
+
+# -- safe text -----------------------------------------------------------------------------------------
+
+# Every ASCII punctuation character may be backslash-escaped in Markdown; escaping all of them
+# means document text can never become a link, an image, HTML, LaTeX or a Streamlit directive.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def _escape(text: str) -> str:
+    return _PUNCTUATION.sub(r"\\\1", text)
+
+
+def escape_markdown(text: str) -> str:
+    """Text shown literally by st.markdown (on one line), whatever it contains."""
+    return _escape(" ".join(text.split()))
+
+
+def highlight(text: str, query: str) -> str:
+    """Escaped text with the query's words (stop words aside) in bold, for st.markdown."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = {w for w in re.findall(r"\w+", query.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
+    if not words:
+        return escape_markdown(text)
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\w*", re.IGNORECASE)
+    text = " ".join(text.split())
+    parts, last = [], 0
+    for match in pattern.finditer(text):
+        parts.append(_escape(text[last : match.start()]))
+        parts.append(f"**{_escape(match.group(0))}**")
+        last = match.end()
+    parts.append(_escape(text[last:]))
+    return "".join(parts)

@@ -1,0 +1,57 @@
+"""Geometry of each representation: anisotropy, query-document similarities, a 2-D map."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def anisotropy(vectors: np.ndarray, *, pairs: int = 5000, seed: int = 0) -> float:
+    """Mean cosine similarity of random pairs of distinct (unit) vectors.
+
+    Near 0: vectors spread over the sphere; near 1: they crowd into a narrow cone, so small
+    score differences carry the ranking.
+    """
+    n = len(vectors)
+    if n < 2:
+        raise ValueError(f"anisotropy needs at least 2 vectors, got {n}")
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=pairs)
+    j = (i + rng.integers(1, n, size=pairs)) % n  # never the same vector
+    return float(np.mean(np.sum(vectors[i] * vectors[j], axis=1)))
+
+
+def pca_2d(vectors: np.ndarray) -> np.ndarray:
+    """Coordinates of each vector on the first two principal components."""
+    from sklearn.decomposition import PCA
+
+    if len(vectors) < 3:
+        raise ValueError(f"a 2-D map needs at least 3 documents, got {len(vectors)}")
+    return PCA(n_components=2, random_state=0).fit_transform(vectors)
+
+
+def judged_similarities(
+    query_vectors: np.ndarray,
+    query_ids: Sequence[str],
+    doc_vectors: Mapping[str, np.ndarray],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    unjudged_per_query: int = 20,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Query-document cosines for relevant pairs (grade >= 1) and non-relevant ones.
+
+    A document's similarity is its best chunk's (`doc_vectors[doc]` holds its chunk vectors).
+    Non-relevant pairs are those judged 0 plus a random sample of unjudged documents.
+    """
+    rng = np.random.default_rng(seed)
+    docs = sorted(doc_vectors)
+    out: dict[str, list[float]] = {"relevant": [], "non-relevant": []}
+    for q, vector in zip(query_ids, query_vectors):
+        judged = qrels.get(q, {})
+        sample = [docs[i] for i in rng.choice(len(docs), size=min(unjudged_per_query, len(docs)), replace=False)]
+        pairs = [(d, g) for d, g in judged.items() if d in doc_vectors] + [(d, 0) for d in sample if d not in judged]
+        for d, grade in pairs:
+            out["relevant" if grade > 0 else "non-relevant"].append(float(np.max(doc_vectors[d] @ vector)))
+    return out

@@ -1,0 +1,143 @@
+"""Every page of the Streamlit app through streamlit.testing.v1.AppTest: renders, answers, explains bad input."""
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+from indexer.encoder import Encoder
+from indexer.pipeline import build_index
+
+APP = str(ROOT / "app" / "streamlit_app.py")
+JUDGED_QUERY = "why does my homemade bread come out flat and heavy"  # q08 of data/sample
+
+
+def app(index_dir, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["index_dir"] = str(index_dir)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def search(at: AppTest, query: str) -> AppTest:
+    at.text_input(key="query").input(query)
+    return at.button[0].click().run()
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory, tiny_bert):
+    """Documents whose text tries Markdown, HTML and LaTeX: the page must show it literally."""
+    src = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    rows = [
+        {"_id": "evil", "title": "<b>bold</b>", "text": "the bees <script>alert(1)</script> [link](http://x) **honey** $x$"},
+        {"_id": "ok", "title": "bread", "text": "bake bread with flour and water"},
+        {"_id": "sky", "title": "", "text": "a comet and a planet orbit the sun"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    encoder = Encoder.load(str(tiny_bert))  # 64 tokens: each document is one chunk
+    return build_index(src, tmp_path_factory.mktemp("ix") / "tiny", encoder, overlap=4, progress=False).index_dir
+
+
+def test_search_page_asks_for_a_query_first(tiny_index):
+    at = app(tiny_index)
+    assert not at.exception
+    assert "Type a query" in at.info[0].value
+
+
+def test_a_query_shows_both_rankings_with_their_overlap(tiny_index):
+    at = search(app(tiny_index), "bees and honey")
+    assert not at.exception and not at.error
+    assert texts(at.subheader) == ["`pooled`", "`mean`"]
+    labels = [m.label for m in at.metric]
+    assert "Shared documents (overlap@10)" in labels and "Rank-biased overlap (p = 0.9)" in labels
+    assert sum(t.startswith("**1.**") for t in texts(at.markdown)) == 2
+
+
+def test_document_text_is_never_rendered_as_markup(tiny_index):
+    at = search(app(tiny_index), "bees")
+    shown = "\n".join(texts(at.markdown))
+    assert r"\<script\>alert\(1\)\<\/script\>" in shown and r"\[link\]\(http\:\/\/x\)" in shown
+    assert r"\<b\>bold\<\/b\>" in shown and r"\$x\$" in shown
+    assert "<script>" not in shown and "](http" not in shown
+
+
+def test_judged_query_shows_ndcg_and_relevant_hits(sample_index):
+    at = search(app(sample_index[0]), JUDGED_QUERY)
+    assert not at.exception
+    labels = {m.label: m.value for m in at.metric}
+    assert {"nDCG@10 pooled", "nDCG@10 mean"} <= set(labels)
+    assert any(t.endswith(":green-badge[:material/check: relevant]") for t in texts(at.markdown))
+    assert any("Judged query `q08`" in c for c in texts(at.caption))
+
+
+def test_missing_index_is_a_message_not_a_traceback(tmp_path):
+    at = app(tmp_path / "nowhere")
+    assert not at.exception
+    assert "No index at" in at.error[0].value and "python -m indexer build" in at.error[0].value
+
+
+def test_index_built_with_another_model_is_a_message(tiny_index, tiny_bert_other):
+    at = app(tiny_index, model=str(tiny_bert_other))
+    assert not at.exception
+    assert "Cannot open the index" in at.error[0].value and "built with model" in at.error[0].value
+
+
+def test_evaluate_page_shows_metrics_and_significance(sample_index):
+    at = app(sample_index[0])
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception and not at.error
+    at.button[0].click().run()
+    assert not at.exception
+    assert texts(at.subheader) == ["70 queries evaluated", "pooled vs mean, paired over queries", "Per query"]
+    metrics = at.dataframe[0].value
+    assert {"pooled", "mean", "bm25", "rrf"} <= set(metrics.index)
+    table = at.dataframe[2].value
+    assert list(table.columns) == ["query", "text", "pooled nDCG@10", "mean nDCG@10", "delta"]
+    assert list(table["delta"]) == sorted(table["delta"], reverse=True)
+    # choosing a query opens it in Search, with both rankings
+    query_box = next(s for s in at.selectbox if s.label == "Query to open")
+    query_box.set_value(3).run()
+    next(b for b in at.button if b.label == "Open in Search").click().run()
+    assert not at.exception
+    assert at.session_state["query"] == table.iloc[3]["text"]
+    assert texts(at.subheader)[:2] == ["`pooled`", "`mean`"]
+
+
+def test_evaluate_page_without_labels_explains_why(tiny_index):
+    at = app(tiny_index)
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception and "no labelled queries" in at.info[0].value
+
+
+def test_explore_page_shows_anisotropy_and_maps(sample_index):
+    at = app(sample_index[0])
+    at.switch_page("views/explore.py").run()
+    assert not at.exception and not at.error
+    values = {m.label: float(m.value) for m in at.metric}
+    assert set(values) >= {"`pooled`", "`mean`"} and all(-1 <= v <= 1 for v in values.values())
+    assert len(at.get("vega_lite_chart")) == 2 * len(values)  # a histogram and a map per representation
+
+
+def test_index_page_lists_indexes_and_builds_from_uploads(tiny_index, tiny_bert, tmp_path):
+    at = app(tiny_index, index_root=str(tmp_path), model=None)
+    at.switch_page("views/index.py").run()
+    assert not at.exception
+    assert any("tiny" in e.label for e in at.expander)
+    at.file_uploader[0].upload("a.txt", b"the bees make honey", "text/plain")
+    at.file_uploader[0].upload("b.txt", b"\x00\x01 binary", "text/plain")
+    at.text_input[0].input("uploaded")
+    at.session_state["model"] = str(tiny_bert)
+    at.run()
+    build = next(b for b in at.button if b.label == "Build")
+    build.click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "Indexed 1 documents" in at.success[0].value
+    skipped = at.dataframe[0].value
+    assert list(skipped["file"]) == ["b.txt"] and "binary" in skipped["reason"][0]
+    assert at.session_state["index_dir"] == str(tmp_path / "uploaded")

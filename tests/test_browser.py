@@ -1,0 +1,98 @@
+"""End to end in a real browser: `streamlit run` on a free localhost port, driven by Debian's Chromium."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a sandboxed, offline machine: no background network calls, no GPU, no setuid sandbox as root.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+QUERY = "why does my homemade bread come out flat and heavy"
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(sample_index, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+        "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+        "--browser.gatherUsageStats", "false", "--", "--index", str(sample_index[0]),
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not start:\n{log.read_text(errors='replace')}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_search_in_a_real_browser_shows_both_rankings(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(server, wait_until="domcontentloaded")
+            box = page.get_by_label("Query")
+            box.wait_for(timeout=90_000)
+            box.fill(QUERY)
+            page.get_by_role("button", name="Search").click()
+            page.get_by_text("Rank-biased overlap").wait_for(timeout=90_000)
+            for name in ("pooled", "mean"):
+                page.locator("h3", has_text=name).wait_for(timeout=60_000)
+            hits = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in (pooled|mean):"))
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')].filter(e => e.innerText.includes(' · score ')).length >= 20",
+                timeout=60_000,
+            )
+            columns = [h.strip() for h in page.locator("h3").all_inner_texts() if h.strip() in ("pooled", "mean", "cls")]
+            assert {"pooled", "mean"} <= set(columns)
+            assert hits.count() == 10 * len(columns)  # ten hits in every column
+            marked = page.locator("[data-testid=stMarkdownContainer]", has_text=re.compile(r"^\d+\. .*relevant$"))
+            assert marked.count() >= 2  # q08's judged documents carry the "relevant" badge
+            assert page.get_by_text("nDCG@10 pooled").count() == 1 and page.get_by_text("nDCG@10 mean").count() == 1
+            screenshot = tmp_path / "search.png"
+            page.screenshot(path=str(screenshot), full_page=False)
+            assert screenshot.stat().st_size > 10_000
+            if os.environ.get("POOLING_LAB_SCREENSHOT"):
+                shutil.copy(screenshot, os.environ["POOLING_LAB_SCREENSHOT"])
+        finally:
+            browser.close()
