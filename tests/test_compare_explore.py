@@ -1,0 +1,72 @@
+"""Ranking agreement (overlap, RBO, movement) and representation geometry, on hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from indexer.compare import movement, other_ranks, overlap_at_k, rank_biased_overlap
+from indexer.explore import anisotropy, judged_similarities, pca_2d
+
+
+def test_overlap_at_k():
+    assert overlap_at_k(["a", "b", "c"], ["c", "d", "a"], 3) == 2
+    assert overlap_at_k(["a", "b", "c"], ["c", "d", "a"], 1) == 0
+
+
+def test_rbo_identical_and_disjoint_lists():
+    assert rank_biased_overlap(list("abcdef"), list("abcdef")) == pytest.approx(1.0)
+    assert rank_biased_overlap(list("abc"), list("xyz")) == 0.0
+
+
+def test_rbo_by_hand():
+    # depth 1: no agreement; depth 2: {x, y} vs {y, z} share y -> A2 = 1/2
+    # RBO_ext = A2 * p^2 + (1 - p) / p * (A1 * p + A2 * p^2) = 0.125 + 0.125 with p = 0.5
+    assert rank_biased_overlap(["x", "y"], ["y", "z"], p=0.5) == pytest.approx(0.25)
+
+
+def test_rbo_weights_the_top_more_than_the_bottom():
+    top_swap = rank_biased_overlap(list("bacdefghij"), list("abcdefghij"))
+    bottom_swap = rank_biased_overlap(list("abcdefghji"), list("abcdefghij"))
+    assert top_swap < bottom_swap < 1.0
+
+
+def test_rbo_rejects_p_outside_the_unit_interval():
+    with pytest.raises(ValueError, match="p must be in"):
+        rank_biased_overlap(["a"], ["a"], p=1.0)
+
+
+def test_other_ranks_and_movement():
+    assert other_ranks(["a", "b", "c"], ["c", "a"]) == {"a": 2, "b": None, "c": 1}
+    assert [movement(1, 2), movement(3, 1), movement(2, 2), movement(4, None)] == ["↓1", "↑2", "=", "only here"]
+
+
+def test_anisotropy_matches_all_pairs_on_a_small_set():
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((6, 4)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    sims = v @ v.T
+    all_pairs = sims[~np.eye(6, dtype=bool)].mean()
+    assert anisotropy(v, pairs=200_000) == pytest.approx(all_pairs, abs=0.01)
+    crowded = np.ones((5, 4), np.float32) / 2 + rng.normal(0, 0.01, (5, 4)).astype(np.float32)
+    crowded /= np.linalg.norm(crowded, axis=1, keepdims=True)
+    assert anisotropy(crowded) > 0.99
+
+
+def test_pca_2d_keeps_the_main_directions():
+    rng = np.random.default_rng(0)
+    points = np.zeros((50, 5))
+    points[:, 0] = rng.normal(0, 10, 50)
+    points[:, 1] = rng.normal(0, 3, 50)
+    points[:, 2:] = rng.normal(0, 0.01, (50, 3))
+    xy = pca_2d(points)
+    assert xy.shape == (50, 2)
+    assert abs(np.corrcoef(xy[:, 0], points[:, 0])[0, 1]) > 0.99
+    with pytest.raises(ValueError, match="at least 3"):
+        pca_2d(points[:2])
+
+
+def test_judged_similarities_use_each_documents_best_chunk():
+    q = np.array([[1.0, 0.0]])
+    docs = {"rel": np.array([[0.0, 1.0], [0.6, 0.8]]), "non": np.array([[0.2, 0.98]]), "other": np.array([[-1.0, 0.0]])}
+    out = judged_similarities(q, ["q"], docs, {"q": {"rel": 2, "non": 0}}, unjudged_per_query=3)
+    assert out["relevant"] == [pytest.approx(0.6)]
+    assert sorted(out["non-relevant"]) == pytest.approx([-1.0, 0.2])  # judged 0, plus the unjudged "other"
