@@ -16,11 +16,11 @@ PORT   ?= 8501
 .PHONY: run demo test install index clean constraints
 
 # The Streamlit app on the sample index: open http://localhost:$(PORT)
-run: $(INDEX)/manifest.json
+run: $(INDEX)/CURRENT
 	$(PY) -m streamlit run app/streamlit_app.py --server.port $(PORT) -- --index $(INDEX)
 
 # The same in a terminal: both rankings for sample queries, then your own
-demo: $(INDEX)/manifest.json
+demo: $(INDEX)/CURRENT
 	$(PY) -m indexer demo --index $(INDEX) --source $(SAMPLE)
 
 test: $(STAMP)
@@ -36,9 +36,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt | $(VENV)/bin/py
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $@
 
-index: $(INDEX)/manifest.json
+index: $(INDEX)/CURRENT
 
-$(INDEX)/manifest.json: $(STAMP)
+$(INDEX)/CURRENT: $(STAMP)
 	$(PY) -m indexer build $(SAMPLE) --index $(INDEX) --overwrite
 
 constraints: $(STAMP)

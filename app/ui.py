@@ -6,7 +6,6 @@ read-only; the encoder guards its tokenizer with a lock and the index its SQLite
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
 from indexer.explore import anisotropy, pca_2d
 from indexer.search import Searcher, model_name_for
-from indexer.store import MANIFEST, StoreError, read_manifest
+from indexer.store import StoreError, is_index, read_manifest, read_pointer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INDEX = ROOT / "indexes" / "sample"
@@ -38,16 +37,16 @@ def index_root() -> Path:
 def available_indexes() -> list[Path]:
     """Index directories in the index root, and the current one wherever it is."""
     root = index_root()
-    found = sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    found = sorted(p for p in root.iterdir() if is_index(p)) if root.is_dir() else []
     current = index_dir().resolve()
-    if (current / MANIFEST).is_file() and current not in [p.resolve() for p in found]:
+    if is_index(current) and current not in [p.resolve() for p in found]:
         found.insert(0, current)
     return found
 
 
 def manifest_sha(directory: Path) -> str:
-    """Identity of an index's current contents: a rebuilt index gets a new cache entry."""
-    return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()
+    """Identity of an index's published generation: a new generation gets new cache entries."""
+    return read_pointer(directory)["manifest_sha256"]
 
 
 # -- cached resources ------------------------------------------------------------------------------------
@@ -60,7 +59,10 @@ def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens
 
 @st.cache_resource(show_spinner="Opening the index…", max_entries=8)
 def load_searcher(directory: str, sha: str, model: str | None) -> Searcher:
-    """A verified index and its encoder; `model` overrides the index's own (then it must match)."""
+    """A verified index and its encoder; `model` overrides the index's own (then it must match).
+
+    The searcher itself switches to a newly published generation before its next query.
+    """
     manifest = read_manifest(directory)
     name = model if model is not None else model_name_for(manifest)
     encoder = load_encoder(name, tuple(manifest["representations"]), manifest["chunking"]["max_tokens"])
@@ -70,7 +72,7 @@ def load_searcher(directory: str, sha: str, model: str | None) -> Searcher:
 def searcher_or_stop() -> Searcher:
     """The current index's searcher, or a clear message on the page (never a traceback) and stop."""
     directory = index_dir()
-    if not (directory / MANIFEST).is_file():
+    if not is_index(directory):
         st.error(
             f"No index at `{directory}`. Build one on the **Index** page, or from a terminal: "
             f"`python -m indexer build SOURCE --index {directory}`"

@@ -19,9 +19,10 @@ from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_
 from .encoder import Encoder, ModelError
 from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels
 from .loaders import LoadReport, SourceError, load_queries, open_beir
-from .pipeline import BuildError, BuildSummary, build_index, index_matches
-from .search import SearchResult, Searcher
-from .store import MANIFEST, StoreError, read_manifest
+from .integrity import repair, verify
+from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
+from .search import SearchResult, Searcher, model_name_for
+from .store import StoreError, is_index, read_manifest
 
 DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
 DEMO_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "sample"
@@ -73,18 +74,24 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def format_summary(s: BuildSummary, show: int = 10) -> str:
-    rate = s.documents / s.seconds if s.seconds > 0 else 0.0
-    lines = [
+def format_summary(s: BuildSummary, show: int = 10, *, update: bool = False) -> str:
+    rate = (s.added + s.updated) / s.seconds if s.seconds > 0 else 0.0
+    head = (
+        f"added {s.added}, re-embedded {s.updated} changed, left {s.unchanged} unchanged documents "
+        f"({s.tokens} tokens) in {s.seconds:.1f} s; the index now holds {s.documents} documents in {s.chunks} chunks"
+        if update else
         f"indexed {s.documents} documents into {s.chunks} chunks ({s.tokens} tokens) in {s.seconds:.1f} s "
-        f"({rate:.1f} documents/s)",
-        f"skipped records: {s.skipped}" + (f"; files with other extensions ignored: {s.ignored_files}" if s.ignored_files else ""),
-    ]
+        f"({rate:.1f} documents/s)"
+    )
+    lines = [head]
+    if s.resumed_at:
+        lines.append(f"resumed an interrupted run after {s.resumed_at} source records")
+    lines.append(f"skipped records: {s.skipped}" + (f"; files with other extensions ignored: {s.ignored_files}" if s.ignored_files else ""))
     for issue in s.issues[:show]:
         lines.append(f"  skipped: {issue}")
     if s.skipped > show:
         lines.append(f"  … and {s.skipped - show} more (all were logged above)")
-    lines.append(f"index: {s.index_dir}")
+    lines.append(f"index: {s.index_dir} ({s.generation})")
     return "\n".join(lines)
 
 
@@ -143,6 +150,52 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     print(format_summary(summary))
     return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.index)
+    encoder = Encoder.load(
+        model_name_for(manifest), representations=tuple(manifest["representations"]),
+        batch_size=args.batch_size, max_tokens=manifest["chunking"]["max_tokens"],
+    )
+    summary = add_documents(
+        args.index, args.source, encoder, format=args.format, id_column=args.id_column,
+        title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
+    )
+    print(format_summary(summary, update=True))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    ids = list(args.ids or [])
+    if args.ids_file is not None:
+        try:
+            ids += [line.strip() for line in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"cannot read {args.ids_file}: {exc}") from exc
+    summary = delete_documents(args.index, ids)
+    print(f"deleted {len(summary.removed)} documents; the index now holds {summary.documents} ({summary.generation})")
+    if summary.missing:
+        print(f"not in the index: {', '.join(summary.missing[:20])}" + (" …" if len(summary.missing) > 20 else ""))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    problems, notes = verify(args.index)
+    for note in notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    print(f"{args.index}: " + (f"{len(problems)} problems; do not serve this index" if problems else "ok"))
+    return 1 if problems else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    generation = repair(args.index)
+    problems, _ = verify(args.index)
+    print(f"published {generation} with FAISS files rebuilt from the metadata store; verify: "
+          + ("ok" if not problems else "; ".join(problems)))
+    return 0 if not problems else 1
 
 
 def _searcher(args: argparse.Namespace) -> Searcher:
@@ -240,7 +293,7 @@ def format_evaluation(result: Evaluation) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Terminal demo: build the sample index if missing, run sample queries, then read queries from stdin."""
     index = Path(args.index)
-    if not (index / MANIFEST).is_file():
+    if not is_index(index):
         print(f"building the demo index from {args.source} into {index} …", file=sys.stderr)
         encoder = _load_encoder(args, ("pooled", "mean"))
         print(format_summary(build_index(args.source, index, encoder)), file=sys.stderr)
@@ -286,6 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing index (kept until the new one is complete)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="index new documents and re-embed changed ones (by content hash)")
+    a.add_argument("index", type=Path, help="index directory")
+    a.add_argument("source", help="folder, JSONL, CSV/TSV or BEIR dataset")
+    a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
+    a.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"])
+    a.add_argument("--id-column", default=None)
+    a.add_argument("--title-column", default="title")
+    a.add_argument("--text-column", default="text")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=cmd_add)
+
+    rm = sub.add_parser("delete", help="remove documents by id")
+    rm.add_argument("index", type=Path)
+    rm.add_argument("--ids", nargs="+", default=None, metavar="ID")
+    rm.add_argument("--ids-file", type=Path, default=None, help="a file with one id per line")
+    rm.set_defaults(func=cmd_delete)
+
+    v = sub.add_parser("verify", help="check files, checksums, counts and ids; exit 1 if anything is wrong")
+    v.add_argument("index", type=Path)
+    v.set_defaults(func=cmd_verify)
+
+    rp = sub.add_parser("repair", help="rebuild the FAISS files from the metadata store, as a new generation")
+    rp.add_argument("index", type=Path)
+    rp.set_defaults(func=cmd_repair)
 
     s = sub.add_parser("search", help="show the pooled and mean rankings for a query")
     s.add_argument("index", type=Path, help="index directory")

@@ -5,13 +5,16 @@ Shared by the CLI and the app so that neither holds indexing logic of its own.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -20,10 +23,13 @@ from . import __version__
 from .chunking import make_chunks
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
-from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, LoadIssue, LoadReport, detect_format, iter_documents
+from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, Document, LoadIssue, LoadReport, detect_format, iter_documents
 from .files import sha256_file
 from .search import compatibility_problems
-from .store import MANIFEST, IndexWriter, StoreError, read_manifest
+from .staging import (
+    LOCK, STAGING, Staging, WriterLock, base_state, finish_interrupted_publish, manifest_base, publish, recover,
+)
+from .store import CURRENT, GENERATION, StoreError, content_sha256, is_index, read_manifest
 
 log = logging.getLogger("indexer.pipeline")
 
@@ -37,6 +43,8 @@ class BuildError(Exception):
 
 @dataclass
 class BuildSummary:
+    """What a build or an update did; `documents` and `chunks` count the whole published index."""
+
     index_dir: Path
     documents: int
     chunks: int
@@ -44,10 +52,24 @@ class BuildSummary:
     seconds: float
     ignored_files: int = 0
     issues: list[LoadIssue] = field(default_factory=list)
+    generation: str = ""
+    resumed_at: int = 0  # source records already done by an interrupted run of the same command
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
 
     @property
     def skipped(self) -> int:
         return len(self.issues)
+
+
+@dataclass
+class DeleteSummary:
+    index_dir: Path
+    removed: list[str]
+    missing: list[str]
+    documents: int
+    generation: str
 
 
 def estimate_documents(source: Path, fmt: str) -> int | None:
@@ -70,17 +92,23 @@ def estimate_documents(source: Path, fmt: str) -> int | None:
     return None
 
 
-def source_fingerprint(source: Path, fmt: str) -> str | None:
-    """sha256 of a file-based source (the corpus file of a BEIR folder); None for folders."""
-    if fmt == "folder":
-        return None
-    return sha256_file(source / "corpus.jsonl" if fmt == "beir" else source)
+def source_fingerprint(source: Path, fmt: str) -> str:
+    """sha256 of a file-based source (the corpus file of a BEIR folder); for a folder, of its files' names, sizes and times."""
+    if fmt != "folder":
+        return sha256_file(source / "corpus.jsonl" if fmt == "beir" else source)
+    digest = hashlib.sha256()
+    for root, dirs, names in sorted(os.walk(source)):
+        dirs.sort()
+        for name in sorted(names):
+            stat = (Path(root) / name).stat()
+            digest.update(f"{Path(root, name).relative_to(source)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return "files:" + digest.hexdigest()
 
 
 def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: int | None = None) -> str | None:
     """Why the index at `index_dir` cannot be reused for `source` with `encoder` (None: it can)."""
     overlap = default_overlap(encoder.max_tokens) if overlap is None else overlap
-    if not (Path(index_dir) / MANIFEST).is_file():
+    if not is_index(index_dir):
         return "no index there yet"
     try:
         manifest = read_manifest(index_dir)
@@ -91,7 +119,9 @@ def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: i
     problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, encoder.representations)
     if manifest.get("chunking", {}).get("overlap") != overlap:
         problems.append(f"it was built with an overlap of {manifest.get('chunking', {}).get('overlap')} tokens, not {overlap}")
-    if built.get("path") != str(source.resolve()) or built.get("sha256") != source_fingerprint(source, fmt) or fmt == "folder":
+    if manifest.get("updates"):
+        problems.append("it was updated with `add` or `delete` after it was built")
+    if built.get("path") != str(source.resolve()) or built.get("sha256") != source_fingerprint(source, fmt):
         problems.append(f"it was built from {built.get('path')} as it was then, not from {source.resolve()} as it is now")
     return "; ".join(problems) or None
 
@@ -100,6 +130,81 @@ def _batched(items: Iterable, n: int) -> Iterator[list]:
     it = iter(items)
     while batch := list(itertools.islice(it, n)):
         yield batch
+
+
+def _check_target(index_dir: Path) -> None:
+    """Refuse to write into a file or into a folder that holds anything but an index."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise StoreError(f"{index_dir} exists and is not a directory")
+    if index_dir.is_dir():
+        foreign = [p.name for p in index_dir.iterdir() if not _ours(p.name)]
+        if foreign:
+            raise StoreError(f"{index_dir} is not empty and is not an index directory ({foreign[0]}, …); refusing to write there")
+
+
+def _ours(name: str) -> bool:
+    return name in (CURRENT, LOCK, STAGING) or bool(GENERATION.fullmatch(name)) or (name.startswith(".gen-") and name.endswith(".tmp"))
+
+
+def _ingest(
+    staging: Staging,
+    documents: Iterable[Document],
+    encoder: Encoder,
+    overlap: int,
+    report: LoadReport,
+    bar,
+    *,
+    incremental: bool,
+    on_progress: Callable[[int, int | None], None] | None,
+) -> dict[str, int]:
+    """Chunk, embed and stage documents batch by batch; each batch commits with the count of records consumed.
+
+    Batches are cut at the same record positions on a resumed run as on an uninterrupted one,
+    so a resumed build ends with exactly the same chunks and vectors.
+    """
+    stats = {"tokens": 0, "added": 0, "updated": 0, "unchanged": 0}
+    consumed = staging.consumed
+    bar.update(consumed)
+    for batch in _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH):
+        todo, remove = batch, []
+        if incremental:  # only new documents and documents whose content changed are embedded
+            known = staging.content_hashes([d.doc_id for d in batch])
+            todo = [d for d in batch if known.get(d.doc_id) != content_sha256(d.content)]
+            remove = [d.doc_id for d in todo if d.doc_id in known]
+            stats["unchanged"] += len(batch) - len(todo)
+            stats["updated"] += len(remove)
+            stats["added"] += len(todo) - len(remove)
+        kept, chunks = [], []
+        for doc, tok in zip(todo, encoder.tokenize([d.content for d in todo])):
+            if not tok.ids:
+                report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
+                continue
+            kept.append(doc)
+            chunks.extend(make_chunks(doc.doc_id, doc.content, tok.ids, tok.offsets, tok.word_ids,
+                                      window=encoder.window, overlap=overlap))
+        vectors = encoder.encode_ids([c.token_ids for c in chunks]) if chunks else None
+        consumed += len(batch)
+        try:
+            staging.apply(remove=remove, documents=kept, chunks=chunks, vectors=vectors, consumed=consumed)
+        except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
+            raise StoreError(
+                f"could not write to {staging.path}: {exc}; the published index is untouched and the work done so far "
+                "resumes when the same command is run again"
+            ) from exc
+        stats["tokens"] += sum(c.n_tokens for c in chunks)
+        bar.update(len(batch))
+        bar.set_postfix(chunks=staging.next_chunk_id, skipped=report.skipped, refresh=False)
+        if on_progress is not None:
+            on_progress(bar.n, bar.total)
+    bar.total = bar.n  # the total was an estimate from line or file counts
+    bar.refresh()
+    return stats
+
+
+def _load_source(source: Path, format: str, **columns) -> tuple[str, LoadReport, Iterator[Document]]:
+    fmt = detect_format(source) if format == "auto" else format
+    report = LoadReport()
+    return fmt, report, iter_documents(source, report, format=fmt, **columns)
 
 
 def build_index(
@@ -119,68 +224,151 @@ def build_index(
     """Index every readable document of `source` into `index_dir`; bad records are reported and skipped.
 
     Nothing is published unless the whole build succeeds; an existing index stays until then.
+    A build that was killed resumes where it stopped when called again with the same arguments.
     `on_progress(documents_done, estimated_total)` is called after every batch (the app's bar).
     """
-    source = Path(source)
+    source, index_dir = Path(source), Path(index_dir).resolve()
     chunking = ChunkingConfig(
         max_tokens=encoder.max_tokens, overlap=default_overlap(encoder.max_tokens) if overlap is None else overlap
     )
-    fmt = detect_format(source) if format == "auto" else format
-    report = LoadReport()
-    documents = iter_documents(
-        source, report, format=fmt, id_column=id_column, title_column=title_column, text_column=text_column
-    )
+    columns = {"id_column": id_column, "title_column": title_column, "text_column": text_column}
+    fmt, report, documents = _load_source(source, format, **columns)
+    _check_target(index_dir)
     started = time.perf_counter()
-    tokens = 0
-    dims = {r: encoder.info.dim for r in encoder.representations}
-    estimate = estimate_documents(source, fmt)
-    with logging_redirect_tqdm(), IndexWriter(index_dir, dims, overwrite=overwrite) as writer, tqdm(
-        total=estimate, unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
-    ) as bar:
-        for batch in _batched(documents, DOCS_PER_BATCH):
-            kept, chunks = [], []
-            for doc, tok in zip(batch, encoder.tokenize([d.content for d in batch])):
-                if not tok.ids:
-                    report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
-                    continue
-                kept.append(doc)
-                chunks.extend(
-                    make_chunks(doc.doc_id, doc.content, tok.ids, tok.offsets, tok.word_ids,
-                                window=encoder.window, overlap=chunking.overlap)
-                )
-            if chunks:
-                vectors = encoder.encode_ids([c.token_ids for c in chunks])
-                writer.add(kept, chunks, vectors)
-                tokens += sum(c.n_tokens for c in chunks)
-            bar.update(len(batch))
-            bar.set_postfix(chunks=writer.chunks, skipped=report.skipped, refresh=False)
-            if on_progress is not None:
-                on_progress(bar.n, estimate)
-        bar.total = bar.n  # the total was an estimate from line or file counts
-        bar.refresh()
-        if writer.documents == 0:
-            raise BuildError(
-                f"no document could be indexed from {source} ({report.skipped} records skipped); nothing was written"
+    info = encoder.info
+    dims = {r: info.dim for r in encoder.representations}
+    with WriterLock(index_dir, f"build {source}") as lock:
+        if lock.cleared:
+            log.warning("cleared a stale lock left by pid %s (%s)", lock.cleared.get("pid"), lock.cleared.get("command"))
+        recover(index_dir)
+        _, old = base_state(index_dir)
+        signature = {
+            "op": "build", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
+            "columns": columns, "model": info.weights_sha256, "chunking": chunking.to_dict(), "dims": dims,
+            "base": old["generation"] if old else None,
+        }
+        if old is not None and not overwrite and not Staging.pending(index_dir, signature):
+            raise StoreError(
+                f"index {index_dir} already exists; pass --overwrite to replace it "
+                "(the existing index is kept until the new one is complete), or `add` to update it"
             )
+        staging = Staging(index_dir, signature, next_chunk_id=old["next_chunk_id"] if old else 0)
+        if finish_interrupted_publish(index_dir, staging):
+            return _summary_of_published(index_dir, started, report)
+        resumed_at = staging.consumed
+        if resumed_at:
+            log.warning("resuming an interrupted build of %s after %d records", source, resumed_at)
+        with logging_redirect_tqdm(), tqdm(
+            total=estimate_documents(source, fmt), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            stats = _ingest(staging, documents, encoder, chunking.overlap, report, bar, incremental=False, on_progress=on_progress)
+        docs, chunks = staging.counts()
+        if docs == 0:
+            staging.remove()
+            raise BuildError(f"no document could be indexed from {source} ({report.skipped} records skipped); nothing was written")
         seconds = time.perf_counter() - started
-        info = encoder.info
         manifest = {
             "indexer_version": __version__,
             "model": info.to_dict(),
             "pooler_check": {"status": info.pooler, "note": info.pooler_note},
             "tokenizer": info.tokenizer,
             "chunking": chunking.to_dict() | {"content_tokens_per_chunk": encoder.window},
-            "representations": {},
             "normalized": True,
             "metric": "inner_product",
             "source": {"path": str(source.resolve()), "format": fmt, "sha256": source_fingerprint(source, fmt)},
-            "build": {
-                "seconds": round(seconds, 3),
-                "tokens": tokens,
-                "skipped_records": report.skipped,
-                "ignored_files": report.ignored_files,
-            },
+            "build": {"seconds": round(seconds, 3), "skipped_records": report.skipped, "ignored_files": report.ignored_files},
+            "updates": [],
         }
-        index_dir = writer.commit(manifest)
-    return BuildSummary(index_dir, writer.documents, writer.chunks, tokens, seconds, report.ignored_files, report.issues)
+        generation = publish(index_dir, staging, manifest, dims)
+    return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
+                        generation=generation, resumed_at=resumed_at, added=docs)
 
+
+def _summary_of_published(index_dir: Path, started: float, report: LoadReport) -> BuildSummary:
+    manifest = read_manifest(index_dir)
+    counts = manifest["counts"]
+    return BuildSummary(index_dir, counts["documents"], counts["chunks"], 0, time.perf_counter() - started,
+                        report.ignored_files, report.issues, generation=manifest["generation"])
+
+
+def add_documents(
+    index_dir: str | Path,
+    source: str | Path,
+    encoder: Encoder,
+    *,
+    format: str = "auto",
+    id_column: str | None = None,
+    title_column: str | None = "title",
+    text_column: str = "text",
+    progress: bool = True,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> BuildSummary:
+    """Index new documents of `source` and re-embed those whose content changed; unchanged ones are skipped.
+
+    All representations and the metadata change together, in one new generation.
+    """
+    source, index_dir = Path(source), Path(index_dir).resolve()
+    columns = {"id_column": id_column, "title_column": title_column, "text_column": text_column}
+    fmt, report, documents = _load_source(source, format, **columns)
+    started = time.perf_counter()
+    with WriterLock(index_dir, f"add {source}"):
+        recover(index_dir)
+        gen_dir, manifest = base_state(index_dir)
+        if manifest is None:
+            raise StoreError(f"{index_dir} has no index to add to; create it with `python -m indexer build {source} --index {index_dir}`")
+        problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, tuple(manifest["representations"]))
+        if problems:
+            raise StoreError(f"cannot add to {index_dir} with this model: " + "; ".join(problems))
+        overlap = manifest["chunking"]["overlap"]
+        dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}
+        signature = {
+            "op": "add", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
+            "columns": columns, "base": manifest["generation"],
+        }
+        staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
+        if finish_interrupted_publish(index_dir, staging):
+            return _summary_of_published(index_dir, started, report)
+        resumed_at = staging.consumed
+        with logging_redirect_tqdm(), tqdm(
+            total=estimate_documents(source, fmt), unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            stats = _ingest(staging, documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress)
+        docs, chunks = staging.counts()
+        seconds = time.perf_counter() - started
+        base = manifest_base(manifest)
+        base["updates"] = list(base.get("updates", [])) + [{
+            "op": "add", "source": str(source.resolve()), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
+        }]
+        generation = publish(index_dir, staging, base, dims)
+    return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
+                        generation=generation, resumed_at=resumed_at, added=stats["added"], updated=stats["updated"],
+                        unchanged=stats["unchanged"])
+
+
+def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSummary:
+    """Remove documents from every representation and the metadata, as one new generation."""
+    index_dir = Path(index_dir).resolve()
+    wanted = sorted(set(doc_ids))
+    if not wanted:
+        raise ValueError("no document id given")
+    with WriterLock(index_dir, "delete"):
+        recover(index_dir)
+        gen_dir, manifest = base_state(index_dir)
+        if manifest is None:
+            raise StoreError(f"{index_dir} has no index to delete from")
+        signature = {"op": "delete", "ids": wanted, "base": manifest["generation"]}
+        staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
+        if finish_interrupted_publish(index_dir, staging):
+            m = read_manifest(index_dir)
+            return DeleteSummary(index_dir, [], [], m["counts"]["documents"], m["generation"])
+        present = set(staging.content_hashes(wanted))
+        staging.delete(wanted)
+        base = manifest_base(manifest)
+        base["updates"] = list(base.get("updates", [])) + [{
+            "op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present),
+        }]
+        dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}
+        docs, _ = staging.counts()
+        generation = publish(index_dir, staging, base, dims)
+    return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -9,7 +11,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .encoder import Encoder, ModelInfo
-from .store import IndexReader, StoreError
+from .store import IndexReader, StoreError, generation_id
+
+log = logging.getLogger("indexer.search")
 
 
 class IndexMismatchError(StoreError):
@@ -36,9 +40,13 @@ class SearchResult:
     query: str
     k: int
     results: Mapping[str, list[Hit]] = field(default_factory=dict)
+    generation: str = ""  # the index generation every hit was served from
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "k": self.k, "results": {r: [h.to_dict() for h in hits] for r, hits in self.results.items()}}
+        return {
+            "query": self.query, "k": self.k, "generation": self.generation,
+            "results": {r: [h.to_dict() for h in hits] for r, hits in self.results.items()},
+        }
 
 
 def rank_documents(
@@ -89,7 +97,11 @@ def compatibility_problems(manifest: Mapping, info: ModelInfo, max_tokens: int, 
 
 
 class Searcher:
-    """A verified index and the encoder that matches it."""
+    """A verified index and the encoder that matches it.
+
+    Before each query it checks whether a writer has published a new generation and, if so,
+    switches to it (after the same checks); a query is always served from one generation.
+    """
 
     def __init__(
         self,
@@ -98,26 +110,53 @@ class Searcher:
         *,
         representations: Sequence[str] | None = None,
     ) -> None:
-        self.index = IndexReader(index_dir)
-        manifest = self.index.manifest
-        wanted = tuple(representations or self.index.representations)
+        self.directory = Path(index_dir)
+        index = IndexReader(index_dir)
+        manifest = index.manifest
+        wanted = tuple(representations or index.representations)
         if encoder is None:
             encoder = Encoder.load(
                 model_name_for(manifest),
-                representations=self.index.representations,
+                representations=index.representations,
                 max_tokens=manifest.get("chunking", {}).get("max_tokens"),
-            )
-        problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, wanted)
-        problems += [f"the encoder does not compute `{r}`" for r in wanted if r not in encoder.representations and r in self.index.representations]
-        if problems:
-            self.index.close()
-            raise IndexMismatchError(
-                f"cannot search {self.index.directory} with this model: " + "; ".join(problems) + ". "
-                f"Rebuild the index for this model: python -m indexer build SOURCE --index {self.index.directory} "
-                f"--overwrite --model {encoder.info.name if encoder.info.source != 'local' else encoder.info.location}"
             )
         self.encoder = encoder
         self.representations = wanted
+        self._check(index)
+        self.index = index
+        self._refresh = threading.Lock()
+
+    def _check(self, index: IndexReader) -> None:
+        problems = compatibility_problems(index.manifest, self.encoder.info, self.encoder.max_tokens, self.representations)
+        problems += [f"the encoder does not compute `{r}`" for r in self.representations
+                     if r not in self.encoder.representations and r in index.representations]
+        if problems:
+            index.close()
+            info = self.encoder.info
+            raise IndexMismatchError(
+                f"cannot search {index.directory} with this model: " + "; ".join(problems) + ". "
+                f"Rebuild the index for this model: python -m indexer build SOURCE --index {index.directory} "
+                f"--overwrite --model {info.name if info.source != 'local' else info.location}"
+            )
+
+    def current(self) -> IndexReader:
+        """The newest published generation (the one in use if it cannot be opened)."""
+        try:
+            latest = generation_id(self.directory)
+        except StoreError:
+            return self.index
+        if latest != self.index.generation:
+            with self._refresh:
+                if latest != self.index.generation:
+                    try:
+                        index = IndexReader(self.directory)
+                        self._check(index)
+                    except StoreError as exc:
+                        log.warning("keeping %s: the new generation cannot be served (%s)", self.index.generation, exc)
+                        return self.index
+                    # the old reader is left to the garbage collector: other threads may still be using it
+                    self.index = index
+        return self.index
 
     @property
     def manifest(self) -> dict:
@@ -127,8 +166,9 @@ class Searcher:
         """Rankings of the k best documents in every representation, from one encoding of the query."""
         if not query.strip():
             raise ValueError("the query is empty")
-        rankings = self.rank_many([query], k)
-        rows = self.index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})
+        index = self.current()
+        rankings = self.rank_many([query], k, index=index)
+        rows = index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})
         return SearchResult(
             query,
             k,
@@ -139,10 +179,16 @@ class Searcher:
                 ]
                 for r, ranked in rankings.items()
             },
+            generation=index.generation,
         )
 
     def rank_many(
-        self, queries: Sequence[str], k: int, *, exclude: Sequence[str | None] | None = None
+        self,
+        queries: Sequence[str],
+        k: int,
+        *,
+        exclude: Sequence[str | None] | None = None,
+        index: IndexReader | None = None,
     ) -> dict[str, list[list[tuple[str, int, float]]]]:
         """(doc_id, best chunk id, score) of the k best documents per query and representation.
 
@@ -151,20 +197,22 @@ class Searcher:
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        index = index or self.current()
         vectors = self.encoder.encode_texts(list(queries))
         exclude = list(exclude) if exclude is not None else [None] * len(queries)
-        return {r: self._rank_batch(r, vectors[r], k, exclude) for r in self.representations}
+        return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in self.representations}
 
+    @staticmethod
     def _rank_batch(
-        self, representation: str, matrix: np.ndarray, k: int, exclude: list[str | None]
+        index: IndexReader, representation: str, matrix: np.ndarray, k: int, exclude: list[str | None]
     ) -> list[list[tuple[str, int, float]]]:
-        total = self.index.n_chunks
+        total = index.n_chunks
         results: list[list[tuple[str, int, float]]] = [[] for _ in range(len(matrix))]
         pending = list(range(len(matrix)))
         n = min(total, max(2 * k, k + 16))
-        while pending:
-            scores, ids = self.index.search(representation, matrix[pending], n)
-            chunk_doc = self.index.chunk_docs(np.unique(ids))
+        while pending and total:
+            scores, ids = index.search(representation, matrix[pending], n)
+            chunk_doc = index.chunk_docs(np.unique(ids))
             unfilled = []
             for row, q in enumerate(pending):
                 ranked = [h for h in rank_documents(scores[row], ids[row], chunk_doc, k + 1) if h[0] != exclude[q]][:k]

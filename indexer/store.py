@@ -1,34 +1,43 @@
-"""The index directory: manifest.json, one FAISS file per representation, metadata.sqlite.
+"""The index directory and its reader.
 
-A writer builds everything in a temporary sibling directory and publishes it with a rename,
-so a reader never sees a half-written index. Every file's size and sha256 is recorded in the
-manifest and checked before FAISS or SQLite opens it: FAISS loads many corrupted files without
-complaint. This module never imports torch.
+Layout of an index directory DIR:
+
+    DIR/CURRENT              {"generation": "gen-000003", "manifest_sha256": ...}: the published generation
+    DIR/gen-000003/          one complete, immutable generation:
+        manifest.json        settings, counts, and the size + sha256 of every file below
+        pooled.faiss         one FAISS file per representation, ids = chunk ids
+        mean.faiss
+        metadata.sqlite      documents, chunks and their vectors
+    DIR/writer.lock          held (flock) by the one writer at a time
+    DIR/staging/             the writer's crash-safe working copy (see staging.py)
+
+A writer prepares a new generation and publishes it by replacing CURRENT atomically, so a
+reader always opens a complete generation. CURRENT binds the manifest's sha256 and the manifest
+binds every file's size and sha256; all are checked before FAISS or SQLite opens a file, since
+FAISS loads many corrupted files without complaint. This module never imports torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import re
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import faiss
 import numpy as np
 
-from .files import atomic_write_bytes, fsync_dir, sha256_file
-
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 METADATA = "metadata.sqlite"
+GENERATION = re.compile(r"gen-(\d{6})")
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE documents (
     doc_id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
@@ -39,7 +48,7 @@ CREATE TABLE documents (
     n_chunks INTEGER NOT NULL
 );
 CREATE TABLE chunks (
-    chunk_id INTEGER PRIMARY KEY,  -- the id of the chunk's vector in every FAISS file
+    chunk_id INTEGER PRIMARY KEY,  -- the id of the chunk's vector in every FAISS file; never reused
     doc_id TEXT NOT NULL REFERENCES documents(doc_id),
     position INTEGER NOT NULL,
     char_start INTEGER NOT NULL,
@@ -48,6 +57,13 @@ CREATE TABLE chunks (
     text TEXT NOT NULL
 );
 CREATE INDEX chunks_by_doc ON chunks(doc_id, position);
+CREATE TABLE vectors (             -- float32 bytes; the FAISS files are rebuilt from these
+    chunk_id INTEGER NOT NULL,
+    representation TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (chunk_id, representation)
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -74,139 +90,98 @@ class ChunkHit:
     title: str
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """Parse and sanity-check `manifest.json`, naming the directory in every error."""
+def is_index(directory: str | Path) -> bool:
+    """Whether `directory` has a published generation."""
+    return (Path(directory) / CURRENT).is_file()
+
+
+def read_pointer(directory: str | Path) -> dict:
+    """The CURRENT pointer: which generation is published, and its manifest's sha256."""
     directory = Path(directory)
-    path = directory / MANIFEST
+    path = directory / CURRENT
     if not directory.is_dir():
         raise StoreError(f"index directory {directory} does not exist; build it with `python -m indexer build SOURCE --index {directory}`")
     if not path.is_file():
-        raise StoreError(f"{directory} is not an index directory: {MANIFEST} is missing")
+        raise StoreError(f"{directory} is not an index directory: {CURRENT} is missing (an unfinished first build resumes when run again)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        pointer = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path} is corrupted: {exc}") from exc
+    if (
+        not isinstance(pointer, dict)
+        or not GENERATION.fullmatch(str(pointer.get("generation")))
+        or not re.fullmatch(r"[0-9a-f]{64}", str(pointer.get("manifest_sha256")))
+    ):
+        raise StoreError(f"{path} is corrupted: it does not name a generation and its manifest checksum")
+    return pointer
+
+
+def generation_id(directory: str | Path) -> str:
+    """Name of the published generation: cheap, for caches and for noticing a new one."""
+    return read_pointer(directory)["generation"]
+
+
+def _load_manifest(gen_dir: Path, expected_sha: str) -> dict:
+    path = gen_dir / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{path} is missing; the index is incomplete — run `python -m indexer verify {gen_dir.parent}`")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected_sha:
+        raise StoreError(f"{path} is corrupted: its sha256 does not match the one recorded in {CURRENT}; refusing to serve it")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path} is corrupted: {exc}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise StoreError(f"{path} is corrupted: no 'files' table")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreError(f"{path} has format version {version!r}; this indexer reads version {FORMAT_VERSION}. Rebuild the index.")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"{path} has format version {manifest.get('format_version')!r}; this indexer reads version {FORMAT_VERSION}. Rebuild the index.")
     return manifest
 
 
-def _verified_bytes(directory: Path, name: str, expected: Mapping) -> bytes:
-    path = directory / name
+def open_generation(directory: str | Path) -> tuple[Path, dict]:
+    """(generation directory, verified manifest) of the published generation."""
+    directory = Path(directory)
+    for _ in range(5):  # a generation can be pruned between reading CURRENT and opening it
+        pointer = read_pointer(directory)
+        gen_dir = directory / pointer["generation"]
+        if gen_dir.is_dir():
+            return gen_dir, _load_manifest(gen_dir, pointer["manifest_sha256"])
+    raise StoreError(f"{directory / CURRENT} names {pointer['generation']}, which does not exist; run `python -m indexer verify {directory}`")
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The published generation's manifest, checked against CURRENT."""
+    return open_generation(directory)[1]
+
+
+def verified_bytes(gen_dir: Path, name: str, files: Mapping) -> bytes:
+    """A file's bytes after checking its size and sha256 against the manifest."""
+    path = gen_dir / name
+    expected = files.get(name)
+    if not isinstance(expected, Mapping):
+        raise StoreError(f"{gen_dir / MANIFEST} has no checksum for {name}")
     if not path.is_file():
-        raise StoreError(f"{path} is missing (listed in {MANIFEST}); the index is incomplete — rebuild it")
+        raise StoreError(f"{path} is missing (listed in {MANIFEST}); the index is incomplete")
     data = path.read_bytes()
-    if len(data) != expected.get("bytes") or hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != expected.get("bytes") or digest != expected.get("sha256"):
         raise StoreError(
-            f"{path} is corrupted: size {len(data)} / sha256 {hashlib.sha256(data).hexdigest()[:16]}… do not match "
-            f"the manifest ({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — rebuild the index"
+            f"{path} is corrupted: size {len(data)} / sha256 {digest[:16]}… do not match the manifest "
+            f"({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — "
+            f"`python -m indexer repair {gen_dir.parent}` rebuilds FAISS files from the metadata store"
         )
     return data
 
 
-class IndexWriter:
-    """Builds a new index directory beside `directory` and publishes it on `commit`."""
-
-    def __init__(self, directory: str | Path, dims: Mapping[str, int], *, overwrite: bool = False) -> None:
-        self.directory = Path(directory).resolve()
-        if self.directory.exists():
-            if not self.directory.is_dir():
-                raise StoreError(f"{self.directory} exists and is not a directory")
-            if any(self.directory.iterdir()):
-                if not (self.directory / MANIFEST).is_file():
-                    raise StoreError(f"{self.directory} is not empty and is not an index directory; refusing to write there")
-                if not overwrite:
-                    raise StoreError(
-                        f"index {self.directory} already exists; pass --overwrite to replace it "
-                        "(the existing index is kept until the new one is complete)"
-                    )
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.directory.with_name(f".{self.directory.name}.building-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        self.dims = dict(dims)
-        self.indexes = {r: faiss.IndexIDMap2(faiss.IndexFlatIP(d)) for r, d in self.dims.items()}
-        self.db = sqlite3.connect(self.tmp / METADATA)
-        self.db.executescript(_SCHEMA)
-        self.documents = 0
-        self.chunks = 0
-
-    def add(self, documents: Iterable, chunks: Sequence, vectors: Mapping[str, np.ndarray]) -> None:
-        """Add documents (loaders.Document), their chunks (chunking.Chunk) and one vector row per chunk."""
-        if set(vectors) != set(self.indexes):
-            raise ValueError(f"vectors for {sorted(vectors)} given; this index keeps {sorted(self.indexes)}")
-        for r, v in vectors.items():
-            if v.shape != (len(chunks), self.dims[r]):
-                raise ValueError(f"{r} vectors have shape {v.shape}, expected ({len(chunks)}, {self.dims[r]})")
-        ids = np.arange(self.chunks, self.chunks + len(chunks), dtype=np.int64)
-        per_doc: dict[str, int] = {}
-        for c in chunks:
-            per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
-        with self.db:
-            self.db.executemany(
-                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (d.doc_id, d.title, d.text, json.dumps(dict(d.metadata), ensure_ascii=False), d.source,
-                     content_sha256(d.content), per_doc.get(d.doc_id, 0))
-                    for d in documents
-                ],
-            )
-            self.db.executemany(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(int(i), c.doc_id, c.position, c.char_start, c.char_end, c.n_tokens, c.text) for i, c in zip(ids, chunks)],
-            )
-        for r, index in self.indexes.items():
-            index.add_with_ids(np.ascontiguousarray(vectors[r], dtype=np.float32), ids)
-        self.documents += len(per_doc)
-        self.chunks += len(chunks)
-
-    def commit(self, manifest: Mapping) -> Path:
-        """Write the FAISS files and the manifest (with checksums), then rename the directory into place."""
-        self.db.close()
-        files = {}
-        for r, index in self.indexes.items():
-            atomic_write_bytes(self.tmp / faiss_file(r), faiss.serialize_index(index).tobytes())
-        for name in [faiss_file(r) for r in self.indexes] + [METADATA]:
-            path = self.tmp / name
-            files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        full = dict(manifest)
-        full.update(
-            format_version=FORMAT_VERSION,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            counts={"documents": self.documents, "chunks": self.chunks},
-            files=files,
-        )
-        full.setdefault("representations", {})
-        for r, d in self.dims.items():
-            full["representations"][r] = {"dim": d, "file": faiss_file(r), "index_type": "flat-ip"}
-        atomic_write_bytes(self.tmp / MANIFEST, (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode())
-        fsync_dir(self.tmp)
-        old = None
-        if self.directory.exists():
-            old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}")
-            os.replace(self.directory, old)
-        os.replace(self.tmp, self.directory)
-        fsync_dir(self.directory.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.directory
-
-    def abort(self) -> None:
-        """Drop the unfinished build; an existing index at `directory` is untouched."""
-        try:
-            self.db.close()
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "IndexWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
+def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int):
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise StoreError(f"{gen_dir / name} cannot be read by FAISS: {exc}") from exc
+    if index.d != dim:
+        raise StoreError(f"{gen_dir / name} has dimension {index.d}, the manifest says {dim}")
+    return index
 
 
 class IndexReader:
@@ -214,34 +189,26 @@ class IndexReader:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).resolve()
-        self.manifest = read_manifest(self.directory)
+        gen_dir, self.manifest = open_generation(self.directory)
+        self.generation = gen_dir.name
         files = self.manifest["files"]
         reps = self.manifest.get("representations") or {}
         if not reps:
-            raise StoreError(f"{self.directory / MANIFEST} lists no representations")
-        self.indexes = {}
-        for r, spec in reps.items():
-            name = spec.get("file", faiss_file(r))
-            if name not in files:
-                raise StoreError(f"{self.directory / MANIFEST} has no checksum for {name}")
-            data = _verified_bytes(self.directory, name, files[name])
-            try:
-                index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-            except RuntimeError as exc:
-                raise StoreError(f"{self.directory / name} cannot be read by FAISS: {exc}") from exc
-            if index.d != spec.get("dim"):
-                raise StoreError(f"{self.directory / name} has dimension {index.d}, the manifest says {spec.get('dim')}")
-            self.indexes[r] = index
-        if METADATA not in files:
-            raise StoreError(f"{self.directory / MANIFEST} has no checksum for {METADATA}")
-        _verified_bytes(self.directory, METADATA, files[METADATA])
-        uri = f"{(self.directory / METADATA).as_uri()}?mode=ro&immutable=1"
+            raise StoreError(f"{gen_dir / MANIFEST} lists no representations")
+        self.indexes = {
+            r: deserialize_faiss(gen_dir, spec["file"], verified_bytes(gen_dir, spec["file"], files), spec.get("dim"))
+            for r, spec in reps.items()
+        }
+        verified_bytes(gen_dir, METADATA, files)
+        # immutable=1: a published generation never changes, so SQLite needs no locks or journal
+        uri = f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1"
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._lock = threading.Lock()
         counts = {i.ntotal for i in self.indexes.values()}
         expected = self.manifest.get("counts", {}).get("chunks")
         if counts != {expected}:
-            raise StoreError(f"{self.directory}: FAISS files hold {sorted(counts)} vectors, the manifest says {expected} chunks")
+            self.db.close()
+            raise StoreError(f"{gen_dir}: FAISS files hold {sorted(counts)} vectors, the manifest says {expected} chunks")
 
     @property
     def representations(self) -> tuple[str, ...]:

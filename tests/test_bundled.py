@@ -100,4 +100,4 @@ def test_demo_builds_the_sample_index_and_shows_both_rankings(tmp_path, capsys):
     assert main(["demo", "--index", str(tmp_path / "demo"), "--source", str(SAMPLE), "-n", "2", "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count("in both top-3 (pooled, mean)") == 2
-    assert "pooler:         loaded" in out and (tmp_path / "demo" / "manifest.json").is_file()
+    assert "pooler:         loaded" in out and (tmp_path / "demo" / "CURRENT").is_file()

@@ -1,0 +1,119 @@
+"""`verify` checks everything an index directory promises; `repair` rebuilds FAISS files from the metadata store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from .staging import STAGING, Staging, WriterLock, finish_interrupted_publish, manifest_base, publish, recover
+from .store import METADATA, StoreError, deserialize_faiss, open_generation, read_pointer, verified_bytes
+
+
+def verify(directory: str | Path) -> tuple[list[str], list[str]]:
+    """(problems, notes): problems make the index unfit to serve; notes are for information.
+
+    Checks the CURRENT pointer, the manifest's checksum, every file's size and sha256, that FAISS
+    and SQLite can read their files, SQLite's own integrity check, the counts, and that every
+    representation holds exactly the chunk ids of the metadata store with the stored vectors.
+    """
+    directory = Path(directory)
+    problems: list[str] = []
+    notes: list[str] = []
+    if (directory / STAGING).is_dir():
+        notes.append(f"an interrupted write left {directory / STAGING}; running the same command again resumes it")
+    try:
+        gen_dir, manifest = open_generation(directory)
+    except StoreError as exc:
+        return [str(exc)], notes
+    notes.append(f"generation {gen_dir.name}, created {manifest.get('created_at')}")
+    files = manifest["files"]
+    indexes = {}
+    for r, spec in manifest.get("representations", {}).items():
+        try:
+            indexes[r] = deserialize_faiss(gen_dir, spec["file"], verified_bytes(gen_dir, spec["file"], files), spec.get("dim"))
+        except (StoreError, KeyError) as exc:
+            problems.append(str(exc))
+    try:
+        verified_bytes(gen_dir, METADATA, files)
+    except StoreError as exc:
+        problems.append(str(exc))
+        return problems, notes
+    db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        problems += _check_metadata(db, gen_dir, manifest, indexes)
+    except sqlite3.DatabaseError as exc:
+        problems.append(f"{gen_dir / METADATA} cannot be read by SQLite: {exc}")
+    finally:
+        db.close()
+    return problems, notes
+
+
+def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, indexes: dict) -> list[str]:
+    problems = []
+    result = db.execute("PRAGMA integrity_check").fetchone()[0]
+    if result != "ok":
+        problems.append(f"{gen_dir / METADATA} fails SQLite's integrity check: {result}")
+    docs = db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+    chunk_ids = np.array([r[0] for r in db.execute("SELECT chunk_id FROM chunks ORDER BY chunk_id")], dtype=np.int64)
+    counts = manifest.get("counts", {})
+    if (docs, len(chunk_ids)) != (counts.get("documents"), counts.get("chunks")):
+        problems.append(f"the metadata store holds {docs} documents and {len(chunk_ids)} chunks; the manifest says "
+                        f"{counts.get('documents')} and {counts.get('chunks')}")
+    orphans = db.execute("SELECT COUNT(*) FROM chunks WHERE doc_id NOT IN (SELECT doc_id FROM documents)").fetchone()[0]
+    if orphans:
+        problems.append(f"{orphans} chunks belong to no document")
+    wrong = db.execute(
+        "SELECT COUNT(*) FROM documents d WHERE n_chunks != (SELECT COUNT(*) FROM chunks c WHERE c.doc_id = d.doc_id)"
+    ).fetchone()[0]
+    if wrong:
+        problems.append(f"{wrong} documents record a chunk count that differs from their chunks")
+    if len(chunk_ids) and chunk_ids.max() >= manifest.get("next_chunk_id", 0):
+        problems.append(f"chunk id {chunk_ids.max()} is not below the manifest's next_chunk_id {manifest.get('next_chunk_id')}")
+    for r, index in indexes.items():
+        ids = np.sort(np.array([index.id_map.at(i) for i in range(index.ntotal)], dtype=np.int64))
+        if not np.array_equal(ids, chunk_ids):
+            problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(chunk_ids)} chunk ids of the metadata store")
+            continue
+        rows = db.execute("SELECT chunk_id, vector FROM vectors WHERE representation = ? ORDER BY chunk_id", (r,)).fetchall()
+        if [cid for cid, _ in rows] != chunk_ids.tolist():
+            problems.append(f"the metadata store lacks `{r}` vectors for some chunks")
+            continue
+        stored = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float32).reshape(len(rows), index.d)
+        served = np.vstack([index.reconstruct(int(i)) for i in chunk_ids]) if len(chunk_ids) else stored
+        if not np.array_equal(stored, served):
+            problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
+    return problems
+
+
+def repair(directory: str | Path) -> str:
+    """Publish a new generation whose FAISS files are rebuilt from the metadata store's vectors.
+
+    Fixes a corrupted, missing or inconsistent FAISS file. The metadata store itself must be
+    intact (its checksum is verified first); if it is not, the index must be rebuilt.
+    """
+    directory = Path(directory).resolve()
+    with WriterLock(directory, "repair"):
+        recover(directory)
+        try:
+            pointer = read_pointer(directory)
+            gen_dir, manifest = open_generation(directory)
+        except StoreError as exc:
+            raise StoreError(f"cannot repair {directory}: {exc}. Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`") from exc
+        try:
+            verified_bytes(gen_dir, METADATA, manifest["files"])
+        except StoreError as exc:
+            raise StoreError(
+                f"cannot repair {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
+                f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
+            ) from exc
+        staging = Staging(directory, {"op": "repair", "base": pointer["generation"]}, base=gen_dir,
+                          next_chunk_id=manifest["next_chunk_id"])
+        if finish_interrupted_publish(directory, staging):
+            return read_pointer(directory)["generation"]
+        base = manifest_base(manifest)
+        base["updates"] = list(base.get("updates", [])) + [{"op": "repair", "from": pointer["generation"]}]
+        dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}
+        return publish(directory, staging, base, dims)
+

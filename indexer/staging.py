@@ -1,0 +1,406 @@
+"""Writing an index safely: one writer at a time, a crash-safe working copy, atomic publication.
+
+A write (build, add, delete, repair) runs under `WriterLock`. Its work goes into `Staging`, a
+SQLite database under DIR/staging/ that commits one batch of documents, their chunks and vectors,
+and the count of source records consumed, in a single transaction. A process killed at any
+moment (SIGKILL included) therefore leaves either the previous batch or the next one committed,
+never half of one; running the same command again continues from there. `publish` then turns
+the working copy into a new generation: FAISS files rebuilt from the stored vectors, a compact
+copy of the database, a manifest with every file's checksum, a directory rename, and finally an
+atomic replacement of CURRENT. Readers never see anything before that last step.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import faiss
+import numpy as np
+
+from .files import atomic_write_bytes, fsync_dir, sha256_file
+from .store import (
+    CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, StoreError, content_sha256, faiss_file,
+    is_index, open_generation, read_pointer,
+)
+
+LOCK = "writer.lock"
+STAGING = "staging"
+WORK = "work.sqlite"
+#: The named steps of a commit; POOLING_LAB_CRASH_AT=<step> kills the process there (fault-injection tests).
+COMMIT_STEPS = (
+    "faiss-written", "metadata-written", "manifest-written", "generation-renamed", "current-switched",
+    "staging-removed", "pruned",
+)
+KEEP_GENERATIONS = 2  # the published one and its predecessor, for readers that opened it just before
+
+
+class LockedError(StoreError):
+    """Another writer holds the index."""
+
+
+def crash_point(step: str) -> None:
+    """Die here, as a power cut would, when a fault-injection test asks for it."""
+    if os.environ.get("POOLING_LAB_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterLock:
+    """An exclusive flock on DIR/writer.lock; the file names the holder for whoever is refused.
+
+    The kernel releases a flock when its process dies, so a lock left by a killed writer is
+    stale by construction: the next writer takes it and says it cleared it.
+    """
+
+    def __init__(self, directory: str | Path, command: str) -> None:
+        self.directory = Path(directory)
+        self.command = command
+        self.cleared: dict | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WriterLock":
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.directory / LOCK}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"{self.directory} is being written by another process (pid {holder.get('pid', '?')}, "
+                f"since {holder.get('since', '?')}, `{holder.get('command', '?')}`); wait for it to finish"
+            ) from None
+        previous = self._holder(fd)
+        if previous.get("pid") and not _pid_alive(int(previous["pid"])) and previous.get("pid") != os.getpid():
+            self.cleared = previous
+        info = {"pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (ValueError, UnicodeDecodeError):
+            return {}
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def generations(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_dir() and GENERATION.fullmatch(p.name))
+
+
+def recover(directory: Path) -> list[str]:
+    """Remove what a killed writer left outside the published state; returns what was removed."""
+    removed = []
+    current = read_pointer(directory)["generation"] if is_index(directory) else None
+    for path in directory.iterdir():
+        orphan_tmp = path.name.startswith(".gen-") and path.name.endswith(".tmp")
+        orphan_gen = GENERATION.fullmatch(path.name) and (current is None or path.name > current)
+        if path.is_dir() and (orphan_tmp or orphan_gen):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+class Staging:
+    """The writer's working copy of an index (DIR/staging/work.sqlite), resumable after a crash.
+
+    `signature` describes the operation (its source, model and settings); a staging area left by
+    a different operation is discarded rather than resumed.
+    """
+
+    def __init__(self, directory: str | Path, signature: Mapping, *, base: Path | None = None, next_chunk_id: int = 0) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / STAGING / WORK
+        self.signature = json.dumps(signature, sort_keys=True)
+        self.resumed = False
+        if self.path.is_file():
+            try:
+                db = sqlite3.connect(self.path)
+                found = dict(db.execute("SELECT key, value FROM meta").fetchall())
+                if found.get("signature") == self.signature:
+                    self.db, self.resumed = db, True
+                else:
+                    db.close()
+            except sqlite3.DatabaseError:
+                pass
+        if not self.resumed:
+            self._create(base, next_chunk_id)
+
+    @staticmethod
+    def pending(directory: str | Path, signature: Mapping) -> bool:
+        """Whether an interrupted run of exactly this operation left work to resume."""
+        path = Path(directory) / STAGING / WORK
+        if not path.is_file():
+            return False
+        try:
+            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+            try:
+                found = db.execute("SELECT value FROM meta WHERE key = 'signature'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.DatabaseError:
+            return False
+        return found is not None and found[0] == json.dumps(signature, sort_keys=True)
+
+    def _create(self, base: Path | None, next_chunk_id: int) -> None:
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+        self.path.parent.mkdir(parents=True)
+        tmp = self.path.with_name(WORK + ".tmp")
+        if base is not None:  # start from a published generation's data (add, delete, repair)
+            shutil.copyfile(base / METADATA, tmp)
+        db = sqlite3.connect(tmp)
+        if base is None:
+            db.executescript(SCHEMA)
+        with db:
+            db.execute("DELETE FROM meta")
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("signature", self.signature), ("consumed", "0"), ("next_chunk_id", str(next_chunk_id)), ("publishing", "")],
+            )
+        db.close()
+        os.replace(tmp, self.path)  # the staging area exists only once it is complete
+        fsync_dir(self.path.parent)
+        self.db = sqlite3.connect(self.path)
+
+    def _meta(self, key: str) -> str:
+        return self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    @property
+    def consumed(self) -> int:
+        """Source records already processed (skipped on resume)."""
+        return int(self._meta("consumed"))
+
+    @property
+    def next_chunk_id(self) -> int:
+        return int(self._meta("next_chunk_id"))
+
+    @property
+    def publishing(self) -> str:
+        return self._meta("publishing")
+
+    def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        out = {}
+        for i in range(0, len(doc_ids), 900):
+            part = list(doc_ids[i : i + 900])
+            out.update(self.db.execute(
+                f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({','.join('?' * len(part))})", part
+            ).fetchall())
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return docs, chunks
+
+    def apply(
+        self,
+        *,
+        remove: Iterable[str] = (),
+        documents: Sequence = (),
+        chunks: Sequence = (),
+        vectors: Mapping[str, np.ndarray] | None = None,
+        consumed: int | None = None,
+    ) -> None:
+        """One atomic step: remove documents, add documents with their chunks and vectors, advance progress."""
+        for r, matrix in (vectors or {}).items():
+            if len(matrix) != len(chunks):
+                raise ValueError(f"{len(matrix)} `{r}` vectors for {len(chunks)} chunks")
+        start = self.next_chunk_id
+        ids = range(start, start + len(chunks))
+        per_doc: dict[str, int] = {}
+        for c in chunks:
+            per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
+        with self.db:
+            self._delete(list(remove))
+            self.db.executemany(
+                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.doc_id, d.title, d.text, json.dumps(dict(d.metadata), ensure_ascii=False), d.source,
+                  content_sha256(d.content), per_doc.get(d.doc_id, 0)) for d in documents],
+            )
+            self.db.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(i, c.doc_id, c.position, c.char_start, c.char_end, c.n_tokens, c.text) for i, c in zip(ids, chunks)],
+            )
+            for r, matrix in (vectors or {}).items():
+                rows = np.ascontiguousarray(matrix, dtype=np.float32)
+                self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?)", [(i, r, rows[j].tobytes()) for j, i in enumerate(ids)])
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_chunk_id'", (str(start + len(chunks)),))
+            if consumed is not None:
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'consumed'", (str(consumed),))
+
+    def _delete(self, doc_ids: list[str]) -> int:
+        removed = 0
+        for i in range(0, len(doc_ids), 900):
+            part = doc_ids[i : i + 900]
+            marks = ",".join("?" * len(part))
+            self.db.execute(f"DELETE FROM vectors WHERE chunk_id IN (SELECT chunk_id FROM chunks WHERE doc_id IN ({marks}))", part)
+            self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", part)
+            removed += self.db.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", part).rowcount
+        return removed
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents (and their chunks and vectors) in one transaction; returns how many existed."""
+        with self.db:
+            return self._delete(list(doc_ids))
+
+    def load_vectors(self, representation: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one."""
+        rows = self.db.execute(
+            "SELECT c.chunk_id, v.vector FROM chunks c LEFT JOIN vectors v "
+            "ON v.chunk_id = c.chunk_id AND v.representation = ? ORDER BY c.chunk_id",
+            (representation,),
+        ).fetchall()
+        missing = [cid for cid, blob in rows if blob is None]
+        if missing:
+            raise StoreError(f"{len(missing)} chunks (e.g. {missing[0]}) have no `{representation}` vector in {self.path}")
+        wrong = [cid for cid, blob in rows if len(blob) != 4 * dim]
+        if wrong:
+            raise StoreError(f"chunk {wrong[0]} has a `{representation}` vector of {len(rows[0][1]) // 4} dimensions, expected {dim}")
+        ids = np.fromiter((cid for cid, _ in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), dim)
+        return ids, matrix
+
+    def mark_publishing(self, generation: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'publishing'", (generation,))
+
+    def export(self, path: Path) -> None:
+        """A compact copy of the database (what readers get), flushed to disk."""
+        self.db.execute("VACUUM INTO ?", (str(path),))
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[str, int]) -> str:
+    """Turn the staging area into a new generation and make it the published one; returns its name.
+
+    A write error (full disk, permissions) before CURRENT is replaced leaves the previous
+    generation published and untouched.
+    """
+    directory = Path(directory)
+    previous = read_pointer(directory)["generation"] if is_index(directory) else None
+    existing = generations(directory)
+    number = int(existing[-1][4:]) + 1 if existing else 1
+    generation = f"gen-{number:06d}"
+    tmp = directory / f".{generation}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        files = {}
+        for r, dim in dims.items():
+            ids, matrix = staging.load_vectors(r, dim)
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            index.add_with_ids(matrix, ids)
+            atomic_write_bytes(tmp / faiss_file(r), faiss.serialize_index(index).tobytes())
+        crash_point("faiss-written")
+        staging.export(tmp / METADATA)
+        crash_point("metadata-written")
+        for name in [faiss_file(r) for r in dims] + [METADATA]:
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+        docs, chunks = staging.counts()
+        full = dict(manifest)
+        full.update(
+            format_version=FORMAT_VERSION,
+            generation=generation,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            counts={"documents": docs, "chunks": chunks},
+            next_chunk_id=staging.next_chunk_id,
+            representations={r: {"dim": d, "file": faiss_file(r), "index_type": "flat-ip"} for r, d in dims.items()},
+            files=files,
+        )
+        data = (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode()
+        atomic_write_bytes(tmp / MANIFEST, data)
+        fsync_dir(tmp)
+        crash_point("manifest-written")
+        staging.mark_publishing(generation)
+        os.replace(tmp, directory / generation)
+        fsync_dir(directory)
+        crash_point("generation-renamed")
+        pointer = {"generation": generation, "manifest_sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_bytes(directory / CURRENT, json.dumps(pointer).encode())
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(directory / generation, ignore_errors=True)
+        kept = f"the previous generation ({previous}) is still published and intact" if previous else "nothing was published"
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StoreError(f"could not write a new generation in {directory}: {reason}; {kept}") from exc
+    crash_point("current-switched")
+    staging.remove()
+    crash_point("staging-removed")
+    prune(directory, generation)
+    crash_point("pruned")
+    return generation
+
+
+def prune(directory: Path, current: str, keep: int = KEEP_GENERATIONS) -> list[str]:
+    """Remove generations older than the last `keep`.
+
+    A reader that opened an older generation keeps working: its FAISS indexes are in memory and
+    its SQLite file stays readable through the open descriptor after the directory is removed.
+    """
+    older = [g for g in generations(directory) if g < current]
+    removed = older[: max(len(older) - (keep - 1), 0)]
+    for g in removed:
+        shutil.rmtree(directory / g, ignore_errors=True)
+    return removed
+
+
+def manifest_base(manifest: Mapping) -> dict:
+    """A published manifest without what `publish` recomputes: the starting point of the next one."""
+    generated = {"format_version", "generation", "created_at", "counts", "next_chunk_id", "representations", "files"}
+    return {k: v for k, v in manifest.items() if k not in generated}
+
+
+def finish_interrupted_publish(directory: Path, staging: Staging) -> bool:
+    """After a crash between replacing CURRENT and removing the staging area, the work is done."""
+    if staging.publishing and is_index(directory) and read_pointer(directory)["generation"] == staging.publishing:
+        staging.remove()
+        return True
+    return False
+
+
+def base_state(directory: Path) -> tuple[Path | None, dict | None]:
+    """(generation directory, manifest) of the published generation, or (None, None) for a new index."""
+    if not is_index(directory):
+        return None, None
+    return open_generation(directory)
+
