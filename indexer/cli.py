@@ -75,7 +75,7 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
 
 
 def format_summary(s: BuildSummary, show: int = 10, *, update: bool = False) -> str:
-    rate = (s.added + s.updated) / s.seconds if s.seconds > 0 else 0.0
+    rate = s.processed / s.seconds if s.seconds > 0 else 0.0
     head = (
         f"added {s.added}, re-embedded {s.updated} changed, left {s.unchanged} unchanged documents "
         f"({s.tokens} tokens) in {s.seconds:.1f} s; the index now holds {s.documents} documents in {s.chunks} chunks"
@@ -83,6 +83,8 @@ def format_summary(s: BuildSummary, show: int = 10, *, update: bool = False) -> 
         f"indexed {s.documents} documents into {s.chunks} chunks ({s.tokens} tokens) in {s.seconds:.1f} s "
         f"({rate:.1f} documents/s)"
     )
+    if s.already_complete:
+        head = f"{s.index_dir} is already complete: this same build was published before ({s.documents} documents); nothing to do"
     lines = [head]
     if s.resumed_at:
         lines.append(f"resumed an interrupted run after {s.resumed_at} source records")

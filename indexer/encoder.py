@@ -254,6 +254,8 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
         """Content tokens of whole texts (no truncation), with offsets and word ids for chunking."""
+        if not texts:
+            return []  # the tokenizer raises IndexError on an empty batch
         with self._lock:
             enc = self.tokenizer(
                 list(texts),

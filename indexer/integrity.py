@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .staging import STAGING, Staging, WriterLock, finish_interrupted_publish, manifest_base, publish, recover
+from .staging import STAGING, Staging, WriterLock, manifest_base, publish, recover
 from .store import METADATA, StoreError, deserialize_faiss, open_generation, read_pointer, verified_bytes
 
 
@@ -110,8 +110,6 @@ def repair(directory: str | Path) -> str:
             ) from exc
         staging = Staging(directory, {"op": "repair", "base": pointer["generation"]}, base=gen_dir,
                           next_chunk_id=manifest["next_chunk_id"])
-        if finish_interrupted_publish(directory, staging):
-            return read_pointer(directory)["generation"]
         base = manifest_base(manifest)
         base["updates"] = list(base.get("updates", [])) + [{"op": "repair", "from": pointer["generation"]}]
         dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import sqlite3
@@ -27,7 +28,7 @@ from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, Document, LoadIssue, LoadRepo
 from .files import sha256_file
 from .search import compatibility_problems
 from .staging import (
-    LOCK, STAGING, Staging, WriterLock, base_state, finish_interrupted_publish, manifest_base, publish, recover,
+    LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, publish, recover,
 )
 from .store import CURRENT, GENERATION, StoreError, content_sha256, is_index, read_manifest
 
@@ -54,6 +55,8 @@ class BuildSummary:
     issues: list[LoadIssue] = field(default_factory=list)
     generation: str = ""
     resumed_at: int = 0  # source records already done by an interrupted run of the same command
+    processed: int = 0  # source records read and processed by this run
+    already_complete: bool = False  # the same build had already been published: nothing was done
     added: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -162,7 +165,7 @@ def _ingest(
     Batches are cut at the same record positions on a resumed run as on an uninterrupted one,
     so a resumed build ends with exactly the same chunks and vectors.
     """
-    stats = {"tokens": 0, "added": 0, "updated": 0, "unchanged": 0}
+    stats = {"tokens": 0, "added": 0, "updated": 0, "unchanged": 0, "processed": 0}
     consumed = staging.consumed
     bar.update(consumed)
     for batch in _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH):
@@ -192,6 +195,7 @@ def _ingest(
                 "resumes when the same command is run again"
             ) from exc
         stats["tokens"] += sum(c.n_tokens for c in chunks)
+        stats["processed"] += len(batch)
         bar.update(len(batch))
         bar.set_postfix(chunks=staging.next_chunk_id, skipped=report.skipped, refresh=False)
         if on_progress is not None:
@@ -242,19 +246,24 @@ def build_index(
             log.warning("cleared a stale lock left by pid %s (%s)", lock.cleared.get("pid"), lock.cleared.get("command"))
         recover(index_dir)
         _, old = base_state(index_dir)
-        signature = {
+        command = {
             "op": "build", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
             "columns": columns, "model": info.weights_sha256, "chunking": chunking.to_dict(), "dims": dims,
-            "base": old["generation"] if old else None,
         }
+        command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
+        signature = command | {"base": old["generation"] if old else None}
+        if (
+            old is not None and not Staging.pending(index_dir, signature)
+            and old.get("build", {}).get("command_sha256") == command_sha and not old.get("updates")
+        ):
+            # killed after publishing, or simply run twice: the index is already what this command builds
+            return _summary_of_published(index_dir, started, report)
         if old is not None and not overwrite and not Staging.pending(index_dir, signature):
             raise StoreError(
                 f"index {index_dir} already exists; pass --overwrite to replace it "
                 "(the existing index is kept until the new one is complete), or `add` to update it"
             )
         staging = Staging(index_dir, signature, next_chunk_id=old["next_chunk_id"] if old else 0)
-        if finish_interrupted_publish(index_dir, staging):
-            return _summary_of_published(index_dir, started, report)
         resumed_at = staging.consumed
         if resumed_at:
             log.warning("resuming an interrupted build of %s after %d records", source, resumed_at)
@@ -276,19 +285,20 @@ def build_index(
             "normalized": True,
             "metric": "inner_product",
             "source": {"path": str(source.resolve()), "format": fmt, "sha256": source_fingerprint(source, fmt)},
-            "build": {"seconds": round(seconds, 3), "skipped_records": report.skipped, "ignored_files": report.ignored_files},
+            "build": {"seconds": round(seconds, 3), "skipped_records": report.skipped, "ignored_files": report.ignored_files,
+                      "command_sha256": command_sha},
             "updates": [],
         }
         generation = publish(index_dir, staging, manifest, dims)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
-                        generation=generation, resumed_at=resumed_at, added=docs)
+                        generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=docs)
 
 
 def _summary_of_published(index_dir: Path, started: float, report: LoadReport) -> BuildSummary:
     manifest = read_manifest(index_dir)
     counts = manifest["counts"]
     return BuildSummary(index_dir, counts["documents"], counts["chunks"], 0, time.perf_counter() - started,
-                        report.ignored_files, report.issues, generation=manifest["generation"])
+                        report.ignored_files, report.issues, generation=manifest["generation"], already_complete=True)
 
 
 def add_documents(
@@ -326,8 +336,6 @@ def add_documents(
             "columns": columns, "base": manifest["generation"],
         }
         staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
-        if finish_interrupted_publish(index_dir, staging):
-            return _summary_of_published(index_dir, started, report)
         resumed_at = staging.consumed
         with logging_redirect_tqdm(), tqdm(
             total=estimate_documents(source, fmt), unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
@@ -342,8 +350,8 @@ def add_documents(
         }]
         generation = publish(index_dir, staging, base, dims)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
-                        generation=generation, resumed_at=resumed_at, added=stats["added"], updated=stats["updated"],
-                        unchanged=stats["unchanged"])
+                        generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
+                        updated=stats["updated"], unchanged=stats["unchanged"])
 
 
 def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSummary:
@@ -359,9 +367,6 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
             raise StoreError(f"{index_dir} has no index to delete from")
         signature = {"op": "delete", "ids": wanted, "base": manifest["generation"]}
         staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
-        if finish_interrupted_publish(index_dir, staging):
-            m = read_manifest(index_dir)
-            return DeleteSummary(index_dir, [], [], m["counts"]["documents"], m["generation"])
         present = set(staging.content_hashes(wanted))
         staging.delete(wanted)
         base = manifest_base(manifest)

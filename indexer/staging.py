@@ -130,7 +130,26 @@ def recover(directory: Path) -> list[str]:
         if path.is_dir() and (orphan_tmp or orphan_gen):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
+    if current is not None and _staged_value(directory, "publishing") == current:
+        # killed after publishing but before cleaning up: that work is done
+        shutil.rmtree(directory / STAGING, ignore_errors=True)
+        removed.append(STAGING)
     return removed
+
+
+def _staged_value(directory: Path, key: str) -> str | None:
+    path = Path(directory) / STAGING / WORK
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return None
+    return row[0] if row else None
 
 
 class Staging:
@@ -161,18 +180,7 @@ class Staging:
     @staticmethod
     def pending(directory: str | Path, signature: Mapping) -> bool:
         """Whether an interrupted run of exactly this operation left work to resume."""
-        path = Path(directory) / STAGING / WORK
-        if not path.is_file():
-            return False
-        try:
-            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-            try:
-                found = db.execute("SELECT value FROM meta WHERE key = 'signature'").fetchone()
-            finally:
-                db.close()
-        except sqlite3.DatabaseError:
-            return False
-        return found is not None and found[0] == json.dumps(signature, sort_keys=True)
+        return _staged_value(directory, "signature") == json.dumps(signature, sort_keys=True)
 
     def _create(self, base: Path | None, next_chunk_id: int) -> None:
         shutil.rmtree(self.path.parent, ignore_errors=True)
@@ -388,14 +396,6 @@ def manifest_base(manifest: Mapping) -> dict:
     """A published manifest without what `publish` recomputes: the starting point of the next one."""
     generated = {"format_version", "generation", "created_at", "counts", "next_chunk_id", "representations", "files"}
     return {k: v for k, v in manifest.items() if k not in generated}
-
-
-def finish_interrupted_publish(directory: Path, staging: Staging) -> bool:
-    """After a crash between replacing CURRENT and removing the staging area, the work is done."""
-    if staging.publishing and is_index(directory) and read_pointer(directory)["generation"] == staging.publishing:
-        staging.remove()
-        return True
-    return False
 
 
 def base_state(directory: Path) -> tuple[Path | None, dict | None]:

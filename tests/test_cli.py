@@ -84,8 +84,14 @@ def test_nothing_indexable_exits_2_and_keeps_the_existing_index(tmp_path, small_
 
 def test_existing_index_needs_overwrite(tmp_path, small_jsonl, build_args, capsys):
     assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)[0] == 0
-    code, _, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)
+    code, out, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)
+    assert code == 0 and "already complete" in out  # the same command again: nothing to do
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"_id": "x", "text": "the sky"}\n', encoding="utf-8")
+    code, _, err = run(capsys, "build", other, "--index", tmp_path / "ix", *build_args)
     assert code == 2 and "already exists; pass --overwrite" in err
+    assert run(capsys, "build", other, "--index", tmp_path / "ix", *build_args, "--overwrite")[0] == 0
+    assert read_manifest(tmp_path / "ix")["counts"]["documents"] == 1
 
 
 def test_search_with_another_model_is_refused(tmp_path, small_jsonl, build_args, tiny_bert_other, capsys):

@@ -132,3 +132,8 @@ def test_weights_digest_identifies_the_weights(tiny_bert, tiny_bert_other):
 def test_invalid_representation_lists_valid_ones(tiny_bert):
     with pytest.raises(ValueError, match="unknown representation 'max'.*pooled, mean, cls"):
         Encoder.load(str(tiny_bert), representations=("max",))
+
+
+def test_empty_batches_are_fine(tiny_encoder):
+    assert tiny_encoder.tokenize([]) == []
+    assert {r: v.shape for r, v in tiny_encoder.encode_ids([]).items()} == {"pooled": (0, 32), "mean": (0, 32), "cls": (0, 32)}
