@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .staging import STAGING, Staging, WriterLock, manifest_base, publish, recover
+from .staging import STAGING, Staging, WriterLock, manifest_base, manifest_dims, publish, recover
 from .store import METADATA, StoreError, deserialize_faiss, open_generation, read_pointer, verified_bytes
 
 
@@ -112,6 +112,6 @@ def repair(directory: str | Path) -> str:
                           next_chunk_id=manifest["next_chunk_id"])
         base = manifest_base(manifest)
         base["updates"] = list(base.get("updates", [])) + [{"op": "repair", "from": pointer["generation"]}]
-        dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}
+        dims = manifest_dims(manifest)
         return publish(directory, staging, base, dims)
 

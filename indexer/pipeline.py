@@ -28,7 +28,7 @@ from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, Document, LoadIssue, LoadRepo
 from .files import sha256_file
 from .search import compatibility_problems
 from .staging import (
-    LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, publish, recover,
+    LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish, recover,
 )
 from .store import CURRENT, GENERATION, StoreError, content_sha256, is_index, read_manifest
 
@@ -330,7 +330,7 @@ def add_documents(
         if problems:
             raise StoreError(f"cannot add to {index_dir} with this model: " + "; ".join(problems))
         overlap = manifest["chunking"]["overlap"]
-        dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}
+        dims = manifest_dims(manifest)
         signature = {
             "op": "add", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
             "columns": columns, "base": manifest["generation"],
@@ -373,7 +373,7 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         base["updates"] = list(base.get("updates", [])) + [{
             "op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present),
         }]
-        dims = {r: spec["dim"] for r, spec in manifest["representations"].items()}
+        dims = manifest_dims(manifest)
         docs, _ = staging.counts()
         generation = publish(index_dir, staging, base, dims)
     return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

@@ -392,6 +392,11 @@ def prune(directory: Path, current: str, keep: int = KEEP_GENERATIONS) -> list[s
     return removed
 
 
+def manifest_dims(manifest: Mapping) -> dict[str, int]:
+    """{representation: dimension} of a published manifest."""
+    return {r: spec["dim"] for r, spec in manifest["representations"].items()}
+
+
 def manifest_base(manifest: Mapping) -> dict:
     """A published manifest without what `publish` recomputes: the starting point of the next one."""
     generated = {"format_version", "generation", "created_at", "counts", "next_chunk_id", "representations", "files"}
