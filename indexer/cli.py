@@ -292,6 +292,44 @@ def format_evaluation(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sentence_transformers import SentenceTransformer
+
+    from .bench import build_peak_memory, encode_benchmark, search_latency, texts_of
+
+    texts = texts_of(Path(args.data), args.docs)
+    encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
+    peer = SentenceTransformer(encoder.info.location, device=str(encoder.device))
+    peer.max_seq_length = encoder.max_tokens
+    print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
+    report = encode_benchmark(texts, encoder, peer, runs=args.runs)
+    if args.latency:
+        sizes = [int(x) for x in args.latency.split(",")]
+        print(f"search latency over {sizes} vectors …", file=sys.stderr)
+        report["latency"] = search_latency(encoder, sizes, dim=encoder.info.dim, queries=texts[: args.queries])
+    if args.memory:
+        sizes = [int(x) for x in args.memory.split(",")]
+        print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
+        report["memory"] = build_peak_memory(texts, sizes, args.model)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"{report['docs']} documents, {report['tokens']} tokens, {report['threads']} threads, median of {report['runs']} runs\n"
+        f"  ours (pooled + mean, one pass): {report['ours_s']:.2f} s  {report['ours_docs_per_s']:.1f} docs/s  "
+        f"{report['ours_tokens_per_s']:.0f} tokens/s  {report['gflops']:.1f} GFLOP/s\n"
+        f"  sentence-transformers (mean):   {report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
+        f"{report['peer_tokens_per_s']:.0f} tokens/s  {report['peer_gflops']:.1f} GFLOP/s\n"
+        f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
+        f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
+    )
+    for row in report.get("latency", []):
+        print(f"  query latency at {row['vectors']:>9} vectors: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms")
+    for row in report.get("memory", []):
+        print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Terminal demo: build the sample index if missing, run sample queries, then read queries from stdin."""
     index = Path(args.index)
@@ -393,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     model_options(e, "with --beir: model to build with (default: embedded all-MiniLM-L6-v2)")
     e.set_defaults(func=cmd_evaluate)
+
+    bn = sub.add_parser("bench", help="speed against sentence-transformers, machine limit, latency and memory")
+    bn.add_argument("--data", type=Path, default=DEMO_SOURCE, help="collection whose texts are encoded (default data/sample)")
+    bn.add_argument("--docs", type=int, default=None, help="number of documents (texts repeated to reach it)")
+    bn.add_argument("--runs", type=int, default=3, help="runs of each system; the median is reported (default 3)")
+    bn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    bn.add_argument("--latency", default=None, metavar="SIZES", help="e.g. 10000,100000,1000000: query latency over synthetic vectors")
+    bn.add_argument("--queries", type=int, default=50, help="queries timed per latency size (default 50)")
+    bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")
+    bn.add_argument("--json", action="store_true")
+    bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
+    bn.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="terminal demo on the sample collection (what `make run` starts)")
     d.add_argument("--index", type=Path, default=DEMO_INDEX, help=f"demo index (default {DEMO_INDEX})")

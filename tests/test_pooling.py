@@ -1,6 +1,5 @@
 """Pooling on small hand-built tensors with hand-computed expectations."""
 
-import pytest
 import torch
 
 from indexer.pooling import cls_pool, l2_normalize, mean_pool
