@@ -21,7 +21,7 @@ from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_label
 from .loaders import LoadReport, SourceError, load_queries, open_beir
 from .integrity import repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
-from .search import SearchResult, Searcher, model_name_for
+from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
 
 DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
@@ -155,11 +155,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    manifest = read_manifest(args.index)
-    encoder = Encoder.load(
-        model_name_for(manifest), representations=tuple(manifest["representations"]),
-        batch_size=args.batch_size, max_tokens=manifest["chunking"]["max_tokens"],
-    )
+    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size)
     summary = add_documents(
         args.index, args.source, encoder, format=args.format, id_column=args.id_column,
         title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,

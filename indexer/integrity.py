@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .staging import STAGING, Staging, WriterLock, manifest_base, manifest_dims, publish, recover
+from .staging import STAGING, Staging, WriterLock, manifest_base, manifest_dims, publish
 from .store import METADATA, StoreError, deserialize_faiss, open_generation, read_pointer, verified_bytes
 
 
@@ -95,7 +95,6 @@ def repair(directory: str | Path) -> str:
     """
     directory = Path(directory).resolve()
     with WriterLock(directory, "repair"):
-        recover(directory)
         try:
             pointer = read_pointer(directory)
             gen_dir, manifest = open_generation(directory)

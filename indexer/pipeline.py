@@ -28,7 +28,7 @@ from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, Document, LoadIssue, LoadRepo
 from .files import sha256_file
 from .search import compatibility_problems
 from .staging import (
-    LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish, recover,
+    LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish,
 )
 from .store import CURRENT, GENERATION, StoreError, content_sha256, is_index, read_manifest
 
@@ -241,24 +241,20 @@ def build_index(
     started = time.perf_counter()
     info = encoder.info
     dims = {r: info.dim for r in encoder.representations}
-    with WriterLock(index_dir, f"build {source}") as lock:
-        if lock.cleared:
-            log.warning("cleared a stale lock left by pid %s (%s)", lock.cleared.get("pid"), lock.cleared.get("command"))
-        recover(index_dir)
+    with WriterLock(index_dir, f"build {source}"):
         _, old = base_state(index_dir)
+        fingerprint = source_fingerprint(source, fmt)
         command = {
-            "op": "build", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
+            "op": "build", "source": str(source.resolve()), "fingerprint": fingerprint, "format": fmt,
             "columns": columns, "model": info.weights_sha256, "chunking": chunking.to_dict(), "dims": dims,
         }
         command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
         signature = command | {"base": old["generation"] if old else None}
-        if (
-            old is not None and not Staging.pending(index_dir, signature)
-            and old.get("build", {}).get("command_sha256") == command_sha and not old.get("updates")
-        ):
+        resumable = Staging.pending(index_dir, signature)
+        if old is not None and not resumable and old.get("build", {}).get("command_sha256") == command_sha and not old.get("updates"):
             # killed after publishing, or simply run twice: the index is already what this command builds
             return _summary_of_published(index_dir, started, report)
-        if old is not None and not overwrite and not Staging.pending(index_dir, signature):
+        if old is not None and not overwrite and not resumable:
             raise StoreError(
                 f"index {index_dir} already exists; pass --overwrite to replace it "
                 "(the existing index is kept until the new one is complete), or `add` to update it"
@@ -284,7 +280,7 @@ def build_index(
             "chunking": chunking.to_dict() | {"content_tokens_per_chunk": encoder.window},
             "normalized": True,
             "metric": "inner_product",
-            "source": {"path": str(source.resolve()), "format": fmt, "sha256": source_fingerprint(source, fmt)},
+            "source": {"path": str(source.resolve()), "format": fmt, "sha256": fingerprint},
             "build": {"seconds": round(seconds, 3), "skipped_records": report.skipped, "ignored_files": report.ignored_files,
                       "command_sha256": command_sha},
             "updates": [],
@@ -322,7 +318,6 @@ def add_documents(
     fmt, report, documents = _load_source(source, format, **columns)
     started = time.perf_counter()
     with WriterLock(index_dir, f"add {source}"):
-        recover(index_dir)
         gen_dir, manifest = base_state(index_dir)
         if manifest is None:
             raise StoreError(f"{index_dir} has no index to add to; create it with `python -m indexer build {source} --index {index_dir}`")
@@ -361,7 +356,6 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
     if not wanted:
         raise ValueError("no document id given")
     with WriterLock(index_dir, "delete"):
-        recover(index_dir)
         gen_dir, manifest = base_state(index_dir)
         if manifest is None:
             raise StoreError(f"{index_dir} has no index to delete from")

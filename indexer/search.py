@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .config import DEFAULT_BATCH_SIZE
 from .encoder import Encoder, ModelInfo
 from .store import IndexReader, StoreError, generation_id
 
@@ -75,6 +76,16 @@ def model_name_for(manifest: Mapping) -> str | None:
     return {"bundled": None, "local": model.get("location"), "hub": model.get("name")}.get(model.get("source"), model.get("name"))
 
 
+def encoder_for(manifest: Mapping, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
+    """The encoder an index was built with: same model, representations and max length."""
+    return Encoder.load(
+        model_name_for(manifest),
+        representations=tuple(manifest.get("representations", {})),
+        batch_size=batch_size,
+        max_tokens=manifest.get("chunking", {}).get("max_tokens"),
+    )
+
+
 def compatibility_problems(manifest: Mapping, info: ModelInfo, max_tokens: int, representations: Sequence[str]) -> list[str]:
     """What differs between an index's manifest and the encoder a searcher would use (empty: compatible)."""
     problems = []
@@ -115,11 +126,7 @@ class Searcher:
         manifest = index.manifest
         wanted = tuple(representations or index.representations)
         if encoder is None:
-            encoder = Encoder.load(
-                model_name_for(manifest),
-                representations=index.representations,
-                max_tokens=manifest.get("chunking", {}).get("max_tokens"),
-            )
+            encoder = encoder_for(manifest)
         self.encoder = encoder
         self.representations = wanted
         self._check(index)

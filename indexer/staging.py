@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,8 @@ from .store import (
     CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, StoreError, content_sha256, faiss_file,
     is_index, open_generation, read_pointer,
 )
+
+log = logging.getLogger("indexer.staging")
 
 LOCK = "writer.lock"
 STAGING = "staging"
@@ -68,7 +71,8 @@ class WriterLock:
     """An exclusive flock on DIR/writer.lock; the file names the holder for whoever is refused.
 
     The kernel releases a flock when its process dies, so a lock left by a killed writer is
-    stale by construction: the next writer takes it and says it cleared it.
+    stale by construction: the next writer takes it, says it cleared it, and removes what the
+    killed writer left outside the published state (`recover`) before doing anything else.
     """
 
     def __init__(self, directory: str | Path, command: str) -> None:
@@ -95,10 +99,12 @@ class WriterLock:
         previous = self._holder(fd)
         if previous.get("pid") and not _pid_alive(int(previous["pid"])) and previous.get("pid") != os.getpid():
             self.cleared = previous
+            log.warning("cleared a stale lock left by pid %s (%s)", previous.get("pid"), previous.get("command"))
         info = {"pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        recover(self.directory)
         return self
 
     @staticmethod
