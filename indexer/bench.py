@@ -81,31 +81,127 @@ def encode_benchmark(texts: Sequence[str], encoder, peer, *, runs: int = 3, peer
     }
 
 
-def search_latency(encoder, sizes: Sequence[int], *, dim: int, queries: Sequence[str], k: int = 10, seed: int = 0) -> list[dict]:
-    """End-to-end query latency (encode once + exact search of two representations) over synthetic unit vectors."""
-    import faiss
+def fit_gaussian(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and Cholesky factor of the covariance of real embeddings: synthetic vectors drawn from it
+    have their correlations but no cluster structure, which makes approximate search harder, not easier."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    cov = np.cov(vectors, rowvar=False) + 1e-6 * np.eye(vectors.shape[1])
+    return vectors.mean(0).astype(np.float32), np.linalg.cholesky(cov).T.astype(np.float32)
+
+
+def synthetic_vectors(fit: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    mean, factor = fit
+    out = mean + rng.standard_normal((n, len(mean)), dtype=np.float32) @ factor
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def synthetic_index(directory: Path, encoder, texts: Sequence[str], fits: dict, n: int, *, seed: int = 0, batch: int = 20_000) -> None:
+    """A real index directory of `n` one-chunk documents (texts repeated) with synthetic vectors, written
+    through the same staging and publish path as `build`, so that a query reads a real metadata store."""
+    from .chunking import Chunk
+    from .loaders import Document
+    from .staging import Staging, publish
 
     rng = np.random.default_rng(seed)
+    staging = Staging(directory, {"op": "bench", "n": n, "seed": seed})
+    for start in range(0, n, batch):
+        ids = range(start, min(start + batch, n))
+        docs = [Document(f"d{i}", texts[i % len(texts)], source="synthetic") for i in ids]
+        chunks = [Chunk(d.doc_id, 0, d.text, 0, len(d.text), ()) for d in docs]
+        staging.apply(documents=docs, chunks=chunks, vectors={r: synthetic_vectors(fit, len(docs), rng) for r, fit in fits.items()})
+    info = encoder.info
+    manifest = {"model": info.to_dict(), "chunking": {"max_tokens": encoder.max_tokens}, "normalized": True,
+                "metric": "inner_product", "source": {"path": "synthetic", "format": "synthetic"}, "updates": []}
+    publish(directory, staging, manifest, {r: info.dim for r in fits})
+
+
+def _percentiles(times: Sequence[float]) -> dict:
+    return {"p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95))}
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found top-k ∩ exact top-k| / k."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
+
+
+def scale_benchmark(
+    encoder,
+    texts: Sequence[str],
+    queries: Sequence[str],
+    sizes: Sequence[int],
+    *,
+    spec=None,
+    ef_sweep: Sequence[int] = (128, 256, 512, 1024, 2048),
+    k: int = 10,
+    fit_docs: int = 2000,
+) -> list[dict]:
+    """Per size: end-to-end query latency (encode once + search both representations + read the hits'
+    metadata, through `Searcher`) over a synthetic index; with an `hnsw` spec also its build time,
+    latency and recall@k against exact search, over a sweep of efSearch values."""
+    from .integrity import convert
+    from .search import Searcher
+    from . import vector_index
+
+    real = encoder.encode_texts(list(texts[:fit_docs]))
+    fits = {r: fit_gaussian(real[r]) for r in encoder.representations}
     out = []
     for n in sizes:
-        indexes = []
-        for _ in range(2):
-            vectors = rng.standard_normal((n, dim), dtype=np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-            index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
-            indexes.append(index)
-            del vectors
-        times = []
-        for q in queries:
+        with tempfile.TemporaryDirectory(prefix="pooling-lab-scale-") as tmp:
+            directory = Path(tmp) / "index"
             started = time.perf_counter()
-            vec = encoder.encode_texts([q])
-            for index, r in zip(indexes, ("pooled", "mean")):
-                index.search(vec[r], k)
-            times.append(time.perf_counter() - started)
-        out.append({"vectors": n, "p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95))})
-        del indexes
+            synthetic_index(directory, encoder, texts, fits, n)
+            row: dict = {"vectors": n, "setup_s": time.perf_counter() - started}
+            searcher = Searcher(directory, encoder)
+            qvecs = encoder.encode_texts(list(queries))
+            truth = {r: searcher.index.search(r, qvecs[r], k)[1] for r in encoder.representations}
+            row["encode_only"] = _percentiles(_timed(lambda q: encoder.encode_texts([q]), queries))
+            row["exact"] = _percentiles(_timed(lambda q: searcher.search(q, k), queries))
+            if spec is not None and spec.type != "flat":
+                convert(directory, spec)
+                index = searcher.current()  # the searcher switches to the new generation
+                row["index_type"] = spec.to_dict()
+                row["build_s"] = {r: index.manifest["representations"][r]["build_seconds"] for r in encoder.representations}
+                row["approximate"] = _percentiles(_timed(lambda q: searcher.search(q, k), queries))
+                row["recall_at_k"] = {r: recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}
+                sweep = []
+                for ef in sorted(set(ef_sweep) | {spec.ef_search}):
+                    for faiss_index in index.indexes.values():
+                        vector_index.configure(faiss_index, spec, ef_search=ef)
+                    per_query = _timed(lambda j: [index.search(r, qvecs[r][j : j + 1], k) for r in encoder.representations],
+                                       range(len(queries)))
+                    sweep.append({"ef_search": ef, "search_p50_ms": 1000 * float(np.percentile(per_query, 50)),
+                                  **{f"recall_{r}": recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}})
+                for faiss_index in index.indexes.values():
+                    vector_index.configure(faiss_index, spec)
+                row["ef_sweep"] = sweep
+            searcher.close()
+            out.append(row)
     return out
+
+
+def _timed(fn: Callable, items: Sequence) -> list[float]:
+    """Seconds of fn(item) for every item, after two warm-up calls."""
+    items = list(items)
+    for item in items[:2]:
+        fn(item)
+    times = []
+    for item in items:
+        started = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def queries_of(source: Path, n: int, texts: Sequence[str]) -> list[str]:
+    """n distinct query texts: the collection's queries.jsonl first, then the first eight words of documents."""
+    from .loaders import LoadReport, load_queries
+
+    path = Path(source) / "queries.jsonl"
+    found = list(load_queries(path, LoadReport()).values()) if path.is_file() else []
+    found += [" ".join(t.split()[:8]) for t in texts]
+    return list(dict.fromkeys(q for q in found if q.strip()))[:n]
 
 
 def texts_of(source: Path, docs: int | None) -> list[str]:

@@ -19,10 +19,12 @@ from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_
 from .encoder import Encoder, ModelError
 from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels
 from .loaders import LoadReport, SourceError, load_queries, open_beir
-from .integrity import repair, verify
+from .integrity import convert, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
+from . import vector_index
+from .vector_index import INDEX_TYPES, IndexSpec
 
 DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
 DEMO_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "sample"
@@ -111,6 +113,7 @@ def format_info(manifest: dict, directory: Path) -> str:
         f"documents:      {counts.get('documents')}",
         f"chunks:         {counts.get('chunks')}",
         f"vectors:        L2-normalised float32, {manifest.get('metric')}",
+        f"vector index:   {vector_index.describe(manifest.get('vector_index'))}",
         "representations:",
     ]
     files = manifest.get("files", {})
@@ -124,6 +127,10 @@ def format_info(manifest: dict, directory: Path) -> str:
     if pooler.get("status") == "missing":
         lines.insert(0, "WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
     return "\n".join(lines)
+
+
+def _index_spec(args: argparse.Namespace) -> IndexSpec:
+    return IndexSpec(type=args.index_type, m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search)
 
 
 def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> Encoder:
@@ -149,6 +156,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         title_column=args.title_column,
         text_column=args.text_column,
         progress=not args.no_progress,
+        vector_index=_index_spec(args),
     )
     print(format_summary(summary))
     return 0
@@ -194,6 +202,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
     print(f"published {generation} with FAISS files rebuilt from the metadata store; verify: "
           + ("ok" if not problems else "; ".join(problems)))
     return 0 if not problems else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    spec = _index_spec(args)
+    started = time.perf_counter()
+    generation = convert(args.index, spec)
+    print(f"published {generation} with {spec.label} FAISS files, built from the stored vectors in "
+          f"{time.perf_counter() - started:.1f} s (nothing re-embedded)")
+    return 0
 
 
 def _searcher(args: argparse.Namespace) -> Searcher:
@@ -291,18 +308,22 @@ def format_evaluation(result: Evaluation) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
-    from .bench import build_peak_memory, encode_benchmark, search_latency, texts_of
+    from .bench import build_peak_memory, encode_benchmark, queries_of, scale_benchmark, texts_of
 
     texts = texts_of(Path(args.data), args.docs)
     encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
     peer = SentenceTransformer(encoder.info.location, device=str(encoder.device))
     peer.max_seq_length = encoder.max_tokens
-    print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
-    report = encode_benchmark(texts, encoder, peer, runs=args.runs)
+    report: dict = {}
+    if not args.no_encode:
+        print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
+        report = encode_benchmark(texts, encoder, peer, runs=args.runs)
     if args.latency:
         sizes = [int(x) for x in args.latency.split(",")]
-        print(f"search latency over {sizes} vectors …", file=sys.stderr)
-        report["latency"] = search_latency(encoder, sizes, dim=encoder.info.dim, queries=texts[: args.queries])
+        spec = _index_spec(args)
+        print(f"search latency over {sizes} vectors, exact" + (f" and {spec.label}" if spec.type != "flat" else "") + " …", file=sys.stderr)
+        collection = texts_of(Path(args.data), None)  # the Gaussian fit wants every distinct text
+        report["latency"] = scale_benchmark(encoder, collection, queries_of(Path(args.data), args.queries, collection), sizes, spec=spec)
     if args.memory:
         sizes = [int(x) for x in args.memory.split(",")]
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
@@ -310,17 +331,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(
-        f"{report['docs']} documents, {report['tokens']} tokens, {report['threads']} threads, median of {report['runs']} runs\n"
-        f"  ours (pooled + mean, one pass): {report['ours_s']:.2f} s  {report['ours_docs_per_s']:.1f} docs/s  "
-        f"{report['ours_tokens_per_s']:.0f} tokens/s  {report['gflops']:.1f} GFLOP/s\n"
-        f"  sentence-transformers (mean):   {report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
-        f"{report['peer_tokens_per_s']:.0f} tokens/s  {report['peer_gflops']:.1f} GFLOP/s\n"
-        f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
-        f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
-    )
+    if report.get("docs"):
+        print(
+            f"{report['docs']} documents, {report['tokens']} tokens, {report['threads']} threads, median of {report['runs']} runs\n"
+            f"  ours (pooled + mean, one pass): {report['ours_s']:.2f} s  {report['ours_docs_per_s']:.1f} docs/s  "
+            f"{report['ours_tokens_per_s']:.0f} tokens/s  {report['gflops']:.1f} GFLOP/s\n"
+            f"  sentence-transformers (mean):   {report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
+            f"{report['peer_tokens_per_s']:.0f} tokens/s  {report['peer_gflops']:.1f} GFLOP/s\n"
+            f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
+            f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
+        )
     for row in report.get("latency", []):
-        print(f"  query latency at {row['vectors']:>9} vectors: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms")
+        print(f"  query at {row['vectors']:>9} vectors (encode + search both + metadata): exact p50 {row['exact']['p50_ms']:.1f} ms, "
+              f"p95 {row['exact']['p95_ms']:.1f} ms (encoding alone p50 {row['encode_only']['p50_ms']:.1f} ms)")
+        if "approximate" in row:
+            recall = ", ".join(f"{r} {v:.3f}" for r, v in row["recall_at_k"].items())
+            build = ", ".join(f"{r} {v:.0f} s" for r, v in row["build_s"].items())
+            print(f"    {row['index_type']['type']}: p50 {row['approximate']['p50_ms']:.1f} ms, p95 {row['approximate']['p95_ms']:.1f} ms; "
+                  f"recall@10 vs exact: {recall}; build {build}")
+            for sweep in row["ef_sweep"]:
+                recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
+                print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
         print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
     return 0
@@ -360,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help=default_help)
         p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own Python code (off by default)")
 
+    def index_type_options(p: argparse.ArgumentParser, required: bool = False, default: str = "flat", help: str | None = None) -> None:
+        d = IndexSpec()
+        p.add_argument("--index-type", choices=INDEX_TYPES, required=required, default=None if required else default,
+                       help=help or "flat: exact search (default); hnsw: approximate graph search for large collections")
+        p.add_argument("--hnsw-m", type=int, default=d.m, help=f"hnsw: links per vector (default {d.m})")
+        p.add_argument("--ef-construction", type=int, default=d.ef_construction, help=f"hnsw: build effort (default {d.ef_construction})")
+        p.add_argument("--ef-search", type=int, default=d.ef_search, help=f"hnsw: search effort, more = better recall (default {d.ef_search})")
+
     b = sub.add_parser("build", help="index a folder, JSONL, CSV or BEIR dataset")
     b.add_argument("source", help="folder of .txt/.md/.html, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")
     b.add_argument("--index", required=True, type=Path, help="index directory to create")
@@ -374,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index (kept until the new one is complete)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index_type_options(b)
     b.set_defaults(func=cmd_build)
 
     a = sub.add_parser("add", help="index new documents and re-embed changed ones (by content hash)")
@@ -400,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("repair", help="rebuild the FAISS files from the metadata store, as a new generation")
     rp.add_argument("index", type=Path)
     rp.set_defaults(func=cmd_repair)
+
+    cv = sub.add_parser("convert", help="switch an index between exact (flat) and approximate (hnsw) search; nothing is re-embedded")
+    cv.add_argument("index", type=Path)
+    index_type_options(cv, required=True)
+    cv.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("search", help="show the pooled and mean rankings for a query")
     s.add_argument("index", type=Path, help="index directory")
@@ -434,9 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--runs", type=int, default=3, help="runs of each system; the median is reported (default 3)")
     bn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     bn.add_argument("--latency", default=None, metavar="SIZES", help="e.g. 10000,100000,1000000: query latency over synthetic vectors")
-    bn.add_argument("--queries", type=int, default=50, help="queries timed per latency size (default 50)")
+    bn.add_argument("--queries", type=int, default=200, help="queries per latency size: the collection's queries.jsonl, then the first words of documents (default 200)")
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")
+    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory)")
     bn.add_argument("--json", action="store_true")
+    index_type_options(bn, default="hnsw", help="with --latency: approximate index measured against exact search (default hnsw; flat: exact only)")
     bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
     bn.set_defaults(func=cmd_bench)
 

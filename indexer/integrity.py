@@ -5,10 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from .staging import STAGING, Staging, WriterLock, manifest_base, manifest_dims, publish
-from .store import METADATA, StoreError, deserialize_faiss, open_generation, read_pointer, verified_bytes
+from .vector_index import IndexSpec
+from .store import METADATA, StoreError, load_faiss, open_generation, read_pointer, verified_file
 
 
 def verify(directory: str | Path) -> tuple[list[str], list[str]]:
@@ -30,13 +32,13 @@ def verify(directory: str | Path) -> tuple[list[str], list[str]]:
     notes.append(f"generation {gen_dir.name}, created {manifest.get('created_at')}")
     files = manifest["files"]
     indexes = {}
-    for r, spec in manifest.get("representations", {}).items():
+    for r in manifest.get("representations", {}):
         try:
-            indexes[r] = deserialize_faiss(gen_dir, spec["file"], verified_bytes(gen_dir, spec["file"], files), spec.get("dim"))
+            indexes[r] = load_faiss(gen_dir, manifest, r)
         except (StoreError, KeyError) as exc:
             problems.append(str(exc))
     try:
-        verified_bytes(gen_dir, METADATA, files)
+        verified_file(gen_dir, METADATA, files)
     except StoreError as exc:
         problems.append(str(exc))
         return problems, notes
@@ -72,8 +74,8 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
     if len(chunk_ids) and chunk_ids.max() >= manifest.get("next_chunk_id", 0):
         problems.append(f"chunk id {chunk_ids.max()} is not below the manifest's next_chunk_id {manifest.get('next_chunk_id')}")
     for r, index in indexes.items():
-        ids = np.sort(np.array([index.id_map.at(i) for i in range(index.ntotal)], dtype=np.int64))
-        if not np.array_equal(ids, chunk_ids):
+        ids = faiss.vector_to_array(index.id_map)  # FAISS ids in FAISS order
+        if not np.array_equal(np.sort(ids), chunk_ids):
             problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(chunk_ids)} chunk ids of the metadata store")
             continue
         rows = db.execute("SELECT chunk_id, vector FROM vectors WHERE representation = ? ORDER BY chunk_id", (r,)).fetchall()
@@ -81,7 +83,7 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
             problems.append(f"the metadata store lacks `{r}` vectors for some chunks")
             continue
         stored = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float32).reshape(len(rows), index.d)
-        served = np.vstack([index.reconstruct(int(i)) for i in chunk_ids]) if len(chunk_ids) else stored
+        served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(ids)] if len(ids) else stored
         if not np.array_equal(stored, served):
             problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
     return problems
@@ -93,24 +95,37 @@ def repair(directory: str | Path) -> str:
     Fixes a corrupted, missing or inconsistent FAISS file. The metadata store itself must be
     intact (its checksum is verified first); if it is not, the index must be rebuilt.
     """
-    directory = Path(directory).resolve()
-    with WriterLock(directory, "repair"):
+    return _rebuild_faiss(Path(directory).resolve(), "repair", None)
+
+
+def convert(directory: str | Path, spec: IndexSpec) -> str:
+    """Publish a new generation whose FAISS files are of another type (`flat` or `hnsw`), from the stored vectors.
+
+    Nothing is re-embedded: switching an index to approximate search, or back, costs only the FAISS build.
+    """
+    return _rebuild_faiss(Path(directory).resolve(), "convert", spec)
+
+
+def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None) -> str:
+    with WriterLock(directory, op):
         try:
             pointer = read_pointer(directory)
             gen_dir, manifest = open_generation(directory)
         except StoreError as exc:
-            raise StoreError(f"cannot repair {directory}: {exc}. Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`") from exc
+            raise StoreError(f"cannot {op} {directory}: {exc}. Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`") from exc
         try:
-            verified_bytes(gen_dir, METADATA, manifest["files"])
+            verified_file(gen_dir, METADATA, manifest["files"])
         except StoreError as exc:
             raise StoreError(
-                f"cannot repair {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
+                f"cannot {op} {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
                 f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
             ) from exc
-        staging = Staging(directory, {"op": "repair", "base": pointer["generation"]}, base=gen_dir,
-                          next_chunk_id=manifest["next_chunk_id"])
+        staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict()},
+                          base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
         base = manifest_base(manifest)
-        base["updates"] = list(base.get("updates", [])) + [{"op": "repair", "from": pointer["generation"]}]
-        dims = manifest_dims(manifest)
-        return publish(directory, staging, base, dims)
-
+        update = {"op": op, "from": pointer["generation"]}
+        if spec is not None:
+            update["vector_index"] = spec.to_dict()
+            base["vector_index"] = spec.to_dict()
+        base["updates"] = list(base.get("updates", [])) + [update]
+        return publish(directory, staging, base, manifest_dims(manifest))

@@ -30,6 +30,7 @@ from .search import compatibility_problems
 from .staging import (
     LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish,
 )
+from .vector_index import IndexSpec
 from .store import CURRENT, GENERATION, StoreError, content_sha256, is_index, read_manifest
 
 log = logging.getLogger("indexer.pipeline")
@@ -224,14 +225,17 @@ def build_index(
     text_column: str = "text",
     progress: bool = True,
     on_progress: Callable[[int, int | None], None] | None = None,
+    vector_index: IndexSpec | None = None,
 ) -> BuildSummary:
     """Index every readable document of `source` into `index_dir`; bad records are reported and skipped.
 
     Nothing is published unless the whole build succeeds; an existing index stays until then.
     A build that was killed resumes where it stopped when called again with the same arguments.
     `on_progress(documents_done, estimated_total)` is called after every batch (the app's bar).
+    `vector_index` chooses exact (`flat`, the default) or approximate (`hnsw`) FAISS indexes.
     """
     source, index_dir = Path(source), Path(index_dir).resolve()
+    spec = vector_index or IndexSpec()
     chunking = ChunkingConfig(
         max_tokens=encoder.max_tokens, overlap=default_overlap(encoder.max_tokens) if overlap is None else overlap
     )
@@ -251,13 +255,16 @@ def build_index(
         command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
         signature = command | {"base": old["generation"] if old else None}
         resumable = Staging.pending(index_dir, signature)
-        if old is not None and not resumable and old.get("build", {}).get("command_sha256") == command_sha and not old.get("updates"):
+        same = old is not None and old.get("build", {}).get("command_sha256") == command_sha and not old.get("updates")
+        if same and not resumable and IndexSpec.from_dict(old.get("vector_index")) == spec:
             # killed after publishing, or simply run twice: the index is already what this command builds
             return _summary_of_published(index_dir, started, report)
         if old is not None and not overwrite and not resumable:
+            hint = (f"; to change only its vector index type, run `python -m indexer convert {index_dir} --index-type {spec.type}`"
+                    if same else "")
             raise StoreError(
                 f"index {index_dir} already exists; pass --overwrite to replace it "
-                "(the existing index is kept until the new one is complete), or `add` to update it"
+                f"(the existing index is kept until the new one is complete), or `add` to update it{hint}"
             )
         staging = Staging(index_dir, signature, next_chunk_id=old["next_chunk_id"] if old else 0)
         resumed_at = staging.consumed
@@ -280,6 +287,7 @@ def build_index(
             "chunking": chunking.to_dict() | {"content_tokens_per_chunk": encoder.window},
             "normalized": True,
             "metric": "inner_product",
+            "vector_index": spec.to_dict(),
             "source": {"path": str(source.resolve()), "format": fmt, "sha256": fingerprint},
             "build": {"seconds": round(seconds, 3), "skipped_records": report.skipped, "ignored_files": report.ignored_files,
                       "command_sha256": command_sha},

@@ -28,7 +28,9 @@ from typing import Iterable, Mapping, Sequence
 import faiss
 import numpy as np
 
+from . import vector_index
 from .files import atomic_write_bytes, fsync_dir, sha256_file
+from .vector_index import IndexSpec
 from .store import (
     CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, StoreError, content_sha256, faiss_file,
     is_index, open_generation, read_pointer,
@@ -340,11 +342,15 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
     try:
         tmp.mkdir()
         files = {}
+        spec = IndexSpec.from_dict(manifest.get("vector_index"))
+        built = {}
         for r, dim in dims.items():
             ids, matrix = staging.load_vectors(r, dim)
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-            index.add_with_ids(matrix, ids)
+            index, seconds = vector_index.build_timed(spec, ids, matrix)
+            del ids, matrix
             atomic_write_bytes(tmp / faiss_file(r), faiss.serialize_index(index).tobytes())
+            del index
+            built[r] = {"dim": dim, "file": faiss_file(r), "index_type": f"{spec.type}-ip", "build_seconds": round(seconds, 3)}
         crash_point("faiss-written")
         staging.export(tmp / METADATA)
         crash_point("metadata-written")
@@ -358,7 +364,8 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             counts={"documents": docs, "chunks": chunks},
             next_chunk_id=staging.next_chunk_id,
-            representations={r: {"dim": d, "file": faiss_file(r), "index_type": "flat-ip"} for r, d in dims.items()},
+            vector_index=spec.to_dict(),
+            representations=built,
             files=files,
         )
         data = (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode()

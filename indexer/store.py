@@ -31,6 +31,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import faiss
 import numpy as np
 
+from . import vector_index
+from .files import sha256_file
+from .vector_index import IndexSpec
+
 FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -166,22 +170,60 @@ def verified_bytes(gen_dir: Path, name: str, files: Mapping) -> bytes:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != expected.get("bytes") or digest != expected.get("sha256"):
-        raise StoreError(
-            f"{path} is corrupted: size {len(data)} / sha256 {digest[:16]}… do not match the manifest "
-            f"({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — "
-            f"`python -m indexer repair {gen_dir.parent}` rebuilds FAISS files from the metadata store"
-        )
+        raise StoreError(_corrupted(path, len(data), digest, expected))
     return data
 
 
-def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int):
+def _corrupted(path: Path, size: int, digest: str, expected: Mapping) -> str:
+    return (
+        f"{path} is corrupted: size {size} / sha256 {digest[:16]}… do not match the manifest "
+        f"({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — "
+        f"`python -m indexer repair {path.parent.parent}` rebuilds FAISS files from the metadata store"
+    )
+
+
+def verified_file(gen_dir: Path, name: str, files: Mapping) -> None:
+    """Check a file's size and sha256 against the manifest without reading it into memory."""
+    path = gen_dir / name
+    expected = files.get(name)
+    if not isinstance(expected, Mapping):
+        raise StoreError(f"{gen_dir / MANIFEST} has no checksum for {name}")
+    if not path.is_file():
+        raise StoreError(f"{path} is missing (listed in {MANIFEST}); the index is incomplete")
+    size, digest = path.stat().st_size, sha256_file(path)
+    if size != expected.get("bytes") or digest != expected.get("sha256"):
+        raise StoreError(_corrupted(path, size, digest, expected))
+
+
+def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec | None = None):
+    """A FAISS index from verified bytes, checked against the manifest's dimension and index type."""
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
         raise StoreError(f"{gen_dir / name} cannot be read by FAISS: {exc}") from exc
     if index.d != dim:
         raise StoreError(f"{gen_dir / name} has dimension {index.d}, the manifest says {dim}")
+    if spec is not None:
+        kind = vector_index.kind_of(index)
+        if kind != spec.type:
+            raise StoreError(f"{gen_dir / name} is a {kind} index, the manifest says {spec.type}")
+        vector_index.configure(index, spec)
     return index
+
+
+def index_spec(gen_dir: Path, manifest: Mapping) -> IndexSpec:
+    """The manifest's vector index settings (a clear error if they are not valid)."""
+    try:
+        return IndexSpec.from_dict(manifest.get("vector_index"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{gen_dir / MANIFEST} has invalid vector_index settings: {exc}") from exc
+
+
+def load_faiss(gen_dir: Path, manifest: Mapping, representation: str) -> faiss.Index:
+    """One representation's FAISS index, after its checksum, dimension and type are checked."""
+    spec = manifest["representations"][representation]
+    data = verified_bytes(gen_dir, spec["file"], manifest["files"])
+    return deserialize_faiss(gen_dir, spec["file"], data, spec.get("dim"), index_spec(gen_dir, manifest))
 
 
 class IndexReader:
@@ -195,11 +237,9 @@ class IndexReader:
         reps = self.manifest.get("representations") or {}
         if not reps:
             raise StoreError(f"{gen_dir / MANIFEST} lists no representations")
-        self.indexes = {
-            r: deserialize_faiss(gen_dir, spec["file"], verified_bytes(gen_dir, spec["file"], files), spec.get("dim"))
-            for r, spec in reps.items()
-        }
-        verified_bytes(gen_dir, METADATA, files)
+        self.spec = index_spec(gen_dir, self.manifest)
+        self.indexes = {r: load_faiss(gen_dir, self.manifest, r) for r in reps}
+        verified_file(gen_dir, METADATA, files)
         # immutable=1: a published generation never changes, so SQLite needs no locks or journal
         uri = f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1"
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)

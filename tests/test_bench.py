@@ -3,7 +3,9 @@
 import json
 
 from conftest import SAMPLE
-from indexer.bench import flops_per_sequence, texts_of
+import numpy as np
+
+from indexer.bench import fit_gaussian, flops_per_sequence, queries_of, recall_at, synthetic_vectors, texts_of
 from indexer.cli import main
 
 
@@ -28,4 +30,38 @@ def test_bench_reports_the_promised_keys(capsys, tiny_bert):
     assert report["docs"] == 40 and report["tokens"] > 40
     assert report["ratio"] == report["ours_s"] / report["peer_s"] and report["ratio"] > 0
     assert 0 < report["gflops"] and report["peak_gflops"] > 0
-    assert report["latency"][0]["vectors"] == 1000 and 0 < report["latency"][0]["p50_ms"] <= report["latency"][0]["p95_ms"]
+    row = report["latency"][0]
+    assert row["vectors"] == 1000
+    for part in ("exact", "approximate", "encode_only"):
+        assert 0 < row[part]["p50_ms"] <= row[part]["p95_ms"]
+    assert row["encode_only"]["p50_ms"] < row["exact"]["p95_ms"]  # the end-to-end time includes the encoding
+    assert row["index_type"]["type"] == "hnsw" and set(row["recall_at_k"]) == {"pooled", "mean"}
+    assert all(0.9 <= v <= 1.0 for v in row["recall_at_k"].values())  # 1000 vectors, efSearch 1024: all but exact
+    assert [s["ef_search"] for s in row["ef_sweep"]] == sorted(s["ef_search"] for s in row["ef_sweep"])
+
+
+def test_recall_at_by_hand():
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 9, 1], [5, 6, 7, 8]])
+    assert recall_at(found, truth) == (3 / 4 + 1) / 2
+
+
+def test_synthetic_vectors_follow_the_fitted_distribution():
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((8, 8)).astype(np.float32)
+    real = rng.standard_normal((5000, 8)).astype(np.float32) @ mixing + 3.0
+    mean, factor = fit_gaussian(real)
+    np.testing.assert_allclose(factor.T @ factor, np.cov(real, rowvar=False), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(mean, real.mean(0), rtol=1e-5)
+    out = synthetic_vectors((mean, factor), 20000, rng)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    direction = real.mean(0) / np.linalg.norm(real.mean(0))
+    assert np.mean(out @ direction) > 0.5  # they share the real vectors' common direction (anisotropy)
+
+
+def test_queries_come_from_the_collection_first_and_are_distinct():
+    texts = texts_of(SAMPLE, None)
+    queries = queries_of(SAMPLE, 100, texts)
+    assert len(queries) == len(set(queries)) == 100
+    first = json.loads((SAMPLE / "queries.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
+    assert queries[0] == first

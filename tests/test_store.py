@@ -16,7 +16,7 @@ def unit(rng, n, d):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0):
+def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0, vector_index=None):
     """Publish one generation of random vectors through the real writer path (no model needed)."""
     rng = np.random.default_rng(seed)
     docs = [Document(f"doc-{i}", f"text {i}", title=f"T{i}") for i in range(n_docs)]
@@ -28,7 +28,10 @@ def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0):
         split = half * chunks_per_doc
         staging.apply(documents=docs[:half], chunks=chunks[:split], vectors={r: v[:split] for r, v in vectors.items()}, consumed=half)
         staging.apply(documents=docs[half:], chunks=chunks[split:], vectors={r: v[split:] for r, v in vectors.items()}, consumed=n_docs)
-        publish(directory, staging, {"model": {"name": "test"}, "chunking": {"max_tokens": 16}}, {"pooled": d, "mean": d})
+        manifest = {"model": {"name": "test"}, "chunking": {"max_tokens": 16}}
+        if vector_index is not None:
+            manifest["vector_index"] = vector_index
+        publish(directory, staging, manifest, {"pooled": d, "mean": d})
     return docs, chunks, vectors
 
 
@@ -64,7 +67,9 @@ def test_layout_pointer_and_manifest(tmp_path):
     assert pointer["generation"] == "gen-000001" == generation_id(directory)
     manifest = read_manifest(directory)
     assert set(manifest["files"]) == {"pooled.faiss", "mean.faiss", METADATA}
-    assert manifest["representations"]["mean"] == {"dim": 16, "file": "mean.faiss", "index_type": "flat-ip"}
+    assert manifest["representations"]["mean"] == {"dim": 16, "file": "mean.faiss", "index_type": "flat-ip",
+                                                   "build_seconds": manifest["representations"]["mean"]["build_seconds"]}
+    assert manifest["vector_index"] == {"type": "flat"}
     assert manifest["format_version"] == 2 and manifest["next_chunk_id"] == 150
     assert sorted(p.name for p in directory.iterdir()) == [CURRENT, "gen-000001", "writer.lock"]  # staging removed
 

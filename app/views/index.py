@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from indexer import vector_index
 from indexer.config import parse_representations
 from indexer.encoder import ModelError
 from indexer.loaders import SourceError
@@ -36,6 +37,7 @@ for directory in indexes:
                     "pooler check": f"{pooler.get('status')}: {pooler.get('note')}",
                     "chunking": f"{manifest.get('chunking', {}).get('max_tokens')} tokens, overlap {manifest.get('chunking', {}).get('overlap')}",
                     "representations": ", ".join(f"{r} ({s.get('dim')})" for r, s in manifest.get("representations", {}).items()),
+                    "vector index": vector_index.describe(manifest.get("vector_index")),
                     "documents / chunks": f"{counts.get('documents')} / {counts.get('chunks')}",
                     "created": manifest.get("created_at"),
                     "source": manifest.get("source", {}).get("path"),
