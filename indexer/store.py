@@ -161,38 +161,34 @@ def read_manifest(directory: str | Path) -> dict:
 
 def verified_bytes(gen_dir: Path, name: str, files: Mapping) -> bytes:
     """A file's bytes after checking its size and sha256 against the manifest."""
-    path = gen_dir / name
-    expected = files.get(name)
-    if not isinstance(expected, Mapping):
-        raise StoreError(f"{gen_dir / MANIFEST} has no checksum for {name}")
-    if not path.is_file():
-        raise StoreError(f"{path} is missing (listed in {MANIFEST}); the index is incomplete")
+    path, expected = _listed(gen_dir, name, files)
     data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != expected.get("bytes") or digest != expected.get("sha256"):
-        raise StoreError(_corrupted(path, len(data), digest, expected))
+    _check(path, len(data), hashlib.sha256(data).hexdigest(), expected)
     return data
-
-
-def _corrupted(path: Path, size: int, digest: str, expected: Mapping) -> str:
-    return (
-        f"{path} is corrupted: size {size} / sha256 {digest[:16]}… do not match the manifest "
-        f"({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — "
-        f"`python -m indexer repair {path.parent.parent}` rebuilds FAISS files from the metadata store"
-    )
 
 
 def verified_file(gen_dir: Path, name: str, files: Mapping) -> None:
     """Check a file's size and sha256 against the manifest without reading it into memory."""
-    path = gen_dir / name
+    path, expected = _listed(gen_dir, name, files)
+    _check(path, path.stat().st_size, sha256_file(path), expected)
+
+
+def _listed(gen_dir: Path, name: str, files: Mapping) -> tuple[Path, Mapping]:
     expected = files.get(name)
     if not isinstance(expected, Mapping):
         raise StoreError(f"{gen_dir / MANIFEST} has no checksum for {name}")
-    if not path.is_file():
-        raise StoreError(f"{path} is missing (listed in {MANIFEST}); the index is incomplete")
-    size, digest = path.stat().st_size, sha256_file(path)
+    if not (gen_dir / name).is_file():
+        raise StoreError(f"{gen_dir / name} is missing (listed in {MANIFEST}); the index is incomplete")
+    return gen_dir / name, expected
+
+
+def _check(path: Path, size: int, digest: str, expected: Mapping) -> None:
     if size != expected.get("bytes") or digest != expected.get("sha256"):
-        raise StoreError(_corrupted(path, size, digest, expected))
+        raise StoreError(
+            f"{path} is corrupted: size {size} / sha256 {digest[:16]}… do not match the manifest "
+            f"({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — "
+            f"`python -m indexer repair {path.parent.parent}` rebuilds FAISS files from the metadata store"
+        )
 
 
 def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec | None = None):

@@ -30,6 +30,16 @@ def test_huge_document_is_chunked_without_truncation(tmp_path, encoder):
     assert all(covered[i] or content[i] == " " for i in range(len(content)))  # every word is in a chunk
 
 
+def test_batches_end_at_a_document_count_or_a_character_budget():
+    from indexer.loaders import Document
+    from indexer.pipeline import _batched
+
+    docs = [Document(str(i), "x" * size) for i, size in enumerate([5, 5, 5, 20, 1, 1, 1, 1, 1])]
+    sizes = [[len(d.text) for d in b] for b in _batched(iter(docs), 4, 12)]
+    assert sizes == [[5, 5, 5], [20], [1, 1, 1, 1], [1]]
+    assert sum(len(b) for b in _batched(iter(docs), 4, 12)) == len(docs)
+
+
 def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_jsonl, monkeypatch):
     build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
     before = read_manifest(tmp_path / "ix")
