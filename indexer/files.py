@@ -27,8 +27,8 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary name, flush and fsync, then rename into place."""
+def atomic_write_bytes(path: str | Path, data) -> None:
+    """Write bytes (or any buffer, e.g. a numpy array) to a temporary name, flush and fsync, then rename into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -292,20 +292,28 @@ class Staging:
             return self._delete(list(doc_ids))
 
     def load_vectors(self, representation: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one."""
+        """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one.
+
+        Rows are copied one by one into arrays of the final size, so the peak is the vectors once.
+        """
+        count = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        ids = np.empty(count, dtype=np.int64)
+        matrix = np.empty((count, dim), dtype=np.float32)
         rows = self.db.execute(
             "SELECT c.chunk_id, v.vector FROM chunks c LEFT JOIN vectors v "
             "ON v.chunk_id = c.chunk_id AND v.representation = ? ORDER BY c.chunk_id",
             (representation,),
-        ).fetchall()
-        missing = [cid for cid, blob in rows if blob is None]
-        if missing:
-            raise StoreError(f"{len(missing)} chunks (e.g. {missing[0]}) have no `{representation}` vector in {self.path}")
-        wrong = [cid for cid, blob in rows if len(blob) != 4 * dim]
-        if wrong:
-            raise StoreError(f"chunk {wrong[0]} has a `{representation}` vector of {len(rows[0][1]) // 4} dimensions, expected {dim}")
-        ids = np.fromiter((cid for cid, _ in rows), dtype=np.int64, count=len(rows))
-        matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), dim)
+        )
+        for i, (cid, blob) in enumerate(rows):
+            if blob is None:
+                missing = self.db.execute(
+                    "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM vectors v "
+                    "WHERE v.chunk_id = c.chunk_id AND v.representation = ?)", (representation,)).fetchone()[0]
+                raise StoreError(f"{missing} chunks (e.g. {cid}) have no `{representation}` vector in {self.path}")
+            if len(blob) != 4 * dim:
+                raise StoreError(f"chunk {cid} has a `{representation}` vector of {len(blob) // 4} dimensions, expected {dim}")
+            ids[i] = cid
+            matrix[i] = np.frombuffer(blob, dtype=np.float32)
         return ids, matrix
 
     def mark_publishing(self, generation: str) -> None:
@@ -347,9 +355,11 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
         for r, dim in dims.items():
             ids, matrix = staging.load_vectors(r, dim)
             index, seconds = vector_index.build_timed(spec, ids, matrix)
-            del ids, matrix
-            atomic_write_bytes(tmp / faiss_file(r), faiss.serialize_index(index).tobytes())
+            del ids, matrix  # the index holds its own copy
+            data = faiss.serialize_index(index)  # a numpy buffer, written without a further copy
             del index
+            atomic_write_bytes(tmp / faiss_file(r), data)
+            del data
             built[r] = {"dim": dim, "file": faiss_file(r), "index_type": f"{spec.type}-ip", "build_seconds": round(seconds, 3)}
         crash_point("faiss-written")
         staging.export(tmp / METADATA)
