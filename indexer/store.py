@@ -191,7 +191,7 @@ def _check(path: Path, size: int, digest: str, expected: Mapping) -> None:
         )
 
 
-def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec | None = None):
+def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec):
     """A FAISS index from verified bytes, checked against the manifest's dimension and index type."""
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -199,11 +199,10 @@ def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: Ind
         raise StoreError(f"{gen_dir / name} cannot be read by FAISS: {exc}") from exc
     if index.d != dim:
         raise StoreError(f"{gen_dir / name} has dimension {index.d}, the manifest says {dim}")
-    if spec is not None:
-        kind = vector_index.kind_of(index)
-        if kind != spec.type:
-            raise StoreError(f"{gen_dir / name} is a {kind} index, the manifest says {spec.type}")
-        vector_index.configure(index, spec)
+    kind = vector_index.kind_of(index)
+    if kind != spec.type:
+        raise StoreError(f"{gen_dir / name} is a {kind} index, the manifest says {spec.type}")
+    vector_index.configure(index, spec)
     return index
 
 
