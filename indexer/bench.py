@@ -133,7 +133,7 @@ def scale_benchmark(
     sizes: Sequence[int],
     *,
     spec=None,
-    ef_sweep: Sequence[int] = (128, 256, 512, 1024, 2048),
+    ef_sweep: Sequence[int] = (128, 256, 512, 1024, 2048, 4096),
     k: int = 10,
     fit_docs: int = 2000,
 ) -> list[dict]:
