@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 
 from .staging import STAGING, Staging, WriterLock, manifest_base, manifest_dims, publish
+from .store import METADATA, StoreError, load_faiss, open_generation, read_pointer, read_vectors, verified_file
 from .vector_index import IndexSpec
-from .store import METADATA, StoreError, load_faiss, open_generation, read_pointer, verified_file
 
 
 def verify(directory: str | Path) -> tuple[list[str], list[str]]:
@@ -78,11 +78,15 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
         if not np.array_equal(np.sort(ids), chunk_ids):
             problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(chunk_ids)} chunk ids of the metadata store")
             continue
-        rows = db.execute("SELECT chunk_id, vector FROM vectors WHERE representation = ? ORDER BY chunk_id", (r,)).fetchall()
-        if [cid for cid, _ in rows] != chunk_ids.tolist():
-            problems.append(f"the metadata store lacks `{r}` vectors for some chunks")
+        try:
+            _, stored = read_vectors(db, r, index.d, gen_dir / METADATA)
+        except StoreError as exc:
+            problems.append(str(exc))
             continue
-        stored = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float32).reshape(len(rows), index.d)
+        extra = db.execute("SELECT COUNT(*) FROM vectors WHERE representation = ?", (r,)).fetchone()[0] - len(stored)
+        if extra:
+            problems.append(f"the metadata store holds {extra} `{r}` vectors of no chunk")
+            continue
         served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(ids)] if len(ids) else stored
         if not np.array_equal(stored, served):
             problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")

@@ -30,11 +30,11 @@ import numpy as np
 
 from . import vector_index
 from .files import atomic_write_bytes, fsync_dir, sha256_file
-from .vector_index import IndexSpec
 from .store import (
     CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, StoreError, content_sha256, faiss_file,
-    is_index, open_generation, read_pointer,
+    is_index, open_generation, read_pointer, read_vectors,
 )
+from .vector_index import IndexSpec
 
 log = logging.getLogger("indexer.staging")
 
@@ -292,29 +292,8 @@ class Staging:
             return self._delete(list(doc_ids))
 
     def load_vectors(self, representation: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one.
-
-        Rows are copied one by one into arrays of the final size, so the peak is the vectors once.
-        """
-        count = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-        ids = np.empty(count, dtype=np.int64)
-        matrix = np.empty((count, dim), dtype=np.float32)
-        rows = self.db.execute(
-            "SELECT c.chunk_id, v.vector FROM chunks c LEFT JOIN vectors v "
-            "ON v.chunk_id = c.chunk_id AND v.representation = ? ORDER BY c.chunk_id",
-            (representation,),
-        )
-        for i, (cid, blob) in enumerate(rows):
-            if blob is None:
-                missing = self.db.execute(
-                    "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM vectors v "
-                    "WHERE v.chunk_id = c.chunk_id AND v.representation = ?)", (representation,)).fetchone()[0]
-                raise StoreError(f"{missing} chunks (e.g. {cid}) have no `{representation}` vector in {self.path}")
-            if len(blob) != 4 * dim:
-                raise StoreError(f"chunk {cid} has a `{representation}` vector of {len(blob) // 4} dimensions, expected {dim}")
-            ids[i] = cid
-            matrix[i] = np.frombuffer(blob, dtype=np.float32)
-        return ids, matrix
+        """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one."""
+        return read_vectors(self.db, representation, dim, self.path)
 
     def mark_publishing(self, generation: str) -> None:
         with self.db:

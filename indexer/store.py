@@ -221,6 +221,33 @@ def load_faiss(gen_dir: Path, manifest: Mapping, representation: str) -> faiss.I
     return deserialize_faiss(gen_dir, spec["file"], data, spec.get("dim"), index_spec(gen_dir, manifest))
 
 
+def read_vectors(db: sqlite3.Connection, representation: str, dim: int, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, vectors) of one representation from a metadata store, in chunk-id order.
+
+    Every chunk must have a vector of `dim` floats (else StoreError). Rows are copied one by one
+    into arrays of the final size, so the peak is the vectors once.
+    """
+    count = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    ids = np.empty(count, dtype=np.int64)
+    matrix = np.empty((count, dim), dtype=np.float32)
+    rows = db.execute(
+        "SELECT c.chunk_id, v.vector FROM chunks c LEFT JOIN vectors v "
+        "ON v.chunk_id = c.chunk_id AND v.representation = ? ORDER BY c.chunk_id",
+        (representation,),
+    )
+    for i, (cid, blob) in enumerate(rows):
+        if blob is None:
+            missing = db.execute(
+                "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM vectors v "
+                "WHERE v.chunk_id = c.chunk_id AND v.representation = ?)", (representation,)).fetchone()[0]
+            raise StoreError(f"{missing} chunks (e.g. {cid}) have no `{representation}` vector in {where}")
+        if len(blob) != 4 * dim:
+            raise StoreError(f"chunk {cid} has a `{representation}` vector of {len(blob) // 4} dimensions, expected {dim}")
+        ids[i] = cid
+        matrix[i] = np.frombuffer(blob, dtype=np.float32)
+    return ids, matrix
+
+
 class IndexReader:
     """A complete, verified index opened read-only; safe to share between threads."""
 

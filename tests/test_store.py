@@ -107,3 +107,41 @@ def test_mismatched_vector_count_is_refused(tmp_path):
             staging.apply(documents=[Document("a", "x")], chunks=[Chunk("a", 0, "x", 0, 1, (1,)), Chunk("a", 1, "x", 0, 1, (1,))],
                           vectors={"mean": np.zeros((1, 16), np.float32)})
         staging.remove()
+
+
+def _resign(directory, gen_dir):
+    """Recompute the manifest's checksum of metadata.sqlite and CURRENT's of the manifest, as a faulty writer would."""
+    import hashlib
+
+    from indexer.files import sha256_file
+
+    manifest = json.loads((gen_dir / MANIFEST).read_text())
+    manifest["files"][METADATA] = {"bytes": (gen_dir / METADATA).stat().st_size, "sha256": sha256_file(gen_dir / METADATA)}
+    data = json.dumps(manifest).encode()
+    (gen_dir / MANIFEST).write_bytes(data)
+    pointer = json.loads((directory / CURRENT).read_text())
+    (directory / CURRENT).write_text(json.dumps(pointer | {"manifest_sha256": hashlib.sha256(data).hexdigest()}))
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("UPDATE vectors SET vector = substr(vector, 1, 8) WHERE chunk_id = 3 AND representation = 'mean'",
+     "chunk 3 has a `mean` vector of 2 dimensions, expected 16"),
+    ("DELETE FROM vectors WHERE chunk_id IN (5, 6) AND representation = 'pooled'",
+     "2 chunks (e.g. 5) have no `pooled` vector"),
+    ("INSERT INTO vectors VALUES (999, 'mean', zeroblob(64))",
+     "the metadata store holds 1 `mean` vectors of no chunk"),
+])
+def test_verify_names_stored_vectors_that_do_not_match_the_chunks(tmp_path, damage, problem):
+    import sqlite3
+
+    from indexer.integrity import verify
+
+    write_index(tmp_path / "ix")
+    gen_dir = tmp_path / "ix" / "gen-000001"
+    db = sqlite3.connect(gen_dir / METADATA)
+    with db:
+        db.execute(damage)
+    db.close()
+    _resign(tmp_path / "ix", gen_dir)
+    problems, _ = verify(tmp_path / "ix")
+    assert any(problem in p for p in problems), problems
