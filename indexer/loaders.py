@@ -12,16 +12,21 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Container, Iterator, Mapping
+import re
+import stat
+from collections import deque
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from bs4 import BeautifulSoup
+from lxml import etree
+
+from .text import describe_surrogate, is_blank, lone_surrogate
 
 __all__ = [
-    "BeirDataset", "Document", "Format", "LoadIssue", "LoadReport", "SourceError",
-    "detect_format", "iter_documents", "load_qrels", "load_queries", "open_beir",
+    "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "SourceError",
+    "detect_format", "folder_entries", "iter_documents", "load_qrels", "load_queries", "open_beir",
 ]
 
 logger = logging.getLogger("indexer.loaders")
@@ -38,7 +43,12 @@ _BLOCKS = [
     "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section",
     "summary", "table", "td", "th", "tr", "ul",
 ]
-_BLOCK_MARK = "\x00"  # text is split on it; a stray NUL in a page only adds a line break
+#: Deepest nesting of arrays/objects accepted in a JSON record. Deeper records are skipped when
+#: read, so that json.dumps (staging stores metadata as JSON) can never hit the recursion limit later.
+MAX_JSON_DEPTH = 100
+#: Relevance grades a qrels file may hold: ASCII integers in this range (TREC uses -2..4).
+GRADE_RANGE = range(-1000, 1001)
+_GRADE = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -197,31 +207,133 @@ def _size(n: int) -> str:
 
 # -- folder ------------------------------------------------------------------------
 
+_FILE_KINDS = {
+    stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+}
+# O_NONBLOCK: opening a FIFO that slipped past the listing returns at once instead of waiting for a writer.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
-def _read_folder(root: Path, report: LoadReport, max_bytes: int) -> Iterator[tuple[Document, Path, None]]:
-    def unreadable(error: OSError) -> None:
-        report.skip(error.filename, None, f"cannot read folder: {error.strerror}")
 
+@dataclass(frozen=True)
+class FolderEntry:
+    """One file of a folder source: a regular file the reader opens (`stat` set), or why it is skipped."""
+
+    path: Path
+    doc_id: str  # path relative to the folder, '/'-separated
+    stat: os.stat_result | None = None  # of the file a symlink leads to; None when skipped
+    skip: str | None = None  # the reason, for a file that is listed as skipped
+
+    @property
+    def shown(self) -> str:
+        """The path for messages: bytes that are not UTF-8 are shown as \\xNN escapes."""
+        return _printable(self.path)
+
+
+def _printable(path: str | os.PathLike[str]) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _not_regular(mode: int) -> str:
+    return f"not a regular file: it is {_FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')}"
+
+
+def _bad_name(name: str, what: str) -> str | None:
+    """Why a name from the file system cannot be an id (its bytes are not UTF-8), or None."""
+    if describe_surrogate(name, what) is None:
+        return None
+    return f"{what} is not valid UTF-8 ({_printable(name)!r}); rename it to index it"
+
+
+def folder_entries(root: Path) -> Iterator[FolderEntry | int]:
+    """Every file a folder source consists of, in id order: the one home of that listing.
+
+    Yields a `FolderEntry` per file with a supported extension (a regular file, or a skip with its
+    reason: broken symlink, FIFO, device, name that is not UTF-8, unreadable subfolder) and an `int`
+    count of files ignored for their extension. Hidden files and folders are left out, symlinked
+    folders are not followed. The reader, `pipeline.source_fingerprint` and the progress estimate
+    all use it, so the fingerprint covers exactly the files that are read.
+    """
+    errors: list[OSError] = []
     # followlinks=False: a directory symlink pointing upwards cannot loop forever.
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append, followlinks=False):
+        for error in errors:
+            yield FolderEntry(Path(error.filename or dirpath), "", skip=f"cannot read folder: {error.strerror}")
+        errors.clear()
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            if reason := _bad_name(name, "folder name"):
+                yield FolderEntry(Path(dirpath, name), "", skip=reason)
+            else:
+                kept.append(name)
+        dirnames[:] = kept
+        ignored = 0
         for name in sorted(n for n in filenames if not n.startswith(".")):
             path = Path(dirpath, name)
             if path.suffix.lower() not in TEXT_SUFFIXES | HTML_SUFFIXES:
-                report.ignored_files += 1
-            elif doc := _read_file(path, root, report, max_bytes):
-                yield doc, path, None
+                ignored += 1
+            elif reason := _bad_name(name, "file name"):
+                yield FolderEntry(path, "", skip=reason)
+            else:
+                yield _entry(path, path.relative_to(root).as_posix())
+        if ignored:
+            yield ignored
+    for error in errors:  # the root itself could not be listed
+        yield FolderEntry(Path(error.filename or root), "", skip=f"cannot read folder: {error.strerror}")
 
 
-def _read_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Document | None:
+def _entry(path: Path, doc_id: str) -> FolderEntry:
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            report.skip(path, None, f"file is {_size(size)}, larger than the {_size(max_bytes)} limit")
-            return None
-        data = path.read_bytes()
+        info = os.stat(path)
     except OSError as error:
-        report.skip(path, None, f"cannot read file: {error.strerror or error}")
+        if isinstance(error, FileNotFoundError) and path.is_symlink():
+            return FolderEntry(path, doc_id, skip="broken symbolic link: its target does not exist")
+        return FolderEntry(path, doc_id, skip=f"cannot read file: {error.strerror or error}")
+    if not stat.S_ISREG(info.st_mode):
+        return FolderEntry(path, doc_id, skip=_not_regular(info.st_mode))
+    return FolderEntry(path, doc_id, stat=info)
+
+
+def _read_folder(root: Path, report: LoadReport, max_bytes: int) -> Iterator[tuple[Document, Path, None]]:
+    for entry in folder_entries(root):
+        if isinstance(entry, int):
+            report.ignored_files += entry
+        elif entry.skip is not None:
+            report.skip(entry.shown, None, entry.skip)
+        elif doc := _read_file(entry, report, max_bytes):
+            yield doc, entry.path, None
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes | str:
+    """The bytes of `path` if it is a regular file of at most `max_bytes`, else why not.
+
+    The file is opened without blocking and checked on the open descriptor (it may have been
+    replaced since it was listed), and never more than max_bytes + 1 bytes are read.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as error:
+        return f"cannot read file: {error.strerror or error}"
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _not_regular(info.st_mode)
+        if info.st_size > max_bytes:
+            return f"file is {_size(info.st_size)}, larger than the {_size(max_bytes)} limit"
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as error:
+            return f"cannot read file: {error.strerror or error}"
+    if len(data) > max_bytes:  # it grew after fstat
+        return f"file is larger than the {_size(max_bytes)} limit"
+    return data
+
+
+def _read_file(entry: FolderEntry, report: LoadReport, max_bytes: int) -> Document | None:
+    path = entry.path
+    data = _read_regular(path, max_bytes)
+    if isinstance(data, str):
+        report.skip(entry.shown, None, data)
         return None
     if b"\x00" in data[:8192]:
         report.skip(path, None, "binary file, skipped")
@@ -236,26 +348,70 @@ def _read_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Do
         return None
     title = ""
     if path.suffix.lower() in HTML_SUFFIXES:
-        title, text = _html_text(text)
-    if not text.strip():
+        try:
+            title, text = _html_text(text)
+        except etree.LxmlError as error:
+            report.skip(path, None, f"cannot parse HTML: {error}")
+            return None
+    if is_blank(text):
         report.skip(path, None, "empty document")
         return None
-    return Document(doc_id=path.relative_to(root).as_posix(), text=text, title=title, source=str(path))
+    return Document(doc_id=entry.doc_id, text=text, title=title, source=str(path))
+
+
+class _HtmlText:
+    """lxml parser target that keeps the title and the visible text, one line per block element.
+
+    It sees start/end/data events as the parser streams, and no tree is built, so the work is
+    linear in the page's size and the Python stack stays flat however deep the tags nest.
+    """
+
+    def __init__(self) -> None:
+        self.title: list[str] | None = None  # text of the first <title>, once it has started
+        self.in_title = False
+        self.hidden = 0  # open invisible elements
+        self.lines: list[str] = []
+        self.parts: list[str] = []
+
+    def start(self, tag: str, attrib: Any) -> None:
+        if tag in _BLOCKS:
+            self._line_break()
+        if tag in _INVISIBLE:
+            self.hidden += 1
+            if tag == "title" and self.title is None:
+                self.title, self.in_title = [], True
+
+    def end(self, tag: str) -> None:
+        if tag in _INVISIBLE:
+            self.hidden = max(self.hidden - 1, 0)
+            self.in_title = self.in_title and tag != "title"
+        if tag in _BLOCKS:
+            self._line_break()
+
+    def data(self, text: str) -> None:
+        if self.in_title:
+            self.title.append(text)  # type: ignore[union-attr]
+        elif not self.hidden:
+            self.parts.append(text)
+
+    def _line_break(self) -> None:
+        # Source newlines are plain whitespace in HTML; only block boundaries become lines.
+        if self.parts:
+            if line := " ".join("".join(self.parts).split()):
+                self.lines.append(line)
+            self.parts = []
+
+    def close(self) -> tuple[str, str]:
+        self._line_break()
+        return " ".join("".join(self.title or ()).split()), "\n".join(self.lines)
 
 
 def _html_text(markup: str) -> tuple[str, str]:
-    """Return (title, visible body text) with one line per block element."""
-    soup = BeautifulSoup(markup, "html.parser")
-    title = " ".join(soup.title.get_text().split()) if soup.title else ""
-    for tag in soup.find_all(_INVISIBLE):
-        tag.decompose()
-    root = soup.body or soup
-    for tag in root.find_all(_BLOCKS):
-        tag.insert_before(_BLOCK_MARK)
-        tag.insert_after(_BLOCK_MARK)
-    # Source newlines are plain whitespace in HTML; only block boundaries become lines.
-    blocks = (" ".join(block.split()) for block in root.get_text().split(_BLOCK_MARK))
-    return title, "\n".join(block for block in blocks if block)
+    """Return (title, visible text) with one line per block element; comments, scripts, styles dropped."""
+    # huge_tree: no libxml2 limit on a text node's size (a 50 MB page may be one paragraph).
+    parser = etree.HTMLParser(target=_HtmlText(), huge_tree=True, no_network=True, remove_comments=True)
+    parser.feed(markup)
+    return parser.close()
 
 
 # -- line-based formats ------------------------------------------------------------------
@@ -281,7 +437,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
 
 
 def _json_objects(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line that is a JSON object."""
+    """Yield (line number, object) for each non-blank line that is a JSON object fit to store.
+
+    A line that is not JSON, nests deeper than MAX_JSON_DEPTH, or holds a lone surrogate escape
+    ("\\ud800") anywhere (keys included) is reported with the field it concerns.
+    """
     for lineno, text, error in _lines(path):
         if error:
             report.skip(path, lineno, error)
@@ -293,16 +453,49 @@ def _json_objects(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[st
         except json.JSONDecodeError as exc:
             report.skip(path, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}")
             continue
+        except RecursionError:
+            report.skip(path, lineno, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+            continue
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            report.skip(path, lineno, f"malformed JSON: {exc}")
+            continue
         if not isinstance(obj, dict):
             report.skip(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        yield lineno, obj
+        elif problem := _json_problem(obj):
+            report.skip(path, lineno, problem)
+        else:
+            yield lineno, obj
+
+
+def _json_problem(obj: dict[str, Any]) -> str | None:
+    """Why a parsed record cannot be stored (too deep, a lone surrogate in a key or string), or None.
+
+    Walks the record without recursion, so depth is only limited by MAX_JSON_DEPTH.
+    """
+    stack: list[tuple[Any, str, int]] = [(obj, "", 1)]  # (value, field path, depth)
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if reason := describe_surrogate(value, f"field {where!r}"):
+                return reason
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"field {where!r} is nested more than {MAX_JSON_DEPTH} levels deep"
+            if isinstance(value, list):
+                stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+                continue
+            for key, item in value.items():
+                if lone_surrogate(key) is not None:
+                    inside = f"in field {where!r}" if where else "at the top level"
+                    return f"a key {inside} holds a lone surrogate: it is not valid Unicode text"
+                stack.append((item, f"{where}.{key}" if where else key, depth + 1))
+    return None
 
 
 def _as_id(value: Any, name: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _Skip(f"field {name!r} must be a string or integer, got {type(value).__name__}")
-    if isinstance(value, str) and not value.strip():
+    if isinstance(value, str) and is_blank(value):
         raise _Skip(f"field {name!r} is empty")
     return str(value)
 
@@ -317,7 +510,7 @@ def _record(obj: dict[str, Any], source: str, columns: _Columns) -> Document:
         raise _Skip(f"text field {columns.text!r} is missing")
     if not isinstance(text, str):
         raise _Skip(f"text field {columns.text!r} must be a string, got {type(text).__name__}")
-    if not text.strip():
+    if is_blank(text):
         raise _Skip(f"text field {columns.text!r} is empty")
     title = obj.get(columns.title) if columns.title else None
     title = "" if title is None else title  # a null title means no title
@@ -341,26 +534,16 @@ def _read_csv(
     path: Path, report: LoadReport, columns: _Columns, max_bytes: int
 ) -> Iterator[tuple[Document, Path, int]]:
     """Check the header now, return a generator over the rows."""
-    bad_lines: dict[int, str] = {}
-
-    def feed() -> Iterator[str]:
-        # Lines are decoded one by one so a bad byte costs one row, not the rest of the file.
-        for lineno, text, error in _lines(path):
-            if error:
-                bad_lines[lineno] = error
-            yield text
-
     # Raised, never lowered: the default limit (128 KiB) would reject ordinary long documents.
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows = csv.reader(feed(), delimiter=delimiter, strict=True)  # bad quoting is reported, not guessed
+    rows = iter(_CsvRows(path))
     try:
-        header = [name.strip() for name in next(rows, [])]
+        lineno, header, problem = next(rows, (1, [], None))
     except csv.Error as exc:
         raise SourceError(f"{path}: unreadable header row: {exc}") from exc
-    if bad_lines:
-        first = min(bad_lines)
-        raise SourceError(f"{path}:{first}: header row is {bad_lines[first]}")
+    if problem:
+        raise SourceError(f"{path}:{lineno}: header row is {problem}")
+    header = [name.strip() for name in header or []]
     if not header:
         raise SourceError(f"{path}: empty file; a header row with column names is required")
     missing = [c for c in (columns.text, columns.id) if c is not None and c not in header]
@@ -368,35 +551,79 @@ def _read_csv(
         raise SourceError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(header)}")
     id_col = columns.id or next((c for c in ("_id", "id", "doc_id") if c in header), None)
     title_col = columns.title if columns.title in header else None
-    return _csv_rows(path, report, rows, bad_lines, header, (id_col, title_col, columns.text))
+    return _csv_rows(path, report, rows, header, (id_col, title_col, columns.text))
+
+
+class _CsvRows:
+    """Rows of a CSV or TSV file as (first line number, fields or None, problem or None).
+
+    A row that fails to parse (a stray quote that opens a field and never closes, say) is
+    reported at its first line, and parsing resumes on the line after it: a malformed row never
+    hides the rows behind it. `.tsv` is read with quoting off, as BEIR and MS MARCO write it, so
+    a field that starts with '"' is ordinary text. Lines are decoded one by one so a bad byte
+    costs one row, not the rest of the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._feed = _LineFeed(_lines(path))
+        tsv = path.suffix.lower() == ".tsv"
+        self._reader = csv.reader(
+            self._feed,  # bad quoting is reported, not guessed (strict)
+            delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=True,
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, list[str] | None, str | None]]:
+        feed = self._feed
+        while True:
+            feed.taken = []
+            try:
+                row = next(self._reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if not feed.taken:
+                    raise
+                first, *rest = feed.taken
+                feed.pending.extendleft(reversed(rest))
+                yield first[0], None, f"malformed CSV: {exc}"
+                continue
+            problem = next(((n, error) for n, _, error in feed.taken if error), None)
+            yield (problem[0], row, problem[1]) if problem else (feed.taken[0][0], row, None)
+
+
+class _LineFeed:
+    """The csv reader's input: physical lines, first those given back to parse again."""
+
+    def __init__(self, lines: Iterator[tuple[int, str, str | None]]) -> None:
+        self.lines = lines
+        self.pending: deque[tuple[int, str, str | None]] = deque()  # lines to parse again
+        self.taken: list[tuple[int, str, str | None]] = []  # lines of the row being parsed
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        # The csv reader asks again after an end of data, so pending lines are still seen.
+        line = self.pending.popleft() if self.pending else next(self.lines)
+        self.taken.append(line)
+        return line[1]
 
 
 def _csv_rows(
-    path: Path, report: LoadReport, rows: Any, bad_lines: dict[int, str],  # rows: a csv.reader
+    path: Path, report: LoadReport, rows: Iterator[tuple[int, list[str] | None, str | None]],
     header: list[str], used: tuple[str | None, str | None, str],
 ) -> Iterator[tuple[Document, Path, int]]:
     id_col, title_col, text_col = used
-    end = rows.line_num
-    while True:
-        start = end + 1  # a quoted field may span several physical lines
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            row = None
-            report.skip(path, start, f"malformed CSV: {exc}")
-        end = rows.line_num
-        errors = [(n, bad_lines.pop(n)) for n in range(start, end + 1) if n in bad_lines]
-        if not row:
-            continue  # reported above, or a blank line
-        if errors:
-            report.skip(path, *errors[0])
+    for start, row, problem in rows:
+        if problem:
+            report.skip(path, start, problem)
+        elif not row:
+            continue  # a blank line
         elif len(row) != len(header):
             report.skip(path, start, f"expected {len(header)} fields, got {len(row)}")
-        elif not (values := dict(zip(header, row)))[text_col].strip():
+        elif is_blank((values := dict(zip(header, row)))[text_col]):
             report.skip(path, start, f"empty text in column {text_col!r}")
-        elif id_col and not values[id_col].strip():
+        elif id_col and is_blank(values[id_col]):
             report.skip(path, start, f"empty id in column {id_col!r}")
         else:
             metadata = {k: v for k, v in values.items() if k not in used}
@@ -456,6 +683,7 @@ def load_qrels(
 ) -> dict[str, dict[str, int]]:
     """Read a BEIR qrels TSV ("query-id corpus-id score") into {query id: {doc id: grade}}.
 
+    Grades are ASCII integers from -1000 to 1000 (GRADE_RANGE); any other score is reported.
     With `known_queries` / `known_documents`, a judgement naming an id outside them is
     reported with its line and skipped.
     """
@@ -470,13 +698,15 @@ def load_qrels(
         elif len(fields) != 3:
             reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
             report.skip(path, lineno, reason)
-        elif not fields[0] or not fields[1]:
+        elif is_blank(fields[0]) or is_blank(fields[1]):
             report.skip(path, lineno, "empty query-id or corpus-id")
         else:
-            try:
-                grade = int(fields[2])
-            except ValueError:
-                report.skip(path, lineno, f"score must be an integer, got {fields[2]!r}")
+            grade = _grade(fields[2])
+            if grade is None:
+                report.skip(
+                    path, lineno,
+                    f"score must be an integer from {GRADE_RANGE.start} to {GRADE_RANGE.stop - 1}, got {fields[2]!r}",
+                )
                 continue
             if known_queries is not None and fields[0] not in known_queries:
                 report.skip(path, lineno, f"unknown query id {fields[0]!r} (not in the queries file)")
@@ -490,3 +720,14 @@ def load_qrels(
             else:
                 judged[fields[1]] = grade
     return qrels
+
+
+def _grade(text: str) -> int | None:
+    """A relevance grade: ASCII digits with an optional '-', within GRADE_RANGE; else None.
+
+    int() alone would take "1_0", "٣" or a 20-digit number that later breaks evaluation.
+    """
+    if len(text) > 6 or not _GRADE.fullmatch(text):
+        return None
+    grade = int(text)
+    return grade if grade in GRADE_RANGE else None

@@ -24,7 +24,7 @@ from . import __version__
 from .chunking import make_chunks
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
-from .loaders import HTML_SUFFIXES, TEXT_SUFFIXES, Document, LoadIssue, LoadReport, detect_format, iter_documents
+from .loaders import Document, FolderEntry, LoadIssue, LoadReport, detect_format, folder_entries, iter_documents
 from .files import sha256_file
 from .search import compatibility_problems
 from .staging import (
@@ -89,27 +89,21 @@ def estimate_documents(source: Path, fmt: str) -> int | None:
                 lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
             return max(lines - (1 if fmt == "csv" else 0), 0)
         if fmt == "folder":
-            return sum(
-                1
-                for _, _, names in os.walk(source)
-                for name in names
-                if Path(name).suffix.lower() in TEXT_SUFFIXES | HTML_SUFFIXES and not name.startswith(".")
-            )
+            return sum(1 for entry in folder_entries(source) if isinstance(entry, FolderEntry) and entry.stat)
     except OSError:
         return None
     return None
 
 
 def source_fingerprint(source: Path, fmt: str) -> str:
-    """sha256 of a file-based source (the corpus file of a BEIR folder); for a folder, of its files' names, sizes and times."""
+    """sha256 of a file-based source (the corpus file of a BEIR folder); for a folder, of the names,
+    sizes and times of exactly the files the folder reader reads (loaders.folder_entries)."""
     if fmt != "folder":
         return sha256_file(source / "corpus.jsonl" if fmt == "beir" else source)
     digest = hashlib.sha256()
-    for root, dirs, names in sorted(os.walk(source)):
-        dirs.sort()
-        for name in sorted(names):
-            stat = (Path(root) / name).stat()
-            digest.update(f"{Path(root, name).relative_to(source)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for entry in folder_entries(source):
+        if isinstance(entry, FolderEntry) and entry.stat:
+            digest.update(f"{entry.doc_id}\0{entry.stat.st_size}\0{entry.stat.st_mtime_ns}\n".encode())
     return "files:" + digest.hexdigest()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -490,7 +492,7 @@ def test_load_qrels_bad_lines(tmp_path):
     assert load_qrels(path, report) == {"q1": {"d1": 1}, "q2": {"d3": 0}}
     assert [(i.path, i.line) for i in report.issues] == [(str(path), 3), (str(path), 4)]
     assert "expected 3" in report.issues[0].reason and "got 2" in report.issues[0].reason
-    assert report.issues[1].reason == "score must be an integer, got 'high'"
+    assert report.issues[1].reason == "score must be an integer from -1000 to 1000, got 'high'"
 
 
 def test_load_missing_beir_files_is_source_error(tmp_path):
@@ -510,3 +512,216 @@ def test_load_qrels_reports_unknown_ids_with_their_line(tmp_path):
         f"{path}:3: unknown query id 'q9' (not in the queries file)",
         f"{path}:4: unknown document id 'dX' (not in the index)",
     ]
+
+
+# -- issue 10: hardening ----------------------------------------------------------------
+
+SURROGATE = "\\ud800"  # the JSON escape, as it appears in a file
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ('{"_id": "2", "text": "bad %s here"}', "'text'"),
+        ('{"_id": "2", "title": "%s", "text": "t"}', "'title'"),
+        ('{"_id": "x%s", "text": "t"}', "'_id'"),
+        ('{"_id": "2", "text": "t", "lang": "%s"}', "'lang'"),
+        ('{"_id": "2", "text": "t", "metadata": {"tags": ["ok", "%s"]}}', "'metadata.tags[1]'"),
+        ('{"_id": "2", "text": "t", "k%s": 1}', "a key at the top level"),
+        ('{"_id": "2", "text": "t", "metadata": {"k%s": 1}}', "a key in field 'metadata'"),
+    ],
+)
+def test_jsonl_lone_surrogate_is_one_skipped_record_naming_the_field(tmp_path, record, field):
+    path = write_jsonl(tmp_path / "docs.jsonl", {"_id": "1", "text": "one"}, record % SURROGATE, {"_id": "3", "text": "3"})
+    docs, report = load(path)
+    assert ids(docs) == ["1", "3"]
+    issue = only_issue(report)
+    assert (issue.path, issue.line) == (str(path), 2)
+    assert field in issue.reason and "lone surrogate" in issue.reason
+    str(issue).encode("utf-8")  # the message itself prints
+
+
+def test_load_queries_lone_surrogate_and_deep_nesting_are_skipped_lines(tmp_path):
+    path = write_jsonl(
+        tmp_path / "q.jsonl", {"_id": "q1", "text": "a"}, '{"_id": "q2", "text": "%s"}' % SURROGATE,
+        "[" * 100_000, {"_id": "q4", "text": "d"},
+    )
+    report = LoadReport()
+    assert load_queries(path, report) == {"q1": "a", "q4": "d"}
+    assert [(i.line, "lone surrogate" in i.reason or "nested" in i.reason) for i in report.issues] == [
+        (2, True), (3, True)
+    ]
+
+
+def test_jsonl_deep_nesting_is_a_skipped_line(tmp_path):
+    def nested(depth: int) -> str:
+        return "[" * depth + "]" * depth
+
+    path = write_jsonl(
+        tmp_path / "docs.jsonl",
+        {"_id": "1", "text": "one"},
+        "[" * 100_000,  # RecursionError inside json.loads before the fix
+        '{"_id": "3", "text": "t", "m": %s}' % nested(150),  # parses, too deep to store
+        '{"_id": "4", "text": "t", "m": %s}' % nested(98),  # the record itself is level 1: 99 in all
+        {"_id": "5", "text": "five"},
+    )
+    docs, report = load(path)
+    assert ids(docs) == ["1", "4", "5"]
+    assert [i.line for i in report.issues] == [2, 3]
+    assert all("nested more than 100 levels" in i.reason for i in report.issues)
+    json.dumps(dict(docs[1].metadata))  # what staging does with it
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", " \u200b\u2060\ufeff\t", "\u200e"])
+def test_invisible_only_text_is_empty_in_every_format(tmp_path, invisible):
+    jsonl = write_jsonl(tmp_path / "d.jsonl", {"_id": "1", "text": invisible}, {"_id": "2", "text": "ok"})
+    docs, report = load(jsonl)
+    assert ids(docs) == ["2"] and only_issue(report).reason == "text field 'text' is empty"
+    table = tmp_path / "d.csv"
+    table.write_text(f"id,text\n1,{invisible}\n2,ok\n", "utf-8")
+    docs, report = load(table)
+    assert ids(docs) == ["2"] and only_issue(report).reason == "empty text in column 'text'"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text(invisible, "utf-8")
+    (folder / "b.txt").write_text("ok", "utf-8")
+    docs, report = load(folder)
+    assert ids(docs) == ["b.txt"] and only_issue(report).reason == "empty document"
+
+
+def test_folder_names_that_are_not_utf8_are_skipped_with_a_readable_path(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "good.txt").write_text("fine", "utf-8")
+    bad_file = os.path.join(os.fsencode(root), b"caf\xe9.txt")
+    with open(bad_file, "wb") as f:
+        f.write(b"latin-1 name")
+    bad_dir = os.path.join(os.fsencode(root), b"dir\xff")
+    os.mkdir(bad_dir)
+    with open(os.path.join(bad_dir, b"inside.txt"), "wb") as f:
+        f.write(b"text")
+    docs, report = load(root)
+    assert ids(docs) == ["good.txt"]
+    shown = sorted(i.path for i in report.issues)
+    assert shown == [f"{root}/caf\\xe9.txt", f"{root}/dir\\xff"]
+    assert all("not valid UTF-8" in i.reason for i in report.issues)
+    for issue in report.issues:
+        str(issue).encode("utf-8")
+
+
+def test_tsv_reads_quotes_as_text_and_hides_no_row(tmp_path):
+    path = tmp_path / "docs.tsv"
+    good = [(str(n), f"row {n}") for n in range(200)]
+    lines = ["id\ttext", 'q1\t"Quoted" is how it starts', 'q2\t"never closed', *("\t".join(g) for g in good)]
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    docs, report = load(path)
+    assert [(d.doc_id, d.text) for d in docs] == [
+        ("q1", '"Quoted" is how it starts'), ("q2", '"never closed'), *good
+    ]
+    assert report.issues == []
+
+
+def test_csv_malformed_row_hides_no_row_after_it(tmp_path):
+    path = tmp_path / "docs.csv"
+    good = [(str(n), f"row {n}") for n in range(200)]
+    path.write_text("id,text\n1,\"never closed\n" + "".join(f"{i},{t}\n" for i, t in good) + "\n", "utf-8")
+    docs, report = load(path)
+    assert [(d.doc_id, d.text) for d in docs] == good
+    issue = only_issue(report)
+    assert (issue.line, issue.reason.startswith("malformed CSV")) == (2, True)
+    rows = len(path.read_text("utf-8").splitlines()) - 1  # without the header
+    blank = 1
+    assert report.documents + report.skipped + blank == rows
+
+
+def test_csv_quoted_multiline_field_still_works_next_to_a_bad_row(tmp_path):
+    path = tmp_path / "docs.csv"
+    path.write_text('id,text\n1,"one\ntwo"\n2,"a"b\n3,"x\n""y"""\n4,four\n', "utf-8")
+    docs, report = load(path)
+    assert [(d.doc_id, d.text) for d in docs] == [("1", "one\ntwo"), ("3", 'x\n"y"'), ("4", "four")]
+    assert [(i.line, i.reason.startswith("malformed CSV")) for i in report.issues] == [(4, True)]
+
+
+def nested_divs(n: int) -> tuple[str, str]:
+    """n nested <div>s, each opening with a word, and the text expected from them: one word per line."""
+    words = [f"w{i}" for i in range(n)]
+    markup = "<html><head><title>Deep</title></head><body>" + "".join(f"<div><b>{w}</b>" for w in words)
+    return markup + "</div>" * n + "</body></html>", "\n".join(words)
+
+
+def test_folder_deeply_nested_html_extracts(tmp_path):
+    markup, expected = nested_divs(100_000)  # 2.2 MB; quadratic before the fix
+    (tmp_path / "deep.html").write_text(markup, "utf-8")
+    docs, report = load(tmp_path)
+    assert report.issues == []
+    assert (docs[0].title, docs[0].text) == ("Deep", expected)
+
+
+def load_in_thread(path: Path, timeout: float = 60) -> tuple[list[Document], LoadReport]:
+    """`load`, failing instead of hanging when a reader blocks (a FIFO opened without O_NONBLOCK)."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(load(path)), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert result, "the folder reader hung"
+    return result[0]
+
+
+@pytest.fixture
+def special_folder(tmp_path: Path) -> Path:
+    """A folder holding one good file and the special files a folder source must skip."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "good.txt").write_text("good text", "utf-8")
+    (root / "notes.txt").symlink_to(root / "missing.txt")  # dangling
+    (root / ".#notes.txt").symlink_to("user@host.1234:1700000000")  # editor lock file: hidden
+    os.mkfifo(root / "pipe.txt")
+    (root / "zero.txt").symlink_to("/dev/zero")
+    return root
+
+
+def test_folder_reads_only_regular_files(special_folder):
+    docs, report = load_in_thread(special_folder)
+    assert ids(docs) == ["good.txt"]
+    assert sorted((Path(i.path).name, i.line, i.reason) for i in report.issues) == [
+        ("notes.txt", None, "broken symbolic link: its target does not exist"),
+        ("pipe.txt", None, "not a regular file: it is a named pipe (FIFO)"),
+        ("zero.txt", None, "not a regular file: it is a character device"),
+    ]
+
+
+def test_reader_checks_the_opened_file_and_bounds_the_read(tmp_path):
+    from indexer.loaders import _read_regular
+
+    os.mkfifo(tmp_path / "pipe")
+    assert _read_regular(tmp_path / "pipe", 100) == "not a regular file: it is a named pipe (FIFO)"
+    assert _read_regular(Path("/dev/zero"), 100) == "not a regular file: it is a character device"
+    (tmp_path / "f.txt").write_bytes(b"x" * 101)
+    assert _read_regular(tmp_path / "f.txt", 100) == "file is 101 bytes, larger than the 100 bytes limit"
+    assert _read_regular(tmp_path / "f.txt", 101) == b"x" * 101
+
+
+def test_fingerprint_and_estimate_cover_exactly_the_files_read(special_folder):
+    from indexer.pipeline import estimate_documents, source_fingerprint
+
+    before = source_fingerprint(special_folder, "folder")  # FileNotFoundError before the fix
+    assert estimate_documents(special_folder, "folder") == 1
+    (special_folder / "image.png").write_bytes(b"\x89PNG")  # ignored extension
+    (special_folder / ".hidden.txt").write_text("hidden", "utf-8")
+    (special_folder / ".git").mkdir()
+    (special_folder / ".git" / "index.txt").write_text("x", "utf-8")
+    (special_folder / "other.txt").symlink_to(special_folder / "nowhere")
+    assert source_fingerprint(special_folder, "folder") == before
+    (special_folder / "good.txt").write_text("changed text", "utf-8")
+    assert source_fingerprint(special_folder, "folder") != before
+
+
+def test_load_qrels_grades_are_ascii_integers_in_range(tmp_path):
+    path = tmp_path / "qrels.tsv"
+    scores = ["1", "99999999999999999999", "1_0", "\u0663", "+2", "2.0", "-1", "1000", "1001", "-1000", "-1001", " 3 "]
+    path.write_text("".join(f"q\td{n}\t{s}\n" for n, s in enumerate(scores)), "utf-8")
+    report = LoadReport()
+    qrels = load_qrels(path, report)
+    assert qrels == {"q": {"d0": 1, "d6": -1, "d7": 1000, "d9": -1000, "d11": 3}}
+    assert [i.line for i in report.issues] == [2, 3, 4, 5, 6, 9, 11]
+    assert all(i.reason.startswith("score must be an integer from -1000 to 1000") for i in report.issues)
