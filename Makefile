@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 PORT   ?= 8501
 
-.PHONY: run demo test install index clean constraints
+.PHONY: run demo test fuzz install index clean constraints
 
 # The Streamlit app on the sample index: open http://localhost:$(PORT)
 run: $(INDEX)/CURRENT
@@ -25,6 +25,12 @@ demo: $(INDEX)/CURRENT
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fuzz tests at length (make test runs a few examples of each): FUZZ_EXAMPLES inputs per test;
+# each fuzz module prints its count of inputs tried and crashes at the end.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	POOLING_LAB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz_*.py
 
 install: $(STAMP)
 

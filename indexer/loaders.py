@@ -15,7 +15,7 @@ import os
 import re
 import stat
 from collections import deque
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -226,12 +226,15 @@ class FolderEntry:
 
     @property
     def shown(self) -> str:
-        """The path for messages: bytes that are not UTF-8 are shown as \\xNN escapes."""
+        """The path for messages, on one line: bytes that are not UTF-8 are shown as \\xNN escapes."""
         return _printable(self.path)
 
 
 def _printable(path: str | os.PathLike[str]) -> str:
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """`path` for a one-line message: undecodable bytes as \\xNN, control characters (a newline in
+    a file name) as Python escapes."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _not_regular(mode: int) -> str:
@@ -240,13 +243,13 @@ def _not_regular(mode: int) -> str:
 
 def _bad_name(name: str, what: str) -> str | None:
     """Why a name from the file system cannot be an id (its bytes are not UTF-8), or None."""
-    if describe_surrogate(name, what) is None:
+    if lone_surrogate(name) is None:
         return None
     return f"{what} is not valid UTF-8 ({_printable(name)!r}); rename it to index it"
 
 
 def folder_entries(root: Path) -> Iterator[FolderEntry | int]:
-    """Every file a folder source consists of, in id order: the one home of that listing.
+    """Every file a folder source consists of, sorted within each folder: the one home of that listing.
 
     Yields a `FolderEntry` per file with a supported extension (a regular file, or a skip with its
     reason: broken symlink, FIFO, device, name that is not UTF-8, unreadable subfolder) and an `int`
@@ -336,7 +339,7 @@ def _read_file(entry: FolderEntry, report: LoadReport, max_bytes: int) -> Docume
         report.skip(entry.shown, None, data)
         return None
     if b"\x00" in data[:8192]:
-        report.skip(path, None, "binary file, skipped")
+        report.skip(entry.shown, None, "binary file, skipped")
         return None
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
@@ -344,17 +347,17 @@ def _read_file(entry: FolderEntry, report: LoadReport, max_bytes: int) -> Docume
     except UnicodeDecodeError as error:
         offset = bom + error.start
         line = data.count(b"\n", 0, offset) + 1
-        report.skip(path, line, f"not valid UTF-8 at byte {offset} (line {line})")
+        report.skip(entry.shown, line, f"not valid UTF-8 at byte {offset} (line {line})")
         return None
     title = ""
     if path.suffix.lower() in HTML_SUFFIXES:
         try:
             title, text = _html_text(text)
         except etree.LxmlError as error:
-            report.skip(path, None, f"cannot parse HTML: {error}")
+            report.skip(entry.shown, None, f"cannot parse HTML: {error}")
             return None
     if is_blank(text):
-        report.skip(path, None, "empty document")
+        report.skip(entry.shown, None, "empty document")
         return None
     return Document(doc_id=entry.doc_id, text=text, title=title, source=str(path))
 
@@ -548,7 +551,7 @@ def _read_csv(
         raise SourceError(f"{path}: empty file; a header row with column names is required")
     missing = [c for c in (columns.text, columns.id) if c is not None and c not in header]
     if missing:
-        raise SourceError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(header)}")
+        raise SourceError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(map(_printable, header))}")
     id_col = columns.id or next((c for c in ("_id", "id", "doc_id") if c in header), None)
     title_col = columns.title if columns.title in header else None
     return _csv_rows(path, report, rows, header, (id_col, title_col, columns.text))
