@@ -245,7 +245,7 @@ def _bad_name(name: str, what: str) -> str | None:
     """Why a name from the file system cannot be an id (its bytes are not UTF-8), or None."""
     if lone_surrogate(name) is None:
         return None
-    return f"{what} is not valid UTF-8 ({_printable(name)!r}); rename it to index it"
+    return f"{what} is not valid UTF-8 (shown with \\x escapes); rename it to index it"
 
 
 def folder_entries(root: Path) -> Iterator[FolderEntry | int]:
