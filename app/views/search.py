@@ -6,7 +6,7 @@ from app import ui
 from indexer.compare import counterpart, movement, other_ranks, overlap_at_k, rank_biased_overlap
 from indexer.evaluation import per_query_metrics
 from indexer.search import query_problem
-from indexer.text import is_blank
+from indexer.text import describe_surrogate, is_blank
 
 st.title("Search")
 searcher = ui.searcher_or_stop()
@@ -15,6 +15,12 @@ st.caption(
     f"{searcher.index.n_documents} documents, {searcher.index.n_chunks} chunks · model "
     f"`{searcher.encoder.info.name}` · scores are cosine similarities within one list; across lists compare ranks"
 )
+
+# a query handed over by another page (session state) that a text box cannot hold: say why, start empty
+handed = st.session_state.get("query")
+if isinstance(handed, str) and (why := describe_surrogate(handed, "the query")) is not None:
+    st.session_state["query"] = ""
+    st.error(f"Cannot search: {why}.")
 
 with st.form("search"):
     left, right = st.columns([5, 1])
