@@ -280,17 +280,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         searcher, queries, qrels, dataset=name, split=args.split, issues=issues,
         ignore_identical_ids=not args.keep_identical_ids, progress=not args.no_progress,
     )
+    failed = None  # a write that fails after all (disk full): the results are still printed
     if out_problem is None:
         try:
             write_artifacts(result, out_dir)
         except OSError as exc:
-            out_problem = f"{out_dir}: {exc.strerror or exc}"
+            failed = f"{out_dir}: {exc.strerror or exc}"
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
         print(format_evaluation(result))
-    if out_problem is not None:
-        print(f"{'warning' if args.json else 'error'}: the reports were not written ({out_problem})", file=sys.stderr)
+    if failed is not None:
+        print(f"{'warning' if args.json else 'error'}: the reports were not written ({failed})", file=sys.stderr)
         return 0 if args.json else EXIT_USAGE
     return 0
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,57 @@ def test_a_run_file_with_whitespace_ids_scores_right_in_pytrec_eval(tmp_path):
     assert m["q 1"]["ndcg@10"] == pytest.approx((1 + 2 / LOG2(6) + 1 / LOG2(11)) / (2 + 1 / LOG2(3) + 1 / LOG2(4)))
     assert encode_trec_id("%20") < encode_trec_id("100%")  # "%2520" < "100%25": 100% ranks first, %20 second
     assert m["q2"]["mrr@10"] == 0.5
+
+
+# -- an output folder that cannot be written (item 14) --------------------------------------------------
+
+def beir_args(tiny_labelled, tiny_bert, index, out) -> list[str]:
+    return ["evaluate", "--beir", str(tiny_labelled), "--model", str(tiny_bert), "--index", str(index),
+            "--representations", "mean", "--no-progress", "--out", str(out)]
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(tiny_labelled, tiny_bert, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    out = tmp_path / "file" / "reports"
+    assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", out)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err == f"error: cannot write the evaluation reports to {out}: {tmp_path / 'file'} is not a folder\n"
+    assert not (tmp_path / "ix").exists()  # nothing was built: the check came first
+
+
+def test_unwritable_output_folder_with_json_still_prints_the_results(tiny_labelled, tiny_bert, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    out = tmp_path / "file" / "reports"
+    assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", out) + ["--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["queries_evaluated"] == 4 and set(report["metrics"]) == {"mean", "bm25"} and report["artifacts"] == {}
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: cannot write the evaluation reports to {out}: {tmp_path / 'file'} is not a folder; "
+                        "the results are printed only"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_output_folder_is_refused(tiny_labelled, tiny_bert, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", locked / "out")) == 2
+        assert "not writable" in capsys.readouterr().err and not (tmp_path / "ix").exists()
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_late_write_failure_still_shows_the_results(tiny_labelled, tiny_bert, tmp_path, capsys, monkeypatch):
+    import indexer.cli as cli
+
+    def full(result, out_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_artifacts", full)
+    assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", tmp_path / "out")) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("tiny-beir")  # the table was printed
+    assert captured.err.endswith(f"error: the reports were not written ({tmp_path / 'out'}: No space left on device)\n")
