@@ -336,8 +336,6 @@ def format_evaluation(result: Evaluation) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sentence_transformers import SentenceTransformer
-
     from .bench import build_peak_memory, encode_benchmark, parse_sizes, positive, queries_of, scale_benchmark, texts_of
 
     # every count and size is checked before any work, so a typo costs nothing
@@ -346,6 +344,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             positive(option, value)
     latency = parse_sizes("--latency", args.latency) if args.latency is not None else None
     memory = parse_sizes("--memory", args.memory) if args.memory is not None else None
+
+    from sentence_transformers import SentenceTransformer
+
     texts = texts_of(Path(args.data), args.docs)
     encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
     peer = SentenceTransformer(encoder.info.location, device=str(encoder.device))
