@@ -24,6 +24,7 @@ from .integrity import convert, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
+from .text import is_blank
 from . import vector_index
 from .vector_index import INDEX_TYPES, IndexSpec
 
@@ -410,8 +411,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_result(searcher.search(q, k=args.k)), end="\n\n")
     if sys.stdin.isatty():
         print("type a query (empty line or Ctrl-D to quit)")
-        while (query := input("query> ").strip()):
-            print(format_result(searcher.search(query, k=args.k)), end="\n\n")
+        while not is_blank(query := input("query> ")):
+            try:
+                print(format_result(searcher.search(query, k=args.k)), end="\n\n")
+            except ValueError as exc:  # a query that cannot be searched (search.query_problem): say why, go on
+                print(f"error: {exc}")
     return 0
 
 
