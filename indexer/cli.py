@@ -411,7 +411,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_result(searcher.search(q, k=args.k)), end="\n\n")
     if sys.stdin.isatty():
         print("type a query (empty line or Ctrl-D to quit)")
-        while not is_blank(query := input("query> ")):
+        while True:
+            try:
+                query = input("query> ")
+            except EOFError:  # Ctrl-D
+                print()
+                break
+            if is_blank(query):
+                break
             try:
                 print(format_result(searcher.search(query, k=args.k)), end="\n\n")
             except ValueError as exc:  # a query that cannot be searched (search.query_problem): say why, go on
