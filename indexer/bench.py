@@ -20,7 +20,27 @@ import numpy as np
 import torch
 
 
+def positive(name: str, value: int) -> int:
+    """`value` if it is a whole number of at least 1, else ValueError naming `name`: every count and size of a benchmark."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def parse_sizes(name: str, text: str) -> list[int]:
+    """Comma-separated sizes such as "10000,100000", each at least 1, else ValueError naming `name`."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()):
+            raise ValueError(f"{name} takes comma-separated whole numbers such as 10000,100000; got {text!r}")
+        sizes.append(positive(name, int(part)))
+    return sizes
+
+
 def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """Median wall time of `runs` calls of fn."""
+    positive("runs", runs)
     times = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -50,6 +70,9 @@ def encode_benchmark(texts: Sequence[str], encoder, peer, *, runs: int = 3, peer
     Both tokenise the raw texts and cut them to the model's window, as a first chunk is.
     """
     texts = list(texts)
+    positive("runs", runs)
+    if not texts:
+        raise ValueError("no text to encode")
 
     def ours() -> dict:
         return encoder.encode_ids([t.ids[: encoder.window] for t in encoder.tokenize(texts)])
@@ -144,6 +167,10 @@ def scale_benchmark(
     from .search import Searcher
     from . import vector_index
 
+    for n in sizes:
+        positive("sizes", n)
+    if not queries:
+        raise ValueError("no query to time")
     real = encoder.encode_texts(list(texts[:fit_docs]))
     fits = {r: fit_gaussian(real[r]) for r in encoder.representations}
     out = []
@@ -198,6 +225,7 @@ def queries_of(source: Path, n: int, texts: Sequence[str]) -> list[str]:
     """n distinct query texts: the collection's queries.jsonl first, then the first eight words of documents."""
     from .loaders import LoadReport, load_queries
 
+    positive("queries", n)
     path = Path(source) / "queries.jsonl"
     found = list(load_queries(path, LoadReport()).values()) if path.is_file() else []
     found += [" ".join(t.split()[:8]) for t in texts]
@@ -208,6 +236,8 @@ def texts_of(source: Path, docs: int | None) -> list[str]:
     """Document contents of a collection, repeated (with a numbered suffix) to reach `docs` if asked."""
     from .loaders import LoadReport, iter_documents
 
+    if docs is not None:
+        positive("docs", docs)
     base = [d.content for d in iter_documents(source, LoadReport())]
     if not base:
         raise ValueError(f"{source} has no readable document")
@@ -218,6 +248,8 @@ def texts_of(source: Path, docs: int | None) -> list[str]:
 
 def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | None) -> list[dict]:
     """Peak resident memory of `python -m indexer build` over `sizes` documents, each in a fresh process."""
+    for n in sizes:
+        positive("sizes", n)
     out = []
     with tempfile.TemporaryDirectory(prefix="pooling-lab-bench-") as tmp:
         for n in sizes:

@@ -17,18 +17,21 @@ from typing import Sequence
 from . import __version__
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_representations
 from .encoder import Encoder, ModelError
-from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels
+from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels, pair_name, write_artifacts
+from .files import unwritable_dir
 from .loaders import LoadReport, SourceError, load_queries, open_beir
 from .integrity import convert, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
+from .text import is_blank
 from . import vector_index
 from .vector_index import INDEX_TYPES, IndexSpec
 
 DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
 DEMO_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "sample"
 EXIT_USAGE = 2  # bad input the user can fix: missing path, unknown format, mismatched index
+EXIT_INTERNAL = 1  # an unexpected fault of the program (one line; -v shows the traceback)
 
 
 def _clean(text: str) -> str:
@@ -256,6 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         queries_file, qrels_file, name = dataset.queries, dataset.qrels[args.split], dataset.root.name
         index = args.index or default_eval_index(dataset.root, args.model)
+        out_dir, out_problem = _evaluation_out(args, index, name)
         encoder = _load_encoder(args, parse_representations(args.representations))
         why = index_matches(index, encoder, dataset.root)
         if why is None:
@@ -270,18 +274,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE")
         queries_file, qrels_file = args.queries, args.qrels
         name = Path(args.queries).resolve().parent.name
+        out_dir, out_problem = _evaluation_out(args, args.index, name)
         searcher = Searcher(args.index)
     queries, qrels, issues = load_labels(queries_file, qrels_file, searcher.index.doc_ids())
-    out_dir = args.out or Path(f"{searcher.index.directory}.eval") / f"{name}-{args.split}"
     result = evaluate(
         searcher, queries, qrels, dataset=name, split=args.split, issues=issues,
-        ignore_identical_ids=not args.keep_identical_ids, out_dir=out_dir, progress=not args.no_progress,
+        ignore_identical_ids=not args.keep_identical_ids, progress=not args.no_progress,
     )
+    failed = None  # a write that fails after all (disk full): the results are still printed
+    if out_problem is None:
+        try:
+            write_artifacts(result, out_dir)
+        except OSError as exc:
+            failed = f"{out_dir}: {exc.strerror or exc}"
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
         print(format_evaluation(result))
+    if failed is not None:
+        print(f"{'warning' if args.json else 'error'}: the reports were not written ({failed})", file=sys.stderr)
+        return 0 if args.json else EXIT_USAGE
     return 0
+
+
+def _evaluation_out(args: argparse.Namespace, index: Path, name: str) -> tuple[Path, str | None]:
+    """Where `evaluate` writes its reports, checked before any work: (folder, why it cannot be written or None).
+
+    Without --json an unwritable folder ends the command at once; with --json the results are
+    still computed and printed, and a warning says the reports were not written.
+    """
+    out_dir = args.out or Path(f"{Path(index).resolve()}.eval") / f"{name}-{args.split}"
+    problem = unwritable_dir(out_dir)
+    if problem is not None:
+        if not args.json:
+            raise SourceError(f"cannot write the evaluation reports to {problem}")
+        print(f"warning: cannot write the evaluation reports to {problem}; the results are printed only", file=sys.stderr)
+    return out_dir, problem
 
 
 def format_evaluation(result: Evaluation) -> str:
@@ -294,21 +322,31 @@ def format_evaluation(result: Evaluation) -> str:
     ]
     for system, values in report["metrics"].items():
         lines.append(f"{system:<8}" + "".join(f"{values[m]:>12.4f}" for m in METRIC_NAMES))
-    lines += ["", "pooled - mean, paired over queries:", f"{'metric':<11}{'delta':>9}{'t-test p':>11}{'random. p':>11}  wins pooled/mean/ties"]
-    for m, sig in report["significance"].items():
-        lines.append(
-            f"{m:<11}{sig['delta']:>+9.4f}{format_p(sig['t_test_p']):>11}{format_p(sig['randomization_p']):>11}  "
-            f"{sig['pooled_wins']}/{sig['mean_wins']}/{sig['ties']}"
-        )
+    if not result.pairs:
+        lines += ["", f"one representation ({', '.join(result.representations)}): no paired comparison and no fusion"]
+    for a, b in result.pairs:
+        lines += ["", f"{a} - {b}, paired over queries:", f"{'metric':<11}{'delta':>9}{'t-test p':>11}{'random. p':>11}  wins {a}/{b}/ties"]
+        for m, sig in report["significance"][pair_name(a, b)].items():
+            lines.append(
+                f"{m:<11}{sig['delta']:>+9.4f}{format_p(sig['t_test_p']):>11}{format_p(sig['randomization_p']):>11}  "
+                f"{sig[f'{a}_wins']}/{sig[f'{b}_wins']}/{sig['ties']}"
+            )
     lines.append("")
     lines += [f"{k}: {v}" for k, v in report["artifacts"].items()]
     return "\n".join(lines)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sentence_transformers import SentenceTransformer
+    from .bench import build_peak_memory, encode_benchmark, parse_sizes, positive, queries_of, scale_benchmark, texts_of
 
-    from .bench import build_peak_memory, encode_benchmark, queries_of, scale_benchmark, texts_of
+    # every count and size is checked before any work, so a typo costs nothing
+    for option, value in (("--docs", args.docs), ("--runs", args.runs), ("--batch-size", args.batch_size), ("--queries", args.queries)):
+        if value is not None:
+            positive(option, value)
+    latency = parse_sizes("--latency", args.latency) if args.latency is not None else None
+    memory = parse_sizes("--memory", args.memory) if args.memory is not None else None
+
+    from sentence_transformers import SentenceTransformer
 
     texts = texts_of(Path(args.data), args.docs)
     encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
@@ -318,14 +356,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.no_encode:
         print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
         report = encode_benchmark(texts, encoder, peer, runs=args.runs)
-    if args.latency:
-        sizes = [int(x) for x in args.latency.split(",")]
+    if latency:
+        sizes = latency
         spec = _index_spec(args)
         print(f"search latency over {sizes} vectors, exact" + (f" and {spec.label}" if spec.type != "flat" else "") + " …", file=sys.stderr)
         collection = texts_of(Path(args.data), None)  # the Gaussian fit wants every distinct text
         report["latency"] = scale_benchmark(encoder, collection, queries_of(Path(args.data), args.queries, collection), sizes, spec=spec)
-    if args.memory:
-        sizes = [int(x) for x in args.memory.split(",")]
+    if memory:
+        sizes = memory
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
         report["memory"] = build_peak_memory(texts, sizes, args.model)
     if args.json:
@@ -373,13 +411,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_result(searcher.search(q, k=args.k)), end="\n\n")
     if sys.stdin.isatty():
         print("type a query (empty line or Ctrl-D to quit)")
-        while (query := input("query> ").strip()):
-            print(format_result(searcher.search(query, k=args.k)), end="\n\n")
+        while True:
+            try:
+                query = input("query> ")
+            except EOFError:  # Ctrl-D
+                print()
+                break
+            if is_blank(query):
+                break
+            try:
+                print(format_result(searcher.search(query, k=args.k)), end="\n\n")
+            except ValueError as exc:  # a query that cannot be searched (search.query_problem): say why, go on
+                print(f"error: {exc}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (`error: …`), exit 2, like every other refusal of the CLI."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {_clean(message)} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m indexer",
         description="Index documents with a BERT-family model and compare its `pooled` and `mean` rankings.",
     )
@@ -497,7 +552,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _robust_output() -> None:
+    """Printing never fails on text that is not valid Unicode (a path or id holding a lone surrogate from
+    a non-UTF-8 byte): it is shown backslash-escaped instead."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a closed or detached stream: nothing to print to anyway
+                pass
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one printable line, e.g. for an OSError: what failed and on which path."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return _clean(str(exc)) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _robust_output()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
@@ -509,11 +584,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         return args.func(args)
-    except (SourceError, StoreError, ModelError, BuildError, ValueError) as exc:
+    except (SourceError, StoreError, ModelError, BuildError, ValueError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.perf_counter() - started:.0f} s; nothing was published", file=sys.stderr)
         return 130
+    except Exception as exc:  # a fault of ours, not of the input: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

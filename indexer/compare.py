@@ -42,6 +42,12 @@ def rank_biased_overlap(a: Sequence[str], b: Sequence[str], p: float = 0.9) -> f
     return overlap / k * p**k + (1 - p) / p * total
 
 
+def counterpart(representations: Sequence[str], r: str) -> str | None:
+    """The ranking a representation's list is compared with: the first other one (pooled <-> mean,
+    cls -> pooled); None when the index holds one representation."""
+    return next((o for o in representations if o != r), None)
+
+
 def other_ranks(a: Sequence[str], b: Sequence[str]) -> dict[str, int | None]:
     """For each document of ranking `a`, its 1-based rank in ranking `b` (None: only in `a`)."""
     where = {doc: i + 1 for i, doc in enumerate(b)}

@@ -1,4 +1,8 @@
-"""Retrieval quality of `pooled` vs `mean`: standard metrics, paired significance, BM25 and RRF baselines.
+"""Retrieval quality of an index's representations: standard metrics, paired significance, BM25 and RRF baselines.
+
+Works with any non-empty set of representations: metrics for each, a paired comparison for each
+pair (none with one representation), and RRF over all of them (none with one: it would be that
+representation again).
 
 Metrics come from pytrec_eval (trec_eval's own C code), the library BEIR and MTEB score with, so the numbers are comparable with theirs and with any tool that reads the
 TREC run files written beside the report. Ties within a run are broken as trec_eval breaks
@@ -10,14 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import unicodedata
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Callable, Container, Mapping, Sequence
+from urllib.parse import quote, unquote
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
+from .search import query_problem
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
@@ -39,9 +47,11 @@ def per_query_metrics(run: Run, qrels: Qrels) -> dict[str, dict[str, float]]:
     """
     import pytrec_eval
 
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10,100", "map_cut.100", "recip_rank"})
-    full = evaluator.evaluate({q: docs for q, docs in run.items() if docs})
-    top10 = evaluator.evaluate({q: dict(trec_order(docs)[:10]) for q, docs in run.items() if docs})
+    # scored on the ids as the run files hold them (encode_trec_id), so that trec_eval breaks ties identically
+    encoded = {q: {encode_trec_id(d): g for d, g in judged.items()} for q, judged in qrels.items()}
+    evaluator = pytrec_eval.RelevanceEvaluator(encoded, {"ndcg_cut.10", "recall.10,100", "map_cut.100", "recip_rank"})
+    full = evaluator.evaluate({q: {encode_trec_id(d): s for d, s in docs.items()} for q, docs in run.items() if docs})
+    top10 = evaluator.evaluate({q: {encode_trec_id(d): s for d, s in trec_order(docs)[:10]} for q, docs in run.items() if docs})
     scores = {}
     for q in qrels:
         values = full.get(q, {})
@@ -87,8 +97,9 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, seed: int = 0) 
 
 
 def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    """(doc, score) best first, ties by descending doc id: the order trec_eval ranks a run in."""
-    return sorted(sorted(docs.items(), key=lambda item: item[0], reverse=True), key=lambda item: -item[1])
+    """(doc, score) best first, ties by descending doc id as written in a run file (encode_trec_id):
+    the order trec_eval ranks that run file in."""
+    return sorted(sorted(docs.items(), key=lambda item: encode_trec_id(item[0]), reverse=True), key=lambda item: -item[1])
 
 
 def rrf(runs: Sequence[Run], *, k: int = RRF_K, depth: int = DEPTH) -> Run:
@@ -129,12 +140,32 @@ def bm25_run(
     return run
 
 
+def encode_trec_id(text: str) -> str:
+    """An id as one token of a TREC run file, whose fields are separated by whitespace.
+
+    '%', whitespace (every character `str.split` splits on) and control characters become %XX of
+    their UTF-8 bytes, as in a URL: `notes/bee keeping.md` is written `notes/bee%20keeping.md`.
+    Ids without any of them are written unchanged; `decode_trec_id` reverses it exactly.
+    """
+    return "".join(quote(ch, safe="") if ch == "%" or ch.isspace() or unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
+def decode_trec_id(token: str) -> str:
+    """The id that `encode_trec_id` wrote as `token`."""
+    return unquote(token, errors="strict")
+
+
 def write_trec_run(run: Run, path: Path, tag: str) -> None:
-    """TREC run format: `qid Q0 docid rank score tag`, in trec_eval's order."""
+    """TREC run format: `qid Q0 docid rank score tag`, in trec_eval's order; ids through `encode_trec_id`."""
     with open(path, "w", encoding="utf-8") as f:
         for q in sorted(run):
             for rank, (doc, score) in enumerate(trec_order(run[q]), start=1):
-                f.write(f"{q} Q0 {doc} {rank} {score:.8f} {tag}\n")
+                f.write(f"{encode_trec_id(q)} Q0 {encode_trec_id(doc)} {rank} {score:.8f} {tag}\n")
+
+
+def pair_name(a: str, b: str) -> str:
+    """Key of the paired comparison of representations a and b (delta = a - b) in reports."""
+    return f"{a} vs {b}"
 
 
 @dataclass
@@ -151,60 +182,75 @@ class Evaluation:
     issues: list[LoadIssue] = field(default_factory=list)
     ignore_identical_ids: bool = True
     artifacts: dict[str, str] = field(default_factory=dict)
+    representations: list[str] = field(default_factory=list)  # the index's dense representations, in its order
+    runs: dict[str, Run] = field(default_factory=dict, repr=False)  # system -> run, for the TREC run files
 
     @property
     def systems(self) -> list[str]:
         return list(self.per_query)
 
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every pair of representations, in the index's order; the first is the per-query table's delta."""
+        return list(combinations(self.representations, 2))
+
     def metrics(self) -> dict[str, dict[str, float]]:
         return {s: mean_metrics(self.per_query[s]) for s in self.systems}
 
-    def significance(self) -> dict[str, dict]:
-        qids = sorted(self.per_query["pooled"])
+    def compare(self, a: str, b: str) -> dict[str, dict]:
+        """Paired tests of a against b for each metric; counts and means are named by the representations."""
+        qids = sorted(self.queries)
         out = {}
         for m in METRIC_NAMES:
-            a = [self.per_query["pooled"][q][m] for q in qids]
-            b = [self.per_query["mean"][q][m] for q in qids]
-            test = paired_comparison(a, b)
+            x = [self.per_query[a][q][m] for q in qids]
+            y = [self.per_query[b][q][m] for q in qids]
+            test = paired_comparison(x, y)
             out[m] = {
-                "pooled": float(np.mean(a)) if a else 0.0,
-                "mean": float(np.mean(b)) if b else 0.0,
+                a: float(np.mean(x)) if x else 0.0,
+                b: float(np.mean(y)) if y else 0.0,
                 "delta": test["delta"],
                 "n": test["n"],
                 "t_test_p": test["t_test_p"],
                 "randomization_p": test["randomization_p"],
-                "pooled_wins": test["wins"],
-                "mean_wins": test["losses"],
+                f"{a}_wins": test["wins"],
+                f"{b}_wins": test["losses"],
                 "ties": test["ties"],
             }
         return out
 
+    def significance(self) -> dict[str, dict[str, dict]]:
+        """pair name ("pooled vs mean") -> metric -> paired tests; empty with one representation."""
+        return {pair_name(a, b): self.compare(a, b) for a, b in self.pairs}
+
     def per_query_table(self) -> list[dict]:
+        """One row per query with each representation's metrics and the first pair's delta, largest delta first
+        (with one representation: best nDCG@10 first)."""
+        first = self.pairs[0] if self.pairs else None
         rows = []
-        for q in self.per_query["pooled"]:
-            pooled, mean = self.per_query["pooled"][q], self.per_query["mean"][q]
-            rows.append({
-                "query_id": q,
-                "text": self.queries.get(q, ""),
-                "pooled": pooled,
-                "mean": mean,
-                "delta": {m: pooled[m] - mean[m] for m in METRIC_NAMES},
-            })
-        return sorted(rows, key=lambda r: (-r["delta"]["ndcg@10"], r["query_id"]))
+        for q in sorted(self.queries):
+            row = {"query_id": q, "text": self.queries.get(q, "")} | {r: self.per_query[r][q] for r in self.representations}
+            if first is not None:
+                row["delta"] = {m: row[first[0]][m] - row[first[1]][m] for m in METRIC_NAMES}
+            rows.append(row)
+        key = "delta" if first is not None else (self.representations[0] if self.representations else None)
+        return sorted(rows, key=lambda r: (-r[key]["ndcg@10"] if key else 0.0, r["query_id"]))
 
     def to_dict(self) -> dict:
+        first = self.pairs[0] if self.pairs else None
         return {
             "dataset": self.dataset,
             "split": self.split,
             "index": self.index,
             "model": self.model,
-            "queries_evaluated": len(self.per_query["pooled"]),
+            "representations": list(self.representations),
+            "queries_evaluated": len(self.queries),
             "queries_excluded_no_positive": len(self.excluded_no_positive),
             "ignore_identical_ids": self.ignore_identical_ids,
             "depth": DEPTH,
             "metrics": self.metrics(),
+            "pairs": [list(pair) for pair in self.pairs],
             "significance": self.significance(),
-            "delta": "pooled - mean",
+            "delta": f"{first[0]} - {first[1]}" if first else None,
             "per_query": self.per_query_table(),
             "issues": [str(i) for i in self.issues],
             "artifacts": self.artifacts,
@@ -224,25 +270,32 @@ class Evaluation:
         ]
         for system, values in report["metrics"].items():
             lines.append(f"| {system} | " + " | ".join(f"{values[m]:.4f}" for m in METRIC_NAMES) + " |")
+        if not self.pairs:
+            lines += ["", f"One representation ({', '.join(self.representations)}): no paired comparison and no fusion."]
+        for a, b in self.pairs:
+            lines += [
+                "",
+                f"## {a} vs {b} (paired, per query)",
+                "",
+                f"| metric | {a} | {b} | delta ({a} − {b}) | t-test p | randomisation p | {a} wins | {b} wins | ties |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for m, s in report["significance"][pair_name(a, b)].items():
+                lines.append(
+                    f"| {m} | {s[a]:.4f} | {s[b]:.4f} | {s['delta']:+.4f} | {format_p(s['t_test_p'])} | "
+                    f"{format_p(s['randomization_p'])} | {s[f'{a}_wins']} | {s[f'{b}_wins']} | {s['ties']} |"
+                )
+        reps, delta = self.representations, report["delta"]
+        heading = f"Queries by nDCG@10 difference ({delta.replace(' - ', ' − ')})" if delta else "Queries by nDCG@10"
         lines += [
-            "",
-            "## pooled vs mean (paired, per query)",
-            "",
-            "| metric | pooled | mean | delta (pooled − mean) | t-test p | randomisation p | pooled wins | mean wins | ties |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "", f"## {heading}", "",
+            "| query | text | " + " | ".join(reps) + (" | delta |" if delta else " |"),
+            "|---|---|" + "---:|" * (len(reps) + bool(delta)),
         ]
-        for m, s in report["significance"].items():
-            lines.append(
-                f"| {m} | {s['pooled']:.4f} | {s['mean']:.4f} | {s['delta']:+.4f} | {format_p(s['t_test_p'])} | "
-                f"{format_p(s['randomization_p'])} | {s['pooled_wins']} | {s['mean_wins']} | {s['ties']} |"
-            )
-        lines += ["", "## Queries by nDCG@10 difference (pooled − mean)", "", "| query | text | pooled | mean | delta |", "|---|---|---:|---:|---:|"]
         for row in report["per_query"]:
             text = " ".join(row["text"].split()).replace("|", "\\|")
-            lines.append(
-                f"| {row['query_id']} | {text[:80]} | {row['pooled']['ndcg@10']:.3f} | {row['mean']['ndcg@10']:.3f} | "
-                f"{row['delta']['ndcg@10']:+.3f} |"
-            )
+            cells = [f"{row[r]['ndcg@10']:.3f}" for r in reps] + ([f"{row['delta']['ndcg@10']:+.3f}"] if delta else [])
+            lines.append(f"| {row['query_id']} | {text[:80]} | " + " | ".join(cells) + " |")
         if report["issues"]:
             lines += ["", "## Skipped lines", ""] + [f"- {i}" for i in report["issues"]]
         return "\n".join(lines) + "\n"
@@ -265,12 +318,18 @@ def evaluate(
     progress: bool = True,
     on_step: Callable[[str, float], None] | None = None,
 ) -> Evaluation:
-    """Rank every judged query in each representation, plus BM25 and RRF(pooled, mean), and score them.
+    """Rank every judged query in each representation, plus BM25 and RRF of the representations, and score them.
 
     `qrels` must already be restricted to known queries and documents (see loaders.load_qrels).
-    Queries without any judgement of grade >= 1 are excluded and counted. `on_step(label, fraction)`
-    reports progress (the app's bar).
+    Queries without any judgement of grade >= 1 are excluded and counted; a query that cannot be
+    searched (blank, lone surrogate: search.query_problem) is skipped and listed in `issues`.
+    `on_step(label, fraction)` reports progress (the app's bar).
     """
+    issues = list(issues)
+    unsearchable = {q: query_problem(text) for q, text in queries.items() if q in qrels}
+    unsearchable = {q: why for q, why in unsearchable.items() if why is not None}
+    issues += [LoadIssue(f"query {q!r}", None, f"skipped: {why}") for q, why in sorted(unsearchable.items())]
+    queries = {q: text for q, text in queries.items() if q not in unsearchable}
     judged = {q: j for q, j in qrels.items() if q in queries}
     positive = {q: j for q, j in judged.items() if any(g > 0 for g in j.values())}
     excluded = sorted(set(judged) - set(positive))
@@ -279,7 +338,8 @@ def evaluate(
         raise ValueError("no query has a relevant document (grade >= 1) in the judgements; nothing to evaluate")
     texts = [queries[q] for q in qids]
     exclude = qids if ignore_identical_ids else None
-    steps = list(searcher.representations) + ["bm25", "rrf", "metrics"]
+    reps = list(searcher.representations)
+    steps = reps + ["bm25"] + (["rrf"] if len(reps) > 1 else []) + ["metrics"]
     runs: dict[str, Run] = {}
     with tqdm(total=len(steps), desc="evaluating", unit="step", disable=not progress) as bar:
 
@@ -297,9 +357,10 @@ def evaluate(
         documents = [(d, Document(d, text, title).content) for d, title, text in searcher.index.documents()]
         runs["bm25"] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
         bar.update()
-        step("fusion")
-        runs["rrf"] = rrf([runs["pooled"], runs["mean"]])
-        bar.update()
+        if len(reps) > 1:
+            step("fusion")
+            runs["rrf"] = rrf([runs[r] for r in reps])
+            bar.update()
         step("metrics")
         per_query = {system: per_query_metrics(run, positive) for system, run in runs.items()}
         bar.update()
@@ -312,11 +373,13 @@ def evaluate(
         queries={q: queries[q] for q in qids},
         per_query=per_query,
         excluded_no_positive=excluded,
-        issues=list(issues),
+        issues=issues,
         ignore_identical_ids=ignore_identical_ids,
+        representations=reps,
+        runs=runs,
     )
     if out_dir is not None:
-        write_artifacts(result, runs, Path(out_dir))
+        write_artifacts(result, Path(out_dir))
     return result
 
 
@@ -351,10 +414,10 @@ def load_labels(queries_file: str | Path, qrels_file: str | Path, doc_ids: Conta
     return queries, qrels, report.issues
 
 
-def write_artifacts(result: Evaluation, runs: Mapping[str, Run], out_dir: Path) -> None:
-    """report.json, report.md and one TREC run file per system."""
+def write_artifacts(result: Evaluation, out_dir: Path) -> None:
+    """report.json, report.md and one TREC run file per system (OSError if the folder cannot be written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for system, run in runs.items():
+    for system, run in result.runs.items():
         path = out_dir / f"{system}.run"
         write_trec_run(run, path, tag=system)
         result.artifacts[f"run_{system}"] = str(path)

@@ -40,3 +40,21 @@ def atomic_write_bytes(path: str | Path, data) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def unwritable_dir(path: str | Path) -> str | None:
+    """Why files cannot be created in folder `path` (one line naming it), or None; nothing is created.
+
+    The folder, or its nearest existing ancestor when it does not exist yet (it would be created),
+    must be a folder this process may write into.
+    """
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+    if existing is None:
+        return None  # nothing of the path exists; even its root does not: left to the write itself
+    if not existing.is_dir():
+        what = "is not a folder" if existing.exists() else "is a broken symbolic link"
+        return f"{path}: {existing} {what}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path}: {existing} is not writable" if existing == path else f"{path}: cannot create it in {existing} (not writable)"
+    return None

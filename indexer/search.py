@@ -13,6 +13,7 @@ import numpy as np
 from .config import DEFAULT_BATCH_SIZE
 from .encoder import Encoder, ModelInfo
 from .store import IndexReader, StoreError, generation_id
+from .text import describe_surrogate, is_blank
 
 log = logging.getLogger("indexer.search")
 
@@ -107,6 +108,16 @@ def compatibility_problems(manifest: Mapping, info: ModelInfo, max_tokens: int, 
     return problems
 
 
+def query_problem(query: str) -> str | None:
+    """Why a query cannot be searched (one line), or None: blank text (zero-width characters count
+    as blank, see text.is_blank) or a lone surrogate, which no tokenizer can encode."""
+    if not isinstance(query, str):
+        return f"the query must be text, got {type(query).__name__}"
+    if is_blank(query):
+        return "the query is empty"
+    return describe_surrogate(query, "the query")
+
+
 class Searcher:
     """A verified index and the encoder that matches it.
 
@@ -171,8 +182,9 @@ class Searcher:
 
     def search(self, query: str, k: int = 10) -> SearchResult:
         """Rankings of the k best documents in every representation, from one encoding of the query."""
-        if not query.strip():
-            raise ValueError("the query is empty")
+        problem = query_problem(query)
+        if problem is not None:
+            raise ValueError(problem)
         index = self.current()
         rankings = self.rank_many([query], k, index=index)
         rows = index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})

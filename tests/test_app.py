@@ -94,11 +94,14 @@ def test_evaluate_page_shows_metrics_and_significance(sample_index):
     assert not at.exception and not at.error
     at.button[0].click().run()
     assert not at.exception
-    assert texts(at.subheader) == ["70 queries evaluated", "pooled vs mean, paired over queries", "Per query"]
+    # the fixture index keeps cls too: one paired comparison per pair of representations
+    assert texts(at.subheader) == ["70 queries evaluated", "pooled vs mean, paired over queries",
+                                   "pooled vs cls, paired over queries", "mean vs cls, paired over queries", "Per query"]
     metrics = at.dataframe[0].value
-    assert {"pooled", "mean", "bm25", "rrf"} <= set(metrics.index)
-    table = at.dataframe[2].value
-    assert list(table.columns) == ["query", "text", "pooled nDCG@10", "mean nDCG@10", "delta"]
+    assert list(metrics.index) == ["pooled", "mean", "cls", "bm25", "rrf"]
+    assert list(at.dataframe[1].value.columns)[:3] == ["pooled", "mean", "delta (pooled − mean)"]
+    table = at.dataframe[-1].value
+    assert list(table.columns) == ["query", "text", "pooled nDCG@10", "mean nDCG@10", "cls nDCG@10", "delta"]
     assert list(table["delta"]) == sorted(table["delta"], reverse=True)
     # choosing a query opens it in Search, with both rankings
     query_box = next(s for s in at.selectbox if s.label == "Query to open")
@@ -142,3 +145,87 @@ def test_index_page_lists_indexes_and_builds_from_uploads(tiny_index, tiny_bert,
     skipped = at.dataframe[0].value
     assert list(skipped["file"]) == ["b.txt"] and "binary" in skipped["reason"][0]
     assert at.session_state["index_dir"] == str(tmp_path / "uploaded")
+
+
+# -- indexes with other sets of representations (issue 10, item 13) -------------------------------------
+
+TINY_DOCS = {
+    "bee-1": "the bees make honey from nectar and pollen in the hive",
+    "bee-2": "a queen and her colony swarm from the hive in spring",
+    "bread-1": "bake bread with flour water salt and yeast in a hot oven",
+    "star-1": "a comet and a planet orbit the sun in the sky",
+    "bike-1": "repair the chain brake and tire of the bike",
+}
+
+
+@pytest.fixture(scope="module", params=[("mean",), ("mean", "cls")], ids=lambda r: ",".join(r))
+def reps_index(request, tmp_path_factory, tiny_bert):
+    """A small BEIR folder (so Evaluate and Explore have labels) indexed with only some representations."""
+    root = tmp_path_factory.mktemp("beir")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in TINY_DOCS.items()), encoding="utf-8")
+    (root / "queries.jsonl").write_text(
+        json.dumps({"_id": "qa", "text": "bees and honey"}) + "\n" + json.dumps({"_id": "qb", "text": "bread in the oven"}) + "\n",
+        encoding="utf-8",
+    )
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nqa\tbee-1\t1\nqa\tbee-2\t1\nqb\tbread-1\t1\n", encoding="utf-8")
+    encoder = Encoder.load(str(tiny_bert), representations=request.param)
+    directory = build_index(root, tmp_path_factory.mktemp("ix") / "reps", encoder, overlap=4, progress=False).index_dir
+    return directory, request.param
+
+
+def test_search_page_shows_the_representations_the_index_has(reps_index):
+    directory, reps = reps_index
+    at = search(app(directory), "bees and honey")  # a judged query: nDCG@10 per representation
+    assert not at.exception and not at.error
+    assert texts(at.subheader) == [f"`{r}`" for r in reps]
+    labels = [m.label for m in at.metric]
+    assert [label for label in labels if label.startswith("nDCG@10")] == [f"nDCG@10 {r}" for r in reps]
+    captions = "\n".join(texts(at.caption))
+    if len(reps) == 1:
+        assert "Shared documents (overlap@10)" not in labels and "one representation (`mean`)" in captions
+        assert " · in " not in captions
+    else:
+        assert "Shared documents (overlap@10)" in labels and "in cls:" in captions and "in mean:" in captions
+
+
+def test_evaluate_page_shows_the_pairs_the_index_has(reps_index):
+    directory, reps = reps_index
+    at = app(directory)
+    at.switch_page("views/evaluate.py").run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    metrics = at.dataframe[0].value
+    assert list(metrics.index) == list(reps) + ["bm25"] + (["rrf"] if len(reps) > 1 else [])
+    table = at.dataframe[-1].value
+    assert list(table.columns) == ["query", "text"] + [f"{r} nDCG@10" for r in reps] + (["delta"] if len(reps) > 1 else [])
+    if len(reps) == 1:
+        assert texts(at.subheader) == ["2 queries evaluated", "Per query"]
+        assert "one representation (`mean`)" in at.info[0].value
+    else:
+        assert texts(at.subheader) == ["2 queries evaluated", "mean vs cls, paired over queries", "Per query"]
+        assert list(at.dataframe[1].value.columns)[:3] == ["mean", "cls", "delta (mean − cls)"]
+
+
+def test_explore_page_shows_the_representations_the_index_has(reps_index):
+    directory, reps = reps_index
+    at = app(directory)
+    at.switch_page("views/explore.py").run()
+    assert not at.exception and not at.error
+    assert [m.label for m in at.metric] == [f"`{r}`" for r in reps]
+    assert len(at.get("vega_lite_chart")) == 2 * len(reps)
+
+
+# -- queries that cannot be searched (items 2 and 16) ---------------------------------------------------
+
+def test_a_query_of_zero_width_characters_is_empty(tiny_index):
+    at = search(app(tiny_index), "\u200b\u200c\u200d\ufeff\u2060")
+    assert not at.exception and not at.error
+    assert "Type a query" in at.info[0].value and not at.subheader
+
+
+def test_a_query_with_a_lone_surrogate_is_a_message(tiny_index):
+    at = app(tiny_index, query="bees \udcff honey")  # e.g. handed over by another page; a browser cannot send one
+    assert not at.exception
+    assert "lone surrogate (U+DCFF)" in at.error[0].value and not at.subheader
+    assert at.session_state["query"] == ""

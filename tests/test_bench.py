@@ -2,10 +2,12 @@
 
 import json
 
-from conftest import SAMPLE
 import numpy as np
+import pytest
 
-from indexer.bench import fit_gaussian, flops_per_sequence, queries_of, recall_at, synthetic_vectors, texts_of
+from conftest import SAMPLE
+from indexer import bench
+from indexer.bench import fit_gaussian, flops_per_sequence, median_seconds, queries_of, recall_at, synthetic_vectors, texts_of
 from indexer.cli import main
 
 
@@ -27,14 +29,22 @@ def test_bench_reports_the_promised_keys(capsys, tiny_bert):
                  "--latency", "1000", "--queries", "5", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"docs", "tokens", "ours_s", "peer_s", "ratio", "ours_tokens_per_s", "peer_tokens_per_s", "gflops", "peak_gflops"} <= set(report)
-    assert report["docs"] == 40 and report["tokens"] > 40
-    assert report["ratio"] == report["ours_s"] / report["peer_s"] and report["ratio"] > 0
-    assert 0 < report["gflops"] and report["peak_gflops"] > 0
+    # tokens: every text as the tokenizer itself cuts it to the model's 64 tokens (special tokens included)
+    from transformers import AutoTokenizer
+
+    texts = texts_of(SAMPLE, 40)
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(tiny_bert)(texts, truncation=True, max_length=64)["input_ids"]]
+    assert report["docs"] == 40 and report["tokens"] == sum(lengths)
+    # FLOPs by hand from the tiny config (hidden 32, feed-forward 64, 2 layers): per sequence of n tokens,
+    # 2 n (4 * 32^2 + 2 * 32 * 64) per layer for the dense weights and 2 * 2 n^2 * 32 per layer for attention
+    flops = sum(2 * (2 * n * (4 * 32 * 32 + 2 * 32 * 64) + 2 * 2 * n * n * 32) for n in lengths)
+    assert report["gflops"] * report["ours_s"] * 1e9 == pytest.approx(flops, rel=1e-9)
+    assert report["peer_gflops"] * report["peer_s"] * 1e9 == pytest.approx(flops, rel=1e-9)
+    assert report["ours_s"] > 0 and report["peer_s"] > 0 and report["peak_gflops"] > 0
     row = report["latency"][0]
     assert row["vectors"] == 1000
     for part in ("exact", "approximate", "encode_only"):
         assert 0 < row[part]["p50_ms"] <= row[part]["p95_ms"]
-    assert row["encode_only"]["p50_ms"] < row["exact"]["p95_ms"]  # the end-to-end time includes the encoding
     assert row["index_type"]["type"] == "hnsw" and set(row["recall_at_k"]) == {"pooled", "mean"}
     assert all(0.9 <= v <= 1.0 for v in row["recall_at_k"].values())  # 1000 vectors, efSearch 1024: all but exact
     assert [s["ef_search"] for s in row["ef_sweep"]] == sorted(s["ef_search"] for s in row["ef_sweep"])
@@ -65,3 +75,41 @@ def test_queries_come_from_the_collection_first_and_are_distinct():
     assert len(queries) == len(set(queries)) == 100
     first = json.loads((SAMPLE / "queries.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
     assert queries[0] == first
+
+
+def test_median_seconds_is_the_median_of_the_runs(monkeypatch):
+    """A fake clock that each call advances by a known duration: the median is checked by hand."""
+    for durations, expected in (([5.0, 1.0, 4.0, 2.0, 3.0], 3.0), ([1.0, 10.0, 2.0, 3.0], 2.5), ([7.0], 7.0)):
+        now = [100.0]
+        pending = list(durations)
+        monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+
+        def call():
+            now[0] += pending.pop(0)
+
+        assert median_seconds(call, len(durations)) == expected and pending == []
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--docs", "0"), ("--docs", "-3"), ("--runs", "0"), ("--queries", "0"), ("--batch-size", "0"),
+     ("--latency", "-5"), ("--latency", "abc"), ("--latency", "1000,0"), ("--latency", ","), ("--memory", "0"),
+     ("--memory", "5000,x"), ("--docs", "abc"), ("--runs", "1.5")],
+)
+def test_nonsense_counts_are_refused_with_one_line(option, value, capsys):
+    try:
+        code = main(["bench", option, value, "--no-encode"])
+    except SystemExit as exit:  # argparse: a value that is not a whole number at all
+        code = exit.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert option in err and "Traceback" not in err
+
+
+def test_library_counts_are_checked_too():
+    with pytest.raises(ValueError, match="docs must be a whole number of at least 1, got 0"):
+        texts_of(SAMPLE, 0)
+    with pytest.raises(ValueError, match="runs must be"):
+        median_seconds(lambda: None, 0)
+    with pytest.raises(ValueError, match="queries must be"):
+        queries_of(SAMPLE, 0, ["a text"])

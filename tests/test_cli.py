@@ -142,3 +142,65 @@ def test_missing_pooler_weights_are_recorded_and_shown_by_info(tmp_path, small_j
     assert read_manifest(tmp_path / "ix")["pooler_check"]["status"] == "missing"
     code, out, _ = run(capsys, "info", tmp_path / "ix")
     assert code == 0 and out.startswith("WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
+
+
+# -- output that is not valid Unicode, and faults that are not the input's (issue 10, item 2) -------------
+
+def cli_bytes(*argv: bytes | str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m indexer` with raw bytes in argv (Python decodes them with surrogateescape), and the
+    strict UTF-8 stdout of a UTF-8 locale such as en_US.UTF-8 (C.UTF-8 would escape surrogates itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUTF8"}
+    env.update(HF_HUB_OFFLINE="1", PYTHONIOENCODING="utf-8:strict")
+    args = [a if isinstance(a, bytes) else str(a).encode() for a in argv]
+    return subprocess.run([sys.executable.encode(), b"-m", b"indexer", *args], cwd=ROOT, env=env, capture_output=True, timeout=timeout)
+
+
+def test_non_utf8_bytes_in_paths_and_queries_give_output_or_one_line(tmp_path, small_jsonl, build_args, capsys):
+    missing = bytes(tmp_path) + b"/ix-\xff"
+    verified = cli_bytes(b"verify", missing)  # prints the path on stdout
+    assert verified.returncode == 1 and b"Traceback" not in verified.stderr, verified.stderr.decode(errors="replace")
+    assert verified.stdout.decode("utf-8").endswith(f"{tmp_path}/ix-\\udcff: 1 problems; do not serve this index\n")
+    index = tmp_path / "ix"
+    assert run(capsys, "build", small_jsonl, "--index", index, *build_args)[0] == 0
+    searched = cli_bytes(b"search", index, b"bees \xff honey")
+    assert searched.returncode == 2 and searched.stdout == b""
+    assert searched.stderr == b"error: the query holds a lone surrogate (U+DCFF) at character 5: it is not valid Unicode text\n"
+
+
+def test_blank_queries_are_refused_with_one_line(tmp_path, small_jsonl, build_args, capsys):
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)[0] == 0
+    for query in ("", "   ", "\u200b\u200d\ufeff", "\u2060\u200e\n"):
+        code, out, err = run(capsys, "search", tmp_path / "ix", query)
+        assert (code, out, err) == (2, "", "error: the query is empty\n")
+
+
+def test_an_unexpected_fault_is_one_line_and_a_traceback_with_verbose(monkeypatch, capsys, tmp_path):
+    import indexer.cli as cli
+
+    def broken(args):
+        raise RuntimeError("something inside\nbroke")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    code, out, err = run(capsys, "info", tmp_path)
+    assert code == 1 and out == ""
+    assert err == "error: unexpected RuntimeError: something inside broke (run with -v for the traceback)\n"
+    with pytest.raises(RuntimeError):
+        main(["-v", "info", str(tmp_path)])
+
+
+def test_an_os_error_is_one_line_naming_the_path(monkeypatch, capsys, tmp_path):
+    import indexer.cli as cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked"))
+
+    monkeypatch.setattr(cli, "cmd_info", denied)
+    code, out, err = run(capsys, "info", tmp_path)
+    assert (code, out, err) == (2, "", f"error: {tmp_path / 'locked'}: Permission denied\n")
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["search"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "(see: python -m indexer search --help)" in err

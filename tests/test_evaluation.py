@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from conftest import MSMARCO, SAMPLE
 from indexer.cli import main
 from indexer.evaluation import (
-    METRIC_NAMES, bm25_run, evaluate, paired_comparison, per_query_metrics, rrf, trec_order, write_trec_run,
+    METRIC_NAMES, bm25_run, decode_trec_id, encode_trec_id, evaluate, paired_comparison, per_query_metrics, rrf,
+    trec_order, write_trec_run,
 )
 from indexer.loaders import LoadReport, load_qrels, load_queries
 from indexer.search import Searcher
@@ -103,9 +105,9 @@ def read_trec(path: Path) -> dict[str, list[str]]:
     ranked: dict[str, list[tuple[str, float]]] = {}
     for line in path.read_text().splitlines():
         q, _, doc, _, score, _ = line.split()
-        ranked.setdefault(q, []).append((doc, float(score)))
-    # trec_eval's order: score descending, ties by descending document id
-    return {q: [d for d, _ in sorted(sorted(v, reverse=True), key=lambda x: -x[1])] for q, v in ranked.items()}
+        ranked.setdefault(decode_trec_id(q), []).append((doc, float(score)))
+    # trec_eval's order: score descending, ties by descending document id as written in the file
+    return {q: [decode_trec_id(d) for d, _ in sorted(sorted(v, reverse=True), key=lambda x: -x[1])] for q, v in ranked.items()}
 
 
 def independent_scores(ranking: list[str], judged: dict[str, int]) -> dict[str, float]:
@@ -130,7 +132,7 @@ def independent_scores(ranking: list[str], judged: dict[str, int]) -> dict[str, 
 
 
 def check_against_run_files(report: dict, qrels: dict[str, dict[str, int]]) -> None:
-    for system in ("pooled", "mean", "bm25", "rrf"):
+    for system in report["metrics"]:
         runs = read_trec(Path(report["artifacts"][f"run_{system}"]))
         judged = {q: j for q, j in qrels.items() if any(g > 0 for g in j.values())}
         for metric in METRIC_NAMES:
@@ -155,7 +157,9 @@ def test_sample_evaluation_end_to_end(sample_index, bundled_encoder, tmp_path):
     assert deltas == sorted(deltas, reverse=True)
     row = report["per_query"][0]
     assert row["delta"]["ndcg@10"] == pytest.approx(row["pooled"]["ndcg@10"] - row["mean"]["ndcg@10"])
-    sig = report["significance"]["ndcg@10"]
+    assert report["pairs"] == [["pooled", "mean"], ["pooled", "cls"], ["mean", "cls"]]
+    assert set(report["significance"]) == {"pooled vs mean", "pooled vs cls", "mean vs cls"}
+    sig = report["significance"]["pooled vs mean"]["ndcg@10"]
     assert sig["n"] == 70 and sig["pooled_wins"] + sig["mean_wins"] + sig["ties"] == 70
     assert 0.0 <= sig["t_test_p"] <= 1.0 and 0.0 < sig["randomization_p"] <= 1.0
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -225,3 +229,202 @@ def test_msmarco_5k_evaluation_is_complete(tmp_path, capsys):
     # a second run reuses the index instead of rebuilding it
     assert main(args) == 0
     assert "reusing the index" in capsys.readouterr().err
+
+
+# -- any set of representations (issue 10, item 13) ---------------------------------------------------
+
+TINY_DOCS = [
+    ("bee-1", "the bees make honey from nectar and pollen in the hive"),
+    ("bee-2", "a queen and her colony swarm from the hive in spring"),
+    ("bread-1", "bake bread with flour water salt and yeast in a hot oven"),
+    ("bread-2", "the dough and the crust of the bread"),
+    ("star-1", "a comet and a planet orbit the sun in the sky"),
+    ("river-1", "rain and snow fill the river and the lake with water"),
+    ("bike-1", "repair the chain brake and tire of the bike"),
+]
+TINY_QUERIES = {"qa": "bees and honey", "qb": "bread in the oven", "qc": "a bike with a brake", "qd": "rain on the lake"}
+TINY_QRELS = {"qa": {"bee-1": 2, "bee-2": 1}, "qb": {"bread-1": 1, "bread-2": 1}, "qc": {"bike-1": 1}, "qd": {"river-1": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_labelled(tmp_path_factory):
+    """A BEIR-like folder (corpus, queries, qrels) for the tiny model."""
+    root = tmp_path_factory.mktemp("tiny-beir")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in TINY_DOCS), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in TINY_QUERIES.items()), encoding="utf-8")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, j in TINY_QRELS.items() for d, g in j.items()),
+        encoding="utf-8",
+    )
+    return root
+
+
+@pytest.fixture(scope="module", params=[("mean",), ("mean", "cls"), ("pooled", "cls")], ids=lambda r: ",".join(r))
+def tiny_reps_index(request, tmp_path_factory, tiny_bert, tiny_labelled):
+    """The tiny collection indexed with only some representations: (directory, representations)."""
+    from indexer.encoder import Encoder
+    from indexer.pipeline import build_index
+
+    encoder = Encoder.load(str(tiny_bert), representations=request.param)
+    directory = tmp_path_factory.mktemp("reps") / "ix"
+    build_index(tiny_labelled, directory, encoder, overlap=4, progress=False)
+    return directory, request.param
+
+
+def test_evaluation_works_with_any_set_of_representations(tiny_reps_index, tiny_labelled, tmp_path):
+    directory, reps = tiny_reps_index
+    searcher = Searcher(directory)
+    assert searcher.representations == reps
+    result = evaluate(searcher, TINY_QUERIES, TINY_QRELS, dataset="tiny", out_dir=tmp_path / "out", progress=False)
+    report = result.to_dict()
+    fused = {"rrf"} if len(reps) > 1 else set()  # fusing one ranking would give that ranking again
+    assert set(report["metrics"]) == set(reps) | {"bm25"} | fused
+    assert report["representations"] == list(reps)
+    check_against_run_files(report, TINY_QRELS)
+    expected_pairs = [[reps[0], reps[1]]] if len(reps) == 2 else []
+    assert report["pairs"] == expected_pairs
+    assert list(report["significance"]) == [f"{a} vs {b}" for a, b in expected_pairs]
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    for row in report["per_query"]:
+        assert set(reps) <= set(row)
+    if expected_pairs:
+        a, b = reps
+        sig = report["significance"][f"{a} vs {b}"]["ndcg@10"]
+        assert sig[a] == pytest.approx(report["metrics"][a]["ndcg@10"]) and sig[b] == pytest.approx(report["metrics"][b]["ndcg@10"])
+        assert sig[f"{a}_wins"] + sig[f"{b}_wins"] + sig["ties"] == 4
+        assert report["delta"] == f"{a} - {b}"
+        assert all(r["delta"]["ndcg@10"] == pytest.approx(r[a]["ndcg@10"] - r[b]["ndcg@10"]) for r in report["per_query"])
+        assert f"## {a} vs {b} (paired, per query)" in markdown
+        # RRF fuses exactly the representations present: recompute it from their run files
+        runs = {r: read_trec(Path(report["artifacts"][f"run_{r}"])) for r in reps}
+        for q in TINY_QRELS:
+            scores: dict[str, float] = {}
+            for r in reps:
+                for rank, doc in enumerate(runs[r][q], start=1):
+                    scores[doc] = scores.get(doc, 0.0) + 1 / (60 + rank)
+            assert set(read_trec(Path(report["artifacts"]["run_rrf"]))[q]) == set(scores)
+    else:
+        assert report["delta"] is None and "no paired comparison" in markdown
+        ndcg = [r[reps[0]]["ndcg@10"] for r in report["per_query"]]
+        assert ndcg == sorted(ndcg, reverse=True)
+
+
+def test_cli_evaluate_prints_a_table_for_any_set_of_representations(tiny_reps_index, tiny_labelled, tmp_path, capsys):
+    directory, reps = tiny_reps_index
+    args = ["evaluate", "--index", str(directory), "--queries", str(tiny_labelled / "queries.jsonl"),
+            "--qrels", str(tiny_labelled / "qrels" / "test.tsv"), "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("system"))
+    table = lines[header + 1 : lines.index("", header)]
+    rows = [line.split()[0] for line in table]
+    assert rows == list(reps) + ["bm25"] + (["rrf"] if len(reps) > 1 else [])
+    assert all(len(line.split()) == 1 + len(METRIC_NAMES) for line in table)
+    if len(reps) == 1:
+        assert "one representation (mean): no paired comparison" in out and "rrf" not in rows
+    else:
+        assert f"{reps[0]} - {reps[1]}, paired over queries:" in out and f"wins {reps[0]}/{reps[1]}/ties" in out
+    assert main(args + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["metrics"]) - {"bm25", "rrf"} == set(reps)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"{s}.run" for s in report["metrics"]] + ["report.json", "report.md"])
+
+
+def test_queries_that_cannot_be_searched_are_skipped_and_listed(tiny_reps_index):
+    directory, _ = tiny_reps_index
+    queries = dict(TINY_QUERIES, qa="\u200b\u200d\ufeff", qb="bread \ud800 oven")
+    result = evaluate(Searcher(directory), queries, TINY_QRELS, dataset="tiny", progress=False)
+    assert sorted(result.queries) == ["qc", "qd"]
+    issues = [str(i) for i in result.issues]
+    assert issues == ["query 'qa': skipped: the query is empty",
+                      "query 'qb': skipped: the query holds a lone surrogate (U+D800) at character 6: it is not valid Unicode text"]
+
+
+# -- run files with ids that hold whitespace (item 15) ------------------------------------------------
+
+ODD_IDS = ["notes/bee keeping.md", "tab\there", "100%", "%20", "line\nbreak", "nbsp\u00a0x", "ideo\u3000x", "fs\x1cx", "plain", "ü ñ"]
+
+
+def test_trec_ids_round_trip_and_are_one_token():
+    for doc in ODD_IDS:
+        token = encode_trec_id(doc)
+        assert token.split() == [token] and decode_trec_id(token) == doc
+    assert encode_trec_id("notes/bee keeping.md") == "notes/bee%20keeping.md"
+    assert encode_trec_id("plain-id_1.txt") == "plain-id_1.txt"  # ordinary ids are written unchanged
+
+
+def test_a_run_file_with_whitespace_ids_scores_right_in_pytrec_eval(tmp_path):
+    import pytrec_eval
+
+    run = {"q 1": {doc: float(len(ODD_IDS) - i) for i, doc in enumerate(ODD_IDS)}, "q2": {"100%": 1.0, "%20": 1.0}}
+    qrels = {"q 1": {"notes/bee keeping.md": 1, "line\nbreak": 2, "ü ñ": 1}, "q2": {"%20": 1}}
+    write_trec_run(run, tmp_path / "r.run", tag="mean")
+    with open(tmp_path / "r.run", encoding="utf-8") as f:
+        parsed = pytrec_eval.parse_run(f)  # trec_eval's reader: whitespace-separated fields
+    assert {decode_trec_id(q): {decode_trec_id(d) for d in docs} for q, docs in parsed.items()} == {q: set(d) for q, d in run.items()}
+    # scored from the file, with the judgements' ids encoded the same way, by hand
+    from_file = {decode_trec_id(q): {decode_trec_id(d): s for d, s in docs.items()} for q, docs in parsed.items()}
+    assert per_query_metrics(from_file, qrels) == per_query_metrics(run, qrels)
+    # q 1: relevant at ranks 1 (grade 1), 5 (grade 2) and 10 (grade 1); q2: a tie, broken by descending encoded id
+    m = per_query_metrics(run, qrels)
+    assert m["q 1"]["mrr@10"] == 1.0 and m["q 1"]["recall@10"] == 1.0
+    assert m["q 1"]["ndcg@10"] == pytest.approx((1 + 2 / LOG2(6) + 1 / LOG2(11)) / (2 + 1 / LOG2(3) + 1 / LOG2(4)))
+    assert encode_trec_id("%20") < encode_trec_id("100%")  # "%2520" < "100%25": 100% ranks first, %20 second
+    assert m["q2"]["mrr@10"] == 0.5
+
+
+# -- an output folder that cannot be written (item 14) --------------------------------------------------
+
+def beir_args(tiny_labelled, tiny_bert, index, out) -> list[str]:
+    return ["evaluate", "--beir", str(tiny_labelled), "--model", str(tiny_bert), "--index", str(index),
+            "--representations", "mean", "--no-progress", "--out", str(out)]
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(tiny_labelled, tiny_bert, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    out = tmp_path / "file" / "reports"
+    assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", out)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err == f"error: cannot write the evaluation reports to {out}: {tmp_path / 'file'} is not a folder\n"
+    assert not (tmp_path / "ix").exists()  # nothing was built: the check came first
+
+
+def test_unwritable_output_folder_with_json_still_prints_the_results(tiny_labelled, tiny_bert, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    out = tmp_path / "file" / "reports"
+    assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", out) + ["--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["queries_evaluated"] == 4 and set(report["metrics"]) == {"mean", "bm25"} and report["artifacts"] == {}
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: cannot write the evaluation reports to {out}: {tmp_path / 'file'} is not a folder; "
+                        "the results are printed only"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_output_folder_is_refused(tiny_labelled, tiny_bert, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", locked / "out")) == 2
+        assert "not writable" in capsys.readouterr().err and not (tmp_path / "ix").exists()
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_late_write_failure_still_shows_the_results(tiny_labelled, tiny_bert, tmp_path, capsys, monkeypatch):
+    import indexer.cli as cli
+
+    def full(result, out_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_artifacts", full)
+    assert main(beir_args(tiny_labelled, tiny_bert, tmp_path / "ix", tmp_path / "out")) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("tiny-beir")  # the table was printed
+    assert captured.err.endswith(f"error: the reports were not written ({tmp_path / 'out'}: No space left on device)\n")

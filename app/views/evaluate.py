@@ -1,10 +1,10 @@
-"""Evaluate: metrics of pooled, mean, BM25 and RRF on a labelled query set, with significance."""
+"""Evaluate: metrics of each representation, BM25 and RRF on a labelled query set, with paired significance."""
 
 import pandas as pd
 import streamlit as st
 
 from app import ui
-from indexer.evaluation import METRIC_NAMES, evaluate, format_p
+from indexer.evaluation import METRIC_NAMES, evaluate, format_p, pair_name
 
 st.title("Evaluate")
 searcher = ui.searcher_or_stop()
@@ -47,28 +47,34 @@ if report["queries_excluded_no_positive"]:
     st.caption(f"{report['queries_excluded_no_positive']} queries without a relevant document were excluded.")
 st.dataframe(pd.DataFrame(report["metrics"]).T[list(METRIC_NAMES)].style.format("{:.4f}"), width="stretch")
 
-st.subheader("pooled vs mean, paired over queries")
-sig = pd.DataFrame(
-    {
-        m: {
-            "pooled": f"{s['pooled']:.4f}", "mean": f"{s['mean']:.4f}", "delta (pooled − mean)": f"{s['delta']:+.4f}",
-            "t-test p": format_p(s["t_test_p"]), "randomisation p": format_p(s["randomization_p"]),
-            "pooled wins": s["pooled_wins"], "mean wins": s["mean_wins"], "ties": s["ties"],
+reps = report["representations"]
+pairs = report["pairs"]
+if not pairs:
+    st.info(f"This index holds one representation (`{reps[0]}`): there is no paired comparison and no fusion (RRF).")
+for a, b in pairs:
+    st.subheader(f"{a} vs {b}, paired over queries")
+    sig = pd.DataFrame(
+        {
+            m: {
+                a: f"{s[a]:.4f}", b: f"{s[b]:.4f}", f"delta ({a} − {b})": f"{s['delta']:+.4f}",
+                "t-test p": format_p(s["t_test_p"]), "randomisation p": format_p(s["randomization_p"]),
+                f"{a} wins": s[f"{a}_wins"], f"{b} wins": s[f"{b}_wins"], "ties": s["ties"],
+            }
+            for m, s in report["significance"][pair_name(a, b)].items()
         }
-        for m, s in report["significance"].items()
-    }
-).T
-st.dataframe(sig, width="stretch")
+    ).T
+    st.dataframe(sig, width="stretch")
 
 st.subheader("Per query")
-st.caption("Sorted by the nDCG@10 difference; click a column to sort, select a row to open the query in Search.")
+st.caption(
+    (f"Sorted by the nDCG@10 difference ({report['delta']})" if report["delta"] else "Sorted by nDCG@10")
+    + "; click a column to sort, select a row to open the query in Search."
+)
 table = pd.DataFrame(
     [
-        {
-            "query": row["query_id"], "text": row["text"],
-            "pooled nDCG@10": row["pooled"]["ndcg@10"], "mean nDCG@10": row["mean"]["ndcg@10"],
-            "delta": row["delta"]["ndcg@10"],
-        }
+        {"query": row["query_id"], "text": row["text"]}
+        | {f"{r} nDCG@10": row[r]["ndcg@10"] for r in reps}
+        | ({"delta": row["delta"]["ndcg@10"]} if report["delta"] else {})
         for row in report["per_query"]
     ]
 )
