@@ -17,7 +17,7 @@ from .staging import (
 )
 from .store import (
     CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, open_generation, read_pointer,
-    read_vectors, verified_file,
+    read_vectors, repair_hint, verified_file,
 )
 from .vector_index import IndexSpec
 
@@ -172,7 +172,8 @@ def _publish_newest_intact(directory: Path, why: StoreError) -> Repaired:
         except OSError as exc:
             raise write_failed(directory, f"write {CURRENT}", exc) from exc
         recover(directory)  # generations after it were damaged or never published: removed
-        note = f"{CURRENT} could not be used ({why}); published {name}, the newest intact generation, again"
+        reason = str(why).replace(f"; {repair_hint(directory)}", "")
+        note = f"the newest intact generation, published again ({CURRENT} could not be used: {reason})"
         if named is not None and named > name:
             note += f". {named}, which {CURRENT} named, was damaged: the changes made by its write are not in {name}"
         return Repaired(name, False, note)
