@@ -24,7 +24,7 @@ from .integrity import convert, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
-from .text import is_blank
+from .text import describe_surrogate, is_blank
 from . import vector_index
 from .vector_index import INDEX_TYPES, IndexSpec
 
@@ -175,14 +175,29 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_ids_file(path: Path) -> list[str]:
+    """One id per line, exactly as written: only the line end (\\n or \\r\\n) is removed, so ids may hold spaces; blank lines are ignored."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}") from exc
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    return [line for line in lines if not is_blank(line)]
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     ids = list(args.ids or [])
     if args.ids_file is not None:
-        try:
-            ids += [line.strip() for line in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"cannot read {args.ids_file}: {exc}") from exc
+        ids += read_ids_file(args.ids_file)
+    for i, doc_id in enumerate(args.ids or []):
+        if (reason := describe_surrogate(doc_id, f"--ids argument {i + 1}")):
+            raise SourceError(reason)
     summary = delete_documents(args.index, ids)
+    if not summary.removed:
+        # like a build that is already complete: the index already is what was asked for
+        print(f"none of the {len(summary.missing)} ids is in the index; nothing was deleted and nothing published "
+              f"(still {summary.generation}, {summary.documents} documents)")
+        return 0
     print(f"deleted {len(summary.removed)} documents; the index now holds {summary.documents} ({summary.generation})")
     if summary.missing:
         print(f"not in the index: {', '.join(summary.missing[:20])}" + (" …" if len(summary.missing) > 20 else ""))
@@ -200,10 +215,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    generation = repair(args.index)
+    repaired = repair(args.index)
     problems, _ = verify(args.index)
-    print(f"published {generation} with FAISS files rebuilt from the metadata store; verify: "
-          + ("ok" if not problems else "; ".join(problems)))
+    print(f"published {repaired.generation}: {repaired.note}; verify: " + ("ok" if not problems else "; ".join(problems)))
     return 0 if not problems else 1
 
 

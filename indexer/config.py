@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 Representation = Literal["pooled", "mean", "cls"]
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
 DEFAULT_REPRESENTATIONS: tuple[str, ...] = ("pooled", "mean")
+
+#: What a representation name may look like: lower-case words of letters, digits and `_`, joined
+#: by `+` (`mean`, `first_last`, `pooled+whiten128`). A name becomes part of a file name
+#: (`<name>.faiss`), so a name read from a manifest is checked against this before any path is built.
+REPRESENTATION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\+[a-z0-9_]{1,32}){0,3}")
 
 #: Name under which the embedded all-MiniLM-L6-v2 is known to `--model`.
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -1,15 +1,24 @@
-"""`verify` checks everything an index directory promises; `repair` rebuilds FAISS files from the metadata store."""
+"""`verify` checks everything an index directory promises; `repair` rebuilds FAISS files from the metadata store,
+or publishes the newest intact generation again when CURRENT cannot be trusted."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from .staging import STAGING, Staging, WriterLock, manifest_base, manifest_dims, publish
-from .store import METADATA, StoreError, load_faiss, open_generation, read_pointer, read_vectors, verified_file
+from .files import atomic_write_bytes
+from .staging import (
+    STAGING, Staging, WriterLock, generations, manifest_base, manifest_dims, publish, recover, write_failed,
+)
+from .store import (
+    CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, open_generation, read_pointer,
+    read_vectors, repair_hint, verified_file,
+)
 from .vector_index import IndexSpec
 
 
@@ -30,6 +39,12 @@ def verify(directory: str | Path) -> tuple[list[str], list[str]]:
     except StoreError as exc:
         return [str(exc)], notes
     notes.append(f"generation {gen_dir.name}, created {manifest.get('created_at')}")
+    return verify_generation(gen_dir, manifest), notes
+
+
+def verify_generation(gen_dir: Path, manifest: dict) -> list[str]:
+    """Problems of one generation, checked against its own (already validated) manifest."""
+    problems: list[str] = []
     files = manifest["files"]
     indexes = {}
     for r in manifest.get("representations", {}):
@@ -41,7 +56,7 @@ def verify(directory: str | Path) -> tuple[list[str], list[str]]:
         verified_file(gen_dir, METADATA, files)
     except StoreError as exc:
         problems.append(str(exc))
-        return problems, notes
+        return problems
     db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         problems += _check_metadata(db, gen_dir, manifest, indexes)
@@ -49,7 +64,7 @@ def verify(directory: str | Path) -> tuple[list[str], list[str]]:
         problems.append(f"{gen_dir / METADATA} cannot be read by SQLite: {exc}")
     finally:
         db.close()
-    return problems, notes
+    return problems
 
 
 def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, indexes: dict) -> list[str]:
@@ -58,10 +73,12 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
     if result != "ok":
         problems.append(f"{gen_dir / METADATA} fails SQLite's integrity check: {result}")
     docs = db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
-    chunk_ids = np.array([r[0] for r in db.execute("SELECT chunk_id FROM chunks ORDER BY chunk_id")], dtype=np.int64)
+    stored_ids = chunk_ids(db)
     counts = manifest.get("counts", {})
-    if (docs, len(chunk_ids)) != (counts.get("documents"), counts.get("chunks")):
-        problems.append(f"the metadata store holds {docs} documents and {len(chunk_ids)} chunks; the manifest says "
+    if not isinstance(counts, dict):
+        counts = {}
+    if (docs, len(stored_ids)) != (counts.get("documents"), counts.get("chunks")):
+        problems.append(f"the metadata store holds {docs} documents and {len(stored_ids)} chunks; the manifest says "
                         f"{counts.get('documents')} and {counts.get('chunks')}")
     orphans = db.execute("SELECT COUNT(*) FROM chunks WHERE doc_id NOT IN (SELECT doc_id FROM documents)").fetchone()[0]
     if orphans:
@@ -71,12 +88,13 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
     ).fetchone()[0]
     if wrong:
         problems.append(f"{wrong} documents record a chunk count that differs from their chunks")
-    if len(chunk_ids) and chunk_ids.max() >= manifest.get("next_chunk_id", 0):
-        problems.append(f"chunk id {chunk_ids.max()} is not below the manifest's next_chunk_id {manifest.get('next_chunk_id')}")
+    next_id = manifest.get("next_chunk_id")
+    if not isinstance(next_id, int) or (len(stored_ids) and stored_ids.max() >= next_id):
+        problems.append(f"chunk id {stored_ids.max() if len(stored_ids) else None} is not below the manifest's next_chunk_id {next_id!r}")
     for r, index in indexes.items():
-        ids = faiss.vector_to_array(index.id_map)  # FAISS ids in FAISS order
-        if not np.array_equal(np.sort(ids), chunk_ids):
-            problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(chunk_ids)} chunk ids of the metadata store")
+        ids = faiss_ids(index)
+        if not np.array_equal(ids, stored_ids):
+            problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(stored_ids)} chunk ids of the metadata store")
             continue
         try:
             _, stored = read_vectors(db, r, index.d, gen_dir / METADATA)
@@ -87,19 +105,40 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
         if extra:
             problems.append(f"the metadata store holds {extra} `{r}` vectors of no chunk")
             continue
-        served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(ids)] if len(ids) else stored
+        in_faiss_order = faiss.vector_to_array(index.id_map)
+        served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids) else stored
         if not np.array_equal(stored, served):
             problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
     return problems
 
 
-def repair(directory: str | Path) -> str:
-    """Publish a new generation whose FAISS files are rebuilt from the metadata store's vectors.
+@dataclass(frozen=True)
+class Repaired:
+    """What `repair` published, and how."""
 
-    Fixes a corrupted, missing or inconsistent FAISS file. The metadata store itself must be
-    intact (its checksum is verified first); if it is not, the index must be rebuilt.
+    generation: str
+    rebuilt: bool  # True: FAISS files rebuilt from the metadata store; False: an intact generation published again
+    note: str
+
+
+def repair(directory: str | Path) -> Repaired:
+    """Make the index servable again, as a new CURRENT.
+
+    When CURRENT names a generation that opens, its FAISS files are rebuilt from the metadata
+    store's vectors (a corrupted, missing or inconsistent FAISS file); that store must be intact.
+    When it does not (CURRENT unreadable, naming a missing generation, or not matching its
+    manifest), the newest intact generation is published again: generations are numbered in the
+    order they were written and a generation directory only appears once complete, so the
+    highest-numbered one that passes every check of `verify` against its own manifest's
+    checksums is the latest complete state.
     """
-    return _rebuild_faiss(Path(directory).resolve(), "repair", None)
+    directory = Path(directory).resolve()
+    with WriterLock(directory, "repair"):
+        try:
+            open_generation(directory)
+        except StoreError as exc:
+            return _publish_newest_intact(directory, exc)
+        return Repaired(_rebuild_faiss(directory, "repair", None), True, "FAISS files rebuilt from the metadata store")
 
 
 def convert(directory: str | Path, spec: IndexSpec) -> str:
@@ -107,29 +146,63 @@ def convert(directory: str | Path, spec: IndexSpec) -> str:
 
     Nothing is re-embedded: switching an index to approximate search, or back, costs only the FAISS build.
     """
-    return _rebuild_faiss(Path(directory).resolve(), "convert", spec)
+    directory = Path(directory).resolve()
+    with WriterLock(directory, "convert"):
+        return _rebuild_faiss(directory, "convert", spec)
+
+
+def _publish_newest_intact(directory: Path, why: StoreError) -> Repaired:
+    try:
+        named = read_pointer(directory)["generation"]
+    except StoreError:
+        named = None
+    rejected = []
+    for name in reversed(generations(directory)):
+        gen_dir = directory / name
+        try:
+            manifest, digest = load_manifest(gen_dir, None)
+            problems = verify_generation(gen_dir, manifest)
+        except StoreError as exc:
+            problems = [str(exc)]
+        if problems:
+            rejected.append(f"{name}: {problems[0]}")
+            continue
+        try:
+            atomic_write_bytes(directory / CURRENT, json.dumps({"generation": name, "manifest_sha256": digest}).encode())
+        except OSError as exc:
+            raise write_failed(directory, f"write {CURRENT}", exc) from exc
+        recover(directory)  # generations after it were damaged or never published: removed
+        reason = str(why).replace(f"; {repair_hint(directory)}", "")
+        note = f"the newest intact generation, published again ({CURRENT} could not be used: {reason})"
+        if named is not None and named > name:
+            note += f". {named}, which {CURRENT} named, was damaged: the changes made by its write are not in {name}"
+        return Repaired(name, False, note)
+    raise StoreError(
+        f"cannot repair {directory}: {why}; and no generation is intact ({'; '.join(rejected) or 'none found'}). "
+        f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
+    )
 
 
 def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None) -> str:
-    with WriterLock(directory, op):
-        try:
-            pointer = read_pointer(directory)
-            gen_dir, manifest = open_generation(directory)
-        except StoreError as exc:
-            raise StoreError(f"cannot {op} {directory}: {exc}. Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`") from exc
-        try:
-            verified_file(gen_dir, METADATA, manifest["files"])
-        except StoreError as exc:
-            raise StoreError(
-                f"cannot {op} {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
-                f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
-            ) from exc
-        staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict()},
-                          base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
-        base = manifest_base(manifest)
-        update = {"op": op, "from": pointer["generation"]}
-        if spec is not None:
-            update["vector_index"] = spec.to_dict()
-            base["vector_index"] = spec.to_dict()
-        base["updates"] = list(base.get("updates", [])) + [update]
-        return publish(directory, staging, base, manifest_dims(manifest))
+    """Publish the published generation again with FAISS files built from its stored vectors (the caller holds the lock)."""
+    try:
+        pointer = read_pointer(directory)
+        gen_dir, manifest = open_generation(directory)
+    except StoreError as exc:
+        raise StoreError(f"cannot {op} {directory}: {exc}") from exc
+    try:
+        verified_file(gen_dir, METADATA, manifest["files"])
+    except StoreError as exc:
+        raise StoreError(
+            f"cannot {op} {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
+            f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
+        ) from exc
+    staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict()},
+                      base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
+    base = manifest_base(manifest)
+    update = {"op": op, "from": pointer["generation"]}
+    if spec is not None:
+        update["vector_index"] = spec.to_dict()
+        base["vector_index"] = spec.to_dict()
+    base["updates"] = list(base.get("updates", [])) + [update]
+    return publish(directory, staging, base, manifest_dims(manifest))

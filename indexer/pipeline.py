@@ -31,7 +31,7 @@ from .staging import (
     LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish,
 )
 from .vector_index import IndexSpec
-from .store import CURRENT, GENERATION, StoreError, content_sha256, is_index, read_manifest
+from .store import CURRENT, GENERATION, METADATA, StoreError, content_sha256, is_index, read_manifest, verified_file
 
 log = logging.getLogger("indexer.pipeline")
 
@@ -77,7 +77,7 @@ class DeleteSummary:
     removed: list[str]
     missing: list[str]
     documents: int
-    generation: str
+    generation: str  # the published generation afterwards: unchanged when nothing was removed
 
 
 def estimate_documents(source: Path, fmt: str) -> int | None:
@@ -252,8 +252,13 @@ def build_index(
     started = time.perf_counter()
     info = encoder.info
     dims = {r: info.dim for r in encoder.representations}
-    with WriterLock(index_dir, f"build {source}"):
-        _, old = base_state(index_dir)
+    with WriterLock(index_dir, f"build {source}", create=True):
+        try:
+            _, old = base_state(index_dir)
+        except StoreError:
+            if not overwrite:
+                raise
+            old = None  # a damaged index is what --overwrite replaces
         fingerprint = source_fingerprint(source, fmt)
         command = {
             "op": "build", "source": str(source.resolve()), "fingerprint": fingerprint, "format": fmt,
@@ -364,8 +369,27 @@ def add_documents(
                         updated=stats["updated"], unchanged=stats["unchanged"])
 
 
+def _any_present(gen_dir: Path, manifest: dict, doc_ids: list[str]) -> bool:
+    """Whether a published generation holds any of the documents (its metadata store verified first, then read-only)."""
+    verified_file(gen_dir, METADATA, manifest["files"])
+    db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        for i in range(0, len(doc_ids), 900):
+            part = doc_ids[i : i + 900]
+            if db.execute(f"SELECT 1 FROM documents WHERE doc_id IN ({','.join('?' * len(part))}) LIMIT 1", part).fetchone():
+                return True
+        return False
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{gen_dir / METADATA} cannot be read by SQLite: {exc}") from exc
+    finally:
+        db.close()
+
+
 def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSummary:
-    """Remove documents from every representation and the metadata, as one new generation."""
+    """Remove documents from every representation and the metadata, as one new generation.
+
+    When none of the ids is in the index, nothing is published (no new generation).
+    """
     index_dir = Path(index_dir).resolve()
     wanted = sorted(set(doc_ids))
     if not wanted:
@@ -374,6 +398,8 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         gen_dir, manifest = base_state(index_dir)
         if manifest is None:
             raise StoreError(f"{index_dir} has no index to delete from")
+        if not _any_present(gen_dir, manifest, wanted):
+            return DeleteSummary(index_dir, [], wanted, manifest["counts"]["documents"], manifest["generation"])
         signature = {"op": "delete", "ids": wanted, "base": manifest["generation"]}
         staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
         present = set(staging.content_hashes(wanted))

@@ -75,38 +75,56 @@ class WriterLock:
     The kernel releases a flock when its process dies, so a lock left by a killed writer is
     stale by construction: the next writer takes it, says it cleared it, and removes what the
     killed writer left outside the published state (`recover`) before doing anything else.
+
+    Only a build may create the directory (`create=True`); every other writer needs an existing
+    index directory and creates nothing when pointed at a mistyped path. Whatever fails inside
+    `__enter__` after the lock was taken releases it, so a failed writer never blocks the next.
     """
 
-    def __init__(self, directory: str | Path, command: str) -> None:
+    def __init__(self, directory: str | Path, command: str, *, create: bool = False) -> None:
         self.directory = Path(directory)
         self.command = command
+        self.create = create
         self.cleared: dict | None = None
         self._fd: int | None = None
 
     def __enter__(self) -> "WriterLock":
+        if not self.create and not has_index_files(self.directory):
+            read_pointer(self.directory)  # raises the reader's message: missing directory, or not an index
+            raise StoreError(f"{self.directory} is not an index directory")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if self.create:
+                self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot create {self.directory / LOCK}: {exc.strerror}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(fd)
-            os.close(fd)
-            raise LockedError(
-                f"{self.directory} is being written by another process (pid {holder.get('pid', '?')}, "
-                f"since {holder.get('since', '?')}, `{holder.get('command', '?')}`); wait for it to finish"
-            ) from None
-        previous = self._holder(fd)
-        if previous.get("pid") and not _pid_alive(int(previous["pid"])) and previous.get("pid") != os.getpid():
-            self.cleared = previous
-            log.warning("cleared a stale lock left by pid %s (%s)", previous.get("pid"), previous.get("command"))
-        info = {"pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
-        recover(self.directory)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                raise LockedError(
+                    f"{self.directory} is being written by another process (pid {holder.get('pid', '?')}, "
+                    f"since {holder.get('since', '?')}, `{holder.get('command', '?')}`); wait for it to finish"
+                ) from None
+            self._fd = fd
+            previous = self._holder(fd)
+            if previous.get("pid") and not _pid_alive(int(previous["pid"])) and previous.get("pid") != os.getpid():
+                self.cleared = previous
+                log.warning("cleared a stale lock left by pid %s (%s)", previous.get("pid"), previous.get("command"))
+            info = {"pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command}
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(info).encode(), 0)
+            except OSError as exc:
+                raise write_failed(self.directory, f"write {LOCK}", exc) from exc
+            recover(self.directory)
+        except BaseException:
+            if self._fd is None:  # refused: the holder's note is not ours to clear
+                os.close(fd)
+            else:
+                self._release(fd)
+            raise
         return self
 
     @staticmethod
@@ -117,24 +135,63 @@ class WriterLock:
             return {}
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._release(self._fd)
+
+    def _release(self, fd: int | None) -> None:
+        """Clear the holder's note (best effort: a full disk must not keep the lock) and release the flock."""
+        self._fd = None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the flock in any case
 
 
 def generations(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.is_dir() and GENERATION.fullmatch(p.name))
 
 
+def has_index_files(directory: Path) -> bool:
+    """Whether `directory` holds an index, even one whose CURRENT is damaged or lost (`repair` fixes those)."""
+    return Path(directory).is_dir() and (is_index(directory) or bool(generations(Path(directory))))
+
+
+def published(directory: Path) -> str | None:
+    """The published generation; None when there is none or CURRENT cannot be read."""
+    try:
+        return read_pointer(directory)["generation"] if is_index(directory) else None
+    except StoreError:
+        return None
+
+
+def write_failed(directory: Path, what: str, exc: OSError | sqlite3.Error) -> StoreError:
+    """The one message for a write that failed (full disk, I/O error, permissions): what, why, and what is still served."""
+    if isinstance(exc, OSError):
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    else:
+        reason = "the disk is full" if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else f"SQLite: {exc}"
+    previous = published(directory)
+    kept = (f"the previous generation ({previous}) is still published and intact" if previous
+            else "the index directory was left as it was" if is_index(directory) else "nothing was published")
+    return StoreError(f"could not {what} in {directory}: {reason}; {kept}")
+
+
 def recover(directory: Path) -> list[str]:
-    """Remove what a killed writer left outside the published state; returns what was removed."""
+    """Remove what a killed writer left outside the published state; returns what was removed.
+
+    When CURRENT is missing or cannot be read, the published generation is unknown: only temporary
+    directories are removed, and every generation is kept (`repair` chooses from them; a first
+    build killed before writing CURRENT publishes the next number).
+    """
     removed = []
-    current = read_pointer(directory)["generation"] if is_index(directory) else None
+    current = published(directory)
     for path in directory.iterdir():
         orphan_tmp = path.name.startswith(".gen-") and path.name.endswith(".tmp")
-        orphan_gen = GENERATION.fullmatch(path.name) and (current is None or path.name > current)
+        orphan_gen = GENERATION.fullmatch(path.name) and current is not None and path.name > current
         if path.is_dir() and (orphan_tmp or orphan_gen):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
@@ -192,22 +249,31 @@ class Staging:
 
     def _create(self, base: Path | None, next_chunk_id: int) -> None:
         shutil.rmtree(self.path.parent, ignore_errors=True)
-        self.path.parent.mkdir(parents=True)
         tmp = self.path.with_name(WORK + ".tmp")
-        if base is not None:  # start from a published generation's data (add, delete, repair)
-            shutil.copyfile(base / METADATA, tmp)
-        db = sqlite3.connect(tmp)
-        if base is None:
-            db.executescript(SCHEMA)
-        with db:
-            db.execute("DELETE FROM meta")
-            db.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [("signature", self.signature), ("consumed", "0"), ("next_chunk_id", str(next_chunk_id)), ("publishing", "")],
-            )
-        db.close()
-        os.replace(tmp, self.path)  # the staging area exists only once it is complete
-        fsync_dir(self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True)
+            if base is not None:  # start from a published generation's data (add, delete, repair)
+                shutil.copyfile(base / METADATA, tmp)
+            db = sqlite3.connect(tmp)
+            try:
+                if base is None:
+                    db.executescript(SCHEMA)
+                with db:
+                    db.execute("DELETE FROM meta")
+                    db.executemany(
+                        "INSERT INTO meta VALUES (?, ?)",
+                        [("signature", self.signature), ("consumed", "0"), ("next_chunk_id", str(next_chunk_id)), ("publishing", "")],
+                    )
+            finally:
+                db.close()
+            os.replace(tmp, self.path)  # the staging area exists only once it is complete
+            fsync_dir(self.path.parent)
+        except (OSError, sqlite3.Error) as exc:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+            raise write_failed(self.directory, "create the staging area", exc) from exc
+        except BaseException:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+            raise
         self.db = sqlite3.connect(self.path)
 
     def _meta(self, key: str) -> str:
@@ -288,8 +354,11 @@ class Staging:
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (and their chunks and vectors) in one transaction; returns how many existed."""
-        with self.db:
-            return self._delete(list(doc_ids))
+        try:
+            with self.db:
+                return self._delete(list(doc_ids))
+        except sqlite3.Error as exc:
+            raise write_failed(self.directory, f"write {self.path}", exc) from exc
 
     def load_vectors(self, representation: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one."""
@@ -320,12 +389,12 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
     generation published and untouched.
     """
     directory = Path(directory)
-    previous = read_pointer(directory)["generation"] if is_index(directory) else None
     existing = generations(directory)
     number = int(existing[-1][4:]) + 1 if existing else 1
     generation = f"gen-{number:06d}"
     tmp = directory / f".{generation}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    switched = False
     try:
         tmp.mkdir()
         files = {}
@@ -367,12 +436,14 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
         crash_point("generation-renamed")
         pointer = {"generation": generation, "manifest_sha256": hashlib.sha256(data).hexdigest()}
         atomic_write_bytes(directory / CURRENT, json.dumps(pointer).encode())
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(directory / generation, ignore_errors=True)
-        kept = f"the previous generation ({previous}) is still published and intact" if previous else "nothing was published"
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise StoreError(f"could not write a new generation in {directory}: {reason}; {kept}") from exc
+        switched = True
+    except (OSError, sqlite3.Error) as exc:  # full disk, I/O error, permissions; SQLite's come from VACUUM INTO
+        raise write_failed(directory, "write a new generation", exc) from exc
+    finally:
+        if not switched:  # whatever stopped it (an interrupt too), leave no half-written generation behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            if published(directory) != generation:
+                shutil.rmtree(directory / generation, ignore_errors=True)
     crash_point("current-switched")
     staging.remove()
     crash_point("staging-removed")
@@ -408,6 +479,9 @@ def manifest_base(manifest: Mapping) -> dict:
 def base_state(directory: Path) -> tuple[Path | None, dict | None]:
     """(generation directory, manifest) of the published generation, or (None, None) for a new index."""
     if not is_index(directory):
+        found = generations(directory) if directory.is_dir() else []
+        if found and _staged_value(directory, "publishing") not in found:
+            read_pointer(directory)  # CURRENT was lost (not a first build killed before writing it): raises
         return None, None
     return open_generation(directory)
 

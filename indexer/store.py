@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 
 from . import vector_index
+from .config import REPRESENTATION_NAME
 from .files import sha256_file
 from .vector_index import IndexSpec
 
@@ -79,6 +80,10 @@ def faiss_file(representation: str) -> str:
     return f"{representation}.faiss"
 
 
+#: A file name inside a generation: one plain component, never hidden, `..` or a path.
+_PLAIN_FILE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_+.-]{0,127}")
+
+
 def content_sha256(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
@@ -106,18 +111,28 @@ def read_pointer(directory: str | Path) -> dict:
     if not directory.is_dir():
         raise StoreError(f"index directory {directory} does not exist; build it with `python -m indexer build SOURCE --index {directory}`")
     if not path.is_file():
+        if any(GENERATION.fullmatch(p.name) for p in directory.iterdir()):
+            raise StoreError(f"{path} is missing although {directory} holds generations; {repair_hint(directory)}")
         raise StoreError(f"{directory} is not an index directory: {CURRENT} is missing (an unfinished first build resumes when run again)")
+    hint = f"; {repair_hint(directory)}"
     try:
         pointer = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{path} is corrupted: {exc}") from exc
+        raise StoreError(f"{path} is corrupted: {exc}{hint}") from exc
+    except OSError as exc:
+        raise StoreError(f"{path} cannot be read: {exc.strerror}") from exc
     if (
         not isinstance(pointer, dict)
         or not GENERATION.fullmatch(str(pointer.get("generation")))
         or not re.fullmatch(r"[0-9a-f]{64}", str(pointer.get("manifest_sha256")))
     ):
-        raise StoreError(f"{path} is corrupted: it does not name a generation and its manifest checksum")
+        raise StoreError(f"{path} is corrupted: it does not name a generation and its manifest checksum{hint}")
     return pointer
+
+
+def repair_hint(directory: Path) -> str:
+    """What to do about an index whose published generation cannot be opened."""
+    return f"`python -m indexer repair {directory}` publishes the newest intact generation again"
 
 
 def generation_id(directory: str | Path) -> str:
@@ -125,13 +140,16 @@ def generation_id(directory: str | Path) -> str:
     return read_pointer(directory)["generation"]
 
 
-def _load_manifest(gen_dir: Path, expected_sha: str) -> dict:
+def load_manifest(gen_dir: Path, expected_sha: str | None) -> tuple[dict, str]:
+    """(manifest, its sha256) of a generation, checked against `expected_sha` (CURRENT's) unless None,
+    and validated: names and file names from it are safe to join into paths."""
     path = gen_dir / MANIFEST
     if not path.is_file():
-        raise StoreError(f"{path} is missing; the index is incomplete — run `python -m indexer verify {gen_dir.parent}`")
+        raise StoreError(f"{path} is missing; the index is incomplete — {repair_hint(gen_dir.parent)}")
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected_sha:
-        raise StoreError(f"{path} is corrupted: its sha256 does not match the one recorded in {CURRENT}; refusing to serve it")
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha is not None and digest != expected_sha:
+        raise StoreError(f"{path} is corrupted: its sha256 does not match the one recorded in {CURRENT}; refusing to serve it; {repair_hint(gen_dir.parent)}")
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -140,7 +158,26 @@ def _load_manifest(gen_dir: Path, expected_sha: str) -> dict:
         raise StoreError(f"{path} is corrupted: no 'files' table")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise StoreError(f"{path} has format version {manifest.get('format_version')!r}; this indexer reads version {FORMAT_VERSION}. Rebuild the index.")
-    return manifest
+    _check_names(path, manifest)
+    return manifest, digest
+
+
+def _check_names(path: Path, manifest: dict) -> None:
+    """Refuse a manifest whose representation or file names could point outside its generation."""
+    reps = manifest.get("representations")
+    if not isinstance(reps, dict) or not reps:
+        raise StoreError(f"{path} lists no representations")
+    for name, spec in reps.items():
+        if not REPRESENTATION_NAME.fullmatch(name):
+            raise StoreError(f"{path}: representation name {name!r} is not valid (expected e.g. `mean` or `pooled+whiten128`)")
+        if not isinstance(spec, dict) or spec.get("file") != faiss_file(name):
+            file = spec.get("file") if isinstance(spec, dict) else None
+            raise StoreError(f"{path}: representation `{name}` has file {file!r}; expected {faiss_file(name)!r}")
+        if not isinstance(spec.get("dim"), int) or isinstance(spec.get("dim"), bool) or spec["dim"] < 1:
+            raise StoreError(f"{path}: representation `{name}` has dimension {spec.get('dim')!r}; expected a positive integer")
+    for name in manifest["files"]:
+        if not _PLAIN_FILE.fullmatch(name):
+            raise StoreError(f"{path}: file name {name!r} is not a plain file name inside the generation")
 
 
 def open_generation(directory: str | Path) -> tuple[Path, dict]:
@@ -150,8 +187,8 @@ def open_generation(directory: str | Path) -> tuple[Path, dict]:
         pointer = read_pointer(directory)
         gen_dir = directory / pointer["generation"]
         if gen_dir.is_dir():
-            return gen_dir, _load_manifest(gen_dir, pointer["manifest_sha256"])
-    raise StoreError(f"{directory / CURRENT} names {pointer['generation']}, which does not exist; run `python -m indexer verify {directory}`")
+            return gen_dir, load_manifest(gen_dir, pointer["manifest_sha256"])[0]
+    raise StoreError(f"{directory / CURRENT} names {pointer['generation']}, which does not exist; {repair_hint(directory)}")
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -174,6 +211,8 @@ def verified_file(gen_dir: Path, name: str, files: Mapping) -> None:
 
 
 def _listed(gen_dir: Path, name: str, files: Mapping) -> tuple[Path, Mapping]:
+    if not _PLAIN_FILE.fullmatch(name):
+        raise StoreError(f"{gen_dir / MANIFEST}: file name {name!r} is not a plain file name inside the generation")
     expected = files.get(name)
     if not isinstance(expected, Mapping):
         raise StoreError(f"{gen_dir / MANIFEST} has no checksum for {name}")
@@ -197,6 +236,8 @@ def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: Ind
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
         raise StoreError(f"{gen_dir / name} cannot be read by FAISS: {exc}") from exc
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise StoreError(f"{gen_dir / name} is a bare {type(index).__name__} without the id map that maps its vectors to chunk ids")
     if index.d != dim:
         raise StoreError(f"{gen_dir / name} has dimension {index.d}, the manifest says {dim}")
     kind = vector_index.kind_of(index)
@@ -219,6 +260,17 @@ def load_faiss(gen_dir: Path, manifest: Mapping, representation: str) -> faiss.I
     spec = manifest["representations"][representation]
     data = verified_bytes(gen_dir, spec["file"], manifest["files"])
     return deserialize_faiss(gen_dir, spec["file"], data, spec.get("dim"), index_spec(gen_dir, manifest))
+
+
+def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:
+    """The chunk ids an index holds, sorted."""
+    return np.sort(faiss.vector_to_array(index.id_map))
+
+
+def chunk_ids(db: sqlite3.Connection) -> np.ndarray:
+    """Every chunk id of a metadata store, sorted (one query; the ids are the table's rowids)."""
+    count = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    return np.fromiter((r[0] for r in db.execute("SELECT chunk_id FROM chunks ORDER BY chunk_id")), dtype=np.int64, count=count)
 
 
 def read_vectors(db: sqlite3.Connection, representation: str, dim: int, where: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -256,11 +308,8 @@ class IndexReader:
         gen_dir, self.manifest = open_generation(self.directory)
         self.generation = gen_dir.name
         files = self.manifest["files"]
-        reps = self.manifest.get("representations") or {}
-        if not reps:
-            raise StoreError(f"{gen_dir / MANIFEST} lists no representations")
         self.spec = index_spec(gen_dir, self.manifest)
-        self.indexes = {r: load_faiss(gen_dir, self.manifest, r) for r in reps}
+        self.indexes = {r: load_faiss(gen_dir, self.manifest, r) for r in self.manifest["representations"]}
         verified_file(gen_dir, METADATA, files)
         # immutable=1: a published generation never changes, so SQLite needs no locks or journal
         uri = f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1"
@@ -271,6 +320,17 @@ class IndexReader:
         if counts != {expected}:
             self.db.close()
             raise StoreError(f"{gen_dir}: FAISS files hold {sorted(counts)} vectors, the manifest says {expected} chunks")
+        # every hit must resolve to a chunk: the ids, not only their number, must be the metadata's
+        try:
+            stored = chunk_ids(self.db)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StoreError(f"{gen_dir / METADATA} cannot be read by SQLite: {exc}") from exc
+        for r, index in self.indexes.items():
+            if not np.array_equal(faiss_ids(index), stored):
+                self.db.close()
+                raise StoreError(f"{gen_dir / faiss_file(r)} holds chunk ids that differ from those of {METADATA}; "
+                                 f"`python -m indexer repair {self.directory}` rebuilds it from the metadata store")
 
     @property
     def representations(self) -> tuple[str, ...]:

@@ -9,8 +9,10 @@ import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -65,10 +67,17 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a["vectors"][r], b["vectors"][r])
 
 
-def cli(*args, env=None) -> subprocess.Popen:
+def cli(*args, env=None, max_file_size=None) -> subprocess.Popen:
+    """The CLI in a subprocess; `max_file_size` (RLIMIT_FSIZE) makes every write past it fail for real, with EFBIG."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
+
     return subprocess.Popen([sys.executable, "-m", "indexer", *map(str, args)], cwd=ROOT,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=limit if max_file_size is not None else None)
 
 
 # -- crashes ------------------------------------------------------------------------------------------
@@ -141,28 +150,51 @@ def test_build_killed_at_each_commit_step_resumes(kill_setup, step):
     assert not (target / "staging").exists()
 
 
-@pytest.mark.parametrize("step", ["random", *COMMIT_STEPS[:5]])
-def test_add_killed_resumes_to_the_uninterrupted_update(kill_setup, tiny_bert, step, tmp_path):
+def kill_after_first_batch(proc: subprocess.Popen, directory: Path) -> int:
+    """SIGKILL `proc` as soon as its staging area has committed a batch (its own signal, not a delay); returns the count."""
+    work = directory / "staging" / "work.sqlite"
+    while proc.poll() is None:
+        if work.is_file():
+            try:
+                db = sqlite3.connect(f"{work.as_uri()}?mode=ro", uri=True, timeout=0.1)
+                try:
+                    consumed = int(db.execute("SELECT value FROM meta WHERE key = 'consumed'").fetchone()[0])
+                finally:
+                    db.close()
+            except sqlite3.Error:  # being created or written: look again
+                consumed = 0
+            if consumed:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return consumed
+        time.sleep(0.01)
+    raise AssertionError(f"the run ended (code {proc.returncode}) before a committed batch was seen: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("step", ["first-batch-committed", *COMMIT_STEPS[:5]])
+def test_add_killed_resumes_to_the_uninterrupted_update(tiny_bert, step, tmp_path):
     encoder = Encoder.load(str(tiny_bert), max_tokens=32, batch_size=4)
     base_src = write_jsonl(tmp_path / "base.jsonl", 300)
-    more = write_jsonl(tmp_path / "more.jsonl", 600, seed=7)  # same ids d00000..d00299 changed, 300 new
+    more = write_jsonl(tmp_path / "more.jsonl", 1200, seed=7)  # same ids d00000..d00299 changed, 900 new: 3 batches
     reference = tmp_path / "reference"
     build_index(base_src, reference, encoder, overlap=4, progress=False)
     add_documents(reference, more, encoder, progress=False)
     target = tmp_path / "target"
     build_index(base_src, target, encoder, overlap=4, progress=False)
-    if step == "random":
+    if step == "first-batch-committed":
         proc = cli("add", target, more, "--batch-size", "4", "--no-progress")
-        time.sleep(random.Random(3).uniform(2.0, 4.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        consumed = kill_after_first_batch(proc, target)
+        assert 0 < consumed < 1200
     else:
         proc = cli("add", target, more, "--batch-size", "4", "--no-progress", env={"POOLING_LAB_CRASH_AT": step})
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
+        consumed = 1200  # every batch was staged before publishing began
     proc = cli("add", target, more, "--batch-size", "4", "--no-progress")
     out, err = proc.communicate()
     assert proc.returncode == 0, err.decode()
+    if step != "current-switched":  # (after CURRENT switched, the update is done: a re-run changes nothing)
+        assert f"resumed an interrupted run after {consumed} source records" in out.decode(), out.decode()
     assert_same(snapshot(target), snapshot(reference))
 
 
@@ -235,9 +267,9 @@ def test_repair_refuses_when_the_metadata_store_is_damaged(tmp_path, tiny_bert, 
 # -- writers and readers ------------------------------------------------------------------------------------
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, small_jsonl, tiny_bert, capsys):
-    with WriterLock(tmp_path / "ix", "build something"):
+    with WriterLock(tmp_path / "ix", "build something", create=True):
         with pytest.raises(LockedError, match=f"pid {os.getpid()}, since .*`build something`"):
-            WriterLock(tmp_path / "ix", "other").__enter__()
+            WriterLock(tmp_path / "ix", "other", create=True).__enter__()
         code = main(["build", str(small_jsonl), "--index", str(tmp_path / "ix"), "--model", str(tiny_bert), *BUILD_FLAGS])
         assert code == 2 and f"pid {os.getpid()}" in capsys.readouterr().err
 
@@ -246,7 +278,7 @@ def test_a_stale_lock_of_a_dead_process_is_cleared(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "ix").mkdir()
     (tmp_path / "ix" / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "since": "earlier", "command": "build"}))
-    with WriterLock(tmp_path / "ix", "next") as lock:
+    with WriterLock(tmp_path / "ix", "next", create=True) as lock:
         assert lock.cleared["pid"] == int(dead.stdout)
 
 
@@ -429,3 +461,104 @@ def test_state_machine_against_a_dictionary(tmp_path, tiny_bert):
         max_examples=12, stateful_step_count=8, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     ))
+
+
+# -- real write failures: a file size limit and a full file system (issue 10, item 9) ----------------------------
+
+def small_index(directory: Path) -> Path:
+    from test_store import write_index
+
+    write_index(directory)  # 50 documents of random vectors: no model needed to delete from it
+    return directory
+
+
+def generation_sizes(directory: Path) -> dict:
+    gen_dir = directory / read_manifest(directory)["generation"]
+    return {p.name: p.stat().st_size for p in gen_dir.iterdir()}
+
+
+def assert_failed_cleanly(proc: subprocess.Popen, directory: Path, before: dict, reason: str) -> None:
+    out, err = proc.communicate()
+    err = err.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    assert f"{reason}; the previous generation (gen-000001) is still published and intact" in err, err
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".gen-")] == []
+    assert not (directory / "staging" / "work.sqlite.tmp").exists()
+    assert_same(snapshot(directory), before)
+    assert verify(directory)[0] == []
+
+
+def test_a_file_size_limit_while_delete_copies_the_metadata(tmp_path):
+    directory = small_index(tmp_path / "ix")
+    before = snapshot(directory)
+    limit = generation_sizes(directory)[METADATA] // 2  # the copy into staging fails half-way
+    proc = cli("delete", directory, "--ids", "doc-1", max_file_size=limit)
+    assert_failed_cleanly(proc, directory, before, f"could not create the staging area in {directory}: File too large")
+    assert not (directory / "staging").exists()
+    proc = cli("delete", directory, "--ids", "doc-1")  # the same command without the limit
+    assert proc.communicate() and proc.returncode == 0
+    assert "doc-1" not in IndexReader(directory).doc_ids()
+
+
+def test_a_file_size_limit_during_vacuum_into(tmp_path):
+    directory = small_index(tmp_path / "ix")
+    before = snapshot(directory)
+    proc = cli("delete", directory, "--ids", "doc-1", env={"POOLING_LAB_CRASH_AT": "faiss-written"})
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # the staging area is complete: a resumed run goes straight to publishing
+    sizes = generation_sizes(directory)
+    limit = max(sizes["mean.faiss"], sizes["pooled.faiss"]) + 4096  # FAISS files fit, the metadata copy does not
+    assert limit < 0.8 * sizes[METADATA]
+    proc = cli("delete", directory, "--ids", "doc-1", max_file_size=limit)
+    assert_failed_cleanly(proc, directory, before, f"could not write a new generation in {directory}: SQLite: disk I/O error")
+    proc = cli("delete", directory, "--ids", "doc-1")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "doc-1" not in IndexReader(directory).doc_ids() and verify(directory)[0] == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (skipped where mounting is not permitted); `fill(free)` leaves `free` bytes on it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+
+    def fill(free: int) -> None:
+        stat = os.statvfs(mount)
+        (mount / "filler").write_bytes(bytes(max(stat.f_bavail * stat.f_frsize - free, 0)))
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("where", ["staging copy", "vacuum into"])
+def test_a_full_disk_is_reported_and_leaves_nothing_behind(tmp_path, small_disk, where, capsys):
+    mount, fill = small_disk
+    directory = small_index(tmp_path / "ix")
+    if where == "vacuum into":
+        proc = cli("delete", directory, "--ids", "doc-1", env={"POOLING_LAB_CRASH_AT": "faiss-written"})
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        shutil.rmtree(next(directory.glob(".gen-*.tmp")))
+    shutil.copytree(directory, mount / "ix")
+    directory = mount / "ix"
+    before = snapshot(directory)
+    sizes = generation_sizes(directory)
+    # room for the FAISS files (and SQLite's small journal), not for a copy of the metadata store
+    fill(2 * max(sizes["mean.faiss"], sizes["pooled.faiss"]) + 3 * 4096 if where == "vacuum into" else sizes[METADATA] // 2)
+    assert main(["delete", str(directory), "--ids", "doc-1"]) == 2
+    err = capsys.readouterr().err
+    what = "create the staging area" if where == "staging copy" else "write a new generation"
+    assert f"could not {what} in {directory}: the disk is full; the previous generation (gen-000001) is still published and intact" in err, err
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".gen-")] == []
+    assert not (directory / "staging" / "work.sqlite.tmp").exists()
+    assert_same(snapshot(directory), before)
+    (mount / "filler").unlink()
+    assert main(["delete", str(directory), "--ids", "doc-1"]) == 0
+    assert "doc-1" not in IndexReader(directory).doc_ids()

@@ -6,7 +6,8 @@ import pytest
 
 from indexer.encoder import Encoder
 from indexer.pipeline import DOCS_PER_BATCH, build_index
-from indexer.store import IndexReader, read_manifest
+from indexer.staging import LOCK, STAGING
+from indexer.store import CURRENT, IndexReader, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,10 @@ def test_batches_end_at_a_document_count_or_a_character_budget():
     assert sum(len(b) for b in _batched(iter(docs), 4, 12)) == len(docs)
 
 
-def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_jsonl, monkeypatch):
+@pytest.mark.parametrize("where", ["encoding", "publishing"])
+def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_jsonl, monkeypatch, where):
+    import indexer.staging
+
     build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
     before = read_manifest(tmp_path / "ix")
     many = tmp_path / "many.jsonl"
@@ -53,15 +57,36 @@ def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_j
             raise KeyboardInterrupt
         return _real(sequences)
 
-    monkeypatch.setattr(encoder, "encode_ids", interrupted)
+    def interrupted_export(self, path, _real=indexer.staging.Staging.export):
+        _real(self, path)  # the new generation's metadata is written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    if where == "encoding":
+        monkeypatch.setattr(encoder, "encode_ids", interrupted)
+    else:
+        monkeypatch.setattr(indexer.staging.Staging, "export", interrupted_export)
     with pytest.raises(KeyboardInterrupt):
         build_index(many, tmp_path / "ix", encoder, overlap=4, overwrite=True, progress=False)
     assert read_manifest(tmp_path / "ix") == before
     assert IndexReader(tmp_path / "ix").n_documents == 8
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temporary build removed
+    # no temporary generation is left in the index directory; the staging area stays, so the same command resumes
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == [CURRENT, before["generation"], STAGING, LOCK]
 
 
 def test_overlap_larger_than_half_a_chunk_is_refused(tmp_path, encoder, small_jsonl):
     with pytest.raises(ValueError, match="overlap must be between 0 and"):
         build_index(small_jsonl, tmp_path / "ix", encoder, overlap=20, progress=False)
     assert not (tmp_path / "ix").exists()
+
+
+def test_overwrite_replaces_an_index_whose_current_is_damaged(tmp_path, encoder, small_jsonl):
+    from indexer.integrity import verify
+    from indexer.store import StoreError
+
+    build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
+    (tmp_path / "ix" / CURRENT).write_bytes(b"\x00garbage")
+    with pytest.raises(StoreError, match="CURRENT is corrupted.*indexer repair"):
+        build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
+    summary = build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, overwrite=True, progress=False)
+    assert summary.generation == "gen-000002" and summary.documents == 8
+    assert verify(tmp_path / "ix")[0] == []

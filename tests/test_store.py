@@ -1,6 +1,7 @@
 """Index directory: FAISS against numpy brute force, generations, checksums checked before anything is read."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,13 +17,15 @@ def unit(rng, n, d):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0, vector_index=None):
+def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0, vector_index=None, ids=None):
     """Publish one generation of random vectors through the real writer path (no model needed)."""
     rng = np.random.default_rng(seed)
-    docs = [Document(f"doc-{i}", f"text {i}", title=f"T{i}") for i in range(n_docs)]
+    ids = ids or [f"doc-{i}" for i in range(n_docs)]
+    n_docs = len(ids)
+    docs = [Document(doc_id, f"text {i}", title=f"T{i}") for i, doc_id in enumerate(ids)]
     chunks = [Chunk(d_.doc_id, p, f"chunk {p} of {d_.doc_id}", 0, 4, (1, 2)) for d_ in docs for p in range(chunks_per_doc)]
     vectors = {"pooled": unit(rng, len(chunks), d), "mean": unit(rng, len(chunks), d)}
-    with WriterLock(directory, "test"):
+    with WriterLock(directory, "test", create=True):
         staging = Staging(directory, {"op": "test", "seed": seed})
         half = len(docs) // 2
         split = half * chunks_per_doc
@@ -101,7 +104,7 @@ def test_missing_directory_and_non_index(tmp_path):
 
 
 def test_mismatched_vector_count_is_refused(tmp_path):
-    with WriterLock(tmp_path / "ix", "test"):
+    with WriterLock(tmp_path / "ix", "test", create=True):
         staging = Staging(tmp_path / "ix", {"op": "test"})
         with pytest.raises(ValueError, match="1 `mean` vectors for 2 chunks"):
             staging.apply(documents=[Document("a", "x")], chunks=[Chunk("a", 0, "x", 0, 1, (1,)), Chunk("a", 1, "x", 0, 1, (1,))],
@@ -145,3 +148,239 @@ def test_verify_names_stored_vectors_that_do_not_match_the_chunks(tmp_path, dama
     _resign(tmp_path / "ix", gen_dir)
     problems, _ = verify(tmp_path / "ix")
     assert any(problem in p for p in problems), problems
+
+
+# -- an index directory is not trusted beyond its checksums (issue 10, item 10) ----------------------------------
+
+def _rewrite_manifest(directory, change):
+    """Edit the published manifest with `change(manifest, gen_dir)` and re-sign it in CURRENT, as a crafted index would."""
+    import hashlib
+
+    gen_dir = directory / json.loads((directory / CURRENT).read_text())["generation"]
+    manifest = json.loads((gen_dir / MANIFEST).read_text())
+    change(manifest, gen_dir)
+    data = json.dumps(manifest).encode()
+    (gen_dir / MANIFEST).write_bytes(data)
+    (directory / CURRENT).write_text(json.dumps({"generation": gen_dir.name, "manifest_sha256": hashlib.sha256(data).hexdigest()}))
+
+
+def _replace_faiss(manifest, gen_dir, index, name="mean.faiss"):
+    import faiss
+
+    from indexer.files import sha256_file
+
+    (gen_dir / name).write_bytes(faiss.serialize_index(index).tobytes())
+    manifest["files"][name] = {"bytes": (gen_dir / name).stat().st_size, "sha256": sha256_file(gen_dir / name)}
+
+
+def test_representation_name_pattern():
+    from indexer.config import REPRESENTATION_NAME, REPRESENTATIONS
+
+    for name in [*REPRESENTATIONS, "pooled+whiten128", "mean+abtt3", "first_last", "cls2"]:
+        assert REPRESENTATION_NAME.fullmatch(name), name
+    for name in ["", "../evil", "a/b", "a\\\\b", "Mean", "mean.faiss", ".mean", "mean+", "+mean", "me an", "mean\n", "x" * 80]:
+        assert not REPRESENTATION_NAME.fullmatch(name), name
+
+
+def _evil_name(manifest, gen_dir):
+    manifest["representations"]["../../evil"] = dict(manifest["representations"]["mean"], file="../../evil.faiss")
+    manifest["files"]["../../evil.faiss"] = manifest["files"]["mean.faiss"]
+
+
+def _outside_file(manifest, gen_dir):
+    import shutil
+
+    shutil.copyfile(gen_dir / "mean.faiss", gen_dir.parent.parent / "outside.faiss")  # a valid file, with its checksum
+    manifest["representations"]["mean"]["file"] = "../../outside.faiss"
+    manifest["files"]["../../outside.faiss"] = manifest["files"].pop("mean.faiss")
+
+
+def _no_representations(manifest, gen_dir):
+    manifest["representations"] = {}
+
+
+def _bare_flat(manifest, gen_dir):
+    import faiss
+
+    flat = faiss.IndexFlatIP(16)
+    flat.add(unit(np.random.default_rng(0), 150, 16))
+    _replace_faiss(manifest, gen_dir, flat)
+
+
+def _shifted_ids(manifest, gen_dir):
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(16))
+    index.add_with_ids(unit(np.random.default_rng(0), 150, 16), np.arange(1000, 1150, dtype=np.int64))  # same count, other ids
+    _replace_faiss(manifest, gen_dir, index)
+
+
+@pytest.mark.parametrize("craft, problem", [
+    (_evil_name, "representation name '../../evil' is not valid"),
+    (_outside_file, "representation `mean` has file '../../outside.faiss'; expected 'mean.faiss'"),
+    (_no_representations, "lists no representations"),
+    (_bare_flat, "is a bare IndexFlatIP without the id map"),
+    (_shifted_ids, "mean.faiss holds chunk ids that differ from those of metadata.sqlite"),
+])
+def test_a_crafted_index_is_refused_by_loading_verify_and_repair(tmp_path, craft, problem):
+    from indexer.cli import main
+    from indexer.integrity import verify
+
+    directory = tmp_path / "store" / "ix"
+    write_index(directory)
+    _rewrite_manifest(directory, craft)
+    with pytest.raises(StoreError, match=re.escape(problem)):
+        IndexReader(directory)
+    problems, _ = verify(directory)
+    if craft is _shifted_ids:  # verify's own wording for the same finding
+        problem = "`mean` holds 150 vectors whose ids differ from the 150 chunk ids of the metadata store"
+    assert any(problem in p for p in problems), problems
+    code = main(["repair", str(directory)])
+    everything = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
+    assert not any("evil" in p for p in everything), everything  # nothing was written outside the index
+    if craft in (_bare_flat, _shifted_ids):  # CURRENT and the manifest are sound: repair rebuilds the FAISS files from the metadata
+        assert code == 0 and verify(directory)[0] == []
+        assert IndexReader(directory).search("mean", unit(np.random.default_rng(1), 1, 16), 5)[1].max() < 150
+    else:  # the crafted generation is the only one: nothing intact to publish
+        assert code == 2
+
+
+def test_a_manifest_file_name_outside_the_generation_is_never_joined(tmp_path):
+    from indexer.store import verified_bytes
+
+    write_index(tmp_path / "ix")
+    gen_dir = tmp_path / "ix" / "gen-000001"
+    (tmp_path / "outside.faiss").write_bytes(b"x")
+    for name in ["../../outside.faiss", "../outside.faiss", "/etc/passwd", "..", "sub/mean.faiss", ".hidden"]:
+        with pytest.raises(StoreError, match="is not a plain file name inside the generation"):
+            verified_bytes(gen_dir, name, {name: {"bytes": 1, "sha256": "0" * 64}})
+
+
+# -- a damaged CURRENT (issue 10, item 8) ------------------------------------------------------------------
+
+def two_generations(directory):
+    """gen-000001 (seed 0) and gen-000002 (seed 1, other vectors), gen-000002 published."""
+    write_index(directory, seed=0)
+    _, _, vectors = write_index(directory, seed=1)
+    assert generation_id(directory) == "gen-000002"
+    return vectors
+
+
+DAMAGES = {
+    "garbage": lambda d: (d / CURRENT).write_bytes(b"\xff\xfe not json"),
+    "truncated": lambda d: (d / CURRENT).write_bytes((d / CURRENT).read_bytes()[:20]),
+    "empty": lambda d: (d / CURRENT).write_bytes(b""),
+    "missing": lambda d: (d / CURRENT).unlink(),
+    "names a missing generation": lambda d: (d / CURRENT).write_text(json.dumps({"generation": "gen-000009", "manifest_sha256": "0" * 64})),
+    "wrong manifest checksum": lambda d: (d / CURRENT).write_text(json.dumps({"generation": "gen-000002", "manifest_sha256": "0" * 64})),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_repair_publishes_the_newest_intact_generation_after_current_is_damaged(tmp_path, damage, capsys):
+    from indexer.cli import main
+
+    directory = tmp_path / "ix"
+    vectors = two_generations(directory)
+    DAMAGES[damage](directory)
+    # every other writer refuses with one line that points to `repair`, and leaves the lock free
+    for argv in (["delete", str(directory), "--ids", "doc-1"], ["convert", str(directory), "--index-type", "hnsw"],
+                 ["add", str(directory), str(tmp_path / "any.jsonl")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("indexer repair" in err or "CURRENT is missing" in err), err
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith("gen-")) == ["gen-000001", "gen-000002"]
+    assert main(["repair", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "published gen-000002" in out and "the newest intact generation" in out and "verify: ok" in out
+    reader = IndexReader(directory)
+    assert reader.generation == "gen-000002"
+    np.testing.assert_array_equal(reader.vectors("mean", range(150)), vectors["mean"])
+
+
+def test_repair_skips_a_damaged_newer_generation_and_says_what_is_lost(tmp_path, capsys):
+    from indexer.cli import main
+
+    directory = tmp_path / "ix"
+    write_index(directory, seed=0)
+    first = IndexReader(directory).vectors("mean", range(150))
+    two_generations_dir = directory / "gen-000002"
+    write_index(directory, seed=1)
+    data = bytearray((two_generations_dir / MANIFEST).read_bytes())
+    data[len(data) // 2] ^= 0x01  # CURRENT no longer matches gen-000002's manifest, which is damaged too
+    (two_generations_dir / MANIFEST).write_bytes(bytes(data))
+    assert main(["repair", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "published gen-000001" in out and "gen-000002, which CURRENT named, was damaged" in out
+    np.testing.assert_array_equal(IndexReader(directory).vectors("mean", range(150)), first)
+    assert not two_generations_dir.exists()
+
+
+def test_repair_without_any_intact_generation_fails_with_one_line(tmp_path, capsys):
+    from indexer.cli import main
+
+    write_index(tmp_path / "ix")
+    (tmp_path / "ix" / CURRENT).write_bytes(b"{")
+    (tmp_path / "ix" / "gen-000001" / METADATA).write_bytes(b"not sqlite")
+    assert main(["repair", str(tmp_path / "ix")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no generation is intact" in err and "--overwrite" in err
+
+
+def test_the_writer_lock_is_released_when_entering_fails(tmp_path, monkeypatch):
+    import os
+
+    import indexer.staging
+
+    write_index(tmp_path / "ix")
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def failing_recover(directory):
+        raise StoreError("recovery failed")
+
+    monkeypatch.setattr(indexer.staging, "recover", failing_recover)
+    with pytest.raises(StoreError, match="recovery failed"):
+        WriterLock(tmp_path / "ix", "first").__enter__()
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == fds  # the descriptor was closed
+    with WriterLock(tmp_path / "ix", "second"):  # and the flock released
+        pass
+
+
+# -- writers other than build create nothing (issue 10, item 12) ------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["delete", "{}", "--ids", "a"], ["repair", "{}"], ["convert", "{}", "--index-type", "hnsw"]])
+def test_writers_on_a_mistyped_path_create_nothing(tmp_path, argv, capsys):
+    from indexer.cli import main
+
+    missing = tmp_path / "typo" / "ix"
+    assert main([a.format(missing) for a in argv]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    assert main([a.format(tmp_path / "docs") for a in argv]) == 2
+    assert "CURRENT is missing" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "docs").iterdir()] == ["notes.txt"]
+
+
+def test_deleting_ids_that_are_not_there_publishes_nothing(tmp_path, capsys):
+    from indexer.cli import main
+
+    write_index(tmp_path / "ix")
+    before = sorted(p.name for p in (tmp_path / "ix").iterdir()), (tmp_path / "ix" / CURRENT).read_bytes()
+    assert main(["delete", str(tmp_path / "ix"), "--ids", "nope", "doc-1 "]) == 0
+    assert "none of the 2 ids is in the index; nothing was deleted and nothing published (still gen-000001, 50 documents)" in capsys.readouterr().out
+    assert (sorted(p.name for p in (tmp_path / "ix").iterdir()), (tmp_path / "ix" / CURRENT).read_bytes()) == before
+
+
+def test_ids_file_keeps_spaces_and_removes_only_the_line_end(tmp_path, capsys):
+    from indexer.cli import main
+
+    ids = ["a b", " lead", "trail ", "tab\tin", "plain"]
+    write_index(tmp_path / "ix", ids=ids + ["lead", "trail", "a"])
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_bytes(b"a b\r\n lead\n\n   \ntrail \r\ntab\tin\nplain")  # CRLF and LF, blank lines, no final newline
+    assert main(["delete", str(tmp_path / "ix"), "--ids-file", str(ids_file)]) == 0
+    assert "deleted 5 documents; the index now holds 3" in capsys.readouterr().out
+    assert IndexReader(tmp_path / "ix").doc_ids() == {"lead", "trail", "a"}
