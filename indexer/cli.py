@@ -107,6 +107,8 @@ def format_info(manifest: dict, directory: Path) -> str:
         f"created:        {manifest.get('created_at')}  (format {manifest.get('format_version')}, indexer {manifest.get('indexer_version')})",
         f"model:          {model.get('name')}  [{model.get('source')}]  {model.get('architecture')}, dim {model.get('dim')}",
         f"weights sha256: {model.get('weights_sha256')}",
+        f"fingerprint:    {model.get('fingerprint', 'none (built before fingerprints: rebuild to record one)')}  "
+        f"(weights, config and tokenizer files)",
         f"tokenizer:      {manifest.get('tokenizer')}",
         f"pooler:         {pooler.get('status')} — {pooler.get('note')}",
         f"chunking:       {chunking.get('max_tokens')} tokens per chunk (special tokens included), overlap {chunking.get('overlap')}",

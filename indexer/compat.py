@@ -74,9 +74,10 @@ def _model_problem(built: Mapping, encoder: "Encoder", purpose: Purpose, who: st
                 f"the index was built with model {built.get('name')!r} (weights sha256 {str(built.get('weights_sha256'))[:12]}…), "
                 f"but {who} uses {info.name!r} (weights sha256 {info.weights_sha256[:12]}…)"
             )
-        legacy = "the index predates model fingerprints: only its weights can be checked, not its config or tokenizer"
+        legacy = ("the index predates model fingerprints: only its weights can be checked, not its config or tokenizer "
+                  "files; rebuild it (`build --overwrite`) to have them checked")
         if purpose == "search":  # read-only: serve it, but say what could not be checked
-            log.warning("WARNING: %s; rebuild it (build --overwrite) to have them checked too", legacy)
+            log.warning("WARNING: %s", legacy)
             return None
         return legacy  # reuse rebuilds it; add would mix vectors of two possibly different models
     if built.get("fingerprint") == info.fingerprint:
