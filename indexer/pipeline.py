@@ -26,7 +26,7 @@ from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
 from .loaders import Document, FolderEntry, LoadIssue, LoadReport, detect_format, folder_entries, iter_documents
 from .files import sha256_file
-from .search import compatibility_problems
+from .compat import compatibility_problems
 from .staging import (
     LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish,
 )
@@ -118,7 +118,7 @@ def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: i
         return str(exc)
     fmt = detect_format(source)
     built = manifest.get("source", {})
-    problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, encoder.representations)
+    problems = compatibility_problems(manifest, encoder, "reuse")
     if manifest.get("chunking", {}).get("overlap") != overlap:
         problems.append(f"it was built with an overlap of {manifest.get('chunking', {}).get('overlap')} tokens, not {overlap}")
     if manifest.get("updates"):
@@ -262,7 +262,7 @@ def build_index(
         fingerprint = source_fingerprint(source, fmt)
         command = {
             "op": "build", "source": str(source.resolve()), "fingerprint": fingerprint, "format": fmt,
-            "columns": columns, "model": info.weights_sha256, "chunking": chunking.to_dict(), "dims": dims,
+            "columns": columns, "model": info.fingerprint, "chunking": chunking.to_dict(), "dims": dims,
         }
         command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
         signature = command | {"base": old["generation"] if old else None}
@@ -341,7 +341,7 @@ def add_documents(
         gen_dir, manifest = base_state(index_dir)
         if manifest is None:
             raise StoreError(f"{index_dir} has no index to add to; create it with `python -m indexer build {source} --index {index_dir}`")
-        problems = compatibility_problems(manifest, encoder.info, encoder.max_tokens, tuple(manifest["representations"]))
+        problems = compatibility_problems(manifest, encoder, "add")
         if problems:
             raise StoreError(f"cannot add to {index_dir} with this model: " + "; ".join(problems))
         overlap = manifest["chunking"]["overlap"]

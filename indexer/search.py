@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .config import DEFAULT_BATCH_SIZE
-from .encoder import Encoder, ModelInfo
+from .compat import compatibility_problems
+from .encoder import Encoder
 from .store import IndexReader, StoreError, generation_id
 from .text import describe_surrogate, is_blank
 
@@ -77,35 +78,30 @@ def model_name_for(manifest: Mapping) -> str | None:
     return {"bundled": None, "local": model.get("location"), "hub": model.get("name")}.get(model.get("source"), model.get("name"))
 
 
-def encoder_for(manifest: Mapping, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
-    """The encoder an index was built with: same model, representations and max length."""
-    return Encoder.load(
-        model_name_for(manifest),
-        representations=tuple(manifest.get("representations", {})),
+def encoder_for(
+    manifest: Mapping,
+    model: str | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    trust_remote_code: bool = False,
+) -> Encoder:
+    """The encoder for an index: its own model (or `model`), its representations and its max length.
+
+    The index's max length is taken whenever the model allows it, so that naming the index's own model
+    is accepted whatever `--max-tokens` the index was built with; whether the model really is the
+    index's is left to `compatibility_problems`, which says what differs.
+    """
+    encoder = Encoder.load(
+        model_name_for(manifest) if model is None else model,
+        representations=tuple(manifest.get("representations", {})) or ("mean",),
         batch_size=batch_size,
-        max_tokens=manifest.get("chunking", {}).get("max_tokens"),
+        trust_remote_code=trust_remote_code,
     )
-
-
-def compatibility_problems(manifest: Mapping, info: ModelInfo, max_tokens: int, representations: Sequence[str]) -> list[str]:
-    """What differs between an index's manifest and the encoder a searcher would use (empty: compatible)."""
-    problems = []
-    built = manifest.get("model", {})
-    if built.get("weights_sha256") != info.weights_sha256:
-        problems.append(
-            f"the index was built with model {built.get('name')!r} (weights sha256 {str(built.get('weights_sha256'))[:12]}…), "
-            f"but the searcher uses {info.name!r} (weights sha256 {info.weights_sha256[:12]}…)"
-        )
     built_max = manifest.get("chunking", {}).get("max_tokens")
-    if built_max != max_tokens:
-        problems.append(f"the index was built with a max length of {built_max} tokens, the searcher's is {max_tokens}")
-    for r, spec in manifest.get("representations", {}).items():
-        if spec.get("dim") != info.dim:
-            problems.append(f"`{r}` vectors have dimension {spec.get('dim')}, the model produces {info.dim}")
-    missing = [r for r in representations if r not in manifest.get("representations", {})]
-    if missing:
-        problems.append(f"the index has no {', '.join(f'`{r}`' for r in missing)} representation")
-    return problems
+    if isinstance(built_max, int) and built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
+        encoder = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.representations,
+                          batch_size=batch_size, max_tokens=built_max)
+    return encoder
 
 
 def query_problem(query: str) -> str | None:
@@ -145,9 +141,7 @@ class Searcher:
         self._refresh = threading.Lock()
 
     def _check(self, index: IndexReader) -> None:
-        problems = compatibility_problems(index.manifest, self.encoder.info, self.encoder.max_tokens, self.representations)
-        problems += [f"the encoder does not compute `{r}`" for r in self.representations
-                     if r not in self.encoder.representations and r in index.representations]
+        problems = compatibility_problems(index.manifest, self.encoder, "search", self.representations)
         if problems:
             index.close()
             info = self.encoder.info

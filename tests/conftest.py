@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 # Tests never touch the network; the hub client reads this when it is first imported.
@@ -64,6 +65,27 @@ def make_tiny_distilbert(directory: Path) -> Path:
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
     DistilBertModel(config).save_pretrained(directory)
     return directory
+
+
+def edited_copy(model_dir: Path, target: Path, name: str, edit) -> Path:
+    """A copy of a model directory with one of its files rewritten by `edit(text) -> text`: same weights, other model."""
+    shutil.copytree(model_dir, target)
+    path = target / name
+    path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return target
+
+
+def relu_one_layer(text: str) -> str:
+    """config.json edit: one layer and relu, loaded from the same weights file."""
+    return json.dumps(json.loads(text) | {"hidden_act": "relu", "num_hidden_layers": 1})
+
+
+def swap_bees_and_honey(text: str) -> str:
+    """tokenizer.json edit: two words trade token ids."""
+    tokenizer = json.loads(text)
+    vocab = tokenizer["model"]["vocab"]
+    vocab["bees"], vocab["honey"] = vocab["honey"], vocab["bees"]
+    return json.dumps(tokenizer)
 
 
 @pytest.fixture(scope="session")

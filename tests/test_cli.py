@@ -2,12 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, edited_copy, relu_one_layer
 from indexer.cli import main
 from indexer.store import read_manifest
 
@@ -204,3 +205,47 @@ def test_usage_errors_are_one_line(capsys):
         main(["search"])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "(see: python -m indexer search --help)" in err
+
+
+def test_search_with_the_indexs_own_model_accepts_its_max_tokens(tmp_path, small_jsonl, build_args, tiny_bert, capsys):
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)[0] == 0  # --max-tokens 12
+    code, named, err = run(capsys, "search", tmp_path / "ix", "bees and honey", "--model", tiny_bert, "--json")
+    assert code == 0, err
+    code, own, _ = run(capsys, "search", tmp_path / "ix", "bees and honey", "--json")  # the index's own encoder
+    assert code == 0 and json.loads(named) == json.loads(own)
+
+
+def test_search_with_a_changed_config_is_refused_naming_it(tmp_path, small_jsonl, tiny_bert, capsys):
+    relu = edited_copy(tiny_bert, tmp_path / "relu", "config.json", relu_one_layer)  # same weights file
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", "--model", tiny_bert, "--no-progress")[0] == 0
+    code, out, err = run(capsys, "search", tmp_path / "ix", "bees", "--model", relu)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "they differ in config.json" in err and "Rebuild the index" in err
+
+
+def tiny_beir(root, corpus_jsonl):
+    """A BEIR folder over the small collection: four queries with graded judgements."""
+    (root / "qrels").mkdir(parents=True)
+    shutil.copyfile(corpus_jsonl, root / "corpus.jsonl")
+    queries = {"q1": "bees and honey in the hive", "q2": "bake bread", "q3": "repair the bike", "q4": "rain and snow"}
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()), encoding="utf-8")
+    judged = [("q1", "bee-1", 2), ("q1", "bee-2", 1), ("q2", "bread-1", 1), ("q3", "bike-1", 1), ("q4", "river-1", 1)]
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in judged), encoding="utf-8")
+    return root
+
+
+def test_evaluate_beir_reuses_a_cached_index_with_an_extra_representation(tmp_path, small_jsonl, tiny_bert, capsys):
+    data, cached = tiny_beir(tmp_path / "beir", small_jsonl), tmp_path / "cached"
+    model = ["--model", tiny_bert, "--no-progress"]
+    assert run(capsys, "build", data, "--index", cached, "--representations", "pooled,mean,cls", *model)[0] == 0
+    generation = read_manifest(cached)["generation"]
+    code, out, err = run(capsys, "evaluate", "--beir", data, "--index", cached, "--json", "--out", tmp_path / "o1", *model)
+    assert code == 0, err
+    assert f"reusing the index at {cached}" in err and read_manifest(cached)["generation"] == generation
+    reused = json.loads(out)
+    assert {"pooled", "mean"} <= set(reused["metrics"]) and "cls" not in reused["metrics"]
+    # independent: the same evaluation over an index built with exactly pooled and mean
+    code, out, err = run(capsys, "evaluate", "--beir", data, "--index", tmp_path / "fresh", "--json", "--out", tmp_path / "o2", *model)
+    assert code == 0 and "building the index" in err
+    assert reused["metrics"] == json.loads(out)["metrics"]

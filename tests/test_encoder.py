@@ -1,5 +1,6 @@
 """Encoder on a tiny random BERT: one pass, padding invariance, order, pooler check, model loading errors."""
 
+import hashlib
 import logging
 import shutil
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_bert, make_tiny_distilbert
-from indexer.encoder import Encoder, ModelError, resolve_model, weights_digest
+from conftest import edited_copy, make_tiny_bert, make_tiny_distilbert, relu_one_layer, swap_bees_and_honey
+from indexer.encoder import IDENTITY_FILES, Encoder, ModelError, resolve_model, weights_digest
 
 TEXTS = [
     "the bees make honey",
@@ -137,3 +138,25 @@ def test_invalid_representation_lists_valid_ones(tiny_bert):
 def test_empty_batches_are_fine(tiny_encoder):
     assert tiny_encoder.tokenize([]) == []
     assert {r: v.shape for r, v in tiny_encoder.encode_ids([]).items()} == {"pooled": (0, 32), "mean": (0, 32), "cls": (0, 32)}
+
+
+def test_fingerprint_covers_weights_config_and_tokenizer_files(tiny_bert, tmp_path):
+    original = Encoder.load(str(tiny_bert))
+    info = original.info
+    # independent computation of each file's digest
+    for name in ("model.safetensors", "config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        assert info.files[name] == hashlib.sha256((tiny_bert / name).read_bytes()).hexdigest()
+    assert info.weights_sha256 == info.files["model.safetensors"]
+    assert set(info.files) <= {"model.safetensors", *IDENTITY_FILES}
+
+    assert Encoder.load(str(shutil.copytree(tiny_bert, tmp_path / "same"))).info.fingerprint == info.fingerprint
+
+    config = Encoder.load(str(edited_copy(tiny_bert, tmp_path / "config", "config.json", relu_one_layer)))
+    assert config.info.weights_sha256 == info.weights_sha256 and config.info.fingerprint != info.fingerprint
+    assert [n for n in info.files if config.info.files[n] != info.files[n]] == ["config.json"]
+    assert len(config.model.encoder.layer) == 1  # the edit is real: another network from the same weights
+
+    tokenizer = Encoder.load(str(edited_copy(tiny_bert, tmp_path / "tok", "tokenizer.json", swap_bees_and_honey)))
+    assert tokenizer.info.weights_sha256 == info.weights_sha256 and tokenizer.info.fingerprint != info.fingerprint
+    assert [n for n in info.files if tokenizer.info.files[n] != info.files[n]] == ["tokenizer.json"]
+    assert tokenizer.tokenize(["bees honey"])[0].ids == original.tokenize(["bees honey"])[0].ids[::-1]

@@ -1,12 +1,16 @@
 """Document rankings from chunk hits, end-to-end search on a tiny model, manifest mismatches refused."""
 
+import logging
+
 import numpy as np
 import pytest
 
+from conftest import edited_copy, relu_one_layer, swap_bees_and_honey
+from indexer.compat import compatibility_problems
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
-from indexer.search import IndexMismatchError, Searcher, rank_documents
-from indexer.store import IndexReader
+from indexer.search import IndexMismatchError, Searcher, encoder_for, rank_documents
+from indexer.store import IndexReader, read_manifest
 
 
 def test_document_scores_are_their_best_chunk():
@@ -122,3 +126,64 @@ def test_one_searcher_serves_many_threads_at_once(tiny_index):
             want = expected[query]["results"][r]
             assert [h["doc_id"] for h in hits] == [h["doc_id"] for h in want]
             np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in want], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, edit", [("config.json", relu_one_layer), ("tokenizer.json", swap_bees_and_honey)])
+def test_same_weights_with_another_config_or_tokenizer_is_refused_naming_the_file(tiny_index, tiny_bert, tmp_path, name, edit):
+    directory, _ = tiny_index
+    copy = edited_copy(tiny_bert, tmp_path / "edited", name, edit)
+    other = Encoder.load(str(copy), representations=("pooled", "mean", "cls"), max_tokens=12)
+    with pytest.raises(IndexMismatchError, match=rf"built with model .* but the searcher uses .*: they differ in {name}\b.*Rebuild"):
+        Searcher(directory, other)
+    manifest = read_manifest(directory)
+    for purpose in ("reuse", "add"):  # the same rule keeps it from reusing or adding to the index
+        assert [p for p in compatibility_problems(manifest, other, purpose) if f"differ in {name}" in p]
+
+
+def with_representations(encoder, representations):
+    """The same loaded model computing other representations."""
+    return Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=representations, max_tokens=encoder.max_tokens)
+
+
+def test_one_rule_for_representations_by_purpose(tiny_index):
+    directory, encoder = tiny_index  # the index holds pooled, mean and cls
+    manifest = read_manifest(directory)
+    two = with_representations(encoder, ("pooled", "mean"))
+    # search: the encoder must compute what is searched, and the index hold it
+    assert compatibility_problems(manifest, two, "search") == ["the encoder does not compute `cls`"]
+    assert compatibility_problems(manifest, two, "search", ("pooled", "mean")) == []
+    # reuse: an index holding more than wanted is fine
+    assert compatibility_problems(manifest, two, "reuse") == []
+    # add: every new chunk needs a vector in each of the index's representations
+    assert ["holds `pooled`, `mean`, `cls` vectors, but this run computes `pooled`, `mean`" in p
+            for p in compatibility_problems(manifest, two, "add")] == [True]
+    assert compatibility_problems(manifest, encoder, "add") == []
+
+    fewer = manifest | {"representations": {r: s for r, s in manifest["representations"].items() if r != "cls"}}
+    assert compatibility_problems(fewer, encoder, "search") == []  # computing more than needed costs, nothing else
+    assert compatibility_problems(fewer, encoder, "reuse") == ["the index has no `cls` representation"]
+    assert compatibility_problems(fewer, encoder, "search", ("cls",)) == ["the index has no `cls` representation"]
+    assert len(compatibility_problems(fewer, encoder, "add")) == 1
+    with pytest.raises(ValueError, match="unknown purpose"):
+        compatibility_problems(manifest, encoder, "serve")
+
+
+def test_an_index_from_before_fingerprints_is_searched_with_a_warning_but_not_reused_or_added_to(tiny_index, tiny_bert_other, caplog):
+    directory, encoder = tiny_index
+    manifest = read_manifest(directory)
+    legacy = manifest | {"model": {k: v for k, v in manifest["model"].items() if k not in ("fingerprint", "files")}}
+    with caplog.at_level(logging.WARNING, logger="indexer.compat"):
+        assert compatibility_problems(legacy, encoder, "search") == []
+    assert "predates model fingerprints" in caplog.text and "rebuild" in caplog.text
+    for purpose in ("reuse", "add"):
+        assert [p for p in compatibility_problems(legacy, encoder, purpose) if "predates model fingerprints" in p]
+    other = Encoder.load(str(tiny_bert_other), representations=("pooled", "mean", "cls"), max_tokens=12)
+    assert ["weights sha256" in p for p in compatibility_problems(legacy, other, "search")] == [True]
+
+
+def test_the_indexs_own_model_is_taken_at_the_indexs_max_length(tiny_index, tiny_bert):
+    directory, built_with = tiny_index  # built with max_tokens=12; the model's own limit is 64
+    encoder = encoder_for(read_manifest(directory), str(tiny_bert))
+    assert encoder.max_tokens == 12 and encoder.info.max_tokens == 64
+    got = Searcher(directory, encoder).search("bees and honey", k=3).to_dict()
+    assert got == Searcher(directory, built_with).search("bees and honey", k=3).to_dict()

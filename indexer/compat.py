@@ -1,0 +1,109 @@
+"""Whether an index and an encoder fit together: the one rule for searching, reusing and adding to an index.
+
+Every caller (the searcher, `add`, `evaluate --beir` deciding whether to reuse its cached index)
+asks `compatibility_problems` with its purpose, so that no two places can disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+
+if TYPE_CHECKING:  # only for annotations: this module needs no model code
+    from .encoder import Encoder
+
+log = logging.getLogger("indexer.compat")
+
+#: search: query an index; reuse: take a cached index instead of building one; add: write new vectors into it.
+Purpose = Literal["search", "reuse", "add"]
+PURPOSES: tuple[str, ...] = ("search", "reuse", "add")
+
+
+def compatibility_problems(
+    manifest: Mapping, encoder: "Encoder", purpose: Purpose, representations: Sequence[str] | None = None
+) -> list[str]:
+    """What stops `encoder` from serving `purpose` on the index `manifest` describes (empty: nothing).
+
+    Always: the same model (weights, config and tokenizer files), max length and vector dimension.
+    Representations, by purpose:
+    - search: the index holds the wanted ones (`representations`, default all of the index's) and
+      the encoder computes them;
+    - reuse: the index holds at least the wanted ones (default the encoder's); extra ones are fine,
+      the search is then restricted to the wanted ones;
+    - add: the encoder computes exactly the index's, since every new chunk needs a vector in each.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; valid: {', '.join(PURPOSES)}")
+    who = "the searcher" if purpose == "search" else "this run"
+    info = encoder.info
+    problems = []
+    model_problem = _model_problem(manifest.get("model", {}), encoder, purpose, who)
+    if model_problem:
+        problems.append(model_problem)
+    built_max = manifest.get("chunking", {}).get("max_tokens")
+    if built_max != encoder.max_tokens:
+        problems.append(f"the index was built with a max length of {built_max} tokens, {who}'s is {encoder.max_tokens}")
+    held = manifest.get("representations", {})
+    for r, spec in held.items():
+        if spec.get("dim") != info.dim:
+            problems.append(f"`{r}` vectors have dimension {spec.get('dim')}, the model produces {info.dim}")
+    computed = tuple(encoder.representations)
+    if purpose == "add":
+        if set(held) != set(computed):
+            problems.append(
+                f"the index holds {_names(held)} vectors, but this run computes {_names(computed)}: "
+                "a new document needs a vector in every representation of the index"
+            )
+        return problems
+    wanted = tuple(representations) if representations else (tuple(held) if purpose == "search" else computed)
+    missing = [r for r in wanted if r not in held]
+    if missing:
+        problems.append(f"the index has no {_names(missing)} representation")
+    not_computed = [r for r in wanted if r not in computed and r in held]
+    if not_computed:
+        problems.append(f"the encoder does not compute {_names(not_computed)}")
+    return problems
+
+
+def _model_problem(built: Mapping, encoder: "Encoder", purpose: Purpose, who: str) -> str | None:
+    """Why the index's model is not the encoder's; for an index from before fingerprints, per purpose."""
+    info = encoder.info
+    if "fingerprint" not in built:  # written before the fingerprint covered config and tokenizer
+        if built.get("weights_sha256") != info.weights_sha256:
+            return (
+                f"the index was built with model {built.get('name')!r} (weights sha256 {str(built.get('weights_sha256'))[:12]}…), "
+                f"but {who} uses {info.name!r} (weights sha256 {info.weights_sha256[:12]}…)"
+            )
+        legacy = ("the index predates model fingerprints: only its weights can be checked, not its config or tokenizer "
+                  "files; rebuild it (`build --overwrite`) to have them checked")
+        if purpose == "search":  # read-only: serve it, but say what could not be checked
+            log.warning("WARNING: %s", legacy)
+            return None
+        return legacy  # reuse rebuilds it; add would mix vectors of two possibly different models
+    if built.get("fingerprint") == info.fingerprint:
+        return None
+    built_files = built.get("files")
+    differing = _differences(built_files, info.files) if isinstance(built_files, Mapping) else []
+    detail = f": they differ in {', '.join(differing)}" if differing else ""
+    return (
+        f"the index was built with model {built.get('name')!r} (fingerprint {str(built.get('fingerprint'))[:12]}…), "
+        f"but {who} uses {info.name!r} (fingerprint {info.fingerprint[:12]}…){detail}"
+    )
+
+
+def _differences(built: Mapping, files: Mapping[str, str]) -> list[str]:
+    """Files whose sha256 differs between the index's model and the encoder's, or that only one has."""
+    out = []
+    for name in sorted(set(built) | set(files), key=str):
+        shown = name if isinstance(name, str) and name.isprintable() and len(name) <= 80 else repr(name)[:80]
+        if name not in files:
+            out.append(f"{shown} (only the index's model has it)")
+        elif name not in built:
+            out.append(f"{shown} (the index's model had none)")
+        elif built[name] != files[name]:
+            out.append(shown)
+    return out
+
+
+def _names(representations) -> str:
+    return ", ".join(f"`{r}`" for r in representations) or "no"
