@@ -30,7 +30,6 @@ def verify(directory: str | Path) -> tuple[list[str], list[str]]:
     representation holds exactly the chunk ids of the metadata store with the stored vectors.
     """
     directory = Path(directory)
-    problems: list[str] = []
     notes: list[str] = []
     if (directory / STAGING).is_dir():
         notes.append(f"an interrupted write left {directory / STAGING}; running the same command again resumes it")
