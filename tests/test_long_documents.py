@@ -171,3 +171,22 @@ def test_a_huge_document_interrupted_while_embedded_is_committed_whole_on_resume
     query = "SELECT doc_id, position, char_start, char_end, n_tokens, text FROM chunks ORDER BY chunk_id"
     assert IndexReader(tmp_path / "ix").db.execute(query).fetchall() == IndexReader(tmp_path / "clean").db.execute(query).fetchall()
     assert resumed.chunks == clean.chunks > 64
+
+
+def test_a_huge_query_is_tokenised_only_as_far_as_one_slice(tiny, monkeypatch):
+    lengths, real_tokenize = [], tiny.tokenize
+    monkeypatch.setattr(tiny, "tokenize", lambda texts: lengths.extend(map(len, texts)) or real_tokenize(texts))
+    text = "the bees make honey " * (chunking.SLICE_CHARS // 5)
+    vectors = tiny.encode_texts([text])
+    assert max(lengths) <= chunking.SLICE_CHARS < len(text)
+    monkeypatch.setattr(tiny, "tokenize", real_tokenize)
+    expected = tiny.encode_ids([real_tokenize([text[:2000]])[0].ids[: tiny.window]])  # the first window, found independently
+    assert all((vectors[r] == expected[r]).all() for r in vectors)
+
+
+def test_bench_long_document_is_prose_within_its_utf8_size():
+    from indexer.bench import long_document
+
+    texts = ["Caf\u00e9 au lait is coffee with hot milk.", "Bees make honey."]
+    doc = long_document(texts, 1000)
+    assert 990 <= len(doc.encode()) <= 1000 and doc.startswith(texts[0] + "\n\n" + texts[1])
