@@ -308,7 +308,7 @@ def format_evaluation(result: Evaluation) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
-    from .bench import build_peak_memory, encode_benchmark, queries_of, scale_benchmark, texts_of
+    from .bench import build_peak_memory, document_peak_memory, encode_benchmark, queries_of, scale_benchmark, texts_of
 
     texts = texts_of(Path(args.data), args.docs)
     encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
@@ -328,6 +328,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes = [int(x) for x in args.memory.split(",")]
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
         report["memory"] = build_peak_memory(texts, sizes, args.model)
+    if args.memory_doc_mb:
+        sizes_mb = [float(x) for x in args.memory_doc_mb.split(",")]
+        print(f"peak memory of builds of one document of {sizes_mb} MB …", file=sys.stderr)
+        report["memory_document"] = document_peak_memory(texts_of(Path(args.data), None), sizes_mb, args.model)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -354,6 +358,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
         print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
+    for row in report.get("memory_document", []):
+        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.0f} s, "
+              f"progress bar moved {row['progress_updates']} times during it")
     return 0
 
 
@@ -481,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--latency", default=None, metavar="SIZES", help="e.g. 10000,100000,1000000: query latency over synthetic vectors")
     bn.add_argument("--queries", type=int, default=200, help="queries per latency size: the collection's queries.jsonl, then the first words of documents (default 200)")
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")
-    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory)")
+    bn.add_argument("--memory-doc-mb", default=None, metavar="SIZES",
+                    help="e.g. 2,10,50: peak memory and time of builds of ONE document of that many MB of the collection's prose")
+    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory / --memory-doc-mb)")
     bn.add_argument("--json", action="store_true")
     index_type_options(bn, default="hnsw", help="with --latency: approximate index measured against exact search (default hnsw; flat: exact only)")
     bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
