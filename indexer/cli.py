@@ -305,11 +305,23 @@ def format_evaluation(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def _document_sizes(value: str) -> list[float]:
+    """--memory-doc-mb: sizes in MB, each above 0 and within the loader's 50 MB limit per document."""
+    try:
+        sizes = [float(x) for x in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--memory-doc-mb takes sizes in MB separated by commas (e.g. 2,10,50), not {value!r}") from None
+    if not all(0 < mb <= 50 for mb in sizes):
+        raise ValueError(f"--memory-doc-mb sizes must be above 0 and at most 50 (the loader's limit per document), got {value!r}")
+    return sizes
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
     from .bench import build_peak_memory, document_peak_memory, encode_benchmark, queries_of, scale_benchmark, texts_of
 
+    sizes_mb = _document_sizes(args.memory_doc_mb) if args.memory_doc_mb else []
     texts = texts_of(Path(args.data), args.docs)
     encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
     peer = SentenceTransformer(encoder.info.location, device=str(encoder.device))
@@ -328,8 +340,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes = [int(x) for x in args.memory.split(",")]
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
         report["memory"] = build_peak_memory(texts, sizes, args.model)
-    if args.memory_doc_mb:
-        sizes_mb = [float(x) for x in args.memory_doc_mb.split(",")]
+    if sizes_mb:
         print(f"peak memory of builds of one document of {sizes_mb} MB …", file=sys.stderr)
         report["memory_document"] = document_peak_memory(texts_of(Path(args.data), None), sizes_mb, args.model)
     if args.json:

@@ -190,3 +190,12 @@ def test_bench_long_document_is_prose_within_its_utf8_size():
     texts = ["Caf\u00e9 au lait is coffee with hot milk.", "Bees make honey."]
     doc = long_document(texts, 1000)
     assert 990 <= len(doc.encode()) <= 1000 and doc.startswith(texts[0] + "\n\n" + texts[1])
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "60", "2,,3"])
+def test_bench_memory_doc_mb_refuses_a_bad_size_with_one_line(capsys, value):
+    from indexer.cli import main
+
+    assert main(["bench", "--memory-doc-mb", value, "--no-encode"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --memory-doc-mb") and "\n" not in err
