@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -246,6 +247,24 @@ def texts_of(source: Path, docs: int | None) -> list[str]:
     return [base[i % len(base)] + ("" if i < len(base) else f" ({i // len(base)})") for i in range(docs)]
 
 
+_PEAK_CHILD = (
+    "import resource, sys\nfrom indexer.cli import main\ncode = main(sys.argv[1:])\n"
+    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)"
+)
+
+
+def _peak_of_build(source: Path, index: Path, model: str | None, *, cwd: Path | None = None, extra: Sequence[str] = ()) -> dict:
+    """Peak resident memory (MB) and wall seconds of `python -m indexer build` in a fresh process."""
+    args = ["build", str(source), "--index", str(index), *extra] + (["--model", model] if model else [])
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _PEAK_CHILD, *args], capture_output=True, text=True,
+                          cwd=cwd or Path(__file__).resolve().parent.parent, env=dict(os.environ))
+    if done.returncode != 0:
+        raise RuntimeError(f"build of {source.name} failed: {done.stderr[-500:]}")
+    peak_kb = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_KB")))
+    return {"peak_rss_mb": peak_kb / 1024, "seconds": time.perf_counter() - started, "stderr": done.stderr}
+
+
 def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | None) -> list[dict]:
     """Peak resident memory of `python -m indexer build` over `sizes` documents, each in a fresh process."""
     for n in sizes:
@@ -257,18 +276,35 @@ def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | N
             with open(source, "w", encoding="utf-8") as f:
                 for i in range(n):
                     f.write(json.dumps({"_id": str(i), "text": texts[i % len(texts)] + (f" ({i // len(texts)})" if i >= len(texts) else "")}) + "\n")
-            args = ["build", str(source), "--index", str(Path(tmp) / f"ix-{n}"), "--no-progress"] + (["--model", model] if model else [])
-            child = (
-                "import resource, sys\nfrom indexer.cli import main\ncode = main(sys.argv[1:])\n"
-                "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)"
-            )
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", child, *args], capture_output=True, text=True,
-                                  cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ))
-            if done.returncode != 0:
-                raise RuntimeError(f"build of {n} documents failed: {done.stderr[-500:]}")
-            peak_kb = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_KB")))
-            vectors_mb = n * 2 * 384 * 4 / 2**20
-            out.append({"docs": n, "peak_rss_mb": peak_kb / 1024, "vectors_mb": vectors_mb,
-                        "seconds": time.perf_counter() - started})
+            row = _peak_of_build(source, Path(tmp) / f"ix-{n}", model, extra=["--no-progress"])
+            out.append({"docs": n, "peak_rss_mb": row["peak_rss_mb"], "vectors_mb": n * 2 * 384 * 4 / 2**20,
+                        "seconds": row["seconds"]})
+    return out
+
+
+def long_document(texts: Sequence[str], size: int) -> str:
+    """One document of real prose of at most `size` bytes in UTF-8: the collection's texts as paragraphs, repeated."""
+    parts, total, i = [], 0, 0
+    while total < size:
+        paragraph = texts[i % len(texts)] + (f" ({i // len(texts)})" if i >= len(texts) else "")
+        parts.append(paragraph)
+        total += len(paragraph.encode()) + 2
+        i += 1
+    return "\n\n".join(parts).encode()[:size].decode(errors="ignore")
+
+
+def document_peak_memory(texts: Sequence[str], sizes_mb: Sequence[float], model: str | None, *, cwd: Path | None = None) -> list[dict]:
+    """Peak resident memory and seconds of `build` over one JSONL record of each size (MB = 10^6 bytes of
+    prose in UTF-8, the loader's limit being 50 MB), each in a fresh process; also how many times the progress bar
+    was redrawn with a new count of embedded tokens while that one record was being worked on."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="pooling-lab-bench-doc-") as tmp:
+        for mb in sizes_mb:
+            source = Path(tmp) / f"doc-{mb}mb.jsonl"
+            source.write_text(json.dumps({"_id": "long", "text": long_document(texts, int(mb * 10**6))}) + "\n", encoding="utf-8")
+            row = _peak_of_build(source, Path(tmp) / f"ix-{mb}", model, cwd=cwd)
+            during = {line for line in re.split(r"[\r\n]", row["stderr"]) if " 0/1 " in line and "tokens=" in line}
+            out.append({"document_mb": mb, "peak_rss_mb": row["peak_rss_mb"], "seconds": row["seconds"],
+                        "progress_updates": len(during)})
+            source.unlink()
     return out

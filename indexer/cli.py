@@ -351,8 +351,19 @@ def format_evaluation(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def _document_sizes(value: str) -> list[float]:
+    """--memory-doc-mb: sizes in MB, each above 0 and within the loader's limit per document (50 MB)."""
+    try:
+        sizes = [float(x) for x in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--memory-doc-mb takes sizes in MB separated by commas (e.g. 2,10,50), not {value!r}") from None
+    if not all(0 < mb <= 50 for mb in sizes):
+        raise ValueError(f"--memory-doc-mb sizes must be above 0 and at most 50 (the loader's limit per document), got {value!r}")
+    return sizes
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import build_peak_memory, encode_benchmark, parse_sizes, positive, queries_of, scale_benchmark, texts_of
+    from .bench import build_peak_memory, document_peak_memory, encode_benchmark, parse_sizes, positive, queries_of, scale_benchmark, texts_of
 
     # every count and size is checked before any work, so a typo costs nothing
     for option, value in (("--docs", args.docs), ("--runs", args.runs), ("--batch-size", args.batch_size), ("--queries", args.queries)):
@@ -360,6 +371,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             positive(option, value)
     latency = parse_sizes("--latency", args.latency) if args.latency is not None else None
     memory = parse_sizes("--memory", args.memory) if args.memory is not None else None
+
+    sizes_mb = _document_sizes(args.memory_doc_mb) if args.memory_doc_mb else []
 
     from sentence_transformers import SentenceTransformer
 
@@ -381,6 +394,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes = memory
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
         report["memory"] = build_peak_memory(texts, sizes, args.model)
+    if sizes_mb:
+        print(f"peak memory of builds of one document of {sizes_mb} MB …", file=sys.stderr)
+        report["memory_document"] = document_peak_memory(texts_of(Path(args.data), None), sizes_mb, args.model)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -407,6 +423,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
         print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
+    for row in report.get("memory_document", []):
+        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.0f} s, "
+              f"progress bar moved {row['progress_updates']} times during it")
     return 0
 
 
@@ -551,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--latency", default=None, metavar="SIZES", help="e.g. 10000,100000,1000000: query latency over synthetic vectors")
     bn.add_argument("--queries", type=int, default=200, help="queries per latency size: the collection's queries.jsonl, then the first words of documents (default 200)")
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")
-    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory)")
+    bn.add_argument("--memory-doc-mb", default=None, metavar="SIZES",
+                    help="e.g. 2,10,50: peak memory and time of builds of ONE document of that many MB of the collection's prose")
+    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory / --memory-doc-mb)")
     bn.add_argument("--json", action="store_true")
     index_type_options(bn, default="hnsw", help="with --latency: approximate index measured against exact search (default hnsw; flat: exact only)")
     bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")

@@ -13,11 +13,12 @@ import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .chunking import SLICE_CHARS
 from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations
 from .files import sha256_file
 from .pooling import cls_pool, l2_normalize, mean_pool
@@ -310,10 +311,13 @@ class Encoder:
                 for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"]))
             ]
 
-    def encode_ids(self, sequences: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    def encode_ids(
+        self, sequences: Sequence[Sequence[int]], *, on_batch: Callable[[int, int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Vectors for token windows of content ids: one forward pass per batch for all representations.
 
         Windows are sorted by length so that a batch pads little; rows come back in input order.
+        `on_batch(windows, tokens)` is called after each forward pass with what it encoded (progress).
         """
         n = len(sequences)
         out = {r: np.empty((n, self.info.dim), dtype=np.float32) for r in self.representations}
@@ -333,6 +337,8 @@ class Encoder:
             vectors = self._forward(input_ids.to(self.device), mask.to(self.device))
             for r, v in vectors.items():
                 out[r][idx] = v
+            if on_batch is not None:
+                on_batch(len(idx), sum(len(sequences[i]) for i in idx))
         return out
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
@@ -347,9 +353,13 @@ class Encoder:
             return {r: l2_normalize(pooled[r]()).cpu().numpy() for r in self.representations}
 
     def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Vectors for short texts such as queries; a text longer than one window is cut, with a warning."""
+        """Vectors for short texts such as queries; a text longer than one window is cut, with a warning.
+
+        Only a text's first SLICE_CHARS characters are tokenised, so that one huge text costs no more
+        memory than a slice of a document does (a window is far shorter than that).
+        """
         sequences = []
-        for text, tok in zip(texts, self.tokenize(texts)):
+        for text, tok in zip(texts, self.tokenize([t[:SLICE_CHARS] for t in texts])):
             if len(tok.ids) > self.window:
                 log.warning(
                     "text of %d tokens cut to the model's window of %d: %.60r…", len(tok.ids), self.window, text

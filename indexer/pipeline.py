@@ -17,11 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .chunking import make_chunks
+from .chunking import chunk_document
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
 from .loaders import Document, FolderEntry, LoadIssue, LoadReport, detect_format, folder_entries, iter_documents
@@ -41,6 +42,10 @@ log = logging.getLogger("indexer.pipeline")
 #: CHARS_PER_BATCH characters, so that a run of huge documents does not hold many chunks in memory.
 DOCS_PER_BATCH = 512
 CHARS_PER_BATCH = 2_000_000
+#: Chunks embedded in one call (length-sorted together). A huge document is embedded this many
+#: chunks at a time while it is still being cut, so its token ids are never all in memory; its
+#: chunks and vectors are committed together, with the rest of its batch.
+CHUNKS_PER_ENCODE = 2048
 
 
 class BuildError(Exception):
@@ -143,6 +148,26 @@ def _batched(documents: Iterable[Document], n: int, max_chars: int) -> Iterator[
         yield batch
 
 
+class _Ticker:
+    """Moves the progress bar while chunks are embedded, so that one huge document shows progress."""
+
+    def __init__(self, bar, report: LoadReport) -> None:
+        self.bar, self.report = bar, report
+        self.chunks = self.tokens = 0
+        self._shown = time.monotonic()
+
+    def show(self, *, refresh: bool) -> None:
+        self.bar.set_postfix(chunks=self.chunks, tokens=self.tokens, skipped=self.report.skipped, refresh=refresh)
+
+    def embedded(self, chunks: int, tokens: int) -> None:
+        self.chunks += chunks
+        self.tokens += tokens
+        due = time.monotonic() - self._shown >= 0.5  # at most two redraws a second
+        self.show(refresh=due)
+        if due:
+            self._shown = time.monotonic()
+
+
 def _check_target(index_dir: Path) -> None:
     """Refuse to write into a file or into a folder that holds anything but an index."""
     if index_dir.exists() and not index_dir.is_dir():
@@ -176,6 +201,7 @@ def _ingest(
     stats = {"tokens": 0, "added": 0, "updated": 0, "unchanged": 0, "processed": 0}
     consumed = staging.consumed
     bar.update(consumed)
+    ticker = _Ticker(bar, report)
     for batch in _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH, CHARS_PER_BATCH):
         todo, remove = batch, []
         if incremental:  # only new documents and documents whose content changed are embedded
@@ -185,15 +211,28 @@ def _ingest(
             stats["unchanged"] += len(batch) - len(todo)
             stats["updated"] += len(remove)
             stats["added"] += len(todo) - len(remove)
-        kept, chunks = [], []
-        for doc, tok in zip(todo, encoder.tokenize([d.content for d in todo])):
-            if not tok.ids:
+        kept, chunks, parts, pending = [], [], [], []
+        ticker.chunks = staging.next_chunk_id
+
+        def encode_pending() -> None:
+            if pending:
+                parts.append(encoder.encode_ids([c.token_ids for c in pending], on_batch=ticker.embedded))
+                chunks.extend(c.embedded() for c in pending)
+                pending.clear()
+
+        for doc in todo:
+            before = len(chunks) + len(pending)
+            for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap):
+                pending.append(chunk)
+                if len(pending) >= CHUNKS_PER_ENCODE:  # a huge document: embed as it is cut
+                    encode_pending()
+            if len(chunks) + len(pending) == before:
                 report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
                 continue
             kept.append(doc)
-            chunks.extend(make_chunks(doc.doc_id, doc.content, tok.ids, tok.offsets, tok.word_ids,
-                                      window=encoder.window, overlap=overlap))
-        vectors = encoder.encode_ids([c.token_ids for c in chunks]) if chunks else None
+        encode_pending()
+        vectors = {r: np.concatenate([p[r] for p in parts]) for r in parts[0]} if parts else None
+        parts.clear()
         consumed += len(batch)
         try:
             staging.apply(remove=remove, documents=kept, chunks=chunks, vectors=vectors, consumed=consumed)
@@ -205,7 +244,8 @@ def _ingest(
         stats["tokens"] += sum(c.n_tokens for c in chunks)
         stats["processed"] += len(batch)
         bar.update(len(batch))
-        bar.set_postfix(chunks=staging.next_chunk_id, skipped=report.skipped, refresh=False)
+        ticker.chunks = staging.next_chunk_id
+        ticker.show(refresh=False)
         if on_progress is not None:
             on_progress(bar.n, bar.total)
     bar.total = bar.n  # the total was an estimate from line or file counts

@@ -315,7 +315,9 @@ class Staging:
         vectors: Mapping[str, np.ndarray] | None = None,
         consumed: int | None = None,
     ) -> None:
-        """One atomic step: remove documents, add documents with their chunks and vectors, advance progress."""
+        """One atomic step: remove documents, add documents with their chunks and vectors, advance progress.
+
+        Rows are generated as SQLite inserts them, so a huge document's chunks are not copied again."""
         for r, matrix in (vectors or {}).items():
             if len(matrix) != len(chunks):
                 raise ValueError(f"{len(matrix)} `{r}` vectors for {len(chunks)} chunks")
@@ -333,11 +335,11 @@ class Staging:
             )
             self.db.executemany(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(i, c.doc_id, c.position, c.char_start, c.char_end, c.n_tokens, c.text) for i, c in zip(ids, chunks)],
+                ((i, c.doc_id, c.position, c.char_start, c.char_end, c.n_tokens, c.text) for i, c in zip(ids, chunks)),
             )
             for r, matrix in (vectors or {}).items():
                 rows = np.ascontiguousarray(matrix, dtype=np.float32)
-                self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?)", [(i, r, rows[j].tobytes()) for j, i in enumerate(ids)])
+                self.db.executemany("INSERT INTO vectors VALUES (?, ?, ?)", ((i, r, rows[j].tobytes()) for j, i in enumerate(ids)))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_chunk_id'", (str(start + len(chunks)),))
             if consumed is not None:
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'consumed'", (str(consumed),))

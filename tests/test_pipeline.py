@@ -51,11 +51,11 @@ def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_j
     many.write_text("".join(json.dumps({"_id": str(i), "text": "the sky"}) + "\n" for i in range(3 * DOCS_PER_BATCH)), encoding="utf-8")
     calls = []
 
-    def interrupted(sequences, _real=encoder.encode_ids):
+    def interrupted(sequences, _real=encoder.encode_ids, **options):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return _real(sequences)
+        return _real(sequences, **options)
 
     def interrupted_export(self, path, _real=indexer.staging.Staging.export):
         _real(self, path)  # the new generation's metadata is written, then Ctrl-C
