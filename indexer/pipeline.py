@@ -9,7 +9,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
