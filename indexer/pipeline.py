@@ -24,7 +24,8 @@ from . import __version__
 from .chunking import chunk_document
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
-from .loaders import Document, FolderEntry, LoadIssue, LoadReport, detect_format, folder_entries, iter_documents
+from .loaders import Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents
+from .text import lone_surrogate
 from .files import sha256_file
 from .compat import compatibility_problems
 from .staging import (
@@ -252,6 +253,17 @@ def _ingest(
     return stats
 
 
+def _text_paths(**paths: Path) -> None:
+    """Refuse a path that is not valid UTF-8 (a file name's byte decoded by surrogateescape): the manifest,
+    the metadata store and every message record paths as text."""
+    for what, path in paths.items():
+        at = lone_surrogate(str(path))
+        if at is not None:
+            byte = ord(str(path)[at]) - 0xDC00 if 0xDC80 <= ord(str(path)[at]) <= 0xDCFF else None
+            shown = f"byte 0x{byte:02X}" if byte is not None else f"U+{ord(str(path)[at]):04X}"
+            raise SourceError(f"the {what} path {str(path)!r} is not valid UTF-8 ({shown} at character {at}); rename it")
+
+
 def _load_source(source: Path, format: str, **columns) -> tuple[str, LoadReport, Iterator[Document]]:
     fmt = detect_format(source) if format == "auto" else format
     report = LoadReport()
@@ -281,6 +293,7 @@ def build_index(
     `vector_index` chooses exact (`flat`, the default) or approximate (`hnsw`) FAISS indexes.
     """
     source, index_dir = Path(source), Path(index_dir).resolve()
+    _text_paths(source=source, index=index_dir)
     spec = vector_index or IndexSpec()
     chunking = ChunkingConfig(
         max_tokens=encoder.max_tokens, overlap=default_overlap(encoder.max_tokens) if overlap is None else overlap
@@ -373,6 +386,7 @@ def add_documents(
     All representations and the metadata change together, in one new generation.
     """
     source, index_dir = Path(source), Path(index_dir).resolve()
+    _text_paths(source=source, index=index_dir)
     columns = {"id_column": id_column, "title_column": title_column, "text_column": text_column}
     fmt, report, documents = _load_source(source, format, **columns)
     started = time.perf_counter()

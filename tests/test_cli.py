@@ -249,3 +249,16 @@ def test_evaluate_beir_reuses_a_cached_index_with_an_extra_representation(tmp_pa
     code, out, err = run(capsys, "evaluate", "--beir", data, "--index", tmp_path / "fresh", "--json", "--out", tmp_path / "o2", *model)
     assert code == 0 and "building the index" in err
     assert reused["metrics"] == json.loads(out)["metrics"]
+
+
+def test_build_from_or_into_a_path_that_is_not_utf8_is_one_line(tmp_path, small_jsonl):
+    odd_source = bytes(tmp_path) + b"/src-\xff.jsonl"
+    with open(odd_source, "wb") as f, open(small_jsonl, "rb") as g:
+        f.write(g.read())
+    built = cli_bytes(b"build", odd_source, b"--index", bytes(tmp_path / "ix"), b"--no-progress")
+    assert built.returncode == 2 and built.stderr.count(b"\n") == 1, built.stderr
+    assert b"source path" in built.stderr and b"not valid UTF-8 (byte 0xFF" in built.stderr
+    assert not (tmp_path / "ix").exists()  # refused before anything was written
+    into = cli_bytes(b"build", bytes(small_jsonl), b"--index", bytes(tmp_path) + b"/ix-\xfe", b"--no-progress")
+    assert into.returncode == 2 and b"index path" in into.stderr and b"(byte 0xFE" in into.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {small_jsonl.name, "src-\udcff.jsonl"}  # no index folder either

@@ -203,7 +203,7 @@ def test_cli_reports_malformed_and_unknown_lines_and_still_evaluates(sample_inde
     assert code == 0 and report["queries_evaluated"] == 2
     issues = report["issues"]
     assert f"{qrels}:3: expected 3 tab-separated fields" in issues[0]
-    assert f"{qrels}:4: score must be an integer, got 'two'" in issues[1]
+    assert f"{qrels}:4: score must be an integer from -1000 to 1000, got 'two'" in issues[1]
     assert f"{qrels}:5: unknown query id 'q99'" in issues[2] and f"{qrels}:6: unknown document id 'nope-1'" in issues[3]
     assert sorted(p.name for p in out_dir.iterdir()) == ["bm25.run", "cls.run", "mean.run", "pooled.run", "report.json", "report.md", "rrf.run"]
 
