@@ -140,11 +140,17 @@ def text_slices(content: str, slice_chars: int) -> Iterator[tuple[int, int]]:
         start = end
 
 
+def first_slice(content: str) -> str:
+    """The part of `content` that `chunk_document` tokenises first (all of it, for most documents)."""
+    start, end = next(text_slices(content, SLICE_CHARS), (0, 0))
+    return content[start:end]
+
+
 class _Buffer:
-    """Offsets and word ids of the tokens not yet planned into windows, as compact arrays; the ids
-    themselves are not needed, since every chunk's ids come from tokenising its own text."""
+    """Ids, offsets and word ids of the tokens not yet planned into windows, as compact arrays."""
 
     def __init__(self) -> None:
+        self.ids = np.empty(0, np.int64)
         self.offsets = np.empty((0, 2), np.int64)
         self.word_ids = np.empty(0, np.int64)
         self._next_word = 0
@@ -156,11 +162,18 @@ class _Buffer:
         # word ids restart at 0 in every slice: make them distinct so no word spans a slice boundary
         words[words >= 0] += self._next_word
         self._next_word = int(words.max()) + 1 if (words >= 0).any() else self._next_word
+        self.ids = np.concatenate([self.ids, np.asarray(tok.ids, np.int64)])
         self.offsets = np.concatenate([self.offsets, np.asarray(tok.offsets, np.int64).reshape(-1, 2) + char_base])
         self.word_ids = np.concatenate([self.word_ids, words])
 
     def drop(self, n: int) -> None:
-        self.offsets, self.word_ids = self.offsets[n:], self.word_ids[n:]
+        self.ids, self.offsets, self.word_ids = self.ids[n:], self.offsets[n:], self.word_ids[n:]
+
+    def at_word_boundaries(self, start: int, end: int) -> bool:
+        """Whether tokens [start, end) begin a word and end one (window edges that cut no word)."""
+        words = self.word_ids
+        return not (start > 0 and words[start] >= 0 and words[start] == words[start - 1]) and not (
+            end < len(words) and words[end] >= 0 and words[end] == words[end - 1])
 
 
 def _own_tokens(content: str, start: int, end: int, tokenize: Tokenize, window: int) -> tuple[tuple[int, ...], int]:
@@ -181,12 +194,18 @@ def chunk_document(
     window: int,
     overlap: int,
     slice_chars: int | None = None,
+    first: Tokens | None = None,
+    exact_at_word_boundaries: bool = False,
 ) -> Iterator[Chunk]:
     """Cut one document into chunks, tokenising it slice by slice; see the module docstring for the rules.
 
     `tokenize(texts)` gives each text's content tokens with character offsets and word ids
     (`Encoder.tokenize`). Chunks are yielded as they are planned, so a huge document never has
-    all its chunks, or all its tokens, in memory at once.
+    all its chunks, or all its tokens, in memory at once. `first` is the tokenisation of the
+    first slice when the caller already has it (a build tokenises a batch of documents at once).
+    `exact_at_word_boundaries` says that the tokenizer gives a span cut at word boundaries the
+    same ids in and out of context (WordPiece): a one-slice document's windows that cut no word
+    then keep their ids from the whole text, and only the others are tokenised on their own.
     """
     _check(window, overlap)
     buffer = _Buffer()
@@ -194,17 +213,20 @@ def chunk_document(
     owed: tuple[int, int] | None = None  # characters cut from a shortened chunk, not yet in any chunk
     slices = list(text_slices(content, slice_chars or SLICE_CHARS))
     for k, (a, b) in enumerate(slices):
-        buffer.extend(tokenize([content[a:b]])[0], a)
+        buffer.extend(first if k == 0 and first is not None else tokenize([content[a:b]])[0], a)
         windows, resume = _plan(buffer.word_ids.tolist(), 0, window=window, overlap=overlap, complete=k == len(slices) - 1)
         spans = [(int(buffer.offsets[s, 0]), int(buffer.offsets[e - 1, 1])) for s, e in windows]
-        own = tokenize([content[cs:ce] for cs, ce in spans]) if spans else []
-        for (s, e), (cs, ce), tok in zip(windows, spans, own):
+        # the whole text's ids serve where they are the chunk's own: one slice (so no hard slice cut) and no word cut
+        reuse = [exact_at_word_boundaries and len(slices) == 1 and buffer.at_word_boundaries(s, e) for s, e in windows]
+        retokenised = iter(tokenize([content[cs:ce] for (cs, ce), r in zip(spans, reuse) if not r]) if not all(reuse) else [])
+        own = [buffer.ids[s:e].tolist() if r else next(retokenised).ids for (s, e), r in zip(windows, reuse)]
+        for (s, e), (cs, ce), ids in zip(windows, spans, own):
             if owed is not None:
                 for chunk in _fill(doc_id, content, owed[0], min(owed[1], cs), tokenize, window, position):
                     yield chunk
                     position += 1
                 owed = None
-            ids = tuple(tok.ids)
+            ids = tuple(ids)
             if len(ids) > window:  # it differs from the planned ids, which fit
                 ids, shortened = _own_tokens(content, cs, ce, tokenize, window)
                 owed, ce = (shortened, ce), shortened

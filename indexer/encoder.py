@@ -188,6 +188,20 @@ def _pooler_status(model, missing_keys) -> tuple[PoolerStatus, str]:
     return "loaded", "pooler weights loaded from the checkpoint"
 
 
+def _exact_at_word_boundaries(tokenizer) -> bool:
+    """Whether a span of text cut at word boundaries tokenises to the same ids alone as in context.
+
+    True for BERT's WordPiece behind its whitespace-and-punctuation pre-tokenizer; not for
+    byte-level BPE or SentencePiece, whose first piece of a word carries the preceding space.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    from tokenizers import models, pre_tokenizers
+
+    return isinstance(backend.model, models.WordPiece) and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+
+
 class Encoder:
     """A loaded model and tokenizer that encode token windows into normalised vectors."""
 
@@ -224,6 +238,7 @@ class Encoder:
         self.device = next(model.parameters()).device
         # Fast tokenizers are not safe to call from several threads at once (the app shares one).
         self._lock = threading.Lock()
+        self.exact_at_word_boundaries = _exact_at_word_boundaries(tokenizer)
 
     @classmethod
     def load(

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .chunking import chunk_document
+from .chunking import chunk_document, first_slice
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
 from .loaders import Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents
@@ -220,9 +220,12 @@ def _ingest(
                 chunks.extend(c.embedded() for c in pending)
                 pending.clear()
 
-        for doc in todo:
+        # the first slice of every document in one tokenizer call: most documents are one slice
+        firsts = encoder.tokenize([first_slice(d.content) for d in todo])
+        for doc, first in zip(todo, firsts):
             before = len(chunks) + len(pending)
-            for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap):
+            for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap,
+                                        first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries):
                 pending.append(chunk)
                 if len(pending) >= CHUNKS_PER_ENCODE:  # a huge document: embed as it is cut
                     encode_pending()

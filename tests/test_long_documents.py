@@ -37,12 +37,15 @@ def unusual_texts() -> dict[str, str]:
 TEXTS = unusual_texts()
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["retokenise-all", "wordpiece-reuse"])
 @pytest.mark.parametrize("max_tokens", [64, 256])
 @pytest.mark.parametrize("kind", sorted(TEXTS))
-def test_real_tokenizer_chunks_retokenise_exactly_and_respect_the_window_bound(bundled_encoder, kind, max_tokens):
+def test_real_tokenizer_chunks_retokenise_exactly_and_respect_the_window_bound(bundled_encoder, kind, max_tokens, exact):
     content, tokenize = TEXTS[kind], bundled_encoder.tokenize
     window, overlap = max_tokens - 2, min(32, max_tokens // 8)  # [CLS] and [SEP]; the default overlap
-    chunks = list(chunk_document("d", content, tokenize, window=window, overlap=overlap))
+    # the bundled WordPiece tokenizer qualifies for reusing the whole text's ids at word boundaries
+    assert bundled_encoder.exact_at_word_boundaries
+    chunks = list(chunk_document("d", content, tokenize, window=window, overlap=overlap, exact_at_word_boundaries=exact))
     check_chunks(content, chunks, tokenize, window)
     n = len(tokenize([content])[0].ids)
     assert len(chunks) <= max(1, math.ceil((n - overlap) / (window / 2)))
