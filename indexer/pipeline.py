@@ -260,11 +260,12 @@ def _text_paths(**paths: Path) -> None:
     """Refuse a path that is not valid UTF-8 (a file name's byte decoded by surrogateescape): the manifest,
     the metadata store and every message record paths as text."""
     for what, path in paths.items():
-        at = lone_surrogate(str(path))
+        text = str(path)
+        at = lone_surrogate(text)
         if at is not None:
-            byte = ord(str(path)[at]) - 0xDC00 if 0xDC80 <= ord(str(path)[at]) <= 0xDCFF else None
-            shown = f"byte 0x{byte:02X}" if byte is not None else f"U+{ord(str(path)[at]):04X}"
-            raise SourceError(f"the {what} path {str(path)!r} is not valid UTF-8 ({shown} at character {at}); rename it")
+            code = ord(text[at])  # surrogateescape maps an undecodable byte b to U+DC00 + b
+            shown = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+            raise SourceError(f"the {what} path {text!r} is not valid UTF-8 ({shown} at character {at}); rename it")
 
 
 def _load_source(source: Path, format: str, **columns) -> tuple[str, LoadReport, Iterator[Document]]:
