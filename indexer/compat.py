@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 if TYPE_CHECKING:  # only for annotations: this module needs no model code
     from .encoder import Encoder
 
+from .store import stored_dims
+
 log = logging.getLogger("indexer.compat")
 
 #: search: query an index; reuse: take a cached index instead of building one; add: write new vectors into it.
@@ -44,9 +46,9 @@ def compatibility_problems(
     if built_max != encoder.max_tokens:
         problems.append(f"the index was built with a max length of {built_max} tokens, {who}'s is {encoder.max_tokens}")
     held = manifest.get("representations", {})
-    for r, spec in held.items():
-        if spec.get("dim") != info.dim:
-            problems.append(f"`{r}` vectors have dimension {spec.get('dim')}, the model produces {info.dim}")
+    for p, dim in stored_dims(manifest).items():  # the poolings' vectors; a transform may change a representation's
+        if dim != info.dim:
+            problems.append(f"`{p}` vectors have dimension {dim}, the model produces {info.dim}")
     computed = tuple(encoder.representations)
     if purpose == "add":
         if set(held) != set(computed):

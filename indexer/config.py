@@ -6,32 +6,85 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
-Representation = Literal["pooled", "mean", "cls"]
-REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
+Pooling = Literal["pooled", "mean", "cls", "max", "first_last"]
+#: How token vectors become one vector, each computed from the same forward pass (see pooling.py).
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+TransformKind = Literal["whiten", "abtt"]
+#: Post-processing fitted on a collection's vectors of one pooling (see transforms.py).
+TRANSFORMS: tuple[str, ...] = get_args(TransformKind)
+#: Kept for callers that list the plain representations (the poolings themselves).
+REPRESENTATIONS: tuple[str, ...] = POOLINGS
 DEFAULT_REPRESENTATIONS: tuple[str, ...] = ("pooled", "mean")
 
 #: What a representation name may look like: lower-case words of letters, digits and `_`, joined
 #: by `+` (`mean`, `first_last`, `pooled+whiten128`). A name becomes part of a file name
 #: (`<name>.faiss`), so a name read from a manifest is checked against this before any path is built.
 REPRESENTATION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\+[a-z0-9_]{1,32}){0,3}")
+_TRANSFORM = re.compile(r"(whiten|abtt)([1-9][0-9]{0,4})?")
+#: The valid forms, for messages that refuse a name.
+REPRESENTATION_FORMS = (
+    f"POOLING or POOLING+TRANSFORM, where POOLING is one of {', '.join(POOLINGS)} and TRANSFORM is "
+    "whiten (BERT-whitening, all dimensions), whitenK (keep K dimensions, e.g. whiten128) or abttD "
+    "(all-but-the-top: remove the top D principal directions, e.g. abtt3)"
+)
+
+
+@dataclass(frozen=True)
+class RepresentationSpec:
+    """A representation name taken apart: its pooling and the optional transform fitted on top of it.
+
+    `param` is K of `whitenK` (None: keep every dimension) or D of `abttD`.
+    """
+
+    name: str
+    pooling: str
+    transform: str | None = None
+    param: int | None = None
+
+
+def parse_representation(name: str) -> RepresentationSpec:
+    """`mean` -> (mean); `pooled+whiten128` -> (pooled, whiten, 128); ValueError listing the valid forms."""
+    if not isinstance(name, str):
+        raise ValueError(f"a representation name must be text, got {type(name).__name__}")
+    pooling, plus, rest = name.strip().partition("+")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown representation {name!r} (unknown pooling {pooling!r}); valid: {REPRESENTATION_FORMS}")
+    if not plus:
+        return RepresentationSpec(pooling, pooling)
+    match = _TRANSFORM.fullmatch(rest)
+    if match is None or (match.group(1) == "abtt" and match.group(2) is None):
+        raise ValueError(f"unknown representation {name!r} (unknown transform {rest!r}); valid: {REPRESENTATION_FORMS}")
+    kind, param = match.group(1), match.group(2)
+    return RepresentationSpec(f"{pooling}+{kind}{param or ''}", pooling, kind, int(param) if param else None)
+
+
+def representation_order(name: str) -> tuple:
+    """Canonical order: by pooling (POOLINGS order), the plain pooling before its transforms."""
+    spec = parse_representation(name)
+    return (POOLINGS.index(spec.pooling), spec.transform is not None, spec.transform or "", spec.param or 0)
+
+
+def parse_representations(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Turn "pooled,mean+whiten" (or a sequence) into a validated, de-duplicated tuple in canonical order."""
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if not names:
+        raise ValueError(f"no representation given; valid: {REPRESENTATION_FORMS}")
+    specs = {}
+    for n in names:
+        spec = parse_representation(n)
+        specs[spec.name] = spec
+    return tuple(sorted(specs, key=representation_order))
+
+
+def poolings_of(representations) -> tuple[str, ...]:
+    """The poolings a forward pass must compute (and a store keep) to serve `representations`."""
+    return tuple(p for p in POOLINGS if any(parse_representation(r).pooling == p for r in representations))
+
 
 #: Name under which the embedded all-MiniLM-L6-v2 is known to `--model`.
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_OVERLAP = 32
 DEFAULT_BATCH_SIZE = 32
-
-
-def parse_representations(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Turn "pooled,mean" (or a sequence) into a validated, de-duplicated tuple in canonical order."""
-    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    if not names:
-        raise ValueError(f"no representation given; choose from {', '.join(REPRESENTATIONS)}")
-    unknown = [n for n in names if n not in REPRESENTATIONS]
-    if unknown:
-        raise ValueError(
-            f"unknown representation {', '.join(map(repr, unknown))}; valid: {', '.join(REPRESENTATIONS)}"
-        )
-    return tuple(r for r in REPRESENTATIONS if r in names)
 
 
 def default_overlap(max_tokens: int) -> int:

@@ -1,7 +1,10 @@
 """Model loading (embedded default, local directory, Hugging Face hub id) and batched encoding.
 
-One forward pass per batch yields every representation the index keeps: `pooled` (the
-model's `pooler_output`), `mean` (masked mean of `last_hidden_state`) and optionally `cls`.
+One forward pass per batch yields every pooling the index needs: `pooled` (the model's
+`pooler_output`), `mean`, `cls`, `max` and `first_last` (see pooling.py); hidden states of every
+layer are asked for only when `first_last` is among them. Vectors come back keyed by pooling: a
+representation with a transform (`pooled+whiten`) is its pooling's vector passed through a
+transform fitted on the collection (transforms.represent), which the index holds, not the encoder.
 This module never imports faiss: it turns token ids into float32 vectors and nothing more.
 """
 
@@ -19,9 +22,9 @@ import numpy as np
 import torch
 
 from .chunking import SLICE_CHARS
-from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations
+from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations, poolings_of
 from .files import sha256_file
-from .pooling import cls_pool, l2_normalize, mean_pool
+from .pooling import cls_pool, first_last_pool, l2_normalize, max_pool, mean_pool
 
 log = logging.getLogger("indexer.encoder")
 
@@ -219,7 +222,9 @@ class Encoder:
         self.tokenizer = tokenizer
         self.info = info
         self.representations = parse_representations(tuple(representations))
-        if "pooled" in self.representations and info.pooler == "absent":
+        #: what one forward pass computes: the poolings behind `representations`
+        self.poolings = poolings_of(self.representations)
+        if "pooled" in self.poolings and info.pooler == "absent":
             raise ModelError(
                 f"model {info.name!r}: {info.pooler_note}. `pooled` needs the model's pooler "
                 "(dense + tanh over [CLS]); build with `--representations mean` (or mean,cls) instead."
@@ -329,13 +334,13 @@ class Encoder:
     def encode_ids(
         self, sequences: Sequence[Sequence[int]], *, on_batch: Callable[[int, int], None] | None = None
     ) -> dict[str, np.ndarray]:
-        """Vectors for token windows of content ids: one forward pass per batch for all representations.
+        """Vectors for token windows of content ids, keyed by pooling: one forward pass per batch for all of them.
 
         Windows are sorted by length so that a batch pads little; rows come back in input order.
         `on_batch(windows, tokens)` is called after each forward pass with what it encoded (progress).
         """
         n = len(sequences)
-        out = {r: np.empty((n, self.info.dim), dtype=np.float32) for r in self.representations}
+        out = {p: np.empty((n, self.info.dim), dtype=np.float32) for p in self.poolings}
         too_long = [i for i, s in enumerate(sequences) if len(s) > self.window]
         if too_long:
             raise ValueError(f"sequence {too_long[0]} has {len(sequences[too_long[0]])} tokens; the window is {self.window}")
@@ -358,17 +363,20 @@ class Encoder:
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            output = self.model(input_ids=input_ids, attention_mask=mask)
+            layers = "first_last" in self.poolings  # every layer's hidden states cost memory: only when needed
+            output = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=layers)
             hidden = output.last_hidden_state
             pooled = {
                 "pooled": lambda: output.pooler_output,
                 "mean": lambda: mean_pool(hidden, mask),
                 "cls": lambda: cls_pool(hidden, mask),
+                "max": lambda: max_pool(hidden, mask),
+                "first_last": lambda: first_last_pool(output.hidden_states, mask),
             }
-            return {r: l2_normalize(pooled[r]()).cpu().numpy() for r in self.representations}
+            return {p: l2_normalize(pooled[p]()).cpu().numpy() for p in self.poolings}
 
     def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Vectors for short texts such as queries; a text longer than one window is cut, with a warning.
+        """Vectors (keyed by pooling) for short texts such as queries; a text longer than one window is cut, with a warning.
 
         Only a text's first SLICE_CHARS characters are tokenised, so that one huge text costs no more
         memory than a slice of a document does (a window is far shorter than that).

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -15,9 +16,10 @@ from .files import atomic_write_bytes
 from .staging import (
     STAGING, Staging, WriterLock, generations, manifest_base, manifest_dims, publish, recover, write_failed,
 )
+from .config import parse_representation, parse_representations, poolings_of
 from .store import (
-    CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, open_generation, read_pointer,
-    read_vectors, repair_hint, verified_file,
+    CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, load_transforms, open_generation,
+    read_pointer, read_vectors, repair_hint, stored_dims, verified_file,
 )
 from .vector_index import IndexSpec
 
@@ -52,13 +54,18 @@ def verify_generation(gen_dir: Path, manifest: dict) -> list[str]:
         except (StoreError, KeyError) as exc:
             problems.append(str(exc))
     try:
+        fitted = load_transforms(gen_dir, manifest)
+    except StoreError as exc:
+        problems.append(str(exc))
+        fitted = None
+    try:
         verified_file(gen_dir, METADATA, files)
     except StoreError as exc:
         problems.append(str(exc))
         return problems
     db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
     try:
-        problems += _check_metadata(db, gen_dir, manifest, indexes)
+        problems += _check_metadata(db, gen_dir, manifest, indexes, fitted)
     except sqlite3.DatabaseError as exc:
         problems.append(f"{gen_dir / METADATA} cannot be read by SQLite: {exc}")
     finally:
@@ -66,7 +73,7 @@ def verify_generation(gen_dir: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, indexes: dict) -> list[str]:
+def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, indexes: dict, fitted: dict | None) -> list[str]:
     problems = []
     result = db.execute("PRAGMA integrity_check").fetchone()[0]
     if result != "ok":
@@ -90,24 +97,33 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
     next_id = manifest.get("next_chunk_id")
     if not isinstance(next_id, int) or (len(stored_ids) and stored_ids.max() >= next_id):
         problems.append(f"chunk id {stored_ids.max() if len(stored_ids) else None} is not below the manifest's next_chunk_id {next_id!r}")
+    vectors = {}  # the stored vectors of each pooling (the vectors table keys them by pooling)
+    for pooling, dim in stored_dims(manifest).items():
+        try:
+            _, vectors[pooling] = read_vectors(db, pooling, dim, gen_dir / METADATA)
+        except StoreError as exc:
+            problems.append(str(exc))
+            continue
+        extra = db.execute("SELECT COUNT(*) FROM vectors WHERE representation = ?", (pooling,)).fetchone()[0] - len(stored_ids)
+        if extra:
+            problems.append(f"the metadata store holds {extra} `{pooling}` vectors of no chunk")
     for r, index in indexes.items():
         ids = faiss_ids(index)
         if not np.array_equal(ids, stored_ids):
             problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(stored_ids)} chunk ids of the metadata store")
             continue
-        try:
-            _, stored = read_vectors(db, r, index.d, gen_dir / METADATA)
-        except StoreError as exc:
-            problems.append(str(exc))
-            continue
-        extra = db.execute("SELECT COUNT(*) FROM vectors WHERE representation = ?", (r,)).fetchone()[0] - len(stored)
-        if extra:
-            problems.append(f"the metadata store holds {extra} `{r}` vectors of no chunk")
+        stored = vectors.get(parse_representation(r).pooling)
+        if stored is None:
             continue
         in_faiss_order = faiss.vector_to_array(index.id_map)
         served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids) else stored
-        if not np.array_equal(stored, served):
-            problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
+        if parse_representation(r).transform is None:
+            if not np.array_equal(stored, served):
+                problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
+        elif fitted is not None and r in fitted:
+            expected = fitted[r].apply(stored)
+            if expected.shape != served.shape or not np.allclose(expected, served, atol=1e-5):
+                problems.append(f"`{r}` vectors in the FAISS file differ from its transform applied to the stored `{parse_representation(r).pooling}` vectors")
     return problems
 
 
@@ -137,7 +153,7 @@ def repair(directory: str | Path) -> Repaired:
             open_generation(directory)
         except StoreError as exc:
             return _publish_newest_intact(directory, exc)
-        return Repaired(_rebuild_faiss(directory, "repair", None), True, "FAISS files rebuilt from the metadata store")
+        return _rebuild_faiss(directory, "repair", None)
 
 
 def convert(directory: str | Path, spec: IndexSpec) -> str:
@@ -147,7 +163,19 @@ def convert(directory: str | Path, spec: IndexSpec) -> str:
     """
     directory = Path(directory).resolve()
     with WriterLock(directory, "convert"):
-        return _rebuild_faiss(directory, "convert", spec)
+        return _rebuild_faiss(directory, "convert", spec).generation
+
+
+def refit(directory: str | Path, representations: Sequence[str] | None = None) -> Repaired:
+    """Fit every transform again on the index's current vectors, as a new generation; nothing is re-embedded.
+
+    `representations` (default: the index's own) may also change the set served, e.g. add `mean+whiten`
+    to an index that keeps `mean` vectors: any representation whose pooling the index stores.
+    """
+    directory = Path(directory).resolve()
+    wanted = parse_representations(representations) if representations else None
+    with WriterLock(directory, "refit"):
+        return _rebuild_faiss(directory, "refit", None, representations=wanted)
 
 
 def _publish_newest_intact(directory: Path, why: StoreError) -> Repaired:
@@ -182,8 +210,11 @@ def _publish_newest_intact(directory: Path, why: StoreError) -> Repaired:
     )
 
 
-def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None) -> str:
-    """Publish the published generation again with FAISS files built from its stored vectors (the caller holds the lock)."""
+def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, representations: Sequence[str] | None = None) -> Repaired:
+    """Publish the published generation again with FAISS files built from its stored vectors (the caller holds the lock).
+
+    Transforms are kept as fitted (`repair`, `convert`), or fitted again (`refit`; `repair` too when a
+    transform file itself is damaged, and says so)."""
     try:
         pointer = read_pointer(directory)
         gen_dir, manifest = open_generation(directory)
@@ -196,12 +227,36 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None) -> str:
             f"cannot {op} {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
             f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
         ) from exc
-    staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict()},
+    dims = manifest_dims(manifest)
+    wanted = list(representations or manifest["representations"])
+    missing = [p for p in poolings_of(wanted) if p not in dims]
+    if missing:
+        raise StoreError(
+            f"cannot {op} {directory}: it stores no {', '.join(f'`{p}`' for p in missing)} vectors (it keeps "
+            f"{', '.join(f'`{p}`' for p in dims)}); build it again with those representations"
+        )
+    note = "FAISS files rebuilt from the metadata store"
+    if op == "refit":
+        fixed = {}
+        note = "transforms fitted again on the stored vectors" if any(parse_representation(r).transform for r in wanted) \
+            else "no representation has a transform: FAISS files rebuilt from the metadata store"
+    else:
+        try:
+            fixed = load_transforms(gen_dir, manifest)
+        except StoreError as exc:
+            if op != "repair":
+                raise StoreError(f"cannot {op} {directory}: {exc}; `python -m indexer repair {directory}` fits it again") from exc
+            fixed = {}
+            note += f"; transforms fitted again, as one could not be read ({exc})"
+    staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict(), "representations": wanted},
                       base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
     base = manifest_base(manifest)
     update = {"op": op, "from": pointer["generation"]}
     if spec is not None:
         update["vector_index"] = spec.to_dict()
         base["vector_index"] = spec.to_dict()
+    if op == "refit":
+        update["representations"] = wanted
     base["updates"] = list(base.get("updates", [])) + [update]
-    return publish(directory, staging, base, manifest_dims(manifest))
+    generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed)
+    return Repaired(generation, True, note)

@@ -32,7 +32,9 @@ from .staging import (
     LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish,
 )
 from .vector_index import IndexSpec
-from .store import CURRENT, GENERATION, METADATA, StoreError, content_sha256, is_index, read_manifest, verified_file
+from .store import (
+    CURRENT, GENERATION, METADATA, StoreError, content_sha256, is_index, load_transforms, read_manifest, verified_file,
+)
 
 log = logging.getLogger("indexer.pipeline")
 
@@ -307,7 +309,7 @@ def build_index(
     _check_target(index_dir)
     started = time.perf_counter()
     info = encoder.info
-    dims = {r: info.dim for r in encoder.representations}
+    dims = {p: info.dim for p in encoder.poolings}
     with WriterLock(index_dir, f"build {source}", create=True):
         try:
             _, old = base_state(index_dir)
@@ -319,6 +321,7 @@ def build_index(
         command = {
             "op": "build", "source": str(source.resolve()), "fingerprint": fingerprint, "format": fmt,
             "columns": columns, "model": info.fingerprint, "chunking": chunking.to_dict(), "dims": dims,
+            "representations": list(encoder.representations),
         }
         command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
         signature = command | {"base": old["generation"] if old else None}
@@ -361,7 +364,7 @@ def build_index(
                       "command_sha256": command_sha},
             "updates": [],
         }
-        generation = publish(index_dir, staging, manifest, dims)
+        generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=docs)
 
@@ -403,6 +406,7 @@ def add_documents(
             raise StoreError(f"cannot add to {index_dir} with this model: " + "; ".join(problems))
         overlap = manifest["chunking"]["overlap"]
         dims = manifest_dims(manifest)
+        fixed = load_transforms(gen_dir, manifest)  # checked before any work
         signature = {
             "op": "add", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
             "columns": columns, "base": manifest["generation"],
@@ -420,7 +424,9 @@ def add_documents(
             "op": "add", "source": str(source.resolve()), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
         }]
-        generation = publish(index_dir, staging, base, dims)
+        # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again)
+        generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
+                             fixed=fixed)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])
@@ -466,6 +472,8 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
             "op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present),
         }]
         dims = manifest_dims(manifest)
+        fixed = load_transforms(gen_dir, manifest)  # checked before any work
         docs, _ = staging.counts()
-        generation = publish(index_dir, staging, base, dims)
+        generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
+                             fixed=fixed)
     return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

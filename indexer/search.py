@@ -15,6 +15,7 @@ from .compat import compatibility_problems
 from .encoder import Encoder
 from .store import IndexReader, StoreError, generation_id
 from .text import describe_surrogate, is_blank
+from .transforms import represent
 
 log = logging.getLogger("indexer.search")
 
@@ -211,7 +212,8 @@ class Searcher:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         index = index or self.current()
-        vectors = self.encoder.encode_texts(list(queries))
+        # the index's transforms map the query's poolings as they mapped the documents'
+        vectors = represent(self.encoder.encode_texts(list(queries)), self.representations, index.transforms)
         exclude = list(exclude) if exclude is not None else [None] * len(queries)
         return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in self.representations}
 

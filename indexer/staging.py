@@ -12,6 +12,7 @@ atomic replacement of CURRENT. Readers never see anything before that last step.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -28,12 +29,14 @@ from typing import Iterable, Mapping, Sequence
 import faiss
 import numpy as np
 
-from . import vector_index
+from . import transforms, vector_index
+from .config import parse_representation
 from .files import atomic_write_bytes, fsync_dir, sha256_file
 from .store import (
     CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, StoreError, content_sha256, faiss_file,
-    is_index, open_generation, read_pointer, read_vectors,
+    is_index, open_generation, read_pointer, read_vectors, stored_dims, transform_file,
 )
+from .transforms import Transform
 from .vector_index import IndexSpec
 
 log = logging.getLogger("indexer.staging")
@@ -384,12 +387,26 @@ class Staging:
         self.db.close()
 
 
-def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[str, int]) -> str:
+def publish(
+    directory: Path,
+    staging: Staging,
+    manifest: Mapping,
+    dims: Mapping[str, int],
+    *,
+    representations: Sequence[str] | None = None,
+    fixed: Mapping[str, Transform] | None = None,
+) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
 
+    `dims` are the stored poolings' dimensions ({"mean": 384}); `representations` the FAISS indexes
+    to build from them (default: the poolings themselves). A representation with a transform uses
+    its transform from `fixed` (kept from the previous generation: add, delete, repair) or has it
+    fitted now on every stored vector of its pooling (build, refit).
     A write error (full disk, permissions) before CURRENT is replaced leaves the previous
     generation published and untouched.
     """
+    representations = list(dims) if representations is None else list(representations)
+    fixed = fixed or {}
     directory = Path(directory)
     existing = generations(directory)
     number = int(existing[-1][4:]) + 1 if existing else 1
@@ -402,19 +419,47 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
         files = {}
         spec = IndexSpec.from_dict(manifest.get("vector_index"))
         built = {}
-        for r, dim in dims.items():
-            ids, matrix = staging.load_vectors(r, dim)
-            index, seconds = vector_index.build_timed(spec, ids, matrix)
-            del ids, matrix  # the index holds its own copy
-            data = faiss.serialize_index(index)  # a numpy buffer, written without a further copy
-            del index
-            atomic_write_bytes(tmp / faiss_file(r), data)
-            del data
-            built[r] = {"dim": dim, "file": faiss_file(r), "index_type": f"{spec.type}-ip", "build_seconds": round(seconds, 3)}
+        written = []
+        by_pooling: dict[str, list[str]] = {}
+        for r in representations:
+            by_pooling.setdefault(parse_representation(r).pooling, []).append(r)
+        for pooling, names in by_pooling.items():  # each pooling's vectors are read once
+            ids, stored = staging.load_vectors(pooling, dims[pooling])
+            for r in names:
+                entry: dict = {"pooling": pooling}
+                if parse_representation(r).transform is None:
+                    matrix = stored
+                else:
+                    transform = fixed.get(r)
+                    if transform is None:
+                        try:
+                            transform = transforms.fit(r, stored)
+                        except transforms.TransformError as exc:
+                            raise StoreError(f"cannot publish {directory}: {exc}") from exc
+                        transform = dataclasses.replace(transform, fitted_in=generation)
+                    matrix = transform.apply(stored)
+                    atomic_write_bytes(tmp / transform_file(r), transform.to_bytes())
+                    written.append(transform_file(r))
+                    entry["transform"] = {
+                        "kind": transform.kind, "param": transform.param, "file": transform_file(r),
+                        "dim_in": transform.dim_in, "fitted_on_chunks": transform.fitted_on,
+                        "fitted_in": transform.fitted_in, "refitted": transform.fitted_in == generation,
+                    }
+                dim = int(matrix.shape[1])
+                index, seconds = vector_index.build_timed(spec, ids, matrix)
+                del matrix  # the index holds its own copy
+                data = faiss.serialize_index(index)  # a numpy buffer, written without a further copy
+                del index
+                atomic_write_bytes(tmp / faiss_file(r), data)
+                written.append(faiss_file(r))
+                del data
+                built[r] = {"dim": dim, "file": faiss_file(r),
+                            "index_type": f"{spec.type}-ip", "build_seconds": round(seconds, 3)} | entry
+            del ids, stored
         crash_point("faiss-written")
         staging.export(tmp / METADATA)
         crash_point("metadata-written")
-        for name in [faiss_file(r) for r in dims] + [METADATA]:
+        for name in written + [METADATA]:
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
         docs, chunks = staging.counts()
         full = dict(manifest)
@@ -425,7 +470,8 @@ def publish(directory: Path, staging: Staging, manifest: Mapping, dims: Mapping[
             counts={"documents": docs, "chunks": chunks},
             next_chunk_id=staging.next_chunk_id,
             vector_index=spec.to_dict(),
-            representations=built,
+            poolings={p: {"dim": dims[p]} for p in by_pooling},
+            representations={r: built[r] for r in representations},
             files=files,
         )
         data = (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode()
@@ -468,13 +514,13 @@ def prune(directory: Path, current: str, keep: int = KEEP_GENERATIONS) -> list[s
 
 
 def manifest_dims(manifest: Mapping) -> dict[str, int]:
-    """{representation: dimension} of a published manifest."""
-    return {r: spec["dim"] for r, spec in manifest["representations"].items()}
+    """{pooling: dimension} of the vectors a published manifest's metadata store keeps (see store.stored_dims)."""
+    return stored_dims(manifest)
 
 
 def manifest_base(manifest: Mapping) -> dict:
     """A published manifest without what `publish` recomputes: the starting point of the next one."""
-    generated = {"format_version", "generation", "created_at", "counts", "next_chunk_id", "representations", "files"}
+    generated = {"format_version", "generation", "created_at", "counts", "next_chunk_id", "poolings", "representations", "files"}
     return {k: v for k, v in manifest.items() if k not in generated}
 
 

@@ -7,7 +7,9 @@ Layout of an index directory DIR:
         manifest.json        settings, counts, and the size + sha256 of every file below
         pooled.faiss         one FAISS file per representation, ids = chunk ids
         mean.faiss
-        metadata.sqlite      documents, chunks and their vectors
+        mean+whiten.faiss
+        mean+whiten.transform.safetensors   a fitted transform (mean vector, matrix), no pickle
+        metadata.sqlite      documents, chunks and their vectors, one per chunk and pooling
     DIR/writer.lock          held (flock) by the one writer at a time
     DIR/staging/             the writer's crash-safe working copy (see staging.py)
 
@@ -32,8 +34,9 @@ import faiss
 import numpy as np
 
 from . import vector_index
-from .config import REPRESENTATION_NAME
+from .config import POOLINGS, REPRESENTATION_NAME, parse_representation
 from .files import sha256_file
+from .transforms import Transform
 from .vector_index import IndexSpec
 
 FORMAT_VERSION = 2
@@ -78,6 +81,20 @@ class StoreError(Exception):
 
 def faiss_file(representation: str) -> str:
     return f"{representation}.faiss"
+
+
+def transform_file(representation: str) -> str:
+    """File of a representation's fitted transform (`mean+whiten` -> `mean+whiten.transform.safetensors`)."""
+    return f"{representation}.transform.safetensors"
+
+
+def stored_dims(manifest: Mapping) -> dict[str, int]:
+    """{pooling: dimension} of the vectors the metadata store keeps per chunk (the FAISS files are built from
+    them). Manifests from before transforms list only plain representations, which are their poolings."""
+    poolings = manifest.get("poolings")
+    if isinstance(poolings, Mapping):
+        return {p: spec["dim"] for p, spec in poolings.items()}
+    return {r: spec["dim"] for r, spec in manifest["representations"].items()}
 
 
 #: A file name inside a generation: one plain component, never hidden, `..` or a path.
@@ -175,6 +192,28 @@ def _check_names(path: Path, manifest: dict) -> None:
             raise StoreError(f"{path}: representation `{name}` has file {file!r}; expected {faiss_file(name)!r}")
         if not isinstance(spec.get("dim"), int) or isinstance(spec.get("dim"), bool) or spec["dim"] < 1:
             raise StoreError(f"{path}: representation `{name}` has dimension {spec.get('dim')!r}; expected a positive integer")
+    poolings = manifest.get("poolings")
+    if poolings is not None:
+        if not isinstance(poolings, dict) or not all(p in POOLINGS and isinstance(v, dict) for p, v in poolings.items()):
+            raise StoreError(f"{path}: 'poolings' must map pooling names ({', '.join(POOLINGS)}) to their dimension")
+        for p, v in poolings.items():
+            if not isinstance(v.get("dim"), int) or isinstance(v.get("dim"), bool) or v["dim"] < 1:
+                raise StoreError(f"{path}: pooling `{p}` has dimension {v.get('dim')!r}; expected a positive integer")
+    for name, spec in reps.items():
+        try:
+            parsed = parse_representation(name)
+        except ValueError as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        if poolings is not None and parsed.pooling not in poolings:
+            raise StoreError(f"{path}: representation `{name}` needs `{parsed.pooling}` vectors, which the index does not store")
+        record = spec.get("transform")
+        if parsed.transform is None and record is not None:
+            raise StoreError(f"{path}: representation `{name}` has a transform but its name names none")
+        if parsed.transform is not None:
+            if (not isinstance(record, dict) or record.get("file") != transform_file(name)
+                    or record.get("kind") != parsed.transform or record.get("param") != parsed.param):
+                raise StoreError(f"{path}: representation `{name}` has transform record {record!r}; expected kind "
+                                 f"{parsed.transform!r}, param {parsed.param!r} and file {transform_file(name)!r}")
     for name in manifest["files"]:
         if not _PLAIN_FILE.fullmatch(name):
             raise StoreError(f"{path}: file name {name!r} is not a plain file name inside the generation")
@@ -262,6 +301,28 @@ def load_faiss(gen_dir: Path, manifest: Mapping, representation: str) -> faiss.I
     return deserialize_faiss(gen_dir, spec["file"], data, spec.get("dim"), index_spec(gen_dir, manifest))
 
 
+def load_transforms(gen_dir: Path, manifest: Mapping) -> dict[str, Transform]:
+    """The fitted transform of each representation that has one, after its checksum and shape are checked."""
+    out = {}
+    dims = stored_dims(manifest)
+    for name, spec in manifest["representations"].items():
+        record = spec.get("transform")
+        if record is None:
+            continue
+        data = verified_bytes(gen_dir, record["file"], manifest["files"])
+        try:
+            transform = Transform.from_bytes(data, record["kind"], record["param"], record.get("fitted_on_chunks", 0),
+                                             record.get("fitted_in", ""))
+        except ValueError as exc:
+            raise StoreError(f"{gen_dir / record['file']} cannot be read: {exc}") from exc
+        pooling = parse_representation(name).pooling
+        if (transform.dim_in, transform.dim) != (dims.get(pooling), spec["dim"]):
+            raise StoreError(f"{gen_dir / record['file']} maps {transform.dim_in} to {transform.dim} dimensions; the manifest "
+                             f"says `{pooling}` has {dims.get(pooling)} and `{name}` {spec['dim']}")
+        out[name] = transform
+    return out
+
+
 def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The chunk ids an index holds, sorted."""
     return np.sort(faiss.vector_to_array(index.id_map))
@@ -310,6 +371,8 @@ class IndexReader:
         files = self.manifest["files"]
         self.spec = index_spec(gen_dir, self.manifest)
         self.indexes = {r: load_faiss(gen_dir, self.manifest, r) for r in self.manifest["representations"]}
+        #: fitted transforms of the representations that have one, applied to queries as to documents
+        self.transforms = load_transforms(gen_dir, self.manifest)
         verified_file(gen_dir, METADATA, files)
         # immutable=1: a published generation never changes, so SQLite needs no locks or journal
         uri = f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1"

@@ -102,8 +102,8 @@ def test_search_with_another_model_is_refused(tmp_path, small_jsonl, build_args,
 
 
 def test_bad_representation_and_model_without_pooler(tmp_path, small_jsonl, build_args, capsys):
-    code, _, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args, "--representations", "pooled,max")
-    assert code == 2 and "unknown representation 'max'" in err
+    code, _, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args, "--representations", "pooled,median")
+    assert code == 2 and "unknown representation 'median'" in err
 
 
 def test_folder_source_with_html_and_a_binary_file(tmp_path, build_args, capsys):

@@ -131,8 +131,10 @@ def test_weights_digest_identifies_the_weights(tiny_bert, tiny_bert_other):
 
 
 def test_invalid_representation_lists_valid_ones(tiny_bert):
-    with pytest.raises(ValueError, match="unknown representation 'max'.*pooled, mean, cls"):
-        Encoder.load(str(tiny_bert), representations=("max",))
+    with pytest.raises(ValueError, match=r"unknown representation 'median'.*pooled, mean, cls, max, first_last.*whitenK.*abttD"):
+        Encoder.load(str(tiny_bert), representations=("median",))
+    with pytest.raises(ValueError, match=r"unknown representation 'mean\+whiten0' \(unknown transform 'whiten0'\)"):
+        Encoder.load(str(tiny_bert), representations=("mean+whiten0",))
 
 
 def test_empty_batches_are_fine(tiny_encoder):
