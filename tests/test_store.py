@@ -70,8 +70,9 @@ def test_layout_pointer_and_manifest(tmp_path):
     assert pointer["generation"] == "gen-000001" == generation_id(directory)
     manifest = read_manifest(directory)
     assert set(manifest["files"]) == {"pooled.faiss", "mean.faiss", METADATA}
-    assert manifest["representations"]["mean"] == {"dim": 16, "file": "mean.faiss", "index_type": "flat-ip",
+    assert manifest["representations"]["mean"] == {"dim": 16, "file": "mean.faiss", "index_type": "flat-ip", "pooling": "mean",
                                                    "build_seconds": manifest["representations"]["mean"]["build_seconds"]}
+    assert manifest["poolings"] == {"pooled": {"dim": 16}, "mean": {"dim": 16}}
     assert manifest["vector_index"] == {"type": "flat"}
     assert manifest["format_version"] == 2 and manifest["next_chunk_id"] == 150
     assert sorted(p.name for p in directory.iterdir()) == [CURRENT, "gen-000001", "writer.lock"]  # staging removed
