@@ -22,6 +22,36 @@ def anisotropy(vectors: np.ndarray, *, pairs: int = 5000, seed: int = 0) -> floa
     return float(np.mean(np.sum(vectors[i] * vectors[j], axis=1)))
 
 
+def geometry(vectors: np.ndarray, *, sample: int = 20000, pairs: int = 5000, seed: int = 0) -> dict[str, float]:
+    """Why a space ranks as it does, in three numbers (on up to `sample` random rows of unit vectors):
+
+    - `anisotropy`: mean cosine of random pairs (see `anisotropy`);
+    - `effective_rank`: exp of the entropy of the covariance's normalised eigenvalues (Roy & Vetterli
+      2007), from 1 (one direction carries all variance) to the dimension (all equal);
+    - `top3_variance`: share of the total variance in the top 3 principal directions.
+    A few dominant common directions (high anisotropy, low effective rank, large top-3 share) are what
+    whitening and all-but-the-top remove.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    if n < 2:
+        raise ValueError(f"geometry needs at least 2 vectors, got {n}")
+    rng = np.random.default_rng(seed)
+    rows = vectors if n <= sample else vectors[np.sort(rng.choice(n, size=sample, replace=False))]
+    centred = rows.astype(np.float64) - rows.mean(axis=0, dtype=np.float64)
+    eig = np.clip(np.linalg.svd(centred, compute_uv=False) ** 2 / max(len(rows) - 1, 1), 0, None)
+    total = float(eig.sum())
+    if total <= 0:
+        return {"anisotropy": anisotropy(rows, pairs=pairs, seed=seed), "effective_rank": 1.0, "top3_variance": 1.0}
+    p = eig / total
+    p = p[p > 0]
+    return {
+        "anisotropy": anisotropy(rows, pairs=pairs, seed=seed),
+        "effective_rank": float(np.exp(-np.sum(p * np.log(p)))),
+        "top3_variance": float(eig[:3].sum() / total),
+    }
+
+
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
     """Coordinates of each vector on the first two principal components."""
     from sklearn.decomposition import PCA
