@@ -557,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None, help="where to write the reports and run files (default DIR.eval/NAME-SPLIT)")
     e.add_argument("--keep-identical-ids", action="store_true", help="keep a document whose id equals the query id (BEIR ignores it)")
     e.add_argument("--representations", default="pooled,mean", help="with --beir: representations to build (default pooled,mean)")
+    e.add_argument("--baseline", default=None, metavar="REPRESENTATION",
+                   help="compare every other representation with this one (default: every pair); Holm-corrected when more than one pair")
+    e.add_argument("--fuse", default=None, metavar="LIST",
+                   help="reciprocal-rank fusion of these representations (and `bm25`), e.g. mean,pooled or mean,bm25")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     model_options(e, "with --beir: model to build with (default: embedded all-MiniLM-L6-v2)")

@@ -96,6 +96,21 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, seed: int = 0) 
     return out
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order.
+
+    Controls the family-wise error rate when several pairs of representations are tested at once.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
 def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     """(doc, score) best first, ties by descending doc id as written in a run file (encode_trec_id):
     the order trec_eval ranks that run file in."""
