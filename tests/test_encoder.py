@@ -54,6 +54,42 @@ def test_padding_invariance_and_order_restored(tiny_encoder):
             np.testing.assert_allclose(together[r][i], alone[r][0], atol=1e-5)
 
 
+def test_max_and_first_last_match_an_independent_computation(tiny_bert):
+    encoder = Encoder.load(str(tiny_bert), representations=("max", "first_last"), batch_size=2)
+    vectors = encoder.encode_texts(TEXTS)  # batched, sorted by length, padded
+    for i, text in enumerate(TEXTS):
+        batch = encoder.tokenizer([text], return_tensors="pt")  # one text: no padding at all
+        with torch.no_grad():
+            out = encoder.model(**batch, output_hidden_states=True)
+        layers = out.hidden_states  # (embeddings, layer 1, layer 2)
+        assert len(layers) == 3
+        expected_max = out.last_hidden_state[0].max(dim=0).values
+        expected_first_last = ((layers[1] + layers[2]) / 2)[0].mean(dim=0)
+        norm = lambda t: torch.nn.functional.normalize(t, dim=-1).numpy()
+        np.testing.assert_allclose(vectors["max"][i], norm(expected_max), atol=1e-5)
+        np.testing.assert_allclose(vectors["first_last"][i], norm(expected_first_last), atol=1e-5)
+
+
+def test_hidden_states_are_asked_for_only_when_first_last_needs_them(tiny_bert):
+    asked = []
+    for reps in (("pooled", "mean", "cls", "max"), ("mean", "first_last")):
+        encoder = Encoder.load(str(tiny_bert), representations=reps, batch_size=8)
+        hook = encoder.model.register_forward_hook(lambda m, args, kwargs, out: asked.append(
+            (kwargs.get("output_hidden_states"), out.hidden_states is not None)), with_kwargs=True)
+        try:
+            encoder.encode_texts(TEXTS)
+        finally:
+            hook.remove()
+    assert asked == [(False, False), (True, True)]
+
+
+def test_transformed_representations_need_only_their_pooling(tiny_bert):
+    encoder = Encoder.load(str(tiny_bert), representations=("mean+whiten", "pooled+abtt2", "mean"))
+    assert encoder.representations == ("pooled+abtt2", "mean", "mean+whiten")
+    assert encoder.poolings == ("pooled", "mean")
+    assert set(encoder.encode_texts(TEXTS)) == {"pooled", "mean"}
+
+
 def test_one_forward_pass_per_batch(tiny_bert):
     encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "cls"), batch_size=2)
     calls = []
