@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, REPRESENTATIONS, parse_representations
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, parse_representations
 from .encoder import Encoder, ModelError
 from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels, pair_name, write_artifacts
 from .files import unwritable_dir
 from .loaders import LoadReport, SourceError, load_queries, open_beir
-from .integrity import convert, repair, verify
+from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
@@ -122,9 +122,17 @@ def format_info(manifest: dict, directory: Path) -> str:
         "representations:",
     ]
     files = manifest.get("files", {})
-    for r, spec in manifest.get("representations", {}).items():
+    reps = manifest.get("representations", {})
+    width = max((len(r) for r in reps), default=7)
+    for r, spec in reps.items():
         f = files.get(spec.get("file"), {})
-        lines.append(f"  {r:<7} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({_size(f.get('bytes', 0))})")
+        lines.append(f"  {r:<{width}} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({_size(f.get('bytes', 0))})")
+        t = spec.get("transform")
+        if t:
+            how = "fitted at this generation" if t.get("refitted") else "kept fixed since then by add/delete/repair"
+            lines.append(f"  {'':<{width}} {t.get('kind')}{t.get('param') or ''} of `{spec.get('pooling')}` ({t.get('dim_in')} -> "
+                         f"{spec.get('dim')} dims), fitted on {t.get('fitted_on_chunks')} chunks in {t.get('fitted_in')}; {how} "
+                         f"(`python -m indexer refit {directory}` fits it again)")
     source = manifest.get("source", {})
     lines.append(f"source:         {source.get('path')} ({source.get('format')})")
     build = manifest.get("build", {})
@@ -237,6 +245,15 @@ def _searcher(args: argparse.Namespace) -> Searcher:
     if args.model is not None:  # at the index's own max length, so that its own model is accepted
         encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
     return Searcher(args.index, encoder)
+
+
+def cmd_refit(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    result = refit(args.index, args.representations)
+    manifest = read_manifest(args.index)
+    print(f"published {result.generation}: {result.note}, in {time.perf_counter() - started:.1f} s (nothing re-embedded); "
+          f"representations: {', '.join(manifest['representations'])}")
+    return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -495,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk incl. special tokens (default: the model's limit, 256 for all-MiniLM-L6-v2)")
     b.add_argument("--overlap", type=int, default=None, help=f"tokens shared by neighbouring chunks (default {DEFAULT_OVERLAP}, or an eighth of shorter chunks)")
     b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
-    b.add_argument("--representations", default="pooled,mean", help=f"comma-separated, from {', '.join(REPRESENTATIONS)} (default pooled,mean)")
+    b.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
+                   help=f"comma-separated: poolings ({', '.join(POOLINGS)}), each optionally with a transform fitted on the "
+                        f"collection (+whiten, +whitenK, +abttD), e.g. pooled,mean,max,pooled+whiten (default {','.join(DEFAULT_REPRESENTATIONS)})")
     b.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"], help="source format (default: detected)")
     b.add_argument("--id-column", default=None, help="CSV: id column (default: _id, id or doc_id; else row numbers)")
     b.add_argument("--title-column", default="title", help="CSV: title column (default title, optional)")
@@ -535,6 +554,14 @@ def build_parser() -> argparse.ArgumentParser:
     index_type_options(cv, required=True)
     cv.set_defaults(func=cmd_convert)
 
+    rf = sub.add_parser("refit", help="fit the transforms (+whiten, +abtt) again on the index's vectors, or change the set of "
+                                      "representations it serves from its stored poolings; nothing is re-embedded")
+    rf.add_argument("index", type=Path)
+    rf.add_argument("--representations", default=None, metavar="LIST",
+                    help="the representations to serve afterwards (default: the index's own), e.g. mean,mean+whiten; "
+                         "their poolings must be stored in the index (a pooling that no representation uses any more is dropped)")
+    rf.set_defaults(func=cmd_refit)
+
     s = sub.add_parser("search", help="show the pooled and mean rankings for a query")
     s.add_argument("index", type=Path, help="index directory")
     s.add_argument("query")
@@ -556,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--qrels", type=Path, default=None, help="qrels TSV (query-id, corpus-id, score), for an existing --index")
     e.add_argument("--out", type=Path, default=None, help="where to write the reports and run files (default DIR.eval/NAME-SPLIT)")
     e.add_argument("--keep-identical-ids", action="store_true", help="keep a document whose id equals the query id (BEIR ignores it)")
-    e.add_argument("--representations", default="pooled,mean", help="with --beir: representations to build (default pooled,mean)")
+    e.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
+                   help=f"with --beir: representations to build, as for build (default {','.join(DEFAULT_REPRESENTATIONS)})")
     e.add_argument("--baseline", default=None, metavar="REPRESENTATION",
                    help="compare every other representation with this one (default: every pair); Holm-corrected when more than one pair")
     e.add_argument("--fuse", default=None, metavar="LIST",
