@@ -262,3 +262,24 @@ def test_build_from_or_into_a_path_that_is_not_utf8_is_one_line(tmp_path, small_
     into = cli_bytes(b"build", bytes(small_jsonl), b"--index", bytes(tmp_path) + b"/ix-\xfe", b"--no-progress")
     assert into.returncode == 2 and b"index path" in into.stderr and b"(byte 0xFE" in into.stderr
     assert {p.name for p in tmp_path.iterdir()} == {small_jsonl.name, "src-\udcff.jsonl"}  # no index folder either
+
+
+def test_transformed_representations_info_and_refit(tmp_path, small_jsonl, build_args, capsys):
+    ix = tmp_path / "ix"
+    code, _, err = run(capsys, "build", small_jsonl, "--index", ix, *build_args, "--representations", "mean,max+abtt1")
+    assert code == 0, err
+    manifest = read_manifest(ix)
+    chunks = manifest["counts"]["chunks"]
+    code, out, _ = run(capsys, "info", ix)
+    assert code == 0
+    assert f"abtt1 of `max` (32 -> 32 dims), fitted on {chunks} chunks in {manifest['generation']}; fitted at this generation" in out
+    code, out, _ = run(capsys, "refit", ix, "--representations", "mean,mean+whiten4")
+    assert code == 0 and "representations: mean, mean+whiten4" in out
+    refitted = read_manifest(ix)
+    assert refitted["generation"] != manifest["generation"] and refitted["representations"]["mean+whiten4"]["dim"] == 4
+    code, _, err = run(capsys, "refit", ix, "--representations", "mean+whiten0")
+    assert code == 2 and err.count("\n") == 1 and "whitenK (keep K dimensions" in err
+    code, _, err = run(capsys, "refit", ix, "--representations", "cls")
+    assert code == 2 and "stores no `cls` vectors" in err
+    code, out, _ = run(capsys, "search", ix, "bees", "-k", "2", "--json")
+    assert code == 0 and set(json.loads(out)["results"]) == {"mean", "mean+whiten4"}
