@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_BATCH_SIZE
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS
 from .compat import compatibility_problems
 from .encoder import Encoder
 from .store import IndexReader, StoreError, generation_id
@@ -94,7 +94,7 @@ def encoder_for(
     """
     encoder = Encoder.load(
         model_name_for(manifest) if model is None else model,
-        representations=tuple(manifest.get("representations", {})) or ("mean",),
+        representations=tuple(manifest.get("representations", {})) or DEFAULT_REPRESENTATIONS,
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
     )

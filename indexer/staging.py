@@ -398,7 +398,7 @@ def publish(
 ) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
 
-    `dims` are the stored poolings' dimensions ({"mean": 384}); `representations` the FAISS indexes
+    `dims` are the stored poolings' dimensions ({pooling: 384}); `representations` the FAISS indexes
     to build from them (default: the poolings themselves). A representation with a transform uses
     its transform from `fixed` (kept from the previous generation: add, delete, repair) or has it
     fitted now on every stored vector of its pooling (build, refit).

@@ -8,7 +8,8 @@ product stays cosine similarity; they differ only in the matrix fitted:
 - `abttD` (Mu & Viswanath 2018, "All-but-the-top"): matrix = I - U_D·U_D^T, removing the top D
   principal directions (the common directions that dominate every vector).
 
-A fitted transform is saved as safetensors (two float32 tensors, no pickle) inside an index
+A fitted transform is saved as safetensors (two float32 tensors, `center` = the fitted mean and
+`matrix`; no pickle) inside an index
 generation and applied to documents and queries alike. numpy only: the store uses it without torch.
 """
 
@@ -69,7 +70,7 @@ class Transform:
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
 
-        return save({"mean": np.ascontiguousarray(self.mean, dtype=np.float32),
+        return save({"center": np.ascontiguousarray(self.mean, dtype=np.float32),
                      "matrix": np.ascontiguousarray(self.matrix, dtype=np.float32)})
 
     @classmethod
@@ -81,9 +82,9 @@ class Transform:
             tensors = load(data)
         except Exception as exc:  # safetensors raises its own error types for any malformed header
             raise ValueError(f"not a safetensors file: {exc}") from exc
-        mean, matrix = tensors.get("mean"), tensors.get("matrix")
+        mean, matrix = tensors.get("center"), tensors.get("matrix")
         if mean is None or matrix is None or mean.ndim != 1 or matrix.ndim != 2 or matrix.shape[0] != mean.shape[0]:
-            raise ValueError("expected a `mean` vector and a `matrix` with as many rows")
+            raise ValueError("expected a `center` vector and a `matrix` with as many rows")
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(matrix))):
             raise ValueError("the transform holds non-finite numbers")
         return cls(kind, param, mean.astype(np.float32), matrix.astype(np.float32), fitted_on, fitted_in)
@@ -146,7 +147,7 @@ def fit(name: str, vectors: np.ndarray) -> Transform:
 def represent(
     pooled: Mapping[str, np.ndarray], representations: Sequence[str], transforms: Mapping[str, Transform]
 ) -> dict[str, np.ndarray]:
-    """Each representation's vectors from the poolings' (`{"pooled": …}`), transformed where its name says so."""
+    """Each representation's vectors from the poolings' ({pooling: vectors}), transformed where its name says so."""
     out = {}
     for r in representations:
         spec = parse_representation(r)

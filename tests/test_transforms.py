@@ -104,7 +104,7 @@ def test_saved_transform_round_trips_and_garbage_is_refused():
         Transform.from_bytes(b"\x00" * 40, "whiten", 3)
     data = t.to_bytes()  # safetensors: an 8-byte header length, then a JSON header naming the tensors (no pickle)
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    assert set(header) == {"mean", "matrix"} and header["matrix"]["shape"] == [12, 3]
+    assert set(header) == {"center", "matrix"} and header["matrix"]["shape"] == [12, 3]
 
 
 def test_represent_maps_each_name_from_its_pooling():
