@@ -342,7 +342,7 @@ class Evaluation:
             f"({report['queries_excluded_no_positive']} without any relevant document excluded), "
             f"top {DEPTH} documents per query.",
             "",
-            "| system | " + " | ".join(METRIC_NAMES) + " | " + " | ".join(GEOMETRY_LABELS) + " |",
+            "| system | " + " | ".join(METRIC_NAMES) + " | " + " | ".join(GEOMETRY_LABELS.values()) + " |",
             "|---|" + "---:|" * (len(METRIC_NAMES) + len(GEOMETRY_LABELS)),
         ]
         for system, values in report["metrics"].items():

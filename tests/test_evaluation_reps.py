@@ -231,6 +231,7 @@ def test_geometry_is_that_of_the_stored_vectors(three, labelled, tmp_path, capsy
         expected = geometry(stored_vectors(three, r))
         assert report["geometry"][r] == pytest.approx(expected)
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| map@100 | anisotropy | eff. rank | top-3 var. |" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| max |"))
     g = report["geometry"]["max"]
     assert row.endswith(f"| {g['anisotropy']:.3f} | {g['effective_rank']:.1f} | {g['top3_variance']:.3f} |")
@@ -247,3 +248,33 @@ def test_geometry_of_a_sample_uses_a_seeded_subset(three):
     full = geometry(stored_vectors(three, "mean"))
     assert a == b and a["mean"] != full
     assert a["mean"]["effective_rank"] <= 5 + 1e-6  # 6 centred rows span at most 5 directions
+
+
+def faiss_vectors(index: Path, representation: str) -> np.ndarray:
+    """A representation's vectors straight from its FAISS file, in chunk-id order (transformed ones live only there)."""
+    import faiss
+
+    from indexer.store import faiss_file
+
+    gen_dir, _ = open_generation(index)
+    stored = faiss.read_index(str(gen_dir / faiss_file(representation)))
+    ids = faiss.vector_to_array(stored.id_map)
+    return faiss.downcast_index(stored.index).reconstruct_n(0, stored.ntotal)[np.argsort(ids)]
+
+
+def test_beir_builds_then_reuses_an_index_with_a_transform(labelled, tiny_bert, tmp_path, capsys):
+    index = tmp_path / "ix"
+    args = ["evaluate", "--beir", labelled, "--index", index, "--model", tiny_bert, "--representations", "mean,pooled+whiten",
+            "--baseline", "pooled+whiten", "--fuse", "pooled+whiten,bm25", "--no-progress", "--json", "--out", tmp_path / "out"]
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "building the index" in err
+    report = json.loads(out)
+    assert report["representations"] == ["pooled+whiten", "mean"] and report["pairs"] == [["mean", "pooled+whiten"]]
+    assert report["fusion"]["of"] == ["pooled+whiten", "bm25"] and report["correction"]["applied"] is False
+    for r in ("mean", "pooled+whiten"):
+        assert report["geometry"][r] == pytest.approx(geometry(faiss_vectors(index, r)))
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "reusing the index" in err and json.loads(out)["metrics"] == report["metrics"]
+    # a typo is refused before any build
+    code, out, err = run(capsys, *[tmp_path / "other" if a == index else "cls" if a == "pooled+whiten" else a for a in args])
+    assert code == 2 and err.startswith("error: baseline 'cls' is not among") and not (tmp_path / "other").exists()
