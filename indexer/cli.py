@@ -17,7 +17,10 @@ from typing import Sequence
 from . import __version__
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, parse_representations
 from .encoder import Encoder, ModelError
-from .evaluation import METRIC_NAMES, Evaluation, evaluate, format_p, load_labels, pair_name, write_artifacts
+from .evaluation import (
+    GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
+    fusion_line, load_labels, pair_name, write_artifacts,
+)
 from .files import unwritable_dir
 from .loaders import LoadReport, SourceError, load_queries, open_beir
 from .integrity import convert, refit, repair, verify
@@ -291,8 +294,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         queries_file, qrels_file, name = dataset.queries, dataset.qrels[args.split], dataset.root.name
         index = args.index or default_eval_index(dataset.root, args.model)
+        representations = parse_representations(args.representations)
+        check_choices(representations, baseline=args.baseline, fuse=args.fuse)  # a typo costs no build
         out_dir, out_problem = _evaluation_out(args, index, name)
-        encoder = _load_encoder(args, parse_representations(args.representations))
+        encoder = _load_encoder(args, representations)
         why = index_matches(index, encoder, dataset.root)
         if why is None:
             print(f"reusing the index at {index}", file=sys.stderr)
@@ -306,12 +311,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE")
         queries_file, qrels_file = args.queries, args.qrels
         name = Path(args.queries).resolve().parent.name
-        out_dir, out_problem = _evaluation_out(args, args.index, name)
         searcher = Searcher(args.index)
+        check_choices(searcher.representations, baseline=args.baseline, fuse=args.fuse)
+        out_dir, out_problem = _evaluation_out(args, args.index, name)
     queries, qrels, issues = load_labels(queries_file, qrels_file, searcher.index.doc_ids())
     result = evaluate(
         searcher, queries, qrels, dataset=name, split=args.split, issues=issues,
         ignore_identical_ids=not args.keep_identical_ids, progress=not args.no_progress,
+        baseline=args.baseline, fuse=args.fuse,
     )
     failed = None  # a write that fails after all (disk full): the results are still printed
     if out_problem is None:
@@ -350,19 +357,28 @@ def format_evaluation(result: Evaluation) -> str:
         f"{report['dataset']} ({report['split']}): {report['queries_evaluated']} queries evaluated, "
         f"{report['queries_excluded_no_positive']} without relevant documents excluded, {len(report['issues'])} lines skipped",
         "",
-        f"{'system':<8}" + "".join(f"{m:>12}" for m in METRIC_NAMES),
     ]
+    width = max(len(s) for s in ["system", *report["metrics"]]) + 2
+    lines.append(f"{'system':<{width}}" + "".join(f"{m:>12}" for m in METRIC_NAMES)
+                 + "".join(f"{label.replace(' ', ''):>12}" for label in GEOMETRY_LABELS.values()))
     for system, values in report["metrics"].items():
-        lines.append(f"{system:<8}" + "".join(f"{values[m]:>12.4f}" for m in METRIC_NAMES))
+        lines.append(f"{system:<{width}}" + "".join(f"{values[m]:>12.4f}" for m in METRIC_NAMES)
+                     + "".join(f"{cell:>12}" for cell in format_geometry(report["geometry"].get(system))))
+    lines += ["", GEOMETRY_NOTE, fusion_line(report)]
     if not result.pairs:
-        lines += ["", f"one representation ({', '.join(result.representations)}): no paired comparison and no fusion"]
+        lines += ["", f"one representation ({', '.join(result.representations)}): no paired comparison"]
+    corrected = len(result.pairs) > 1
+    if corrected:
+        lines += ["", f"p-values: raw, then Holm-corrected over the {len(result.pairs)} pairs tested (per metric and test)"]
     for a, b in result.pairs:
-        lines += ["", f"{a} - {b}, paired over queries:", f"{'metric':<11}{'delta':>9}{'t-test p':>11}{'random. p':>11}  wins {a}/{b}/ties"]
+        head = f"{'metric':<11}{'delta':>9}{'t-test p':>11}{'random. p':>11}"
+        head += f"{'t (Holm)':>11}{'rand. (Holm)':>13}" if corrected else ""
+        lines += ["", f"{a} - {b}, paired over queries:", f"{head}  wins {a}/{b}/ties"]
         for m, sig in report["significance"][pair_name(a, b)].items():
-            lines.append(
-                f"{m:<11}{sig['delta']:>+9.4f}{format_p(sig['t_test_p']):>11}{format_p(sig['randomization_p']):>11}  "
-                f"{sig[f'{a}_wins']}/{sig[f'{b}_wins']}/{sig['ties']}"
-            )
+            row = f"{m:<11}{sig['delta']:>+9.4f}{format_p(sig['t_test_p']):>11}{format_p(sig['randomization_p']):>11}"
+            if corrected:
+                row += f"{format_p(sig['t_test_p_holm']):>11}{format_p(sig['randomization_p_holm']):>13}"
+            lines.append(f"{row}  {sig[f'{a}_wins']}/{sig[f'{b}_wins']}/{sig['ties']}")
     lines.append("")
     lines += [f"{k}: {v}" for k, v in report["artifacts"].items()]
     return "\n".join(lines)
@@ -390,11 +406,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     memory = parse_sizes("--memory", args.memory) if args.memory is not None else None
 
     sizes_mb = _document_sizes(args.memory_doc_mb) if args.memory_doc_mb else []
+    representations = parse_representations(args.representations)
 
     from sentence_transformers import SentenceTransformer
 
     texts = texts_of(Path(args.data), args.docs)
-    encoder = Encoder.load(args.model, representations=("pooled", "mean"), batch_size=args.batch_size)
+    encoder = Encoder.load(args.model, representations=representations, batch_size=args.batch_size)
     peer = SentenceTransformer(encoder.info.location, device=str(encoder.device))
     peer.max_seq_length = encoder.max_tokens
     report: dict = {}
@@ -406,7 +423,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         spec = _index_spec(args)
         print(f"search latency over {sizes} vectors, exact" + (f" and {spec.label}" if spec.type != "flat" else "") + " …", file=sys.stderr)
         collection = texts_of(Path(args.data), None)  # the Gaussian fit wants every distinct text
-        report["latency"] = scale_benchmark(encoder, collection, queries_of(Path(args.data), args.queries, collection), sizes, spec=spec)
+        # over the poolings themselves: synthetic vectors carry no fitted transform (it would add one product per query)
+        plain = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.poolings,
+                        batch_size=encoder.batch_size, max_tokens=encoder.max_tokens)
+        report["latency"] = scale_benchmark(plain, collection, queries_of(Path(args.data), args.queries, collection), sizes, spec=spec)
     if memory:
         sizes = memory
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
@@ -418,17 +438,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     if report.get("docs"):
+        ours = f"ours ({', '.join(report['representations'])}, one pass):"
+        peer = "sentence-transformers (mean):"
+        width = max(len(ours), len(peer)) + 1
         print(
             f"{report['docs']} documents, {report['tokens']} tokens, {report['threads']} threads, median of {report['runs']} runs\n"
-            f"  ours (pooled + mean, one pass): {report['ours_s']:.2f} s  {report['ours_docs_per_s']:.1f} docs/s  "
+            f"  {ours:<{width}}{report['ours_s']:.2f} s  {report['ours_docs_per_s']:.1f} docs/s  "
             f"{report['ours_tokens_per_s']:.0f} tokens/s  {report['gflops']:.1f} GFLOP/s\n"
-            f"  sentence-transformers (mean):   {report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
+            f"  {peer:<{width}}{report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
             f"{report['peer_tokens_per_s']:.0f} tokens/s  {report['peer_gflops']:.1f} GFLOP/s\n"
             f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
             f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
         )
     for row in report.get("latency", []):
-        print(f"  query at {row['vectors']:>9} vectors (encode + search both + metadata): exact p50 {row['exact']['p50_ms']:.1f} ms, "
+        print(f"  query at {row['vectors']:>9} vectors (encode + search all + metadata): exact p50 {row['exact']['p50_ms']:.1f} ms, "
               f"p95 {row['exact']['p95_ms']:.1f} ms (encoding alone p50 {row['encode_only']['p50_ms']:.1f} ms)")
         if "approximate" in row:
             recall = ", ".join(f"{r} {v:.3f}" for r, v in row["recall_at_k"].items())
@@ -451,7 +474,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     index = Path(args.index)
     if not is_index(index):
         print(f"building the demo index from {args.source} into {index} …", file=sys.stderr)
-        encoder = _load_encoder(args, ("pooled", "mean"))
+        encoder = _load_encoder(args, DEFAULT_REPRESENTATIONS)
         print(format_summary(build_index(args.source, index, encoder)), file=sys.stderr)
     searcher = Searcher(index)
     print(format_info(searcher.manifest, searcher.index.directory), end="\n\n")
@@ -562,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "their poolings must be stored in the index (a pooling that no representation uses any more is dropped)")
     rf.set_defaults(func=cmd_refit)
 
-    s = sub.add_parser("search", help="show the pooled and mean rankings for a query")
+    s = sub.add_parser("search", help="show each representation's ranking for a query, side by side")
     s.add_argument("index", type=Path, help="index directory")
     s.add_argument("query")
     s.add_argument("-k", type=int, default=10, help="documents per ranking (default 10)")
@@ -575,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
-    e = sub.add_parser("evaluate", help="retrieval quality of pooled vs mean (and BM25, RRF) on labelled queries")
+    e = sub.add_parser("evaluate", help="retrieval quality of each representation (and BM25, optional RRF) on labelled queries")
     e.add_argument("--beir", type=Path, default=None, help="BEIR dataset folder: its corpus is indexed (or a matching index reused)")
     e.add_argument("--index", type=Path, default=None, help="index directory (with --beir: where to build it; default a cache folder)")
     e.add_argument("--split", default="test", help="qrels split of a BEIR dataset (default test)")
@@ -584,11 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None, help="where to write the reports and run files (default DIR.eval/NAME-SPLIT)")
     e.add_argument("--keep-identical-ids", action="store_true", help="keep a document whose id equals the query id (BEIR ignores it)")
     e.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
-                   help=f"with --beir: representations to build, as for build (default {','.join(DEFAULT_REPRESENTATIONS)})")
+                   help=f"with --beir: representations to build, as for build; a matching index is reused (default {','.join(DEFAULT_REPRESENTATIONS)})")
     e.add_argument("--baseline", default=None, metavar="REPRESENTATION",
                    help="compare every other representation with this one (default: every pair); Holm-corrected when more than one pair")
     e.add_argument("--fuse", default=None, metavar="LIST",
-                   help="reciprocal-rank fusion of these representations (and `bm25`), e.g. mean,pooled or mean,bm25")
+                   help="reciprocal-rank fusion (system `rrf`) of these representations and/or `bm25`, e.g. mean,pooled "
+                        "or mean,bm25; without it, no fusion")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     model_options(e, "with --beir: model to build with (default: embedded all-MiniLM-L6-v2)")
@@ -599,6 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--docs", type=int, default=None, help="number of documents (texts repeated to reach it)")
     bn.add_argument("--runs", type=int, default=3, help="runs of each system; the median is reported (default 3)")
     bn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    bn.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS),
+                    help=f"what our encoder computes in its one pass per batch (default {','.join(DEFAULT_REPRESENTATIONS)}); "
+                         "sentence-transformers computes mean; --latency uses their poolings")
     bn.add_argument("--latency", default=None, metavar="SIZES", help="e.g. 10000,100000,1000000: query latency over synthetic vectors")
     bn.add_argument("--queries", type=int, default=200, help="queries per latency size: the collection's queries.jsonl, then the first words of documents (default 200)")
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")

@@ -1,8 +1,9 @@
 """Retrieval quality of an index's representations: standard metrics, paired significance, BM25 and RRF baselines.
 
-Works with any non-empty set of representations: metrics for each, a paired comparison for each
-pair (none with one representation), and RRF over all of them (none with one: it would be that
-representation again).
+Works with any non-empty set of representations: metrics and the geometry of the stored vectors for
+each, a paired comparison for each pair or of each against a chosen baseline (Holm-corrected when
+more than one pair is tested; none with one representation), and RRF of the rankings the user names
+(none unless asked).
 
 Metrics come from pytrec_eval (trec_eval's own C code), the library BEIR and MTEB score with, so the numbers are comparable with theirs and with any tool that reads the
 TREC run files written beside the report. Ties within a run are broken as trec_eval breaks
@@ -24,6 +25,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 from tqdm.auto import tqdm
 
+from .explore import geometry
 from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
 from .search import query_problem
 
@@ -34,6 +36,10 @@ METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
 DEPTH = 100  # documents retrieved per query and representation
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 N_RESAMPLES = 10_000  # Fisher randomisation test
+BM25 = "bm25"  # the lexical baseline system, always run; it may also be fused
+RRF = "rrf"  # the fused system's name (and run file `rrf.run`)
+GEOMETRY_SAMPLE = 20_000  # stored chunk vectors (seeded sample) behind each representation's geometry
+P_VALUES = ("t_test_p", "randomization_p")  # each gets a Holm-corrected twin, `<name>_holm`
 
 
 #: trec_eval measure behind each metric; MRR@10 is trec_eval's recip_rank over the top 10.
@@ -178,6 +184,39 @@ def write_trec_run(run: Run, path: Path, tag: str) -> None:
                 f.write(f"{encode_trec_id(q)} Q0 {encode_trec_id(doc)} {rank} {score:.8f} {tag}\n")
 
 
+def check_choices(
+    representations: Sequence[str], *, baseline: str | None = None, fuse: str | Sequence[str] | None = None,
+) -> tuple[str | None, tuple[str, ...]]:
+    """(baseline, fused systems) checked against the representations evaluated; ValueError in one line listing the valid names.
+
+    `fuse` is "mean,pooled" or a sequence; `bm25` may be among them. Fusion needs two distinct rankings.
+    """
+    reps = list(representations)
+    if baseline is not None:
+        baseline = baseline.strip()
+        if baseline not in reps:
+            raise ValueError(f"baseline {baseline!r} is not among the representations evaluated; they are: {', '.join(reps)}")
+    if fuse is None:
+        return baseline, ()
+    names = list(dict.fromkeys(n.strip() for n in (fuse.split(",") if isinstance(fuse, str) else fuse) if n.strip()))
+    valid = reps + [BM25]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"cannot fuse {', '.join(map(repr, unknown))}: not among the rankings evaluated; valid: {', '.join(valid)}")
+    if len(names) < 2:
+        raise ValueError(f"fusion needs at least two rankings, got {', '.join(names) or 'none'}; valid: {', '.join(valid)}")
+    return baseline, tuple(names)
+
+
+def stored_geometry(index, representation: str, *, sample: int = GEOMETRY_SAMPLE, seed: int = 0) -> dict[str, float] | None:
+    """`explore.geometry` of a representation's vectors as the index stores them (a seeded sample of
+    at most `sample` chunks); None when the index holds fewer than 2 chunks."""
+    ids = index.sample_chunk_ids(sample, seed=seed)
+    if len(ids) < 2:
+        return None
+    return geometry(index.vectors(representation, ids), sample=sample, seed=seed)
+
+
 def pair_name(a: str, b: str) -> str:
     """Key of the paired comparison of representations a and b (delta = a - b) in reports."""
     return f"{a} vs {b}"
@@ -199,6 +238,10 @@ class Evaluation:
     artifacts: dict[str, str] = field(default_factory=dict)
     representations: list[str] = field(default_factory=list)  # the index's dense representations, in its order
     runs: dict[str, Run] = field(default_factory=dict, repr=False)  # system -> run, for the TREC run files
+    baseline: str | None = None  # compare every other representation with this one (None: every pair)
+    fused: list[str] = field(default_factory=list)  # the rankings fused into the `rrf` system (none: no fusion)
+    geometry: dict[str, dict[str, float] | None] = field(default_factory=dict)  # representation -> explore.geometry
+    _significance: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def systems(self) -> list[str]:
@@ -206,7 +249,10 @@ class Evaluation:
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        """Every pair of representations, in the index's order; the first is the per-query table's delta."""
+        """The pairs tested (delta = first - second): each other representation against the baseline when
+        one is chosen, else every pair in the index's order. The first is the per-query table's delta."""
+        if self.baseline is not None:
+            return [(r, self.baseline) for r in self.representations if r != self.baseline]
         return list(combinations(self.representations, 2))
 
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -234,8 +280,19 @@ class Evaluation:
         return out
 
     def significance(self) -> dict[str, dict[str, dict]]:
-        """pair name ("pooled vs mean") -> metric -> paired tests; empty with one representation."""
-        return {pair_name(a, b): self.compare(a, b) for a, b in self.pairs}
+        """pair name ("a vs b") -> metric -> paired tests; empty with one representation.
+
+        Each p-value has a Holm-corrected twin (`t_test_p_holm`, `randomization_p_holm`), corrected over
+        the pairs tested, separately per metric and test (equal to the raw p when one pair is tested).
+        """
+        if self._significance is None:
+            tests = {pair_name(a, b): self.compare(a, b) for a, b in self.pairs}
+            for m in METRIC_NAMES:
+                for key in P_VALUES:
+                    for name, p in zip(tests, holm([t[m][key] for t in tests.values()])):
+                        tests[name][m][f"{key}_holm"] = p
+            self._significance = tests
+        return self._significance
 
     def per_query_table(self) -> list[dict]:
         """One row per query with each representation's metrics and the first pair's delta, largest delta first
@@ -263,8 +320,13 @@ class Evaluation:
             "ignore_identical_ids": self.ignore_identical_ids,
             "depth": DEPTH,
             "metrics": self.metrics(),
+            "geometry": dict(self.geometry),
+            "baseline": self.baseline,
             "pairs": [list(pair) for pair in self.pairs],
+            "correction": {"method": "holm", "pairs": len(self.pairs), "applied": len(self.pairs) > 1,
+                           "note": "per metric and test, over the pairs tested"},
             "significance": self.significance(),
+            "fusion": {"system": RRF, "of": list(self.fused), "k": RRF_K} if self.fused else None,
             "delta": f"{first[0]} - {first[1]}" if first else None,
             "per_query": self.per_query_table(),
             "issues": [str(i) for i in self.issues],
@@ -280,25 +342,33 @@ class Evaluation:
             f"({report['queries_excluded_no_positive']} without any relevant document excluded), "
             f"top {DEPTH} documents per query.",
             "",
-            "| system | " + " | ".join(METRIC_NAMES) + " |",
-            "|---|" + "---:|" * len(METRIC_NAMES),
+            "| system | " + " | ".join(METRIC_NAMES) + " | " + " | ".join(GEOMETRY_LABELS.values()) + " |",
+            "|---|" + "---:|" * (len(METRIC_NAMES) + len(GEOMETRY_LABELS)),
         ]
         for system, values in report["metrics"].items():
-            lines.append(f"| {system} | " + " | ".join(f"{values[m]:.4f}" for m in METRIC_NAMES) + " |")
+            cells = [f"{values[m]:.4f}" for m in METRIC_NAMES] + format_geometry(report["geometry"].get(system))
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines += ["", GEOMETRY_NOTE, "", fusion_line(report)]
         if not self.pairs:
-            lines += ["", f"One representation ({', '.join(self.representations)}): no paired comparison and no fusion."]
+            lines += ["", f"One representation ({', '.join(self.representations)}): no paired comparison."]
+        corrected = len(self.pairs) > 1
+        if corrected:
+            lines += ["", f"p-values Holm-corrected over the {len(self.pairs)} pairs tested, per metric and test "
+                          f"({'each against ' + self.baseline if self.baseline else 'every pair'}); raw p beside them."]
         for a, b in self.pairs:
+            holm_head = " t-test p (Holm) | randomisation p (Holm) |" if corrected else ""
             lines += [
                 "",
                 f"## {a} vs {b} (paired, per query)",
                 "",
-                f"| metric | {a} | {b} | delta ({a} − {b}) | t-test p | randomisation p | {a} wins | {b} wins | ties |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                f"| metric | {a} | {b} | delta ({a} − {b}) | t-test p | randomisation p |{holm_head} {a} wins | {b} wins | ties |",
+                "|---|---:|---:|---:|---:|---:|" + "---:|---:|" * corrected + "---:|---:|---:|",
             ]
             for m, s in report["significance"][pair_name(a, b)].items():
+                holm_cells = f" {format_p(s['t_test_p_holm'])} | {format_p(s['randomization_p_holm'])} |" if corrected else ""
                 lines.append(
                     f"| {m} | {s[a]:.4f} | {s[b]:.4f} | {s['delta']:+.4f} | {format_p(s['t_test_p'])} | "
-                    f"{format_p(s['randomization_p'])} | {s[f'{a}_wins']} | {s[f'{b}_wins']} | {s['ties']} |"
+                    f"{format_p(s['randomization_p'])} |{holm_cells} {s[f'{a}_wins']} | {s[f'{b}_wins']} | {s['ties']} |"
                 )
         reps, delta = self.representations, report["delta"]
         heading = f"Queries by nDCG@10 difference ({delta.replace(' - ', ' − ')})" if delta else "Queries by nDCG@10"
@@ -320,6 +390,30 @@ def format_p(p: float) -> str:
     return "—" if p is None or math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
 
+#: Column labels of `explore.geometry`'s numbers, in report order.
+GEOMETRY_LABELS = {"anisotropy": "anisotropy", "effective_rank": "eff. rank", "top3_variance": "top-3 var."}
+GEOMETRY_NOTE = (
+    f"Geometry of each representation's stored vectors (a seeded sample of at most {GEOMETRY_SAMPLE:,} chunks): "
+    "anisotropy = mean cosine of random pairs, eff. rank = exp(entropy of the covariance spectrum), "
+    "top-3 var. = share of variance in the top 3 principal directions."
+)
+
+
+def format_geometry(values: Mapping[str, float] | None) -> list[str]:
+    """The geometry cells of one system's row ("—" for BM25, RRF, or an index of fewer than 2 chunks)."""
+    if not values:
+        return ["—"] * len(GEOMETRY_LABELS)
+    return [f"{values['anisotropy']:.3f}", f"{values['effective_rank']:.1f}", f"{values['top3_variance']:.3f}"]
+
+
+def fusion_line(report: Mapping) -> str:
+    """One sentence saying what the `rrf` system fused, or that nothing was fused."""
+    fusion = report.get("fusion")
+    if not fusion:
+        return "No fusion (ask for one with --fuse, e.g. --fuse mean,bm25)."
+    return f"`{fusion['system']}`: reciprocal-rank fusion (k={fusion['k']}) of {', '.join(fusion['of'])}."
+
+
 def evaluate(
     searcher,
     queries: Mapping[str, str],
@@ -332,14 +426,23 @@ def evaluate(
     out_dir: str | Path | None = None,
     progress: bool = True,
     on_step: Callable[[str, float], None] | None = None,
+    baseline: str | None = None,
+    fuse: str | Sequence[str] | None = None,
+    geometry_sample: int = GEOMETRY_SAMPLE,
 ) -> Evaluation:
-    """Rank every judged query in each representation, plus BM25 and RRF of the representations, and score them.
+    """Rank every judged query in each representation and with BM25 (plus `rrf`, the fusion of `fuse`,
+    when asked), score them, and measure each representation's stored geometry.
+
+    `baseline`: compare each other representation with it (default: every pair). `fuse`: the rankings
+    to fuse ("mean,pooled", "mean,bm25" or a sequence); None: no fusion. Both are checked first
+    (check_choices: ValueError listing the valid names).
 
     `qrels` must already be restricted to known queries and documents (see loaders.load_qrels).
     Queries without any judgement of grade >= 1 are excluded and counted; a query that cannot be
     searched (blank, lone surrogate: search.query_problem) is skipped and listed in `issues`.
     `on_step(label, fraction)` reports progress (the app's bar).
     """
+    baseline, fused = check_choices(searcher.representations, baseline=baseline, fuse=fuse)
     issues = list(issues)
     unsearchable = {q: query_problem(text) for q, text in queries.items() if q in qrels}
     unsearchable = {q: why for q, why in unsearchable.items() if why is not None}
@@ -354,7 +457,7 @@ def evaluate(
     texts = [queries[q] for q in qids]
     exclude = qids if ignore_identical_ids else None
     reps = list(searcher.representations)
-    steps = reps + ["bm25"] + (["rrf"] if len(reps) > 1 else []) + ["metrics"]
+    steps = reps + [BM25] + ([RRF] if fused else []) + ["geometry", "metrics"]
     runs: dict[str, Run] = {}
     with tqdm(total=len(steps), desc="evaluating", unit="step", disable=not progress) as bar:
 
@@ -370,12 +473,15 @@ def evaluate(
             bar.update()
         step("bm25")
         documents = [(d, Document(d, text, title).content) for d, title, text in searcher.index.documents()]
-        runs["bm25"] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
+        runs[BM25] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
         bar.update()
-        if len(reps) > 1:
+        if fused:
             step("fusion")
-            runs["rrf"] = rrf([runs[r] for r in reps])
+            runs[RRF] = rrf([runs[r] for r in fused])
             bar.update()
+        step("geometry")
+        shapes = {r: stored_geometry(searcher.index, r, sample=geometry_sample) for r in reps}
+        bar.update()
         step("metrics")
         per_query = {system: per_query_metrics(run, positive) for system, run in runs.items()}
         bar.update()
@@ -392,6 +498,9 @@ def evaluate(
         ignore_identical_ids=ignore_identical_ids,
         representations=reps,
         runs=runs,
+        baseline=baseline,
+        fused=list(fused),
+        geometry=shapes,
     )
     if out_dir is not None:
         write_artifacts(result, Path(out_dir))

@@ -432,6 +432,17 @@ class IndexReader:
         index = self.indexes[representation]
         return np.vstack([index.reconstruct(int(i)) for i in chunk_ids]) if len(chunk_ids) else np.empty((0, index.d), np.float32)
 
+    def sample_chunk_ids(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """Up to `n` chunk ids drawn without replacement (seeded, so reports repeat), sorted; all of them when fewer.
+
+        With `vectors`, a cheap sample of a representation's stored space (e.g. for its geometry).
+        """
+        with self._lock:
+            ids = chunk_ids(self.db)
+        if len(ids) <= n:
+            return ids
+        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+
     def chunk_ids_by_doc(self, doc_ids: Iterable[str] | None = None) -> dict[str, list[int]]:
         """Chunk ids of each document (all documents when `doc_ids` is None), in position order."""
         if doc_ids is None:

@@ -113,3 +113,29 @@ def test_library_counts_are_checked_too():
         median_seconds(lambda: None, 0)
     with pytest.raises(ValueError, match="queries must be"):
         queries_of(SAMPLE, 0, ["a text"])
+
+
+@pytest.mark.parametrize("reps", ["mean", "pooled,mean,cls,max,first_last", "mean,pooled+whiten"])
+def test_bench_compares_any_set_of_representations(reps, capsys, tiny_bert):
+    """Ours computes every requested representation's pooling in its one pass; the peer computes mean."""
+    from indexer.config import parse_representations, poolings_of
+
+    args = ["bench", "--data", str(SAMPLE), "--docs", "20", "--runs", "1", "--model", str(tiny_bert), "--representations", reps]
+    latency = ["--latency", "300", "--queries", "3", "--index-type", "flat"] if "+" in reps else []
+    assert main(args + latency + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = parse_representations(reps)
+    assert report["representations"] == list(expected) and report["poolings"] == list(poolings_of(expected))
+    assert report["docs"] == 20 and report["ours_s"] > 0 and report["peer_s"] > 0
+    if latency:  # timed over the poolings (synthetic vectors carry no fitted transform)
+        assert report["latency"][0]["vectors"] == 300 and report["latency"][0]["exact"]["p50_ms"] > 0
+    if len(expected) == 5:  # the text report names them (once: each run loads both models again)
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert f"ours ({', '.join(expected)}, one pass):" in out and "sentence-transformers (mean):" in out
+
+
+def test_bench_refuses_an_unknown_representation_in_one_line(capsys):
+    assert main(["bench", "--representations", "mean,avg", "--no-encode"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: unknown representation 'avg'") and err.count("\n") == 1

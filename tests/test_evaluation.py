@@ -145,7 +145,8 @@ def test_sample_evaluation_end_to_end(sample_index, bundled_encoder, tmp_path):
     report_ = LoadReport()
     queries = load_queries(SAMPLE / "queries.jsonl", report_)
     qrels = load_qrels(SAMPLE / "qrels" / "test.tsv", report_, known_queries=queries, known_documents=searcher.index.doc_ids())
-    result = evaluate(searcher, queries, qrels, dataset="sample", out_dir=tmp_path / "out", progress=False)
+    result = evaluate(searcher, queries, qrels, dataset="sample", out_dir=tmp_path / "out", progress=False,
+                      fuse="pooled,mean,cls")
     report = result.to_dict()
     assert report["queries_evaluated"] == 70 and report["queries_excluded_no_positive"] == 0
     assert set(report["metrics"]) == {"pooled", "mean", "cls", "bm25", "rrf"}  # the fixture index keeps cls too
@@ -205,7 +206,8 @@ def test_cli_reports_malformed_and_unknown_lines_and_still_evaluates(sample_inde
     assert f"{qrels}:3: expected 3 tab-separated fields" in issues[0]
     assert f"{qrels}:4: score must be an integer from -1000 to 1000, got 'two'" in issues[1]
     assert f"{qrels}:5: unknown query id 'q99'" in issues[2] and f"{qrels}:6: unknown document id 'nope-1'" in issues[3]
-    assert sorted(p.name for p in out_dir.iterdir()) == ["bm25.run", "cls.run", "mean.run", "pooled.run", "report.json", "report.md", "rrf.run"]
+    # no fusion unless asked (--fuse)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["bm25.run", "cls.run", "mean.run", "pooled.run", "report.json", "report.md"]
 
 
 def test_cli_needs_a_dataset_or_an_index_with_labels(tmp_path, capsys):
@@ -223,7 +225,7 @@ def test_msmarco_5k_evaluation_is_complete(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["queries_evaluated"] == 43 and report["queries_excluded_no_positive"] == 0
     assert report["issues"] == []
-    assert all(Path(p).is_file() for p in report["artifacts"].values()) and len(report["artifacts"]) == 6
+    assert all(Path(p).is_file() for p in report["artifacts"].values()) and len(report["artifacts"]) == 5  # 3 runs, 2 reports
     qrels = load_qrels(MSMARCO / "qrels" / "test.tsv", LoadReport())
     check_against_run_files(report, qrels)
     # a second run reuses the index instead of rebuilding it
@@ -276,9 +278,10 @@ def test_evaluation_works_with_any_set_of_representations(tiny_reps_index, tiny_
     directory, reps = tiny_reps_index
     searcher = Searcher(directory)
     assert searcher.representations == reps
-    result = evaluate(searcher, TINY_QUERIES, TINY_QRELS, dataset="tiny", out_dir=tmp_path / "out", progress=False)
+    fuse = reps if len(reps) > 1 else None  # fusing one ranking would give that ranking again
+    result = evaluate(searcher, TINY_QUERIES, TINY_QRELS, dataset="tiny", out_dir=tmp_path / "out", progress=False, fuse=fuse)
     report = result.to_dict()
-    fused = {"rrf"} if len(reps) > 1 else set()  # fusing one ranking would give that ranking again
+    fused = {"rrf"} if fuse else set()
     assert set(report["metrics"]) == set(reps) | {"bm25"} | fused
     assert report["representations"] == list(reps)
     check_against_run_files(report, TINY_QRELS)
@@ -320,8 +323,8 @@ def test_cli_evaluate_prints_a_table_for_any_set_of_representations(tiny_reps_in
     header = next(i for i, line in enumerate(lines) if line.startswith("system"))
     table = lines[header + 1 : lines.index("", header)]
     rows = [line.split()[0] for line in table]
-    assert rows == list(reps) + ["bm25"] + (["rrf"] if len(reps) > 1 else [])
-    assert all(len(line.split()) == 1 + len(METRIC_NAMES) for line in table)
+    assert rows == list(reps) + ["bm25"]  # no fusion unless asked
+    assert all(len(line.split()) == 1 + len(METRIC_NAMES) + 3 for line in table)  # + the geometry
     if len(reps) == 1:
         assert "one representation (mean): no paired comparison" in out and "rrf" not in rows
     else:
