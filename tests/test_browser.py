@@ -77,7 +77,7 @@ def test_search_in_a_real_browser_shows_both_rankings(server, sample_index, tmp_
             box.wait_for(timeout=90_000)
             box.fill(QUERY)
             page.get_by_role("button", name="Search").click()
-            page.get_by_text("Rank-biased overlap").wait_for(timeout=90_000)
+            page.get_by_text("Overlap@10").wait_for(timeout=90_000)
             for name in ("pooled", "mean"):
                 page.locator("h3", has_text=name).wait_for(timeout=60_000)
             # the index keeps three representations; the first two are shown, the first one is the baseline

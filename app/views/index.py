@@ -46,7 +46,8 @@ for directory in indexes:
                 columns=["", "value"],
             ).set_index("")
         )
-        st.dataframe(pd.DataFrame(describe_representations(manifest)), hide_index=True, width="stretch")
+        # st.table wraps long cells (and reads Markdown: every cell is escaped, shown as written)
+        st.table(pd.DataFrame(describe_representations(manifest)).map(lambda v: ui.escape_markdown(str(v))).set_index("representation"))
         if pooler.get("status") == "missing" and "pooled" in poolings_of(manifest.get("representations", {})):
             st.warning("`pooled` vectors of this index come from a randomly initialised pooler.")
         if not current and st.button("Use this index", key=f"use:{directory}"):

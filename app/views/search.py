@@ -58,8 +58,10 @@ for column, r in zip(st.columns(len(shown)), shown):
         st.subheader(f"`{r}`")
         if against is not None:
             left, right = st.columns(2)
-            left.metric(f"Shared documents (overlap@{k})", f"{against.overlap} of {k}", help=f"`{r}` and the baseline `{baseline}`")
-            right.metric("Rank-biased overlap (p = 0.9)", f"{against.rbo:.2f}", help=f"`{r}` and the baseline `{baseline}`")
+            # short labels: four columns leave each metric about 100 pixels
+            left.metric(f"Overlap@{k}", f"{against.overlap} of {k}", help=f"Documents in the top {k} of both `{r}` and the baseline `{baseline}`.")
+            right.metric("RBO", f"{against.rbo:.2f}", help=f"Rank-biased overlap (p = 0.9) of `{r}` with the baseline `{baseline}`: "
+                         "1 for the same ranking, 0 for disjoint ones; about 86% of its weight is on the top 10.")
         elif r == baseline:
             st.caption("Baseline: the other columns' arrows and agreement are relative to this ranking.")
         if judged:
