@@ -47,8 +47,9 @@ if (problem := query_problem(query)) is not None:
 result = searcher.search(query, k=max(k, 10))  # at least 10 for nDCG@10
 agreement = against_baseline({r: [h.doc_id for h in result.results[r][:k]] for r in shown}, baseline, k=k)
 judged = ui.judgements_for(searcher, query)
-if len(searcher.representations) == 1:
-    st.caption(f"This index holds one representation (`{shown[0]}`): there is no other ranking to compare it with.")
+if len(shown) == 1:
+    held = "This index holds" if len(searcher.representations) == 1 else "You picked"
+    st.caption(f"{held} one representation (`{shown[0]}`): there is no other ranking to compare it with.")
 if judged:
     st.caption(f"Judged query `{judged[0]}`: :green-badge[:material/check: relevant] marks documents judged relevant (grade ≥ 1).")
 
