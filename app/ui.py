@@ -131,7 +131,7 @@ def pick_representations(representations: Sequence[str]) -> list[str]:
         help=f"Up to {compare.MAX_COLUMNS}, side by side.",
     )
     if (problem := compare.columns_problem(picked)) is not None:
-        st.error(f"Cannot show them: {problem}.")
+        st.error(f"{problem[0].upper()}{problem[1:]}.")
         st.stop()
     st.session_state["shown"] = picked
     return picked

@@ -1,4 +1,4 @@
-"""How two rankings of the same query agree: shared documents, rank-biased overlap, rank movement.
+"""How rankings of the same query agree with a baseline ranking: shared documents, rank-biased overlap, rank movement.
 
 Rankings from different representations are compared by rank only: their scores live in
 different spaces.

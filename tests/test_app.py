@@ -335,8 +335,12 @@ def test_more_than_four_columns_are_refused(five_index):
     at = search(app(five_index[0]), "bees and honey")
     at.multiselect(key="columns").set_value(list(FIVE)).run()
     assert not at.exception
-    assert [unescape(e.value) for e in at.error] == ["Cannot show them: at most 4 representations can be shown side by side (5 picked)."]
+    assert [unescape(e.value) for e in at.error] == ["At most 4 representations can be shown side by side (5 picked)."]
     assert not shown_columns(at)
+    at.multiselect(key="columns").set_value(["max"]).run()  # one picked: one column, nothing to compare
+    assert not at.exception and not at.error and list(shown_columns(at)) == ["max"]
+    assert all(named is None for _, named, _ in shown_columns(at)["max"])
+    assert any(c.startswith("You picked one representation (`max`)") for c in texts(at.caption))
 
 
 def test_explore_page_shows_the_geometry_of_each_picked_representation(five_index):
