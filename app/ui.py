@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import streamlit as st
 
+from indexer import compare, explore
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
-from indexer.explore import anisotropy, pca_2d
 from indexer.search import Searcher, model_name_for
 from indexer.store import StoreError, is_index, read_manifest, read_pointer
 
@@ -112,19 +112,40 @@ def judgements_for(searcher: Searcher, query: str) -> tuple[str, dict[str, int]]
 
 @st.cache_data(show_spinner="Sampling documents…", max_entries=8)
 def document_sample(directory: str, sha: str, limit: int = 1500) -> dict:
-    """First-chunk vectors of up to `limit` documents per representation, their PCA maps and anisotropy."""
+    """explore.document_sample of the index, for all its representations (cached per generation)."""
     searcher = load_searcher(directory, sha, st.session_state.get("model"))
-    chunks = searcher.index.chunk_ids_by_doc()
-    docs = sorted(chunks)
-    if len(docs) > limit:
-        docs = sorted(np.random.default_rng(0).choice(docs, size=limit, replace=False).tolist())
-    titles = searcher.index.titles(docs)
-    out = {"doc_ids": docs, "titles": [titles.get(d, "") for d in docs], "maps": {}, "anisotropy": {}}
-    for r in searcher.representations:
-        vectors = searcher.index.vectors(r, [chunks[d][0] for d in docs])
-        out["anisotropy"][r] = anisotropy(vectors)
-        out["maps"][r] = pca_2d(vectors) if len(docs) >= 3 else np.zeros((len(docs), 2))
-    return out
+    return explore.document_sample(searcher.index, searcher.representations, limit=limit)
+
+
+# -- which representations a page shows ------------------------------------------------------------------
+
+def pick_representations(representations: Sequence[str]) -> list[str]:
+    """The representations this page shows, as the user picked them (remembered across pages);
+    an index with one representation shows it without asking. Stops with a message on a bad pick."""
+    reps = list(representations)
+    if len(reps) == 1:
+        return reps
+    remembered = [r for r in st.session_state.get("shown", ()) if r in reps]
+    picked = st.multiselect(
+        "Representations to show", reps, default=remembered or list(compare.default_columns(reps)), key="columns",
+        help=f"Up to {compare.MAX_COLUMNS}, side by side.",
+    )
+    if (problem := compare.columns_problem(picked)) is not None:
+        st.error(f"{problem[0].upper()}{problem[1:]}.")
+        st.stop()
+    st.session_state["shown"] = picked
+    return picked
+
+
+def pick_baseline(picked: Sequence[str]) -> str:
+    """The ranking the other columns are compared with (default: the first picked; remembered while picked)."""
+    remembered = st.session_state.get("baseline_of_columns")
+    chosen = st.selectbox(
+        "Baseline", picked, index=picked.index(remembered) if remembered in picked else 0, key="baseline",
+        help="Arrows and agreement numbers of the other columns are relative to this ranking.",
+    )
+    st.session_state["baseline_of_columns"] = chosen
+    return chosen
 
 
 # -- safe text -----------------------------------------------------------------------------------------

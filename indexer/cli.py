@@ -74,10 +74,13 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
             else:
                 cells.append(" " * col)
         lines.append(f"{i + 1:>3}  " + " │ ".join(cells))
-    if len(reps) >= 2:
-        a, b = ({h.doc_id for h in result.results[r]} for r in reps[:2])
-        lines.append("")
-        lines.append(f"in both top-{result.k} ({reps[0]}, {reps[1]}): {len(a & b)} of {result.k} documents")
+    from .compare import against_baseline  # imported here: keeps this edit local to the function
+
+    # every column against the first one (compare.against_baseline, as the app's columns)
+    agreement = against_baseline({r: [h.doc_id for h in hits] for r, hits in result.results.items()}, k=result.k)
+    lines += [""] if agreement else []
+    for r, a in agreement.items():
+        lines.append(f"in both top-{result.k} ({a.baseline}, {r}): {a.overlap} of {result.k} documents")
     lines.append("scores are cosine similarities within one representation; compare ranks, not scores, across columns")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""How two rankings of the same query agree: shared documents, rank-biased overlap, rank movement.
+"""How rankings of the same query agree with a baseline ranking: shared documents, rank-biased overlap, rank movement.
 
 Rankings from different representations are compared by rank only: their scores live in
 different spaces.
@@ -6,7 +6,8 @@ different spaces.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 
 def overlap_at_k(a: Sequence[str], b: Sequence[str], k: int) -> int:
@@ -42,10 +43,63 @@ def rank_biased_overlap(a: Sequence[str], b: Sequence[str], p: float = 0.9) -> f
     return overlap / k * p**k + (1 - p) / p * total
 
 
-def counterpart(representations: Sequence[str], r: str) -> str | None:
-    """The ranking a representation's list is compared with: the first other one (pooled <-> mean,
-    cls -> pooled); None when the index holds one representation."""
-    return next((o for o in representations if o != r), None)
+#: Most rankings shown side by side (the app's Search page); more columns are too narrow to read.
+MAX_COLUMNS = 4
+
+
+def default_columns(representations: Sequence[str]) -> tuple[str, ...]:
+    """The representations shown before the user picks: the first two (all of them when there are fewer)."""
+    return tuple(representations[:2])
+
+
+def columns_problem(picked: Sequence[str]) -> str | None:
+    """Why a pick of representations cannot be shown side by side, or None when it can."""
+    if not picked:
+        return "pick at least one representation to show"
+    if len(picked) > MAX_COLUMNS:
+        return f"at most {MAX_COLUMNS} representations can be shown side by side ({len(picked)} picked)"
+    return None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How one ranking agrees with the baseline ranking of the same query.
+
+    `ranks`: each document of the ranking with its 1-based rank in the baseline (None: not there).
+    """
+
+    baseline: str
+    overlap: int
+    k: int
+    rbo: float
+    ranks: dict[str, int | None]
+
+    def movement(self, doc_id: str, rank: int) -> str:
+        """Where the document at `rank` stands in the baseline, as shown beside a hit ("↑2", "only here")."""
+        return movement(rank, self.ranks.get(doc_id))
+
+
+def against_baseline(rankings: Mapping[str, Sequence[str]], baseline: str | None = None, k: int | None = None) -> dict[str, Agreement]:
+    """Every ranking other than the baseline's (default: the first), compared with the baseline's ranking.
+
+    The one rule by which rankings are compared (the app's columns, the CLI's table): always
+    against one chosen ranking, so every number and arrow on a page shares a reference.
+    `k`: depth of the overlap (default: the longer list's length).
+    """
+    if not rankings:
+        return {}
+    baseline = next(iter(rankings)) if baseline is None else baseline
+    if baseline not in rankings:
+        raise ValueError(f"unknown baseline {baseline!r}; the rankings are {', '.join(rankings)}")
+    base = list(rankings[baseline])
+    out = {}
+    for r, ranking in rankings.items():
+        if r == baseline:
+            continue
+        depth = k if k is not None else max(len(ranking), len(base))
+        out[r] = Agreement(baseline, overlap_at_k(ranking, base, depth), depth, rank_biased_overlap(ranking, base),
+                           other_ranks(ranking, base))
+    return out
 
 
 def other_ranks(a: Sequence[str], b: Sequence[str]) -> dict[str, int | None]:

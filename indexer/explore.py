@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+from .config import parse_representation
+
+if TYPE_CHECKING:  # numpy-only module: the store and the searcher are only passed in
+    from .search import Searcher
+    from .store import IndexReader
 
 
 def anisotropy(vectors: np.ndarray, *, pairs: int = 5000, seed: int = 0) -> float:
@@ -86,3 +92,59 @@ def judged_similarities(
         for d, grade in pairs:
             out["relevant" if grade > 0 else "non-relevant"].append(float(np.max(doc_vectors[d] @ vector)))
     return out
+
+
+def document_sample(index: "IndexReader", representations: Sequence[str], *, limit: int = 1500, seed: int = 0) -> dict:
+    """Stored first-chunk vectors of a seeded sample of up to `limit` documents, per representation:
+    their `geometry` (None under 2 documents) and 2-D map (`pca_2d`; zeros under 3 documents)."""
+    chunks = index.chunk_ids_by_doc()
+    docs = sorted(chunks)
+    if len(docs) > limit:
+        docs = sorted(np.random.default_rng(seed).choice(docs, size=limit, replace=False).tolist())
+    titles = index.titles(docs)
+    out: dict = {"doc_ids": docs, "titles": [titles.get(d, "") for d in docs], "maps": {}, "geometry": {}}
+    for r in representations:
+        vectors = index.vectors(r, [chunks[d][0] for d in docs])
+        out["geometry"][r] = geometry(vectors, seed=seed) if len(docs) >= 2 else None
+        out["maps"][r] = pca_2d(vectors) if len(docs) >= 3 else np.zeros((len(docs), 2))
+    return out
+
+
+def relevance_similarities(
+    searcher: "Searcher",
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    representations: Sequence[str],
+    *,
+    extra_docs: Sequence[str] = (),
+    limit: int = 200,
+) -> dict[str, dict[str, list[float]]]:
+    """`judged_similarities` per representation for up to `limit` judged queries, the queries
+    encoded as the index maps them (its transforms applied); `extra_docs` widen the unjudged pool."""
+    from .transforms import represent
+
+    index = searcher.current()
+    qids = [q for q in qrels if q in queries][:limit]
+    encoded = represent(searcher.encoder.encode_texts([queries[q] for q in qids]), representations, index.transforms)
+    chunks = index.chunk_ids_by_doc({d for q in qids for d in qrels[q]} | set(extra_docs))
+    return {
+        r: judged_similarities(encoded[r], qids, {d: index.vectors(r, ids) for d, ids in chunks.items()}, qrels)
+        for r in representations
+    }
+
+
+def describe_representations(manifest: Mapping) -> list[dict]:
+    """One row per representation of an index manifest: its pooling, dimension and transform, in words."""
+    rows = []
+    for r, spec in manifest.get("representations", {}).items():
+        record = spec.get("transform")
+        if record is None:
+            transform = "none"
+        else:
+            transform = (
+                f"{record.get('kind')}{record.get('param') or ''}, fitted on {record.get('fitted_on_chunks')} chunks "
+                f"in generation {record.get('fitted_in')}; kept fixed by add; `python -m indexer refit` fits it again"
+            )
+        rows.append({"representation": r, "pooling": spec.get("pooling") or parse_representation(r).pooling,
+                     "dimension": spec.get("dim"), "transform": transform})
+    return rows

@@ -1,13 +1,19 @@
 """Every page of the Streamlit app through streamlit.testing.v1.AppTest: renders, answers, explains bad input."""
 
 import json
+import re
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
+from indexer.compare import rank_biased_overlap
+from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
+from indexer.search import Searcher
+from indexer.store import IndexReader, generation_id
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 JUDGED_QUERY = "why does my homemade bread come out flat and heavy"  # q08 of data/sample
@@ -55,7 +61,7 @@ def test_a_query_shows_both_rankings_with_their_overlap(tiny_index):
     assert not at.exception and not at.error
     assert texts(at.subheader) == ["`pooled`", "`mean`"]
     labels = [m.label for m in at.metric]
-    assert "Shared documents (overlap@10)" in labels and "Rank-biased overlap (p = 0.9)" in labels
+    assert "Overlap@10" in labels and "RBO" in labels
     assert sum(t.startswith("**1.**") for t in texts(at.markdown)) == 2
 
 
@@ -118,13 +124,16 @@ def test_evaluate_page_without_labels_explains_why(tiny_index):
     assert not at.exception and "no labelled queries" in at.info[0].value
 
 
-def test_explore_page_shows_anisotropy_and_maps(sample_index):
+def test_explore_page_shows_geometry_and_maps(sample_index):
     at = app(sample_index[0])
     at.switch_page("views/explore.py").run()
     assert not at.exception and not at.error
-    values = {m.label: float(m.value) for m in at.metric}
-    assert set(values) >= {"`pooled`", "`mean`"} and all(-1 <= v <= 1 for v in values.values())
-    assert len(at.get("vega_lite_chart")) == 2 * len(values)  # a histogram and a map per representation
+    shown = ["pooled", "mean"]  # the first two of the index's three representations, until the user picks
+    values = {m.label: m.value for m in at.metric}
+    assert list(values) == [f"`{r}` {name}" for r in shown for name in ("anisotropy", "effective rank", "top-3 variance share")]
+    assert all(-1 <= float(values[f"`{r}` anisotropy"]) <= 1 for r in shown)
+    assert all(1 <= float(values[f"`{r}` effective rank"]) <= 384 for r in shown)
+    assert len(at.get("vega_lite_chart")) == 2 * len(shown)  # a histogram and a map per representation
 
 
 def test_index_page_lists_indexes_and_builds_from_uploads(tiny_index, tiny_bert, tmp_path):
@@ -183,10 +192,11 @@ def test_search_page_shows_the_representations_the_index_has(reps_index):
     assert [label for label in labels if label.startswith("nDCG@10")] == [f"nDCG@10 {r}" for r in reps]
     captions = "\n".join(texts(at.caption))
     if len(reps) == 1:
-        assert "Shared documents (overlap@10)" not in labels and "one representation (`mean`)" in captions
+        assert "Overlap@10" not in labels and "one representation (`mean`)" in captions
         assert " · in " not in captions
-    else:
-        assert "Shared documents (overlap@10)" in labels and "in cls:" in captions and "in mean:" in captions
+    else:  # the first column is the baseline: the other column's arrows say where it puts each document
+        assert "Overlap@10" in labels and "in mean:" in captions and "in cls:" not in captions
+        assert "Baseline" in captions
 
 
 def test_evaluate_page_shows_the_pairs_the_index_has(reps_index):
@@ -212,8 +222,180 @@ def test_explore_page_shows_the_representations_the_index_has(reps_index):
     at = app(directory)
     at.switch_page("views/explore.py").run()
     assert not at.exception and not at.error
-    assert [m.label for m in at.metric] == [f"`{r}`" for r in reps]
+    assert [m.label for m in at.metric] == [f"`{r}` {name}" for r in reps for name in ("anisotropy", "effective rank", "top-3 variance share")]
     assert len(at.get("vega_lite_chart")) == 2 * len(reps)
+    assert not at.multiselect if len(reps) == 1 else at.multiselect(key="columns").value == list(reps)
+
+
+def test_index_page_describes_the_representations_the_index_has(reps_index):
+    directory, reps = reps_index
+    at = app(directory)
+    at.switch_page("views/index.py").run()
+    assert not at.exception and not at.error
+    described = at.table[1].value
+    assert list(described.index) == list(reps) and list(described["pooling"]) == list(reps)
+    assert list(described["dimension"]) == ["32"] * len(reps) and list(described["transform"]) == ["none"] * len(reps)
+
+
+# -- any set of representations, shown as picked, against a chosen baseline (issue 11, item 6) -----------
+
+FIVE = ("pooled", "mean", "mean+whiten", "max", "first_last")  # the index's (canonical) order
+MORE_DOCS = TINY_DOCS | {
+    "bee-3": "wax and honey from the hive of the bees",
+    "bread-2": "the dough and the crust of the bread",
+    "bread-3": "sugar and yeast make the dough rise in the oven",
+    "star-2": "the moon and the stars light the sky",
+    "river-1": "rain and snow fill the river and the lake with water",
+    "river-2": "a storm with wind and rain on the sea",
+    "bike-2": "ride the road on a bike with gear and pedal",
+    "fish-1": "fish swim in the lake under the ice",
+}
+
+
+@pytest.fixture(scope="module")
+def five_index(tmp_path_factory, tiny_bert):
+    """Thirteen documents (enough for whitening to span several dimensions) in five representations, with labels."""
+    root = tmp_path_factory.mktemp("beir5")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in MORE_DOCS.items()), encoding="utf-8")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "qa", "text": "bees and honey"}) + "\n", encoding="utf-8")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nqa\tbee-1\t1\nqa\tbee-3\t1\n", encoding="utf-8")
+    encoder = Encoder.load(str(tiny_bert), representations=FIVE)
+    return build_index(root, tmp_path_factory.mktemp("ix") / "five", encoder, overlap=4, progress=False).index_dir, encoder
+
+
+def unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def shown_columns(at: AppTest) -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """Per result column of the Search page: (doc id, baseline named in the caption, arrow) of each hit."""
+    out = {}
+    for column in at.columns:
+        if len(column.subheader) != 1:
+            continue  # the form's and the pickers' columns, and the agreement metrics nested in a result column
+        hits = []
+        for caption in texts(column.caption):
+            if (m := re.fullmatch(r"(.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|only here))?(?: · grade \d+)?", caption)) is not None:
+                hits.append((unescape(m.group(1)), m.group(2), m.group(3)))
+        out[column.subheader[0].value.strip("`")] = hits
+    return out
+
+
+def expected_arrow(rank: int, baseline_ranking: list[str], doc: str) -> str:
+    """Where the baseline puts the document, computed here by hand from the two rankings."""
+    if doc not in baseline_ranking:
+        return "only here"
+    there = baseline_ranking.index(doc) + 1
+    return "=" if there == rank else (f"↓{there - rank}" if there > rank else f"↑{rank - there}")
+
+
+def test_search_page_shows_four_picked_columns_against_a_chosen_baseline(five_index):
+    directory, encoder = five_index
+    query = "bees and honey"
+    rankings = {r: [h.doc_id for h in hits] for r, hits in Searcher(directory, encoder).search(query, k=10).results.items()}
+    at = search(app(directory), query)
+    assert not at.exception and not at.error
+    assert list(shown_columns(at)) == ["pooled", "mean"]  # the index's first two until the user picks
+    picked = ["mean+whiten", "pooled", "max", "first_last"]
+    at.multiselect(key="columns").set_value(picked).run()
+    arrows = {}
+    for baseline in ("pooled", "mean+whiten", "max"):  # the baseline of the first pick stays while it is picked
+        if baseline != "pooled":
+            at.selectbox(key="baseline").set_value(baseline).run()
+        assert not at.exception and not at.error and at.selectbox(key="baseline").value == baseline
+        columns = shown_columns(at)
+        assert list(columns) == picked
+        for r, hits in columns.items():
+            assert [d for d, _, _ in hits] == rankings[r]
+            if r == baseline:
+                assert all(arrow is None for _, _, arrow in hits)
+                continue
+            assert {named for _, named, _ in hits} == {baseline}
+            arrows[baseline, r] = [arrow for _, _, arrow in hits]
+            assert arrows[baseline, r] == [expected_arrow(i + 1, rankings[baseline], d) for i, (d, _, _) in enumerate(hits)]
+        result_columns = [c for c in at.columns if len(c.subheader) == 1]
+        for column, r in zip(result_columns, picked):
+            if r == baseline:
+                assert any(c.startswith("Baseline") for c in texts(column.caption))
+                assert [m.label for m in column.metric] == [f"nDCG@10 {r}"]  # a judged query; no agreement with itself
+                continue
+            metrics = {m.label: m.value for m in column.metric}
+            shared = len(set(rankings[r]) & set(rankings[baseline]))
+            assert metrics["Overlap@10"] == f"{shared} of 10"
+            assert metrics["RBO"] == f"{rank_biased_overlap(rankings[r], rankings[baseline]):.2f}"
+    # the switch changed what the arrows are relative to, not only the label
+    assert any(arrows["mean+whiten", r] != arrows["max", r] for r in ("pooled", "first_last"))
+    # a fresh pick (here remembered from another page) starts with its first representation as the baseline
+    fresh = app(directory, shown=["max", "mean"])
+    assert fresh.selectbox(key="baseline").value == "max" and fresh.selectbox(key="baseline").options == ["max", "mean"]
+
+
+def test_more_than_four_columns_are_refused(five_index):
+    at = search(app(five_index[0]), "bees and honey")
+    at.multiselect(key="columns").set_value(list(FIVE)).run()
+    assert not at.exception
+    assert [unescape(e.value) for e in at.error] == ["At most 4 representations can be shown side by side (5 picked)."]
+    assert not shown_columns(at)
+    at.multiselect(key="columns").set_value(["max"]).run()  # one picked: one column, nothing to compare
+    assert not at.exception and not at.error and list(shown_columns(at)) == ["max"]
+    assert all(named is None for _, named, _ in shown_columns(at)["max"])
+    assert any(c.startswith("You picked one representation (`max`)") for c in texts(at.caption))
+
+
+def test_explore_page_shows_the_geometry_of_each_picked_representation(five_index):
+    directory, _ = five_index
+    at = app(directory, shown=["max", "mean+whiten", "pooled"])  # a pick remembered from another page
+    at.switch_page("views/explore.py").run()
+    assert not at.exception and not at.error
+    assert at.multiselect(key="columns").value == ["max", "mean+whiten", "pooled"]
+    values = {m.label: m.value for m in at.metric}
+    reader = IndexReader(directory)
+    first_chunks = [ids[0] for _, ids in sorted(reader.chunk_ids_by_doc().items())]  # 13 documents: all sampled
+    for r in ("max", "mean+whiten", "pooled"):
+        vectors = reader.vectors(r, first_chunks).astype(np.float64)
+        eig = np.sort(np.linalg.eigvalsh(np.cov(vectors, rowvar=False)))[::-1].clip(0)
+        share = eig / eig.sum()
+        nonzero = share[share > 0]
+        cosines = vectors @ vectors.T
+        assert float(values[f"`{r}` anisotropy"]) == pytest.approx(cosines[~np.eye(len(vectors), dtype=bool)].mean(), abs=0.02)
+        assert float(values[f"`{r}` effective rank"]) == pytest.approx(np.exp(-np.sum(nonzero * np.log(nonzero))), abs=0.051)
+        assert float(values[f"`{r}` top-3 variance share"].rstrip("%")) == pytest.approx(100 * share[:3].sum(), abs=0.051)
+    assert len(at.get("vega_lite_chart")) == 2 * 3  # similarity histograms (queries whitened too) and maps
+
+
+def test_index_page_describes_each_representation_and_its_transform(five_index):
+    directory, _ = five_index
+    at = app(directory)
+    at.switch_page("views/index.py").run()
+    assert not at.exception and not at.error
+    described = at.table[1].value.map(unescape)
+    described.index = [unescape(r) for r in described.index]
+    reader = IndexReader(directory)
+    assert list(described.index) == list(FIVE)
+    assert list(described["pooling"]) == ["pooled", "mean", "mean", "max", "first_last"]
+    assert list(described["dimension"]) == [str(reader.indexes[r].d) for r in FIVE]
+    assert list(described["transform"].drop("mean+whiten")) == ["none"] * 4
+    assert described.loc["mean+whiten", "transform"] == (
+        f"whiten, fitted on {reader.n_chunks} chunks in generation {generation_id(directory)}; "
+        "kept fixed by add; `python -m indexer refit` fits it again"
+    )
+
+
+def test_build_form_offers_every_pooling_and_explains_a_bad_transformed_name(tiny_index, tmp_path):
+    at = app(tiny_index, index_root=str(tmp_path))
+    at.switch_page("views/index.py").run()
+    assert at.multiselect[0].options == list(POOLINGS) and at.multiselect[0].value == list(DEFAULT_REPRESENTATIONS)
+    at.file_uploader[0].upload("a.txt", b"the bees make honey", "text/plain")
+    at.text_input(key="transformed").input("mean+abtt3, pooled+whitening").run()
+    assert not at.exception
+    with pytest.raises(ValueError) as expected:
+        parse_representations("pooled+whitening")
+    assert [unescape(e.value) for e in at.error] == [" ".join(str(expected.value).split())]
+    assert "unknown transform 'whitening'" in at.error[0].value.replace("\\", "") and REPRESENTATION_FORMS in unescape(at.error[0].value)
+    assert next(b for b in at.button if b.label == "Build").disabled
+    at.text_input(key="transformed").input("mean+abtt3, pooled+whiten").run()
+    assert not at.error and not next(b for b in at.button if b.label == "Build").disabled
 
 
 # -- queries that cannot be searched (items 2 and 16) ---------------------------------------------------

@@ -77,20 +77,22 @@ def test_search_in_a_real_browser_shows_both_rankings(server, sample_index, tmp_
             box.wait_for(timeout=90_000)
             box.fill(QUERY)
             page.get_by_role("button", name="Search").click()
-            page.get_by_text("Rank-biased overlap").wait_for(timeout=90_000)
+            page.get_by_text("Overlap@10").wait_for(timeout=90_000)
             for name in ("pooled", "mean"):
                 page.locator("h3", has_text=name).wait_for(timeout=60_000)
-            hits = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in (pooled|mean):"))
-            # the page renders column by column: wait until every representation's column has its ten hits
-            expected = len(read_manifest(sample_index[0])["representations"])
+            # the index keeps three representations; the first two are shown, the first one is the baseline
+            hits = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in pooled: (↑\d+|↓\d+|=|only here)"))
+            assert len(read_manifest(sample_index[0])["representations"]) == 3
+            # the page renders column by column: wait until both columns have their ten hits
             page.wait_for_function(
                 "n => [...document.querySelectorAll('[data-testid=stCaptionContainer]')].filter(e => e.innerText.includes(' · score ')).length >= 10 * n",
-                arg=expected,
+                arg=2,
                 timeout=60_000,
             )
             columns = [h.strip() for h in page.locator("h3").all_inner_texts() if h.strip() in ("pooled", "mean", "cls")]
-            assert {"pooled", "mean"} <= set(columns) and len(columns) == expected
-            assert hits.count() == 10 * len(columns)  # ten hits in every column
+            assert columns == ["pooled", "mean"]
+            assert hits.count() == 10  # every hit of the `mean` column says where the baseline puts it
+            assert page.get_by_text("Baseline: the other columns").count() == 1
             marked = page.locator("[data-testid=stMarkdownContainer]", has_text=re.compile(r"^\d+\. .*relevant$"))
             assert marked.count() >= 2  # q08's judged documents carry the "relevant" badge
             assert page.get_by_text("nDCG@10 pooled").count() == 1 and page.get_by_text("nDCG@10 mean").count() == 1
@@ -99,5 +101,42 @@ def test_search_in_a_real_browser_shows_both_rankings(server, sample_index, tmp_
             assert screenshot.stat().st_size > 10_000
             if os.environ.get("POOLING_LAB_SCREENSHOT"):
                 shutil.copy(screenshot, os.environ["POOLING_LAB_SCREENSHOT"])
+        finally:
+            browser.close()
+
+
+def test_picking_a_column_and_a_baseline_in_a_real_browser(server):
+    """The pickers drive the page: a third column appears, and its arrows follow the chosen baseline."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(server, wait_until="domcontentloaded")
+            box = page.get_by_label("Query")
+            box.wait_for(timeout=90_000)
+            box.fill(QUERY)
+            page.get_by_role("button", name="Search").click()
+            page.get_by_text("Overlap@10").first.wait_for(timeout=90_000)
+            picker = page.locator("[data-testid=stMultiSelect] input")
+            picker.click()
+            picker.fill("cls")
+            picker.press("Enter")
+            page.keyboard.press("Escape")
+            page.locator("h3", has_text="cls").wait_for(timeout=60_000)
+            page.locator("[data-testid=stSelectbox]").filter(has_text="Baseline").click()
+            page.get_by_role("option", name="cls").click()
+            arrows = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in cls: (↑\d+|↓\d+|=|only here)"))
+            # the page re-renders in place: wait until no caption of the previous baseline is left
+            page.wait_for_function(
+                """() => {
+                    const captions = [...document.querySelectorAll('[data-testid=stCaptionContainer]')].map(e => e.innerText);
+                    return captions.filter(t => / · in cls: /.test(t)).length >= 20 && !captions.some(t => / · in (pooled|mean): /.test(t));
+                }""",
+                timeout=60_000,
+            )
+            assert arrows.count() == 20  # the pooled and mean columns, ten hits each, against the cls baseline
+            columns = [h.strip() for h in page.locator("h3").all_inner_texts() if h.strip() in ("pooled", "mean", "cls")]
+            assert columns == ["pooled", "mean", "cls"]
         finally:
             browser.close()

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from indexer.compare import movement, other_ranks, overlap_at_k, rank_biased_overlap
-from indexer.explore import anisotropy, judged_similarities, pca_2d
+from indexer.cli import format_result
+from indexer.compare import against_baseline, columns_problem, default_columns, movement, other_ranks, overlap_at_k, rank_biased_overlap
+from indexer.explore import anisotropy, describe_representations, judged_similarities, pca_2d
+from indexer.search import Hit, SearchResult
 
 
 def test_overlap_at_k():
@@ -70,3 +72,54 @@ def test_judged_similarities_use_each_documents_best_chunk():
     out = judged_similarities(q, ["q"], docs, {"q": {"rel": 2, "non": 0}}, unjudged_per_query=3)
     assert out["relevant"] == [pytest.approx(0.6)]
     assert sorted(out["non-relevant"]) == pytest.approx([-1.0, 0.2])  # judged 0, plus the unjudged "other"
+
+
+# -- every ranking against one baseline (issue 11, item 6) ----------------------------------------------
+
+def test_every_ranking_is_compared_with_the_baseline():
+    rankings = {"a": ["x", "y", "z"], "b": ["y", "x", "w"], "c": ["z", "q", "x"]}
+    first = against_baseline(rankings, k=3)
+    assert set(first) == {"b", "c"} and {g.baseline for g in first.values()} == {"a"}
+    # an arrow says where the baseline puts the document: y is 1st in b and 2nd in a ("↓1"), w is not in a
+    assert [first["b"].movement(d, i + 1) for i, d in enumerate(rankings["b"])] == ["↓1", "↑1", "only here"]
+    assert [first["c"].movement(d, i + 1) for i, d in enumerate(rankings["c"])] == ["↓2", "only here", "↑2"]
+    assert (first["b"].overlap, first["c"].overlap) == (2, 2)
+    assert first["b"].rbo == pytest.approx(rank_biased_overlap(rankings["b"], rankings["a"]))
+    by_c = against_baseline(rankings, "c", k=1)
+    assert set(by_c) == {"a", "b"} and by_c["a"].overlap == 0 and by_c["a"].k == 1
+    assert [by_c["a"].movement(d, i + 1) for i, d in enumerate(rankings["a"])] == ["↓2", "only here", "↑2"]
+    assert against_baseline({"a": ["x"]}) == {} and against_baseline({}) == {}
+    with pytest.raises(ValueError, match="unknown baseline 'd'"):
+        against_baseline(rankings, "d")
+
+
+def test_columns_default_and_limits():
+    assert default_columns(["mean"]) == ("mean",)
+    assert default_columns(["cls", "max", "mean+whiten"]) == ("cls", "max")
+    assert columns_problem(["a", "b", "c", "d"]) is None and columns_problem(["a"]) is None
+    assert "at most 4" in columns_problem(["a", "b", "c", "d", "e"]) and "at least one" in columns_problem([])
+
+
+def test_cli_table_compares_every_column_with_the_first():
+    def hits(*docs):
+        return [Hit(rank=i + 1, doc_id=d, title="", chunk_id=i, text=d, score=1.0 - i / 10) for i, d in enumerate(docs)]
+
+    result = SearchResult("q", 3, {"max": hits("a", "b", "c"), "cls": hits("c", "d", "e"), "mean+whiten": hits("b", "a", "f")})
+    lines = format_result(result, width=120).splitlines()
+    assert "in both top-3 (max, cls): 1 of 3 documents" in lines
+    assert "in both top-3 (max, mean+whiten): 2 of 3 documents" in lines
+    assert not any("(cls, mean+whiten)" in line for line in lines)
+    assert not any("in both" in line for line in format_result(SearchResult("q", 3, {"mean": hits("a")})).splitlines())
+
+
+def test_describe_representations_in_words():
+    manifest = {"representations": {
+        "mean": {"pooling": "mean", "dim": 384},
+        "pooled+whiten128": {"pooling": "pooled", "dim": 128, "transform": {
+            "kind": "whiten", "param": 128, "fitted_on_chunks": 5000, "fitted_in": "gen-000003"}},
+    }}
+    rows = describe_representations(manifest)
+    assert [(r["representation"], r["pooling"], r["dimension"]) for r in rows] == [("mean", "mean", 384), ("pooled+whiten128", "pooled", 128)]
+    assert rows[0]["transform"] == "none"
+    assert rows[1]["transform"] == ("whiten128, fitted on 5000 chunks in generation gen-000003; kept fixed by add; "
+                                    "`python -m indexer refit` fits it again")

@@ -1,25 +1,33 @@
-"""Explore: the geometry of each representation — anisotropy, similarity distributions, a 2-D map."""
+"""Explore: the geometry of the representations the user picks — anisotropy, effective rank, similarity distributions, a 2-D map."""
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from app import ui
-from indexer.explore import judged_similarities
+from indexer.explore import relevance_similarities
 
 st.title("Explore")
 searcher = ui.searcher_or_stop()
 directory, sha = str(searcher.index.directory), ui.manifest_sha(searcher.index.directory)
+reps = ui.pick_representations(searcher.representations)
 sample = ui.document_sample(directory, sha)
-reps = list(searcher.representations)
 
-st.subheader("Anisotropy")
+st.subheader("Geometry")
 st.caption(
-    f"Mean cosine similarity of random pairs of documents ({len(sample['doc_ids'])} sampled, first chunk each). "
-    "Near 0: vectors spread out; near 1: crowded in a narrow cone, where small score differences decide the ranking."
+    f"On the stored vectors of {len(sample['doc_ids'])} documents (a seeded sample, first chunk each). "
+    "Anisotropy: mean cosine of random pairs — near 1, vectors crowd into a narrow cone where small score "
+    "differences decide the ranking. Effective rank: how many directions the variance really spreads over. "
+    "Top-3 variance share: how much the three main directions dominate — what whitening and all-but-the-top remove."
 )
-for col, r in zip(st.columns(len(reps)), reps):
-    col.metric(f"`{r}`", f"{sample['anisotropy'][r]:.3f}")
+if len(sample["doc_ids"]) < 2:
+    st.info("The geometry of a space needs at least two documents.")
+else:
+    for col, r in zip(st.columns(len(reps)), reps):
+        g = sample["geometry"][r]
+        col.metric(f"`{r}` anisotropy", f"{g['anisotropy']:.3f}")
+        col.metric(f"`{r}` effective rank", f"{g['effective_rank']:.1f}")
+        col.metric(f"`{r}` top-3 variance share", f"{g['top3_variance']:.1%}")
 
 sets = ui.labelled_sets_of(searcher)
 st.subheader("Query–document similarity, relevant vs non-relevant")
@@ -28,15 +36,10 @@ if not sets:
 else:
     name = st.selectbox("Labelled query set", [s.name for s in sets])
     queries, qrels, _ = ui.labels(directory, sha, name)
-    qids = [q for q in qrels if q in queries][:200]
-    vectors = searcher.encoder.encode_texts([queries[q] for q in qids])
-    judged_docs = {d for q in qids for d in qrels[q]}
-    chunks = searcher.index.chunk_ids_by_doc(judged_docs | set(sample["doc_ids"]))
+    sims = relevance_similarities(searcher, queries, qrels, reps, extra_docs=sample["doc_ids"])
     colours = alt.Scale(domain=["relevant", "non-relevant"], range=["#2a9d8f", "#e76f51"])
     for col, r in zip(st.columns(len(reps)), reps):
-        doc_vectors = {d: searcher.index.vectors(r, ids) for d, ids in chunks.items()}
-        sims = judged_similarities(vectors[r], qids, doc_vectors, qrels)
-        data = pd.concat([pd.DataFrame({"cosine": v, "pairs": kind}) for kind, v in sims.items()])
+        data = pd.concat([pd.DataFrame({"cosine": v, "pairs": kind}) for kind, v in sims[r].items()])
         chart = (
             alt.Chart(data)
             .mark_bar(opacity=0.6)

@@ -9,8 +9,9 @@ import streamlit as st
 
 from app import ui
 from indexer import vector_index
-from indexer.config import parse_representations
+from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations, poolings_of
 from indexer.encoder import ModelError
+from indexer.explore import describe_representations
 from indexer.loaders import SourceError
 from indexer.pipeline import BuildError, build_index
 from indexer.store import StoreError, read_manifest
@@ -36,7 +37,7 @@ for directory in indexes:
                     "weights sha256": model.get("weights_sha256"),
                     "pooler check": f"{pooler.get('status')}: {pooler.get('note')}",
                     "chunking": f"{manifest.get('chunking', {}).get('max_tokens')} tokens, overlap {manifest.get('chunking', {}).get('overlap')}",
-                    "representations": ", ".join(f"{r} ({s.get('dim')})" for r, s in manifest.get("representations", {}).items()),
+                    "representations": ", ".join(manifest.get("representations", {})),
                     "vector index": vector_index.describe(manifest.get("vector_index")),
                     "documents / chunks": f"{counts.get('documents')} / {counts.get('chunks')}",
                     "created": manifest.get("created_at"),
@@ -45,7 +46,9 @@ for directory in indexes:
                 columns=["", "value"],
             ).set_index("")
         )
-        if pooler.get("status") == "missing":
+        # st.table wraps long cells (and reads Markdown: every cell is escaped, shown as written)
+        st.table(pd.DataFrame(describe_representations(manifest)).map(lambda v: ui.escape_markdown(str(v))).set_index("representation"))
+        if pooler.get("status") == "missing" and "pooled" in poolings_of(manifest.get("representations", {})):
             st.warning("`pooled` vectors of this index come from a randomly initialised pooler.")
         if not current and st.button("Use this index", key=f"use:{directory}"):
             st.session_state["index_dir"] = str(directory)
@@ -60,10 +63,19 @@ uploads = st.file_uploader(
     "Documents", accept_multiple_files=True, type=["txt", "md", "markdown", "html", "htm", "jsonl", "csv", "tsv"]
 )
 name = st.text_input("Index name", value="my-documents")
-representations = st.multiselect("Representations", ["pooled", "mean", "cls"], default=["pooled", "mean"])
+poolings = st.multiselect("Poolings", POOLINGS, default=DEFAULT_REPRESENTATIONS)
+transformed = st.text_input(
+    "Transformed representations (optional, comma-separated)", key="transformed",
+    placeholder="e.g. pooled+whiten, mean+abtt3", help=REPRESENTATION_FORMS,
+)
+try:
+    representations = parse_representations([*poolings, *transformed.split(",")])
+except ValueError as exc:
+    representations = None
+    st.error(ui.escape_markdown(str(exc)))  # the message quotes what was typed: shown literally
 replace = st.checkbox("Replace an index of the same name", value=False)
 
-if st.button("Build", type="primary", disabled=not uploads):
+if st.button("Build", type="primary", disabled=not uploads or representations is None):
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         st.error("Index names use letters, digits, '.', '_' and '-' (up to 64 characters).")
         st.stop()
@@ -81,7 +93,7 @@ if st.button("Build", type="primary", disabled=not uploads):
             for upload in uploads:
                 (Path(tmp) / Path(upload.name).name).write_bytes(upload.getvalue())
             source = Path(tmp) / Path(uploads[0].name).name if records else Path(tmp)
-            encoder = ui.load_encoder(st.session_state.get("model"), parse_representations(representations or ["mean"]), None)
+            encoder = ui.load_encoder(st.session_state.get("model"), representations, None)
             summary = build_index(
                 source, target, encoder, overwrite=True, progress=False,
                 on_progress=lambda done, total: bar.progress(min(done / total, 1.0) if total else 0.5, text=f"{done} documents"),
