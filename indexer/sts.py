@@ -114,7 +114,8 @@ def _pair_problem(s1, s2, score) -> str | None:
         return f"score must be a number, got {type(score).__name__}"
     if isinstance(score, str):
         if not _NUMBER.fullmatch(score.strip()):
-            return f"score must be a number, got {_printable(score[:40])!r}"
+            infinite = score.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+            return f"score must be a {'finite ' if infinite else ''}number, got {_printable(score[:40])!r}"
         score = float(score)
     if not math.isfinite(score):
         return f"score must be a finite number, got {score}"
@@ -313,9 +314,14 @@ def evaluate_sts(
     right = np.array([index_of[p.sentence2] for p in data.pairs])
     gold = np.array([p.score for p in data.pairs], dtype=np.float64)
 
+    wanted = [r for r in reps if parse_representation(r).transform is not None]
+    transforms, fits = {}, {}
+    if wanted and fit_on is not None:  # before any encoding: an index that cannot lend its transforms ends the run at once
+        transforms, fits = _transforms_from_index(wanted, encoder, Path(fit_on))
     by_pooling = _encode(encoder, sentences, progress=progress, on_step=step)
-    step("fitting transforms", 0.8)
-    transforms, fits = _transforms(reps, by_pooling, encoder, fit_on)
+    if wanted and fit_on is None:
+        step("fitting transforms", 0.8)
+        transforms, fits = _fit_on_sentences(wanted, by_pooling)
     vectors = represent(by_pooling, reps, transforms)
 
     step("bootstrap", 0.9)
@@ -354,23 +360,18 @@ def _encode(encoder: "Encoder", sentences: list[str], *, progress: bool, on_step
     return {p: np.concatenate([part[p] for part in parts]) for p in encoder.poolings}
 
 
-def _transforms(reps, by_pooling, encoder, fit_on) -> tuple[dict[str, Transform], dict[str, dict]]:
-    """Each transformed representation's fitted transform, and a record of where it was fitted."""
-    wanted = [r for r in reps if parse_representation(r).transform is not None]
+def _fit_on_sentences(wanted, by_pooling) -> tuple[dict[str, Transform], dict[str, dict]]:
+    """Each transform fitted on the evaluation's unique sentences (as the whitening papers do), and a record of it."""
     transforms, fits = {}, {}
-    if not wanted:
-        return transforms, fits
-    if fit_on is None:
-        for r in wanted:
-            n = len(by_pooling[parse_representation(r).pooling])
-            try:
-                transforms[r] = fit(r, by_pooling[parse_representation(r).pooling])
-            except TransformError as exc:
-                raise TransformError(f"{exc} (fitted on the {n} evaluation sentences)") from exc
-            fits[r] = {"fitted_on": "evaluation", "vectors": n, "dim": transforms[r].dim,
-                       "description": f"fitted on the {n} evaluation sentences"}
-        return transforms, fits
-    return _transforms_from_index(wanted, encoder, Path(fit_on))
+    for r in wanted:
+        vectors = by_pooling[parse_representation(r).pooling]
+        try:
+            transforms[r] = fit(r, vectors)
+        except TransformError as exc:
+            raise TransformError(f"{exc} (fitted on the {len(vectors)} evaluation sentences)") from exc
+        fits[r] = {"fitted_on": "evaluation", "vectors": len(vectors), "dim": transforms[r].dim,
+                   "description": f"fitted on the {len(vectors)} evaluation sentences"}
+    return transforms, fits
 
 
 def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, Transform], dict[str, dict]]:
@@ -387,7 +388,7 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
         twin = copy.copy(encoder)
         twin.representations = tuple(reader.manifest["representations"])
         twin.max_tokens = reader.manifest.get("chunking", {}).get("max_tokens")
-        problems = compatibility_problems(reader.manifest, twin, "search")
+        problems = compatibility_problems(reader.manifest, twin, "reuse")
         if problems:
             raise ValueError(f"cannot fit on index {_printable(reader.directory)}: {problems[0]}")
         dims, stored = stored_dims(reader.manifest), {}
