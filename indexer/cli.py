@@ -265,7 +265,7 @@ def default_eval_index(dataset: Path, model: str | None) -> Path:
 
 def _evaluate_sts(args: argparse.Namespace) -> int:
     """`evaluate --sts FILE`: sentence-pair similarity, no index needed (`--fit-on` only lends its transforms)."""
-    from .sts import check_baseline, evaluate_sts, read_sts
+    from .sts import BATCH_SIZE, check_baseline, evaluate_sts, read_sts
 
     others = [f"--{name.replace('_', '-')}" for name in ("beir", "index", "queries", "qrels", "out", "fuse") if getattr(args, name, None) is not None]
     if others:
@@ -273,7 +273,7 @@ def _evaluate_sts(args: argparse.Namespace) -> int:
     representations = parse_representations(args.representations)
     check_baseline(representations, args.baseline)
     data = read_sts(args.sts)
-    encoder = _load_encoder(args, representations)
+    encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code)
     result = evaluate_sts(data, encoder, representations, fit_on=args.fit_on, baseline=args.baseline, progress=not args.no_progress)
     print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) if args.json else result.to_markdown())
     return 0

@@ -48,6 +48,9 @@ FIELDS = ("sentence1", "sentence2", "score")
 MAX_FILE_BYTES = 200_000_000
 N_RESAMPLES = 1000
 SEED = 0
+#: Sentences per forward pass for an STS run: they are short (STS Benchmark: about 15 tokens), so a larger
+#: batch than a build's costs little memory and about halves the CPU time of encoding (measured here).
+BATCH_SIZE = 128
 #: Unique sentences per call to the encoder (it batches and sorts by length within a call): the progress step.
 ENCODE_SLICE = 512
 _NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")

@@ -2,11 +2,14 @@
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
 from scipy import stats
 
 from conftest import STSB, make_tiny_distilbert
@@ -16,6 +19,7 @@ from indexer.loaders import SourceError
 from indexer.pipeline import build_index
 from indexer.store import IndexReader, chunk_ids
 from indexer.sts import StsData, StsPair, evaluate_sts, read_sts
+from indexer.text import is_blank
 from indexer.transforms import TransformError, fit
 
 # (sentence1, sentence2, gold score): words of the tiny model's vocabulary, quotes and commas included
@@ -398,3 +402,28 @@ def test_cli_errors_are_one_line(tmp_path, tiny_bert, tiny_bert_other, whiten_in
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     if case == "representation":
         assert "POOLING or POOLING+TRANSFORM" in err
+
+
+# -- fuzzing: any bytes give pairs fit to encode, skips with a reason, or one SourceError ----------------
+
+_PIECES = ["\t", ",", '"', "\n", "\r\n", " ", "3.5", "nan", "-1e3", "the bees", "\u200b", "\\ud800", "{", "}", ":",
+           '"sentence1"', '"sentence2"', '"score"', "sentence1,sentence2,score\n", "\x00"]
+
+
+@settings(max_examples=int(os.environ.get("POOLING_LAB_FUZZ_EXAMPLES", "30")), deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(suffix=hst.sampled_from([".tsv", ".csv", ".jsonl"]),
+       parts=hst.lists(hst.one_of(hst.sampled_from(_PIECES).map(str.encode), hst.binary(max_size=6)), max_size=40))
+def test_fuzz_read_sts(tmp_path_factory, suffix, parts):
+    path = tmp_path_factory.mktemp("fuzz") / f"f{suffix}"
+    path.write_bytes(b"".join(parts))
+    try:
+        data = read_sts(path)
+    except SourceError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert data.pairs
+    for p in data.pairs:
+        assert np.isfinite(p.score) and not is_blank(p.sentence1) and not is_blank(p.sentence2)
+        p.sentence1.encode("utf-8"), p.sentence2.encode("utf-8")  # valid Unicode text
+    assert all(i.line is not None and i.reason for i in data.issues)
