@@ -118,10 +118,13 @@ def _pair_problem(s1, s2, score) -> str | None:
     if isinstance(score, str):
         if not _NUMBER.fullmatch(score.strip()):
             infinite = score.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
-            return f"score must be a {'finite ' if infinite else ''}number, got {_printable(score[:40])!r}"
-        score = float(score)
-    if not math.isfinite(score):
-        return f"score must be a finite number, got {score}"
+            return f"score must be a {'finite ' if infinite else ''}number, got {score[:40]!r}"
+    try:
+        value = float(score)
+    except OverflowError:  # an integer beyond float range (JSON allows any number of digits)
+        return "score must be a finite number, got an integer too large for a float"
+    if not math.isfinite(value):
+        return f"score must be a finite number, got {score if isinstance(score, str) else value}"
     return None
 
 

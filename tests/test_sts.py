@@ -113,13 +113,17 @@ def test_bad_jsonl_and_csv_rows(tmp_path):
         '{"sentence1": "the bees", "sentence2": "the hive", "score": true}\n'
         '{"sentence1": "the bees", "sentence2": "the hive", "score": "4.5"}\n'
         '{"sentence1": 7, "sentence2": "the hive", "score": 1}\n'
-        'not json\n',
+        'not json\n'
+        '{"sentence1": "the bees", "sentence2": "the hive", "score": 1%s}\n'
+        '{"sentence1": "the bees", "sentence2": "the hive", "score": 1e999}\n' % ("0" * 400),
         encoding="utf-8",
     )
     data = read_sts(jsonl)
     assert [(p.line, p.score) for p in data.pairs] == [(1, 3.0), (5, 4.5)]
     reasons = {i.line: i.reason for i in data.issues}
-    assert sorted(reasons) == [2, 3, 4, 6, 7]
+    assert sorted(reasons) == [2, 3, 4, 6, 7, 8, 9]
+    assert reasons[8] == "score must be a finite number, got an integer too large for a float"
+    assert reasons[9] == "score must be a finite number, got inf"
     assert "lone surrogate" in reasons[2] and "sentence2" in reasons[2]
     assert reasons[3] == "field 'sentence2' is missing"
     assert reasons[4] == "score must be a number, got bool"
