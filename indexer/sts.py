@@ -404,9 +404,12 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
             where = f"index {_printable(reader.directory)} ({reader.n_chunks} chunks)"
             if r in reader.transforms:
                 transforms[r] = reader.transforms[r]
-                fits[r] = {"fitted_on": "index", "index": str(reader.directory), "chunks": reader.n_chunks,
+                # `add` keeps a transform fixed: it may have been fitted on fewer chunks than the index holds now
+                fitted_on = transforms[r].fitted_on or reader.n_chunks
+                fits[r] = {"fitted_on": "index", "index": str(reader.directory), "chunks": fitted_on,
                            "stored_transform": True, "dim": transforms[r].dim,
-                           "description": f"fitted on {where}: the index's own `{r}` transform"}
+                           "description": f"fitted on index {_printable(reader.directory)} ({fitted_on} chunks): "
+                                          f"the index's own `{r}` transform"}
                 continue
             if pooling not in dims:
                 raise TransformError(f"cannot fit `{r}` on index {_printable(reader.directory)}: it keeps no `{pooling}` "

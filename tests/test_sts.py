@@ -337,6 +337,28 @@ def test_transform_fitted_on_the_sentences_or_on_an_index(tmp_path, tiny_bert, w
         assert own.metrics[rep]["spearman"] != pytest.approx(expected, abs=1e-6)  # the difference is visible
 
 
+def test_a_stored_transform_reports_the_chunks_it_was_fitted_on(tmp_path, tiny_bert, whiten_index):
+    """`add` keeps a transform fixed: the report names the chunks it was fitted on, not the index's count now."""
+    import shutil
+
+    from indexer.pipeline import add_documents
+    from indexer.store import read_manifest
+
+    directory = tmp_path / "grown"
+    shutil.copytree(whiten_index, directory)
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps({"_id": f"new{i}", "text": f"the bees and the river {i}"}) + "\n" for i in range(5)), encoding="utf-8")
+    index_encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "mean+whiten"))
+    add_documents(directory, more, index_encoder, progress=False)
+    manifest = read_manifest(directory)
+    fitted = manifest["representations"]["mean+whiten"]["transform"]["fitted_on_chunks"]
+    assert manifest["counts"]["chunks"] > fitted
+    result = evaluate_sts(read_sts(write_tsv(tmp_path / "p.tsv")), index_encoder, "mean+whiten", fit_on=directory,
+                          resamples=10, progress=False)
+    assert result.fits["mean+whiten"]["chunks"] == fitted
+    assert f"({fitted} chunks): the index's own `mean+whiten` transform" in result.fits["mean+whiten"]["description"]
+
+
 def test_fit_on_an_index_of_another_model_is_refused(tmp_path, tiny_bert_other, whiten_index):
     encoder = Encoder.load(str(tiny_bert_other), representations=("mean", "mean+whiten"))
     data = read_sts(write_tsv(tmp_path / "p.tsv"))
