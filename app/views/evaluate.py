@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
-from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representations
+from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representation, parse_representations
 from indexer.encoder import ModelError
 from indexer.evaluation import METRIC_NAMES, evaluate, format_p, pair_name
 from indexer.loaders import SourceError
@@ -52,8 +52,9 @@ def sts_section() -> None:
     baseline = st.selectbox("Compare against", [EVERY_PAIR, *representations], key="sts_baseline")
     baseline = None if baseline == EVERY_PAIR else baseline
     fit_on = None
-    if any("+" in r for r in representations) and is_index(ui.index_dir()):
-        if st.checkbox(f"Fit the transforms on the current index ({ui.index_dir().name}) instead of the STS sentences", key="sts_fit_on"):
+    if any(parse_representation(r).transform for r in representations) and is_index(ui.index_dir()):
+        where = ui.escape_markdown(ui.index_dir().name)
+        if st.checkbox(f"Fit the transforms on the current index ({where}) instead of the STS sentences", key="sts_fit_on"):
             fit_on = ui.index_dir()
     model = sts_model()
     st.caption(f"Model: {ui.escape_markdown(model or 'bundled all-MiniLM-L6-v2')}")
@@ -104,7 +105,7 @@ def sts_section() -> None:
     else:
         st.info(f"One representation ({report['representations'][0]}): no paired comparison.")
     if report["skipped"]:
-        with st.expander(f"{len(report['skipped'])} lines of {upload.name} were skipped"):
+        with st.expander(f"{len(report['skipped'])} lines of {ui.escape_markdown(upload.name)} were skipped"):
             st.dataframe(pd.DataFrame([{"line": s["line"], "reason": s["reason"]} for s in report["skipped"]]), hide_index=True)
 
 
