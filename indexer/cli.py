@@ -265,6 +265,7 @@ def default_eval_index(dataset: Path, model: str | None) -> Path:
 
 def _evaluate_sts(args: argparse.Namespace) -> int:
     """`evaluate --sts FILE`: sentence-pair similarity, no index needed (`--fit-on` only lends its transforms)."""
+    from .config import parse_representation
     from .sts import BATCH_SIZE, check_baseline, evaluate_sts, read_sts
 
     others = [f"--{name.replace('_', '-')}" for name in ("beir", "index", "queries", "qrels", "out", "fuse") if getattr(args, name, None) is not None]
@@ -272,6 +273,8 @@ def _evaluate_sts(args: argparse.Namespace) -> int:
         raise SourceError(f"--sts evaluates a file of sentence pairs without an index; it does not take {', '.join(others)}")
     representations = parse_representations(args.representations)
     check_baseline(representations, args.baseline)
+    if args.fit_on is not None and not any(parse_representation(r).transform for r in representations):
+        print(f"warning: --fit-on is not used: none of {', '.join(representations)} has a transform", file=sys.stderr)
     data = read_sts(args.sts)
     encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code)
     result = evaluate_sts(data, encoder, representations, fit_on=args.fit_on, baseline=args.baseline, progress=not args.no_progress)

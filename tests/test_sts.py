@@ -400,8 +400,10 @@ def test_cli_json_shape(tmp_path, tiny_bert, capsys):
     assert report["transforms"]["pooled+whiten"]["fitted_on"] == "evaluation"
     assert report["file"] == str(path) and report["model"] == str(tiny_bert)
 
-    code, out, err = run(capsys, "evaluate", "--sts", path, "--model", tiny_bert, "--baseline", "mean", "--no-progress")
+    code, out, err = run(capsys, "evaluate", "--sts", path, "--model", tiny_bert, "--baseline", "mean", "--no-progress",
+                         "--fit-on", tmp_path / "never-read")
     assert code == 0, err
+    assert "warning: --fit-on is not used: none of pooled, mean has a transform" in err
     assert "| representation | Spearman | 95% CI | Pearson | anisotropy | effective rank | top-3 variance |" in out
     assert "pooled vs mean" in out and f"p.tsv:{len(PAIRS) + 1}: score must be a number" in out
 
