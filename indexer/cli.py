@@ -286,7 +286,30 @@ def default_eval_index(dataset: Path, model: str | None) -> Path:
     return Path(root) / "indexes" / f"{dataset.resolve().name}-{key}"
 
 
+def _evaluate_sts(args: argparse.Namespace) -> int:
+    """`evaluate --sts FILE`: sentence-pair similarity, no index needed (`--fit-on` only lends its transforms)."""
+    from .config import parse_representation
+    from .sts import BATCH_SIZE, check_baseline, evaluate_sts, read_sts
+
+    others = [f"--{name.replace('_', '-')}" for name in ("beir", "index", "queries", "qrels", "out", "fuse") if getattr(args, name, None) is not None]
+    if others:
+        raise SourceError(f"--sts evaluates a file of sentence pairs without an index; it does not take {', '.join(others)}")
+    representations = parse_representations(args.representations)
+    check_baseline(representations, args.baseline)
+    if args.fit_on is not None and not any(parse_representation(r).transform for r in representations):
+        print(f"warning: --fit-on is not used: none of {', '.join(representations)} has a transform", file=sys.stderr)
+    data = read_sts(args.sts)
+    encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code)
+    result = evaluate_sts(data, encoder, representations, fit_on=args.fit_on, baseline=args.baseline, progress=not args.no_progress)
+    print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) if args.json else result.to_markdown())
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.sts is not None:
+        return _evaluate_sts(args)
+    if args.fit_on is not None:
+        raise SourceError("--fit-on INDEX_DIR goes with --sts FILE: it names the index whose transforms an STS evaluation uses")
     if args.beir is not None:
         dataset = open_beir(args.beir)
         if dataset.queries is None:
@@ -610,15 +633,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None, help="where to write the reports and run files (default DIR.eval/NAME-SPLIT)")
     e.add_argument("--keep-identical-ids", action="store_true", help="keep a document whose id equals the query id (BEIR ignores it)")
     e.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
-                   help=f"with --beir: representations to build, as for build; a matching index is reused (default {','.join(DEFAULT_REPRESENTATIONS)})")
+                   help=f"with --beir: representations to build, as for build (a matching index is reused); with --sts: to evaluate (default {','.join(DEFAULT_REPRESENTATIONS)})")
     e.add_argument("--baseline", default=None, metavar="REPRESENTATION",
                    help="compare every other representation with this one (default: every pair); Holm-corrected when more than one pair")
     e.add_argument("--fuse", default=None, metavar="LIST",
                    help="reciprocal-rank fusion (system `rrf`) of these representations and/or `bm25`, e.g. mean,pooled "
                         "or mean,bm25; without it, no fusion")
+    e.add_argument("--sts", type=Path, default=None, metavar="FILE",
+                   help="semantic textual similarity on sentence pairs, no index needed: STS Benchmark .tsv/.txt, "
+                        "or .csv/.jsonl with sentence1, sentence2, score")
+    e.add_argument("--fit-on", type=Path, default=None, metavar="INDEX_DIR",
+                   help="with --sts: take transforms (+whiten, +abtt) from this index instead of fitting them on the STS sentences")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    model_options(e, "with --beir: model to build with (default: embedded all-MiniLM-L6-v2)")
+    model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2)")
     e.set_defaults(func=cmd_evaluate)
 
     bn = sub.add_parser("bench", help="speed against sentence-transformers, machine limit, latency and memory")

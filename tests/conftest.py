@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
 MSMARCO = ROOT.parent / "shared" / "datasets" / "msmarco-5k"
+STSB = ROOT.parent / "shared" / "datasets" / "stsb-test-part"
 
 WORDS = (
     "the a of and to in is was it for on with as by at from that this be are or an not "
