@@ -22,7 +22,7 @@ from .evaluation import (
     fusion_line, load_labels, pair_name, write_artifacts,
 )
 from .files import unwritable_dir
-from .loaders import LoadReport, SourceError, load_queries, open_beir
+from .loaders import LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
@@ -44,14 +44,6 @@ def _clean(text: str) -> str:
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def format_result(result: SearchResult, width: int | None = None) -> str:
@@ -132,7 +124,7 @@ def format_info(manifest: dict, directory: Path) -> str:
     width = max((len(r) for r in reps), default=7)
     for r, spec in reps.items():
         f = files.get(spec.get("file"), {})
-        lines.append(f"  {r:<{width}} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({_size(f.get('bytes', 0))})")
+        lines.append(f"  {r:<{width}} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({format_bytes(f.get('bytes', 0))})")
         t = spec.get("transform")
         if t:
             how = "fitted at this generation" if t.get("refitted") else "kept fixed since then by add/delete/repair"

@@ -156,13 +156,13 @@ def iter_documents(
     kind = detect_format(path) if format == "auto" else format
     columns = _Columns(id_column, title_column, text_column)
     if kind == "folder":
-        records = _read_folder(_require(path, folder=True), report, max_document_bytes)
+        records = _read_folder(require_path(path, folder=True), report, max_document_bytes)
     elif kind == "beir":
         records = _read_jsonl(open_beir(path).corpus, report, columns)
     elif kind == "jsonl":
-        records = _read_jsonl(_require(path), report, columns)
+        records = _read_jsonl(require_path(path), report, columns)
     else:
-        records = _read_csv(_require(path), report, columns, max_document_bytes)
+        records = _read_csv(require_path(path), report, columns, max_document_bytes)
     return _checked(records, report, max_document_bytes)
 
 
@@ -174,7 +174,7 @@ def _checked(
     for doc, path, line in records:
         # len * 4 bounds the UTF-8 size, so most texts are never encoded just to measure them.
         if len(doc.text) * 4 > max_bytes and (size := len(doc.text.encode())) > max_bytes:
-            report.skip(path, line, f"text is {_size(size)}, larger than the {_size(max_bytes)} limit")
+            report.skip(path, line, f"text is {format_bytes(size)}, larger than the {format_bytes(max_bytes)} limit")
         elif doc.doc_id in seen:
             report.skip(path, line, f"duplicate id {doc.doc_id!r} (first seen at {seen[doc.doc_id]})")
         else:
@@ -183,7 +183,7 @@ def _checked(
             yield doc
 
 
-def _require(path: str | Path, *, folder: bool = False) -> Path:
+def require_path(path: str | Path, *, folder: bool = False) -> Path:
     """Return ``path`` as a Path, or raise SourceError unless it is an existing file (or folder)."""
     path = Path(path)
     if not path.exists():
@@ -193,7 +193,7 @@ def _require(path: str | Path, *, folder: bool = False) -> Path:
     return path
 
 
-def _size(n: int) -> str:
+def format_bytes(n: int) -> str:
     """Human-readable decimal size: "812 bytes", "12.3 kB", "50 MB"."""
     if n < 1000:
         return f"{n} bytes"
@@ -227,10 +227,10 @@ class FolderEntry:
     @property
     def shown(self) -> str:
         """The path for messages, on one line: bytes that are not UTF-8 are shown as \\xNN escapes."""
-        return _printable(self.path)
+        return printable_path(self.path)
 
 
-def _printable(path: str | os.PathLike[str]) -> str:
+def printable_path(path: str | os.PathLike[str]) -> str:
     """`path` for a one-line message: undecodable bytes as \\xNN, control characters (a newline in
     a file name) as Python escapes."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -322,13 +322,13 @@ def _read_regular(path: Path, max_bytes: int) -> bytes | str:
         if not stat.S_ISREG(info.st_mode):
             return _not_regular(info.st_mode)
         if info.st_size > max_bytes:
-            return f"file is {_size(info.st_size)}, larger than the {_size(max_bytes)} limit"
+            return f"file is {format_bytes(info.st_size)}, larger than the {format_bytes(max_bytes)} limit"
         try:
             data = f.read(max_bytes + 1)
         except OSError as error:
             return f"cannot read file: {error.strerror or error}"
     if len(data) > max_bytes:  # it grew after fstat
-        return f"file is larger than the {_size(max_bytes)} limit"
+        return f"file is larger than the {format_bytes(max_bytes)} limit"
     return data
 
 
@@ -420,7 +420,7 @@ def _html_text(markup: str) -> tuple[str, str]:
 # -- line-based formats ------------------------------------------------------------------
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
     """Yield (line number, text, error) per physical line, decoding each line as UTF-8.
 
     An undecodable line comes with an error message and replacement characters, so
@@ -439,13 +439,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
             yield lineno, text, error
 
 
-def _json_objects(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_objects(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line that is a JSON object fit to store.
 
     A line that is not JSON, nests deeper than MAX_JSON_DEPTH, or holds a lone surrogate escape
     ("\\ud800") anywhere (keys included) is reported with the field it concerns.
     """
-    for lineno, text, error in _lines(path):
+    for lineno, text, error in numbered_lines(path):
         if error:
             report.skip(path, lineno, error)
             continue
@@ -526,7 +526,7 @@ def _record(obj: dict[str, Any], source: str, columns: _Columns) -> Document:
 
 
 def _read_jsonl(path: Path, report: LoadReport, columns: _Columns) -> Iterator[tuple[Document, Path, int]]:
-    for lineno, obj in _json_objects(path, report):
+    for lineno, obj in json_objects(path, report):
         try:
             yield _record(obj, f"{path}:{lineno}", columns), path, lineno
         except _Skip as exc:
@@ -539,7 +539,7 @@ def _read_csv(
     """Check the header now, return a generator over the rows."""
     # Raised, never lowered: the default limit (128 KiB) would reject ordinary long documents.
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
-    rows = iter(_CsvRows(path))
+    rows = iter(CsvRows(path))
     try:
         lineno, header, problem = next(rows, (1, [], None))
     except csv.Error as exc:
@@ -551,13 +551,13 @@ def _read_csv(
         raise SourceError(f"{path}: empty file; a header row with column names is required")
     missing = [c for c in (columns.text, columns.id) if c is not None and c not in header]
     if missing:
-        raise SourceError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(map(_printable, header))}")
+        raise SourceError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(map(printable_path, header))}")
     id_col = columns.id or next((c for c in ("_id", "id", "doc_id") if c in header), None)
     title_col = columns.title if columns.title in header else None
     return _csv_rows(path, report, rows, header, (id_col, title_col, columns.text))
 
 
-class _CsvRows:
+class CsvRows:
     """Rows of a CSV or TSV file as (first line number, fields or None, problem or None).
 
     A row that fails to parse (a stray quote that opens a field and never closes, say) is
@@ -568,7 +568,7 @@ class _CsvRows:
     """
 
     def __init__(self, path: Path) -> None:
-        self._feed = _LineFeed(_lines(path))
+        self._feed = _LineFeed(numbered_lines(path))
         tsv = path.suffix.lower() == ".tsv"
         self._reader = csv.reader(
             self._feed,  # bad quoting is reported, not guessed (strict)
@@ -650,7 +650,7 @@ class BeirDataset:
 
 def open_beir(path: str | Path) -> BeirDataset:
     """Locate the files of a BEIR folder; only corpus.jsonl is required."""
-    root = _require(path, folder=True)
+    root = require_path(path, folder=True)
     corpus = root / "corpus.jsonl"
     if not corpus.is_file():
         raise SourceError(f"{root}: not a BEIR folder, corpus.jsonl is missing")
@@ -662,9 +662,9 @@ def open_beir(path: str | Path) -> BeirDataset:
 
 def load_queries(path: str | Path, report: LoadReport) -> dict[str, str]:
     """Read BEIR queries.jsonl ({"_id", "text"}) into {query id: text}."""
-    path = _require(path)
+    path = require_path(path)
     queries: dict[str, str] = {}
-    for lineno, obj in _json_objects(path, report):
+    for lineno, obj in json_objects(path, report):
         try:
             query = _record(obj, f"{path}:{lineno}", _Columns(None, None, "text"))
         except _Skip as exc:
@@ -690,9 +690,9 @@ def load_qrels(
     With `known_queries` / `known_documents`, a judgement naming an id outside them is
     reported with its line and skipped.
     """
-    path = _require(path)
+    path = require_path(path)
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, text, error in _lines(path):
+    for lineno, text, error in numbered_lines(path):
         fields = [f.strip() for f in text.rstrip("\r\n").split("\t")]
         if error:
             report.skip(path, lineno, error)

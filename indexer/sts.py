@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 from .config import parse_representation, parse_representations, poolings_of
 from .evaluation import format_p, holm, pair_name
 from .explore import geometry
-from .loaders import LoadIssue, LoadReport, SourceError, _CsvRows, _json_objects, _lines, _printable, _require, _size
+from .loaders import (
+    CsvRows, LoadIssue, LoadReport, SourceError, format_bytes, json_objects, numbered_lines, printable_path, require_path,
+)
 from .text import describe_surrogate, is_blank
 from .transforms import Transform, TransformError, fit, represent
 
@@ -79,16 +81,16 @@ def read_sts(path: str | os.PathLike[str]) -> StsData:
     SourceError when the file is missing, of another type, too large, lacks a needed CSV column, or
     holds no usable pair at all.
     """
-    path = _require(path)
+    path = require_path(path)
     kind = STS_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise SourceError(
-            f"{_printable(path)}: unsupported STS file type {path.suffix or '(no extension)'!r}; supported: .tsv/.txt "
+            f"{printable_path(path)}: unsupported STS file type {path.suffix or '(no extension)'!r}; supported: .tsv/.txt "
             f"(STS Benchmark: {', '.join(STSB_FIELDS)}, tab-separated, no header), .csv or .jsonl with fields {', '.join(FIELDS)}"
         )
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise SourceError(f"{_printable(path)}: file is {_size(size)}, larger than the {_size(MAX_FILE_BYTES)} limit for an STS file")
+        raise SourceError(f"{printable_path(path)}: file is {format_bytes(size)}, larger than the {format_bytes(MAX_FILE_BYTES)} limit for an STS file")
     report = LoadReport()
     rows = {"stsb": _stsb_rows, "csv": _csv_rows, "jsonl": _jsonl_rows}[kind](path, report)
     pairs = []
@@ -100,7 +102,7 @@ def read_sts(path: str | os.PathLike[str]) -> StsData:
             pairs.append(StsPair(s1, s2, float(score), line))
     if not pairs:
         detail = f"; {report.skipped} lines skipped, the first: {report.issues[0]}" if report.issues else ""
-        raise SourceError(f"{_printable(path)}: no usable sentence pair{detail}")
+        raise SourceError(f"{printable_path(path)}: no usable sentence pair{detail}")
     return StsData(str(path), pairs, report.issues)
 
 
@@ -130,7 +132,7 @@ def _pair_problem(s1, s2, score) -> str | None:
 
 def _stsb_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, str, str, str]]:
     """STS Benchmark lines: split on tabs only, no quoting (its sentences contain `"`); extra fields ignored."""
-    for lineno, text, error in _lines(path):
+    for lineno, text, error in numbered_lines(path):
         if error:
             report.skip(path, lineno, error)
             continue
@@ -147,18 +149,18 @@ def _stsb_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, str, str, 
 
 def _csv_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, str, str, str]]:
     """CSV with a header naming sentence1, sentence2 and score (other columns ignored); checked before any row."""
-    rows = iter(_CsvRows(path))
+    rows = iter(CsvRows(path))
     try:
         lineno, header, problem = next(rows, (1, [], None))
     except Exception as exc:  # csv.Error on an unreadable header
-        raise SourceError(f"{_printable(path)}: unreadable header row: {exc}") from exc
+        raise SourceError(f"{printable_path(path)}: unreadable header row: {exc}") from exc
     if problem:
-        raise SourceError(f"{_printable(path)}:{lineno}: header row is {problem}")
+        raise SourceError(f"{printable_path(path)}:{lineno}: header row is {problem}")
     header = [name.strip() for name in header or []]
     missing = [f for f in FIELDS if f not in header]
     if missing:
-        found = ", ".join(map(_printable, header)) or "none (empty file)"
-        raise SourceError(f"{_printable(path)}: no column {missing[0]!r}; an STS CSV needs {', '.join(FIELDS)}; columns found: {found}")
+        found = ", ".join(map(printable_path, header)) or "none (empty file)"
+        raise SourceError(f"{printable_path(path)}: no column {missing[0]!r}; an STS CSV needs {', '.join(FIELDS)}; columns found: {found}")
     at = {f: header.index(f) for f in FIELDS}
     return _csv_pairs(path, report, rows, len(header), at)
 
@@ -177,7 +179,7 @@ def _csv_pairs(path, report, rows, width, at) -> Iterator[tuple[int, str, str, s
 
 def _jsonl_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, object, object, object]]:
     """JSON objects with sentence1, sentence2 and score (a number, or a number as text)."""
-    for lineno, obj in _json_objects(path, report):
+    for lineno, obj in json_objects(path, report):
         missing = [f for f in FIELDS if f not in obj]
         if missing:
             report.skip(path, lineno, f"field {missing[0]!r} is missing")
@@ -223,7 +225,7 @@ class StsEvaluation:
 
     def to_markdown(self) -> str:
         lines = [
-            f"# STS: {_printable(Path(self.file).name)}",
+            f"# STS: {printable_path(Path(self.file).name)}",
             "",
             f"{self.pairs} sentence pairs ({self.sentences} unique sentences), model `{self.model}`; "
             f"cosine against the gold scores, correlations ×100; 95% interval: percentile bootstrap over pairs "
@@ -386,7 +388,7 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
     from .store import IndexReader, StoreError, is_index, read_vectors, stored_dims
 
     if not is_index(directory):
-        raise SourceError(f"--fit-on {_printable(directory)}: not an index directory")
+        raise SourceError(f"--fit-on {printable_path(directory)}: not an index directory")
     reader = IndexReader(directory)
     try:
         # The one rule for "same model": asked for the encoder as it would be to search this index (its
@@ -396,23 +398,23 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
         twin.max_tokens = reader.manifest.get("chunking", {}).get("max_tokens")
         problems = compatibility_problems(reader.manifest, twin, "reuse")
         if problems:
-            raise ValueError(f"cannot fit on index {_printable(reader.directory)}: {problems[0]}")
+            raise ValueError(f"cannot fit on index {printable_path(reader.directory)}: {problems[0]}")
         dims, stored = stored_dims(reader.manifest), {}
         transforms, fits = {}, {}
         for r in wanted:
             pooling = parse_representation(r).pooling
-            where = f"index {_printable(reader.directory)} ({reader.n_chunks} chunks)"
+            where = f"index {printable_path(reader.directory)} ({reader.n_chunks} chunks)"
             if r in reader.transforms:
                 transforms[r] = reader.transforms[r]
                 # `add` keeps a transform fixed: it may have been fitted on fewer chunks than the index holds now
                 fitted_on = transforms[r].fitted_on or reader.n_chunks
                 fits[r] = {"fitted_on": "index", "index": str(reader.directory), "chunks": fitted_on,
                            "stored_transform": True, "dim": transforms[r].dim,
-                           "description": f"fitted on index {_printable(reader.directory)} ({fitted_on} chunks): "
+                           "description": f"fitted on index {printable_path(reader.directory)} ({fitted_on} chunks): "
                                           f"the index's own `{r}` transform"}
                 continue
             if pooling not in dims:
-                raise TransformError(f"cannot fit `{r}` on index {_printable(reader.directory)}: it keeps no `{pooling}` "
+                raise TransformError(f"cannot fit `{r}` on index {printable_path(reader.directory)}: it keeps no `{pooling}` "
                                      f"vectors (it keeps {', '.join(dims)})")
             if pooling not in stored:
                 _, stored[pooling] = read_vectors(reader.db, pooling, dims[pooling], reader.directory)
@@ -425,7 +427,7 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
                        "description": f"fitted on {where}, on its stored `{pooling}` vectors"}
         return transforms, fits
     except StoreError as exc:
-        raise SourceError(f"cannot fit on index {_printable(reader.directory)}: {exc}") from exc
+        raise SourceError(f"cannot fit on index {printable_path(reader.directory)}: {exc}") from exc
     finally:
         reader.close()
 
