@@ -7,7 +7,7 @@ asks `compatibility_problems` with its purpose, so that no two places can disagr
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence, get_args
 
 if TYPE_CHECKING:  # only for annotations: this module needs no model code
     from .encoder import Encoder
@@ -16,9 +16,10 @@ from .store import stored_dims
 
 log = logging.getLogger("indexer.compat")
 
-#: search: query an index; reuse: take a cached index instead of building one; add: write new vectors into it.
-Purpose = Literal["search", "reuse", "add"]
-PURPOSES: tuple[str, ...] = ("search", "reuse", "add")
+#: search: query an index; reuse: take a cached index instead of building one; add: write new vectors into it;
+#: fit: take an index's vectors (or its fitted transforms) to map vectors of this encoder (evaluate --sts --fit-on).
+Purpose = Literal["search", "reuse", "add", "fit"]
+PURPOSES: tuple[str, ...] = get_args(Purpose)
 
 
 def compatibility_problems(
@@ -26,13 +27,15 @@ def compatibility_problems(
 ) -> list[str]:
     """What stops `encoder` from serving `purpose` on the index `manifest` describes (empty: nothing).
 
-    Always: the same model (weights, config and tokenizer files), max length and vector dimension.
+    Always: the same model (weights, config and tokenizer files) and vector dimension; for every
+    purpose but `fit` (which only needs the same vector space), the same max length.
     Representations, by purpose:
     - search: the index holds the wanted ones (`representations`, default all of the index's) and
       the encoder computes them;
     - reuse: the index holds at least the wanted ones (default the encoder's); extra ones are fine,
       the search is then restricted to the wanted ones;
-    - add: the encoder computes exactly the index's, since every new chunk needs a vector in each.
+    - add: the encoder computes exactly the index's, since every new chunk needs a vector in each;
+    - fit: not checked (the caller asks for the poolings it needs).
     """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; valid: {', '.join(PURPOSES)}")
@@ -43,12 +46,14 @@ def compatibility_problems(
     if model_problem:
         problems.append(model_problem)
     built_max = manifest.get("chunking", {}).get("max_tokens")
-    if built_max != encoder.max_tokens:
+    if built_max != encoder.max_tokens and purpose != "fit":
         problems.append(f"the index was built with a max length of {built_max} tokens, {who}'s is {encoder.max_tokens}")
     held = manifest.get("representations", {})
     for p, dim in stored_dims(manifest).items():  # the poolings' vectors; a transform may change a representation's
         if dim != info.dim:
             problems.append(f"`{p}` vectors have dimension {dim}, the model produces {info.dim}")
+    if purpose == "fit":
+        return problems
     computed = tuple(encoder.representations)
     if purpose == "add":
         if set(held) != set(computed):

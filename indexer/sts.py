@@ -13,7 +13,6 @@ bootstrap) with Holm-corrected p-values. Retrieval evaluation lives in evaluatio
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -391,12 +390,8 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
         raise SourceError(f"--fit-on {printable_path(directory)}: not an index directory")
     reader = IndexReader(directory)
     try:
-        # The one rule for "same model": asked for the encoder as it would be to search this index (its
-        # representations and chunk length), since only the model's vector space matters to a transform.
-        twin = copy.copy(encoder)
-        twin.representations = tuple(reader.manifest["representations"])
-        twin.max_tokens = reader.manifest.get("chunking", {}).get("max_tokens")
-        problems = compatibility_problems(reader.manifest, twin, "reuse")
+        # the one rule for "same model"; `fit` asks only for the same vector space (not chunking or representations)
+        problems = compatibility_problems(reader.manifest, encoder, "fit")
         if problems:
             raise ValueError(f"cannot fit on index {printable_path(reader.directory)}: {problems[0]}")
         dims, stored = stored_dims(reader.manifest), {}
