@@ -98,14 +98,24 @@ def test_evaluate_page_shows_metrics_and_significance(sample_index):
     at = app(sample_index[0])
     at.switch_page("views/evaluate.py").run()
     assert not at.exception and not at.error
+    next(m for m in at.multiselect if m.label.startswith("Fuse")).set_value(["pooled", "mean"]).run()
     at.button[0].click().run()
     assert not at.exception
     # the fixture index keeps cls too: one paired comparison per pair of representations
     assert texts(at.subheader) == ["70 queries evaluated", "pooled vs mean, paired over queries",
                                    "pooled vs cls, paired over queries", "mean vs cls, paired over queries", "Per query"]
     metrics = at.dataframe[0].value
-    assert list(metrics.index) == ["pooled", "mean", "cls", "bm25", "rrf"]
-    assert list(at.dataframe[1].value.columns)[:3] == ["pooled", "mean", "delta (pooled − mean)"]
+    assert list(metrics.index) == ["pooled", "mean", "cls", "bm25", "rrf"]  # rrf: the fusion asked for
+    assert list(metrics.columns)[-3:] == ["anisotropy", "eff. rank", "top-3 var."]
+    assert "Fused (rrf): pooled, mean" in [c.value for c in at.caption]
+    # three pairs: Holm-corrected p-values beside the raw ones, equal to a hand computation over the pairs
+    first = at.dataframe[1].value
+    assert list(first.columns)[:3] == ["pooled", "mean", "delta (pooled − mean)"]
+    assert "t-test p (Holm)" in first.columns and "randomisation p (Holm)" in first.columns
+    raw = sorted(float(at.dataframe[i].value.loc["ndcg@10", "t-test p"].lstrip("<")) for i in (1, 2, 3))
+    holm_by_hand = [min(1.0, max((3 - j) * raw[j] for j in range(i + 1))) for i in range(3)]
+    shown = sorted(float(at.dataframe[i].value.loc["ndcg@10", "t-test p (Holm)"].lstrip("<")) for i in (1, 2, 3))
+    assert all(abs(a - b) < 1e-3 or a < 1e-3 for a, b in zip(shown, holm_by_hand))
     table = at.dataframe[-1].value
     assert list(table.columns) == ["query", "text", "pooled nDCG@10", "mean nDCG@10", "cls nDCG@10", "delta"]
     assert list(table["delta"]) == sorted(table["delta"], reverse=True)
@@ -116,6 +126,17 @@ def test_evaluate_page_shows_metrics_and_significance(sample_index):
     assert not at.exception
     assert at.session_state["query"] == table.iloc[3]["text"]
     assert texts(at.subheader)[:2] == ["`pooled`", "`mean`"]
+
+
+def test_evaluate_page_compares_against_a_chosen_baseline(sample_index):
+    at = app(sample_index[0])
+    at.switch_page("views/evaluate.py").run()
+    next(b for b in at.selectbox if b.label == "Compare against").set_value("cls").run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert texts(at.subheader)[1:3] == ["pooled vs cls, paired over queries", "mean vs cls, paired over queries"]
+    assert list(at.dataframe[0].value.index) == ["pooled", "mean", "cls", "bm25"]  # no fusion unless asked
+    assert "No fusion (choose rankings to fuse above)." in [c.value for c in at.caption]
 
 
 def test_evaluate_page_without_labels_explains_why(tiny_index):
@@ -206,7 +227,7 @@ def test_evaluate_page_shows_the_pairs_the_index_has(reps_index):
     at.button[0].click().run()
     assert not at.exception and not at.error
     metrics = at.dataframe[0].value
-    assert list(metrics.index) == list(reps) + ["bm25"] + (["rrf"] if len(reps) > 1 else [])
+    assert list(metrics.index) == list(reps) + ["bm25"]  # no fusion unless asked
     table = at.dataframe[-1].value
     assert list(table.columns) == ["query", "text"] + [f"{r} nDCG@10" for r in reps] + (["delta"] if len(reps) > 1 else [])
     if len(reps) == 1:

@@ -11,7 +11,7 @@ import streamlit as st
 from app import ui
 from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representation, parse_representations
 from indexer.encoder import ModelError
-from indexer.evaluation import METRIC_NAMES, evaluate, format_p, pair_name
+from indexer.evaluation import BM25, GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, evaluate, format_p, pair_name
 from indexer.loaders import SourceError
 from indexer.search import model_name_for
 from indexer.store import StoreError, is_index, read_manifest
@@ -135,14 +135,26 @@ if issues:
     with st.expander(f"{len(issues)} lines of the labels were skipped"):
         st.text("\n".join(issues))
 
-key = f"evaluation:{directory}:{sha}:{name}"
+representations = list(searcher.representations)
+left, right = st.columns(2)
+baseline = left.selectbox("Compare against", [EVERY_PAIR, *representations], key="eval_baseline",
+                          help="Each other representation against this one, or every pair; p-values are Holm-corrected "
+                               "when more than one pair is tested.") if len(representations) > 1 else EVERY_PAIR
+baseline = None if baseline == EVERY_PAIR else baseline
+fuse = right.multiselect("Fuse (reciprocal-rank fusion)", [*representations, BM25], default=[], key="eval_fuse",
+                         help="Two or more rankings to fuse into one more system, `rrf`; none: no fusion.")
+if len(fuse) == 1:
+    st.warning("Fusion needs two or more rankings; pick another one or none.")
+    st.stop()
+
+key = f"evaluation:{directory}:{sha}:{name}:{baseline}:{','.join(fuse)}"
 if st.button("Run evaluation", type="primary") or key in st.session_state:
     if key not in st.session_state:
         bar = st.progress(0.0, text="starting")
         try:
             result = evaluate(
                 searcher, queries, qrels, dataset=name, split=name.split(" · ")[-1], progress=False,
-                on_step=lambda label, fraction: bar.progress(fraction, text=label),
+                on_step=lambda label, fraction: bar.progress(fraction, text=label), baseline=baseline, fuse=fuse or None,
             )
         except ValueError as exc:
             st.error(str(exc))
@@ -156,12 +168,20 @@ else:
 st.subheader(f"{report['queries_evaluated']} queries evaluated")
 if report["queries_excluded_no_positive"]:
     st.caption(f"{report['queries_excluded_no_positive']} queries without a relevant document were excluded.")
-st.dataframe(pd.DataFrame(report["metrics"]).T[list(METRIC_NAMES)].style.format("{:.4f}"), width="stretch")
+metrics = pd.DataFrame(report["metrics"]).T[list(METRIC_NAMES)]
+geometry = pd.DataFrame({s: report["geometry"].get(s) or {} for s in metrics.index}).T.reindex(columns=list(GEOMETRY_LABELS))
+st.dataframe(pd.concat([metrics, geometry.rename(columns=GEOMETRY_LABELS)], axis=1).style.format("{:.4f}", na_rep="—"),
+             width="stretch")
+st.caption(ui.escape_markdown(GEOMETRY_NOTE))
+st.caption(f"Fused (rrf): {', '.join(report['fusion']['of'])}" if report.get("fusion") else "No fusion (choose rankings to fuse above).")
 
 reps = report["representations"]
 pairs = report["pairs"]
+corrected = report["correction"]["applied"]
 if not pairs:
-    st.info(f"This index holds one representation (`{reps[0]}`): there is no paired comparison and no fusion (RRF).")
+    st.info(f"This index holds one representation (`{reps[0]}`): there is no paired comparison.")
+elif corrected:
+    st.caption(f"{len(pairs)} pairs tested: p-values are also given Holm-corrected over the pairs (per metric).")
 for a, b in pairs:
     st.subheader(f"{a} vs {b}, paired over queries")
     sig = pd.DataFrame(
@@ -169,8 +189,10 @@ for a, b in pairs:
             m: {
                 a: f"{s[a]:.4f}", b: f"{s[b]:.4f}", f"delta ({a} − {b})": f"{s['delta']:+.4f}",
                 "t-test p": format_p(s["t_test_p"]), "randomisation p": format_p(s["randomization_p"]),
-                f"{a} wins": s[f"{a}_wins"], f"{b} wins": s[f"{b}_wins"], "ties": s["ties"],
             }
+            | ({"t-test p (Holm)": format_p(s["t_test_p_holm"]), "randomisation p (Holm)": format_p(s["randomization_p_holm"])}
+               if corrected else {})
+            | {f"{a} wins": s[f"{a}_wins"], f"{b} wins": s[f"{b}_wins"], "ties": s["ties"]}
             for m, s in report["significance"][pair_name(a, b)].items()
         }
     ).T
