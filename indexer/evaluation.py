@@ -184,6 +184,14 @@ def write_trec_run(run: Run, path: Path, tag: str) -> None:
                 f.write(f"{encode_trec_id(q)} Q0 {encode_trec_id(doc)} {rank} {score:.8f} {tag}\n")
 
 
+def pairs_tested(representations: Sequence[str], baseline: str | None = None) -> list[tuple[str, str]]:
+    """The pairs a comparison tests (delta = first - second): each other representation against the
+    baseline when one is chosen, else every pair in the given order. Retrieval and STS share this rule."""
+    if baseline is not None:
+        return [(r, baseline) for r in representations if r != baseline]
+    return list(combinations(representations, 2))
+
+
 def check_choices(
     representations: Sequence[str], *, baseline: str | None = None, fuse: str | Sequence[str] | None = None,
 ) -> tuple[str | None, tuple[str, ...]]:
@@ -251,9 +259,7 @@ class Evaluation:
     def pairs(self) -> list[tuple[str, str]]:
         """The pairs tested (delta = first - second): each other representation against the baseline when
         one is chosen, else every pair in the index's order. The first is the per-query table's delta."""
-        if self.baseline is not None:
-            return [(r, self.baseline) for r in self.representations if r != self.baseline]
-        return list(combinations(self.representations, 2))
+        return pairs_tested(self.representations, self.baseline)
 
     def metrics(self) -> dict[str, dict[str, float]]:
         return {s: mean_metrics(self.per_query[s]) for s in self.systems}

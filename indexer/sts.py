@@ -18,7 +18,6 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -26,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import parse_representation, parse_representations, poolings_of
-from .evaluation import format_p, holm, pair_name
+from .evaluation import check_choices, format_p, holm, pair_name, pairs_tested
 from .explore import geometry
 from .loaders import (
     CsvRows, LoadIssue, LoadReport, SourceError, format_bytes, json_objects, numbered_lines, printable_path, require_path,
@@ -262,13 +261,11 @@ class StsEvaluation:
 
 
 def check_baseline(representations: Sequence[str], baseline: str | None) -> str | None:
-    """The baseline's canonical name, or ValueError unless it is one of `representations` (None: every pair)."""
+    """The baseline's canonical name (None: every pair); ValueError unless it is one of `representations`
+    (evaluation.check_choices, the rule retrieval evaluation uses)."""
     if baseline is None:
         return None
-    name = parse_representation(baseline).name
-    if name not in representations:
-        raise ValueError(f"baseline `{name}` is not among the representations evaluated ({', '.join(representations)})")
-    return name
+    return check_choices(representations, baseline=parse_representation(baseline).name)[0]
 
 
 def _json_safe(value):
@@ -344,8 +341,7 @@ def evaluate_sts(
             "pearson": 100 * _correlation(stats.pearsonr, gold, cosine),
             "spearman_ci95": _interval(boot[r]),
         } | geometry(vectors[r])
-    tested = [(r, baseline) for r in reps if r != baseline] if baseline else list(combinations(reps, 2))
-    comparisons = [_paired_bootstrap(a, b, metrics, boot) for a, b in tested]
+    comparisons = [_paired_bootstrap(a, b, metrics, boot) for a, b in pairs_tested(reps, baseline)]
     for c, adjusted in zip(comparisons, holm([c["p"] for c in comparisons])):
         c["p_holm"] = adjusted
     step("done", 1.0)

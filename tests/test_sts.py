@@ -415,7 +415,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_bert, tiny_bert_other, whiten_in
     expected = {
         "missing": (["evaluate", "--sts", tmp_path / "nope.tsv"], "nope.tsv: does not exist"),
         "representation": (args + ["--representations", "mean,median"], "unknown representation 'median'"),
-        "baseline": (args + ["--baseline", "cls"], "baseline `cls` is not among the representations evaluated (pooled, mean)"),
+        "baseline": (args + ["--baseline", "cls"], "baseline 'cls' is not among the representations evaluated; they are: pooled, mean"),
         "pooler": (["evaluate", "--sts", path, "--model", make_tiny_distilbert(tmp_path / "distil"), "--representations", "pooled", "--no-progress"],
                    "`pooled` needs the model's pooler"),
         "transform": (args + ["--representations", "mean+abtt40"], "`mean+abtt40` removes 40 directions"),
