@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, parse_representations
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, parse_representations, poolings_of
 from .encoder import Encoder, ModelError
 from .evaluation import (
     GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
@@ -135,7 +135,7 @@ def format_info(manifest: dict, directory: Path) -> str:
     lines.append(f"source:         {source.get('path')} ({source.get('format')})")
     build = manifest.get("build", {})
     lines.append(f"build:          {build.get('seconds')} s, {build.get('skipped_records')} records skipped")
-    if pooler.get("status") == "missing":
+    if pooler.get("status") == "missing" and "pooled" in poolings_of(reps):
         lines.insert(0, "WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
     return "\n".join(lines)
 
@@ -528,7 +528,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m indexer",
-        description="Index documents with a BERT-family model and compare its `pooled` and `mean` rankings.",
+        description="Index documents with a BERT-family model and compare what each representation (pooled, mean, cls, "
+                    "max, first_last, and transforms such as pooled+whiten) retrieves.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped record and more")
