@@ -21,6 +21,7 @@ from .evaluation import (
     GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
     fusion_line, load_labels, pair_name, write_artifacts,
 )
+from .explore import describe_transform
 from .files import unwritable_dir
 from .loaders import LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .integrity import convert, refit, repair, verify
@@ -125,12 +126,8 @@ def format_info(manifest: dict, directory: Path) -> str:
     for r, spec in reps.items():
         f = files.get(spec.get("file"), {})
         lines.append(f"  {r:<{width}} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({format_bytes(f.get('bytes', 0))})")
-        t = spec.get("transform")
-        if t:
-            how = "fitted at this generation" if t.get("refitted") else "kept fixed since then by add/delete/repair"
-            lines.append(f"  {'':<{width}} {t.get('kind')}{t.get('param') or ''} of `{spec.get('pooling')}` ({t.get('dim_in')} -> "
-                         f"{spec.get('dim')} dims), fitted on {t.get('fitted_on_chunks')} chunks in {t.get('fitted_in')}; {how} "
-                         f"(`python -m indexer refit {directory}` fits it again)")
+        if spec.get("transform"):
+            lines.append(f"  {'':<{width}} {describe_transform(spec, str(directory))}")
     source = manifest.get("source", {})
     lines.append(f"source:         {source.get('path')} ({source.get('format')})")
     build = manifest.get("build", {})

@@ -133,18 +133,19 @@ def relevance_similarities(
     }
 
 
+def describe_transform(spec: Mapping, directory: str | None = None) -> str:
+    """A representation's transform in words (its manifest entry `spec`): what, fitted on what, kept or refitted."""
+    record = spec.get("transform")
+    if record is None:
+        return "none"
+    when = "at this generation" if record.get("refitted") else "kept fixed since by add, delete and repair"
+    return (f"{record.get('kind')}{record.get('param') or ''} of `{spec.get('pooling')}` ({record.get('dim_in')} -> "
+            f"{spec.get('dim')} dims), fitted on {record.get('fitted_on_chunks')} chunks in {record.get('fitted_in')}, "
+            f"{when}; `python -m indexer refit{' ' + directory if directory else ''}` fits it again")
+
+
 def describe_representations(manifest: Mapping) -> list[dict]:
     """One row per representation of an index manifest: its pooling, dimension and transform, in words."""
-    rows = []
-    for r, spec in manifest.get("representations", {}).items():
-        record = spec.get("transform")
-        if record is None:
-            transform = "none"
-        else:
-            transform = (
-                f"{record.get('kind')}{record.get('param') or ''}, fitted on {record.get('fitted_on_chunks')} chunks "
-                f"in generation {record.get('fitted_in')}; kept fixed by add; `python -m indexer refit` fits it again"
-            )
-        rows.append({"representation": r, "pooling": spec.get("pooling") or parse_representation(r).pooling,
-                     "dimension": spec.get("dim"), "transform": transform})
-    return rows
+    return [{"representation": r, "pooling": spec.get("pooling") or parse_representation(r).pooling,
+             "dimension": spec.get("dim"), "transform": describe_transform(spec)}
+            for r, spec in manifest.get("representations", {}).items()]

@@ -398,8 +398,8 @@ def test_index_page_describes_each_representation_and_its_transform(five_index):
     assert list(described["dimension"]) == [str(reader.indexes[r].d) for r in FIVE]
     assert list(described["transform"].drop("mean+whiten")) == ["none"] * 4
     assert described.loc["mean+whiten", "transform"] == (
-        f"whiten, fitted on {reader.n_chunks} chunks in generation {generation_id(directory)}; "
-        "kept fixed by add; `python -m indexer refit` fits it again"
+        f"whiten of `mean` (32 -> {reader.indexes['mean+whiten'].d} dims), fitted on {reader.n_chunks} chunks in "
+        f"{generation_id(directory)}, at this generation; `python -m indexer refit` fits it again"
     )
 
 

@@ -272,7 +272,7 @@ def test_transformed_representations_info_and_refit(tmp_path, small_jsonl, build
     chunks = manifest["counts"]["chunks"]
     code, out, _ = run(capsys, "info", ix)
     assert code == 0
-    assert f"abtt1 of `max` (32 -> 32 dims), fitted on {chunks} chunks in {manifest['generation']}; fitted at this generation" in out
+    assert f"abtt1 of `max` (32 -> 32 dims), fitted on {chunks} chunks in {manifest['generation']}, at this generation" in out
     code, out, _ = run(capsys, "refit", ix, "--representations", "mean,mean+whiten4")
     assert code == 0 and "representations: mean, mean+whiten4" in out
     refitted = read_manifest(ix)

@@ -116,10 +116,10 @@ def test_describe_representations_in_words():
     manifest = {"representations": {
         "mean": {"pooling": "mean", "dim": 384},
         "pooled+whiten128": {"pooling": "pooled", "dim": 128, "transform": {
-            "kind": "whiten", "param": 128, "fitted_on_chunks": 5000, "fitted_in": "gen-000003"}},
+            "kind": "whiten", "param": 128, "dim_in": 384, "fitted_on_chunks": 5000, "fitted_in": "gen-000003", "refitted": False}},
     }}
     rows = describe_representations(manifest)
     assert [(r["representation"], r["pooling"], r["dimension"]) for r in rows] == [("mean", "mean", 384), ("pooled+whiten128", "pooled", 128)]
     assert rows[0]["transform"] == "none"
-    assert rows[1]["transform"] == ("whiten128, fitted on 5000 chunks in generation gen-000003; kept fixed by add; "
-                                    "`python -m indexer refit` fits it again")
+    assert rows[1]["transform"] == ("whiten128 of `pooled` (384 -> 128 dims), fitted on 5000 chunks in gen-000003, kept fixed "
+                                    "since by add, delete and repair; `python -m indexer refit` fits it again")
