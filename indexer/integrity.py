@@ -116,7 +116,8 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
         if stored is None:
             continue
         in_faiss_order = faiss.vector_to_array(index.id_map)
-        served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids) else stored
+        served = (index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids)
+                  else np.empty((0, index.d), np.float32))  # an emptied index: no rows, of the representation's width
         if parse_representation(r).transform is None:
             if not np.array_equal(stored, served):
                 problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
