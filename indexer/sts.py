@@ -310,6 +310,10 @@ def evaluate_sts(
         raise ValueError(f"the encoder does not compute `{missing[0]}` (it computes {', '.join(encoder.poolings)})")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
+    scores = {p.score for p in data.pairs}
+    if len(scores) < 2:  # checked before encoding: no correlation (nor its interval or test) is defined
+        raise ValueError(f"{printable_path(Path(data.path))}: its {len(data.pairs)} usable pair(s) all have gold score "
+                         f"{next(iter(scores), float('nan')):g}; Spearman and Pearson need gold scores that differ")
     step = on_step or (lambda label, fraction: None)
 
     index_of: dict[str, int] = {}

@@ -64,3 +64,28 @@ def test_verify_passes_an_index_whose_documents_were_all_deleted(built):
     reader = IndexReader(built)
     assert reader.n_chunks == 0 and reader.manifest["representations"]["pooled+whiten4"]["dim"] == 4
     assert verify(built)[0] == []
+
+
+# ---- STS: a file whose gold scores cannot be correlated -----------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [
+    ["3.5\tbees make honey\tthe bees"],  # a single pair
+    ["3.0\tbees make honey\tthe bees", "3.0\tthe river\ta bike", "3\tbake bread\tbread in the oven"],  # all equal
+], ids=["single-pair", "equal-gold"])
+def test_sts_with_constant_gold_scores_is_one_clear_error_before_encoding(tmp_path, rows):
+    from indexer.sts import evaluate_sts
+
+    path = tmp_path / "flat.tsv"
+    path.write_text("".join(f"main\tf\t2012\t{i}\t{r}\n" for i, r in enumerate(rows)), encoding="utf-8")
+    data = read_sts(path)
+    assert len(data.pairs) == len(rows)
+
+    class NoEncoder:  # any encoding would be wasted: the run must stop before it
+        poolings = ("mean",)
+
+        def encode_texts(self, texts):
+            raise AssertionError("encoded although no correlation can be computed")
+
+    with pytest.raises(ValueError, match=r"flat\.tsv: its \d usable pair\(s\) all have gold score 3(\.5)?; Spearman and Pearson need"):
+        evaluate_sts(data, NoEncoder(), "mean", progress=False)
