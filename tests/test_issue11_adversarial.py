@@ -89,3 +89,16 @@ def test_sts_with_constant_gold_scores_is_one_clear_error_before_encoding(tmp_pa
 
     with pytest.raises(ValueError, match=r"flat\.tsv: its \d usable pair\(s\) all have gold score 3(\.5)?; Spearman and Pearson need"):
         evaluate_sts(data, NoEncoder(), "mean", progress=False)
+
+
+# ---- Holm with an undefined p-value ------------------------------------------------------------------
+
+
+def test_holm_leaves_an_undefined_p_undefined_and_corrects_only_over_the_tests_made():
+    nan = float("nan")
+    # two defined tests: Holm by hand over m = 2 -> 0.01 * 2 = 0.02, then max(0.02, 0.03 * 1) = 0.03
+    for p, expected in (([nan, 0.01, 0.03], [nan, 0.02, 0.03]), ([0.01, nan, 0.03], [0.02, nan, 0.03])):
+        got = holm(p)
+        assert [math.isnan(g) for g in got] == [math.isnan(e) for e in expected]
+        assert [g for g in got if not math.isnan(g)] == pytest.approx([e for e in expected if not math.isnan(e)])
+    assert holm([]) == []
