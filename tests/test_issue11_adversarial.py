@@ -102,3 +102,61 @@ def test_holm_leaves_an_undefined_p_undefined_and_corrects_only_over_the_tests_m
         assert [math.isnan(g) for g in got] == [math.isnan(e) for e in expected]
         assert [g for g in got if not math.isnan(g)] == pytest.approx([e for e in expected if not math.isnan(e)])
     assert holm([]) == []
+
+
+# ---- crafted manifests and transform files (checksums made to match) ----------------------------------
+
+
+def test_an_oversized_transform_file_is_refused_before_it_is_read(built, monkeypatch):
+    from safetensors.numpy import save
+
+    from indexer import store
+
+    big = save({"center": np.zeros(32, np.float32), "matrix": np.zeros((32, 20_000), np.float32)})  # 2.5 MB for a 32 -> 31 map
+
+    def swap(manifest, gen_dir):
+        (gen_dir / transform_file("mean+whiten")).write_bytes(big)
+        manifest["files"][transform_file("mean+whiten")] = {"bytes": len(big), "sha256": hashlib.sha256(big).hexdigest()}
+
+    rewrite_manifest(built, swap)
+    read = []
+    original = store.verified_bytes
+    monkeypatch.setattr(store, "verified_bytes", lambda gen_dir, name, files: read.append(name) or original(gen_dir, name, files))
+    with pytest.raises(StoreError, match=r"mean\+whiten\.transform\.safetensors is \d+ bytes; a transform from `mean` \(32 dims\) "
+                                         r"to `mean\+whiten` \(31 dims\) takes at most 8192"):
+        IndexReader(built)
+    assert transform_file("mean+whiten") not in read  # refused from its size, not after loading it
+    assert any("takes at most" in p for p in verify(built)[0])
+
+
+def test_a_transform_record_without_a_poolings_table_is_refused_at_the_manifest(built):
+    rewrite_manifest(built, lambda manifest, gen_dir: manifest.pop("poolings"))
+    gen_dir = built / json.loads((built / CURRENT).read_text())["generation"]
+    with pytest.raises(StoreError, match=r"`pooled\+whiten4` has a transform, but the manifest has no 'poolings' table"):
+        load_manifest(gen_dir, None)
+
+
+@pytest.mark.parametrize("name, param", [("max+abtt2", 2.0), ("pooled+whiten4", "4"), ("max+abtt2", [2])])
+def test_a_transform_param_of_another_type_is_refused(built, name, param):
+    def edit(manifest, gen_dir):
+        manifest["representations"][name]["transform"]["param"] = param
+
+    rewrite_manifest(built, edit)
+    gen_dir = built / json.loads((built / CURRENT).read_text())["generation"]
+    with pytest.raises(StoreError, match="expected kind"):
+        load_manifest(gen_dir, None)
+
+
+def test_abtt1_param_true_is_refused(tmp_path, encoder, tiny_bert):
+    """JSON `true` equals 1 in Python: `abtt1` must not accept it as its D."""
+    enc = Encoder.load(str(tiny_bert), representations=("cls", "cls+abtt1"), max_tokens=16, batch_size=16)
+    directory = tmp_path / "ab"
+    build_index(corpus(tmp_path / "d.jsonl", 20), directory, enc, overlap=2, progress=False)
+
+    def edit(manifest, gen_dir):
+        manifest["representations"]["cls+abtt1"]["transform"]["param"] = True
+
+    rewrite_manifest(directory, edit)
+    gen_dir = directory / json.loads((directory / CURRENT).read_text())["generation"]
+    with pytest.raises(StoreError, match="expected kind 'abtt', param 1"):
+        load_manifest(gen_dir, None)
