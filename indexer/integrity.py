@@ -21,6 +21,7 @@ from .store import (
     CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, load_transforms, open_generation,
     read_pointer, read_vectors, repair_hint, stored_dims, verified_file,
 )
+from .transforms import TransformError, check_dimensions
 from .vector_index import IndexSpec
 
 
@@ -236,6 +237,11 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
             f"cannot {op} {directory}: it stores no {', '.join(f'`{p}`' for p in missing)} vectors (it keeps "
             f"{', '.join(f'`{p}`' for p in dims)}); build it again with those representations"
         )
+    for r in wanted:  # before the staging copy: a whitenK or abttD wider than its pooling can never be fitted
+        try:
+            check_dimensions(r, dims[parse_representation(r).pooling])
+        except TransformError as exc:
+            raise StoreError(f"cannot {op} {directory}: {exc}") from None
     note = "FAISS files rebuilt from the metadata store"
     if op == "refit":
         fixed = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -160,3 +161,30 @@ def test_abtt1_param_true_is_refused(tmp_path, encoder, tiny_bert):
     gen_dir = directory / json.loads((directory / CURRENT).read_text())["generation"]
     with pytest.raises(StoreError, match="expected kind 'abtt', param 1"):
         load_manifest(gen_dir, None)
+
+
+# ---- a transform wider than the model: refused before any embedding ----------------------------------
+
+
+@pytest.mark.parametrize("name, message", [
+    ("mean+whiten99999", r"`mean\+whiten99999` keeps 99999 dimensions, but `mean` has only 32"),
+    ("cls+abtt32", r"`cls\+abtt32` removes 32 directions, but `cls` has only 32 dimensions"),
+])
+def test_build_with_a_transform_wider_than_the_model_stops_before_embedding(tmp_path, tiny_bert, capsys, name, message):
+    from indexer.cli import main
+
+    directory = tmp_path / "ix"
+    rc = main(["build", str(corpus(tmp_path / "d.jsonl", 5)), "--index", str(directory), "--model", str(tiny_bert),
+               "--representations", f"mean,{name}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err)
+    assert not directory.exists()  # nothing staged: the documents were never embedded
+
+
+def test_refit_to_a_transform_wider_than_its_pooling_leaves_no_staging_area(built):
+    before = json.loads((built / CURRENT).read_text())
+    with pytest.raises(StoreError, match=r"cannot refit .*`mean\+whiten33` keeps 33 dimensions, but `mean` has only 32"):
+        refit(built, ["mean", "mean+whiten33"])
+    assert json.loads((built / CURRENT).read_text()) == before
+    assert not (built / "staging").exists() and verify(built) == ([], verify(built)[1])
