@@ -243,7 +243,7 @@ class StsEvaluation:
             lines += [""] + [f"- `{r}`: {fit['description']}" for r, fit in self.fits.items()]
         if self.comparisons:
             against = f"each against `{self.baseline}`" if self.baseline else "every pair"
-            corrected = "Holm-corrected p" if len(self.comparisons) > 1 else "p"
+            corrected = "Holm-corrected p" if len(self.comparisons) > 1 else "p (one test: no correction)"
             lines += [
                 "",
                 f"## Paired bootstrap of the Spearman difference ({against}; same resampled pairs for both)",

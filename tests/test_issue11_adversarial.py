@@ -188,3 +188,24 @@ def test_refit_to_a_transform_wider_than_its_pooling_leaves_no_staging_area(buil
         refit(built, ["mean", "mean+whiten33"])
     assert json.loads((built / CURRENT).read_text()) == before
     assert not (built / "staging").exists() and verify(built) == ([], verify(built)[1])
+
+
+def test_sts_markdown_names_its_two_p_columns_apart():
+    """With one comparison the corrected column equals p; it must still not be headed `p` twice."""
+    from indexer.sts import StsData, StsPair, evaluate_sts
+
+    class Hand:
+        poolings = ("mean", "cls")
+
+        def encode_texts(self, texts):
+            rng = np.random.default_rng(len(texts))
+            return {p: rng.normal(size=(len(texts), 4)).astype(np.float32) for p in self.poolings}
+
+        class info:  # noqa: N801 - stands for ModelInfo
+            name = "hand"
+
+    data = StsData("hand.tsv", [StsPair(f"a{k}", f"b{k}", float(k), k) for k in range(6)])
+    header = [line for line in evaluate_sts(data, Hand(), "mean,cls", resamples=20, progress=False).to_markdown().splitlines()
+              if line.startswith("| comparison")][0]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert len(cells) == len(set(cells)), header
