@@ -209,3 +209,24 @@ def test_sts_markdown_names_its_two_p_columns_apart():
               if line.startswith("| comparison")][0]
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert len(cells) == len(set(cells)), header
+
+
+# ---- evaluate --index takes --representations ----------------------------------------------------------
+
+
+def test_evaluate_index_evaluates_the_representations_named_and_refuses_one_it_lacks(built, tmp_path, capsys):
+    from indexer.cli import main
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(["bees honey", "bread oven"])))
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td2\t1\n")
+    args = ["evaluate", "--index", str(built), "--queries", str(queries), "--qrels", str(qrels), "--no-progress",
+            "--json", "--out", str(tmp_path / "out")]
+    assert main(args + ["--representations", "max+abtt2,mean"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["metrics"]) == {"mean", "max+abtt2", "bm25"}  # the two named (and BM25), not the index's four
+
+    assert main(args + ["--representations", "mean,cls+whiten"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`cls+whiten`" in err and "Traceback" not in err
