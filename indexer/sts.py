@@ -321,6 +321,9 @@ def evaluate_sts(
         index_of.setdefault(p.sentence1, len(index_of))
         index_of.setdefault(p.sentence2, len(index_of))
     sentences = list(index_of)
+    if len(sentences) < 2:  # every cosine is 1: nothing to correlate, and no geometry of one vector
+        raise ValueError(f"{printable_path(Path(data.path))}: its {len(data.pairs)} pairs compare one sentence with itself; "
+                         "an STS evaluation needs pairs of different sentences")
     left = np.array([index_of[p.sentence1] for p in data.pairs])
     right = np.array([index_of[p.sentence2] for p in data.pairs])
     gold = np.array([p.score for p in data.pairs], dtype=np.float64)

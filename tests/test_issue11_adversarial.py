@@ -230,3 +230,19 @@ def test_evaluate_index_evaluates_the_representations_named_and_refuses_one_it_l
     assert main(args + ["--representations", "mean,cls+whiten"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "`cls+whiten`" in err and "Traceback" not in err
+
+
+def test_sts_whose_pairs_hold_one_sentence_is_one_clear_error(tmp_path):
+    from indexer.sts import evaluate_sts
+
+    path = tmp_path / "same.tsv"
+    path.write_text("main\tf\t2012\t1\t1.0\tbees\tbees\nmain\tf\t2012\t2\t3.0\tbees\tbees\n", encoding="utf-8")
+
+    class NoEncoder:
+        poolings = ("mean",)
+
+        def encode_texts(self, texts):
+            raise AssertionError("encoded although every cosine is 1")
+
+    with pytest.raises(ValueError, match=r"same\.tsv: its 2 pairs compare one sentence with itself"):
+        evaluate_sts(read_sts(path), NoEncoder(), "mean", progress=False)
