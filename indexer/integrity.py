@@ -242,6 +242,11 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
             check_dimensions(r, dims[parse_representation(r).pooling])
         except TransformError as exc:
             raise StoreError(f"cannot {op} {directory}: {exc}") from None
+    chunks = manifest["counts"]["chunks"]
+    fitted_now = [r for r in wanted if parse_representation(r).transform] if op == "refit" else []
+    if fitted_now and chunks < 2:  # before the staging copy, which a fit that cannot succeed would leave behind
+        raise StoreError(f"cannot {op} {directory}: it holds {chunks} chunk(s), and `{fitted_now[0]}` is fitted on at least 2; "
+                         f"add documents first, or refit without the transformed representations")
     note = "FAISS files rebuilt from the metadata store"
     if op == "refit":
         fixed = {}

@@ -246,3 +246,13 @@ def test_sts_whose_pairs_hold_one_sentence_is_one_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match=r"same\.tsv: its 2 pairs compare one sentence with itself"):
         evaluate_sts(read_sts(path), NoEncoder(), "mean", progress=False)
+
+
+def test_refit_of_an_emptied_index_is_refused_before_staging_and_keeps_the_index(built):
+    delete_documents(built, sorted(IndexReader(built).doc_ids()))
+    before = (built / CURRENT).read_text()
+    with pytest.raises(StoreError, match=r"holds 0 chunk\(s\), and `pooled\+whiten4` is fitted on at least 2"):
+        refit(built)
+    assert (built / CURRENT).read_text() == before and not (built / "staging").exists()
+    refit(built, ["mean", "max"])  # the plain representations can still be rebuilt
+    assert IndexReader(built).representations == ("mean", "max")
