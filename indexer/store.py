@@ -208,6 +208,8 @@ def _check_names(path: Path, manifest: dict) -> None:
             raise StoreError(f"{path}: {exc}") from None
         if poolings is not None and parsed.pooling not in poolings:
             raise StoreError(f"{path}: representation `{name}` needs `{parsed.pooling}` vectors, which the index does not store")
+        if spec.get("pooling", parsed.pooling) != parsed.pooling:  # info and reports show this record: it must be the name's
+            raise StoreError(f"{path}: representation `{name}` records pooling {spec.get('pooling')!r}; its name says {parsed.pooling!r}")
         record = spec.get("transform")
         if parsed.transform is None and record is not None:
             raise StoreError(f"{path}: representation `{name}` has a transform but its name names none")
@@ -220,6 +222,9 @@ def _check_names(path: Path, manifest: dict) -> None:
                     or type(record.get("param")) is not type(parsed.param)):  # True == 1 and 8.0 == 8, but are not K or D
                 raise StoreError(f"{path}: representation `{name}` has transform record {record!r}; expected kind "
                                  f"{parsed.transform!r}, param {parsed.param!r} and file {transform_file(name)!r}")
+            if record.get("dim_in", poolings[parsed.pooling]["dim"]) != poolings[parsed.pooling]["dim"]:
+                raise StoreError(f"{path}: representation `{name}` records dim_in {record.get('dim_in')!r}; "
+                                 f"`{parsed.pooling}` has {poolings[parsed.pooling]['dim']}")
     for name in manifest["files"]:
         if not _PLAIN_FILE.fullmatch(name):
             raise StoreError(f"{path}: file name {name!r} is not a plain file name inside the generation")

@@ -256,3 +256,19 @@ def test_refit_of_an_emptied_index_is_refused_before_staging_and_keeps_the_index
     assert (built / CURRENT).read_text() == before and not (built / "staging").exists()
     refit(built, ["mean", "max"])  # the plain representations can still be rebuilt
     assert IndexReader(built).representations == ("mean", "max")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pooling", "max", r"`mean\+whiten` records pooling 'max'; its name says 'mean'"),
+    ("dim_in", 7, r"`mean\+whiten` records dim_in 7; `mean` has 32"),
+])
+def test_a_representation_record_that_contradicts_its_name_is_refused(built, field, value, message):
+    """`info` prints these records: a crafted one must not describe another pooling or width than the one served."""
+    def edit(manifest, gen_dir):
+        spec = manifest["representations"]["mean+whiten"]
+        (spec if field == "pooling" else spec["transform"])[field] = value
+
+    rewrite_manifest(built, edit)
+    gen_dir = built / json.loads((built / CURRENT).read_text())["generation"]
+    with pytest.raises(StoreError, match=message):
+        load_manifest(gen_dir, None)
