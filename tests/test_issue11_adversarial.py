@@ -272,3 +272,26 @@ def test_a_representation_record_that_contradicts_its_name_is_refused(built, fie
     gen_dir = built / json.loads((built / CURRENT).read_text())["generation"]
     with pytest.raises(StoreError, match=message):
         load_manifest(gen_dir, None)
+
+
+# ---- the app shows a crafted manifest's text literally -------------------------------------------------
+
+
+def test_app_error_about_a_crafted_manifest_renders_no_link(built):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    def rename(manifest, gen_dir):
+        manifest["representations"]["[evil](http://e.x)"] = manifest["representations"].pop("max+abtt2")
+
+    rewrite_manifest(built, rename)
+    for page in ("search", "index"):
+        at = AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=120)
+        at.session_state["index_dir"] = str(built)
+        at.run()
+        if page == "index":
+            at.switch_page("views/index.py").run()
+        shown = [e.value for e in list(at.error) + list(at.warning) if "evil" in e.value]
+        assert shown, page
+        assert all("[evil](" not in v and r"\[evil\]\(http" in v for v in shown), shown  # escaped: no link
