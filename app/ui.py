@@ -81,7 +81,7 @@ def searcher_or_stop() -> Searcher:
     try:
         return load_searcher(str(directory.resolve()), manifest_sha(directory), st.session_state.get("model"))
     except (StoreError, ModelError, ValueError, OSError) as exc:
-        st.error(f"Cannot open the index `{directory}`: {exc}")
+        st.error(f"Cannot open the index `{directory}`: {escape_markdown(str(exc))}")  # a manifest's text is not Markdown
         st.stop()
 
 

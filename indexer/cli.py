@@ -283,7 +283,7 @@ def _evaluate_sts(args: argparse.Namespace) -> int:
     others = [f"--{name.replace('_', '-')}" for name in ("beir", "index", "queries", "qrels", "out", "fuse") if getattr(args, name, None) is not None]
     if others:
         raise SourceError(f"--sts evaluates a file of sentence pairs without an index; it does not take {', '.join(others)}")
-    representations = parse_representations(args.representations)
+    representations = parse_representations(args.representations or DEFAULT_REPRESENTATIONS)
     check_baseline(representations, args.baseline)
     if args.fit_on is not None and not any(parse_representation(r).transform for r in representations):
         print(f"warning: --fit-on is not used: none of {', '.join(representations)} has a transform", file=sys.stderr)
@@ -309,7 +309,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         queries_file, qrels_file, name = dataset.queries, dataset.qrels[args.split], dataset.root.name
         index = args.index or default_eval_index(dataset.root, args.model)
-        representations = parse_representations(args.representations)
+        representations = parse_representations(args.representations or DEFAULT_REPRESENTATIONS)
         check_choices(representations, baseline=args.baseline, fuse=args.fuse)  # a typo costs no build
         out_dir, out_problem = _evaluation_out(args, index, name)
         encoder = _load_encoder(args, representations)
@@ -326,7 +326,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE")
         queries_file, qrels_file = args.queries, args.qrels
         name = Path(args.queries).resolve().parent.name
-        searcher = Searcher(args.index)
+        # the representations asked for, each of which the index must serve (default: all it serves)
+        searcher = Searcher(args.index, representations=args.representations and parse_representations(args.representations))
         check_choices(searcher.representations, baseline=args.baseline, fuse=args.fuse)
         out_dir, out_problem = _evaluation_out(args, args.index, name)
     queries, qrels, issues = load_labels(queries_file, qrels_file, searcher.index.doc_ids())
@@ -622,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--qrels", type=Path, default=None, help="qrels TSV (query-id, corpus-id, score), for an existing --index")
     e.add_argument("--out", type=Path, default=None, help="where to write the reports and run files (default DIR.eval/NAME-SPLIT)")
     e.add_argument("--keep-identical-ids", action="store_true", help="keep a document whose id equals the query id (BEIR ignores it)")
-    e.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
-                   help=f"with --beir: representations to build, as for build (a matching index is reused); with --sts: to evaluate (default {','.join(DEFAULT_REPRESENTATIONS)})")
+    e.add_argument("--representations", default=None, metavar="LIST",
+                   help=f"with --beir: representations to build, as for build (a matching index is reused); with --sts: to evaluate "
+                        f"(default {','.join(DEFAULT_REPRESENTATIONS)}); with --index: which of the index's to evaluate (default all)")
     e.add_argument("--baseline", default=None, metavar="REPRESENTATION",
                    help="compare every other representation with this one (default: every pair); Holm-corrected when more than one pair")
     e.add_argument("--fuse", default=None, metavar="LIST",

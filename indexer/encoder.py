@@ -21,6 +21,7 @@ from typing import Callable, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import transforms
 from .chunking import SLICE_CHARS
 from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations, poolings_of
 from .files import sha256_file
@@ -229,6 +230,8 @@ class Encoder:
                 f"model {info.name!r}: {info.pooler_note}. `pooled` needs the model's pooler "
                 "(dense + tanh over [CLS]); build with `--representations mean` (or mean,cls) instead."
             )
+        for r in self.representations:  # a whitenK or abttD beyond the model's width would fail only after embedding
+            transforms.check_dimensions(r, info.dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size

@@ -106,10 +106,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order.
 
     Controls the family-wise error rate when several pairs of representations are tested at once.
+    An undefined p (NaN: no test could be made) stays NaN and is not counted among the tests.
     """
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
+    defined = [i for i, p in enumerate(p_values) if not math.isnan(float(p))]
+    m = len(defined)
+    order = sorted(defined, key=lambda i: float(p_values[i]))
+    adjusted = [float("nan")] * len(p_values)
     running = 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * float(p_values[i])))

@@ -21,6 +21,7 @@ from .store import (
     CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, load_transforms, open_generation,
     read_pointer, read_vectors, repair_hint, stored_dims, verified_file,
 )
+from .transforms import TransformError, check_dimensions
 from .vector_index import IndexSpec
 
 
@@ -116,7 +117,8 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
         if stored is None:
             continue
         in_faiss_order = faiss.vector_to_array(index.id_map)
-        served = index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids) else stored
+        served = (index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids)
+                  else np.empty((0, index.d), np.float32))  # an emptied index: no rows, of the representation's width
         if parse_representation(r).transform is None:
             if not np.array_equal(stored, served):
                 problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
@@ -235,6 +237,16 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
             f"cannot {op} {directory}: it stores no {', '.join(f'`{p}`' for p in missing)} vectors (it keeps "
             f"{', '.join(f'`{p}`' for p in dims)}); build it again with those representations"
         )
+    for r in wanted:  # before the staging copy: a whitenK or abttD wider than its pooling can never be fitted
+        try:
+            check_dimensions(r, dims[parse_representation(r).pooling])
+        except TransformError as exc:
+            raise StoreError(f"cannot {op} {directory}: {exc}") from None
+    chunks = manifest["counts"]["chunks"]
+    fitted_now = [r for r in wanted if parse_representation(r).transform] if op == "refit" else []
+    if fitted_now and chunks < 2:  # before the staging copy, which a fit that cannot succeed would leave behind
+        raise StoreError(f"cannot {op} {directory}: it holds {chunks} chunk(s), and `{fitted_now[0]}` is fitted on at least 2; "
+                         f"add documents first, or refit without the transformed representations")
     note = "FAISS files rebuilt from the metadata store"
     if op == "refit":
         fixed = {}

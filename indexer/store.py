@@ -97,6 +97,8 @@ def stored_dims(manifest: Mapping) -> dict[str, int]:
     return {r: spec["dim"] for r, spec in manifest["representations"].items()}
 
 
+#: Bytes a transform file may hold beyond its tensors (safetensors' JSON header names two small tensors).
+_SAFETENSORS_HEADER = 4096
 #: A file name inside a generation: one plain component, never hidden, `..` or a path.
 _PLAIN_FILE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_+.-]{0,127}")
 
@@ -206,14 +208,23 @@ def _check_names(path: Path, manifest: dict) -> None:
             raise StoreError(f"{path}: {exc}") from None
         if poolings is not None and parsed.pooling not in poolings:
             raise StoreError(f"{path}: representation `{name}` needs `{parsed.pooling}` vectors, which the index does not store")
+        if spec.get("pooling", parsed.pooling) != parsed.pooling:  # info and reports show this record: it must be the name's
+            raise StoreError(f"{path}: representation `{name}` records pooling {spec.get('pooling')!r}; its name says {parsed.pooling!r}")
         record = spec.get("transform")
         if parsed.transform is None and record is not None:
             raise StoreError(f"{path}: representation `{name}` has a transform but its name names none")
         if parsed.transform is not None:
+            if poolings is None:
+                raise StoreError(f"{path}: representation `{name}` has a transform, but the manifest has no 'poolings' "
+                                 "table naming the stored vectors it is fitted on")
             if (not isinstance(record, dict) or record.get("file") != transform_file(name)
-                    or record.get("kind") != parsed.transform or record.get("param") != parsed.param):
+                    or record.get("kind") != parsed.transform or record.get("param") != parsed.param
+                    or type(record.get("param")) is not type(parsed.param)):  # True == 1 and 8.0 == 8, but are not K or D
                 raise StoreError(f"{path}: representation `{name}` has transform record {record!r}; expected kind "
                                  f"{parsed.transform!r}, param {parsed.param!r} and file {transform_file(name)!r}")
+            if record.get("dim_in", poolings[parsed.pooling]["dim"]) != poolings[parsed.pooling]["dim"]:
+                raise StoreError(f"{path}: representation `{name}` records dim_in {record.get('dim_in')!r}; "
+                                 f"`{parsed.pooling}` has {poolings[parsed.pooling]['dim']}")
     for name in manifest["files"]:
         if not _PLAIN_FILE.fullmatch(name):
             raise StoreError(f"{path}: file name {name!r} is not a plain file name inside the generation")
@@ -309,13 +320,19 @@ def load_transforms(gen_dir: Path, manifest: Mapping) -> dict[str, Transform]:
         record = spec.get("transform")
         if record is None:
             continue
+        pooling = parse_representation(name).pooling
+        path = gen_dir / record["file"]
+        # a transform is two float32 tensors and a short header: refuse a larger file before reading it
+        limit = 4 * dims.get(pooling, 0) * (spec["dim"] + 1) + _SAFETENSORS_HEADER
+        if path.is_file() and path.stat().st_size > limit:
+            raise StoreError(f"{path} is {path.stat().st_size} bytes; a transform from `{pooling}` ({dims.get(pooling)} dims) "
+                             f"to `{name}` ({spec['dim']} dims) takes at most {limit}")
         data = verified_bytes(gen_dir, record["file"], manifest["files"])
         try:
             transform = Transform.from_bytes(data, record["kind"], record["param"], record.get("fitted_on_chunks", 0),
                                              record.get("fitted_in", ""))
         except ValueError as exc:
             raise StoreError(f"{gen_dir / record['file']} cannot be read: {exc}") from exc
-        pooling = parse_representation(name).pooling
         if (transform.dim_in, transform.dim) != (dims.get(pooling), spec["dim"]):
             raise StoreError(f"{gen_dir / record['file']} maps {transform.dim_in} to {transform.dim} dimensions; the manifest "
                              f"says `{pooling}` has {dims.get(pooling)} and `{name}` {spec['dim']}")

@@ -242,7 +242,7 @@ class StsEvaluation:
             lines += [""] + [f"- `{r}`: {fit['description']}" for r, fit in self.fits.items()]
         if self.comparisons:
             against = f"each against `{self.baseline}`" if self.baseline else "every pair"
-            corrected = "Holm-corrected p" if len(self.comparisons) > 1 else "p"
+            corrected = "Holm-corrected p" if len(self.comparisons) > 1 else "p (one test: no correction)"
             lines += [
                 "",
                 f"## Paired bootstrap of the Spearman difference ({against}; same resampled pairs for both)",
@@ -307,6 +307,10 @@ def evaluate_sts(
         raise ValueError(f"the encoder does not compute `{missing[0]}` (it computes {', '.join(encoder.poolings)})")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
+    scores = {p.score for p in data.pairs}
+    if len(scores) < 2:  # checked before encoding: no correlation (nor its interval or test) is defined
+        raise ValueError(f"{printable_path(Path(data.path))}: its {len(data.pairs)} usable pair(s) all have gold score "
+                         f"{next(iter(scores), float('nan')):g}; Spearman and Pearson need gold scores that differ")
     step = on_step or (lambda label, fraction: None)
 
     index_of: dict[str, int] = {}
@@ -314,6 +318,9 @@ def evaluate_sts(
         index_of.setdefault(p.sentence1, len(index_of))
         index_of.setdefault(p.sentence2, len(index_of))
     sentences = list(index_of)
+    if len(sentences) < 2:  # every cosine is 1: nothing to correlate, and no geometry of one vector
+        raise ValueError(f"{printable_path(Path(data.path))}: its {len(data.pairs)} pairs compare one sentence with itself; "
+                         "an STS evaluation needs pairs of different sentences")
     left = np.array([index_of[p.sentence1] for p in data.pairs])
     right = np.array([index_of[p.sentence2] for p in data.pairs])
     gold = np.array([p.score for p in data.pairs], dtype=np.float64)

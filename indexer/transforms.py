@@ -111,6 +111,16 @@ def principal_axes(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return mean, s, u
 
 
+def check_dimensions(name: str, dim: int) -> None:
+    """TransformError when `name` asks more of `dim`-dimensional vectors than they have (whitenK: K <= dim;
+    abttD: D < dim), whatever they are: checked before any text is embedded, and again by `fit`."""
+    spec = parse_representation(name)
+    if spec.transform == "whiten" and spec.param is not None and spec.param > dim:
+        raise TransformError(f"`{spec.name}` keeps {spec.param} dimensions, but `{spec.pooling}` has only {dim}")
+    if spec.transform == "abtt" and spec.param >= dim:
+        raise TransformError(f"`{spec.name}` removes {spec.param} directions, but `{spec.pooling}` has only {dim} dimensions")
+
+
 def fit(name: str, vectors: np.ndarray) -> Transform:
     """Fit the transform that the representation `name` (e.g. `pooled+whiten128`) asks for on `vectors`."""
     spec = parse_representation(name)
@@ -118,6 +128,7 @@ def fit(name: str, vectors: np.ndarray) -> Transform:
         raise ValueError(f"representation {name!r} has no transform to fit")
     vectors = np.asarray(vectors, dtype=np.float32)
     n, d = vectors.shape
+    check_dimensions(name, d)
     if n < 2:
         raise TransformError(f"`{name}` cannot be fitted on {n} vector(s); it needs at least 2")
     mean, s, u = principal_axes(vectors)
@@ -126,8 +137,6 @@ def fit(name: str, vectors: np.ndarray) -> Transform:
         raise TransformError(f"`{name}` cannot be fitted: all {n} vectors are identical")
     if spec.transform == "whiten":
         wanted = d if spec.param is None else spec.param
-        if wanted > d:
-            raise TransformError(f"`{name}` keeps {wanted} dimensions, but `{spec.pooling}` has only {d}")
         keep = min(wanted, rank)
         if keep < wanted:
             # directions without variance cannot be scaled to unit variance: they are dropped, and said

@@ -367,9 +367,11 @@ def test_fit_on_an_index_of_another_model_is_refused(tmp_path, tiny_bert_other, 
 
 
 def test_a_transform_that_cannot_be_fitted_says_why(tmp_path, sts_encoder):
-    data = StsData("one", [StsPair("the bees", "the bees", 5.0, 1), StsPair("the bees", "the bees", 1.0, 2)])
-    with pytest.raises(TransformError, match=r"`pooled\+whiten` cannot be fitted on 1 vector.*evaluation sentences"):
-        evaluate_sts(data, sts_encoder, "pooled+whiten", progress=False)
+    # two sentences span one direction: all-but-the-top cannot remove it and leave anything
+    data = StsData("two", [StsPair("the bees", "the hive", 5.0, 1), StsPair("the hive", "the bees", 1.0, 2)])
+    with pytest.raises(TransformError, match=r"`pooled\+abtt1` removes 1 directions, but the 2 `pooled` vectors span only 1 "
+                                             r"\(fitted on the 2 evaluation sentences\)"):
+        evaluate_sts(data, sts_encoder, "pooled+abtt1", progress=False)
 
 
 # -- command line --------------------------------------------------------------------------------------

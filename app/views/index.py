@@ -25,7 +25,7 @@ for directory in indexes:
     try:
         manifest = read_manifest(directory)
     except StoreError as exc:
-        st.warning(f"`{directory}`: {exc}")
+        st.warning(f"`{directory}`: {ui.escape_markdown(str(exc))}")
         continue
     model, counts, pooler = manifest.get("model", {}), manifest.get("counts", {}), manifest.get("pooler_check", {})
     current = directory.resolve() == ui.index_dir().resolve()
