@@ -4,6 +4,7 @@ or publishes the newest intact generation again when CURRENT cannot be trusted."
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from .store import (
 )
 from .transforms import TransformError, check_dimensions
 from .vector_index import IndexSpec
+
+log = logging.getLogger("indexer.integrity")
 
 
 def verify(directory: str | Path) -> tuple[list[str], list[str]]:
@@ -247,6 +250,10 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
     if fitted_now and chunks < 2:  # before the staging copy, which a fit that cannot succeed would leave behind
         raise StoreError(f"cannot {op} {directory}: it holds {chunks} chunk(s), and `{fitted_now[0]}` is fitted on at least 2; "
                          f"add documents first, or refit without the transformed representations")
+    dropped = [p for p in dims if p not in poolings_of(wanted)]
+    if dropped:  # its stored vectors stop being kept up to date by add: it cannot come back without a rebuild
+        log.warning("no representation uses %s any more: it is dropped from the index (a later representation of it "
+                    "needs a rebuild)", ", ".join(f"`{p}`" for p in dropped))
     note = "FAISS files rebuilt from the metadata store"
     if op == "refit":
         fixed = {}

@@ -215,8 +215,10 @@ def test_add_keeps_transforms_fixed_and_refit_fits_them_again(built, encoder, tm
     assert refitted["updates"][-1]["op"] == "refit"
 
 
-def test_refit_can_add_a_representation_of_a_stored_pooling_but_not_of_another(built):
-    refit(built, ["mean", "max+whiten8"])
+def test_refit_can_add_a_representation_of_a_stored_pooling_but_not_of_another(built, caplog):
+    with caplog.at_level(logging.WARNING, logger="indexer.integrity"):
+        refit(built, ["mean", "max+whiten8"])
+    assert "no representation uses `pooled`, `first_last` any more: it is dropped" in caplog.text
     reader = IndexReader(built)
     assert reader.representations == ("mean", "max+whiten8")
     assert reader.manifest["representations"]["max+whiten8"]["dim"] == 8

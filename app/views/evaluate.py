@@ -157,7 +157,7 @@ if st.button("Run evaluation", type="primary") or key in st.session_state:
                 on_step=lambda label, fraction: bar.progress(fraction, text=label), baseline=baseline, fuse=fuse or None,
             )
         except ValueError as exc:
-            st.error(str(exc))
+            st.error(ui.escape_markdown(str(exc)))
             st.stop()
         st.session_state[key] = result.to_dict()
         bar.empty()

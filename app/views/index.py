@@ -100,7 +100,7 @@ if st.button("Build", type="primary", disabled=not uploads or representations is
             )
     except (SourceError, StoreError, ModelError, BuildError, ValueError) as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(ui.escape_markdown(str(exc)))
         st.stop()
     bar.empty()
     st.success(f"Indexed {summary.documents} documents into {summary.chunks} chunks in {summary.seconds:.1f} s: `{target}`")
