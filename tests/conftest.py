@@ -41,6 +41,17 @@ def _tiny_tokenizer(directory: Path):
     return tokenizer
 
 
+def random_corpus(path: Path, n: int, seed: int = 0, prefix: str = "d") -> Path:
+    """A JSONL file of `n` short documents of random tiny-vocabulary words: enough chunks to fit transforms on."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = [w for w in WORDS if not w.startswith("#")]
+    rows = [{"_id": f"{prefix}{i}", "text": " ".join(rng.choice(words, size=int(rng.integers(6, 12))))} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def make_tiny_bert(directory: Path, *, seed: int = 0, with_pooler: bool = True) -> Path:
     """A 2-layer random BERT with a small vocabulary, saved as safetensors (no pooler weights if asked)."""
     from transformers import BertConfig, BertModel

@@ -66,18 +66,24 @@ def server(sample_index, tmp_path_factory):
             proc.kill()
 
 
+def searched_page(browser, server: str):
+    """A page of the app that has searched QUERY and shown its first agreement figure."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(server, wait_until="domcontentloaded")
+    box = page.get_by_label("Query")
+    box.wait_for(timeout=90_000)
+    box.fill(QUERY)
+    page.get_by_role("button", name="Search").click()
+    page.get_by_text("Overlap@10").first.wait_for(timeout=90_000)
+    return page
+
+
 def test_search_in_a_real_browser_shows_both_rankings(server, sample_index, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(server, wait_until="domcontentloaded")
-            box = page.get_by_label("Query")
-            box.wait_for(timeout=90_000)
-            box.fill(QUERY)
-            page.get_by_role("button", name="Search").click()
-            page.get_by_text("Overlap@10").wait_for(timeout=90_000)
+            page = searched_page(browser, server)
             for name in ("pooled", "mean"):
                 page.locator("h3", has_text=name).wait_for(timeout=60_000)
             # the index keeps three representations; the first two are shown, the first one is the baseline
@@ -111,13 +117,7 @@ def test_picking_a_column_and_a_baseline_in_a_real_browser(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(server, wait_until="domcontentloaded")
-            box = page.get_by_label("Query")
-            box.wait_for(timeout=90_000)
-            box.fill(QUERY)
-            page.get_by_role("button", name="Search").click()
-            page.get_by_text("Overlap@10").first.wait_for(timeout=90_000)
+            page = searched_page(browser, server)
             picker = page.locator("[data-testid=stMultiSelect] input")
             picker.click()
             picker.fill("cls")

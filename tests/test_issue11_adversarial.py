@@ -10,25 +10,18 @@ import re
 import numpy as np
 import pytest
 
-from conftest import WORDS
+from conftest import random_corpus
 from indexer.encoder import Encoder
 from indexer.evaluation import holm
 from indexer.integrity import refit, verify
-from indexer.loaders import SourceError
 from indexer.pipeline import build_index, delete_documents
 from indexer.store import CURRENT, IndexReader, StoreError, load_manifest, transform_file
 from indexer.sts import read_sts
-from indexer.transforms import Transform, TransformError
 
 REPS = ("mean", "mean+whiten", "pooled+whiten4", "max+abtt2")
 
 
-def corpus(path, n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    words = [w for w in WORDS if not w.startswith("#")]
-    rows = [{"_id": f"d{i}", "text": " ".join(rng.choice(words, size=int(rng.integers(6, 12))))} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+corpus = random_corpus
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import WORDS
-from indexer import transforms
+from conftest import random_corpus
 from indexer.config import parse_representations
 from indexer.encoder import Encoder
 from indexer.integrity import refit, repair, verify
@@ -122,12 +121,7 @@ def test_represent_maps_each_name_from_its_pooling():
 REPS = ("pooled", "mean", "max", "first_last", "mean+whiten", "pooled+abtt2")
 
 
-def corpus(path, n: int, seed: int, prefix: str = "d"):
-    rng = np.random.default_rng(seed)
-    words = [w for w in WORDS if not w.startswith("#")]
-    rows = [{"_id": f"{prefix}{i}", "text": " ".join(rng.choice(words, size=int(rng.integers(6, 12))))} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+corpus = random_corpus
 
 
 @pytest.fixture(scope="module")
