@@ -155,8 +155,15 @@ def pick_baseline(picked: Sequence[str]) -> str:
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
+#: Where GitHub-flavoured Markdown turns bare text into a link (an autolink literal): `http://`, `https://`,
+#: `www.` and e-mail addresses. The renderer finds them in the text after escapes are resolved, so escaping
+#: cannot stop it; an invisible WORD JOINER (U+2060) inside each marker does, and leaves the text as it reads.
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
+
+
 def _escape(text: str) -> str:
-    return _PUNCTUATION.sub(r"\\\1", text)
+    return _PUNCTUATION.sub(r"\\\1", _AUTOLINK.sub(WORD_JOINER, text))
 
 
 def escape_markdown(text: str) -> str:

@@ -432,3 +432,14 @@ def test_a_query_with_a_lone_surrogate_is_a_message(tiny_index):
     assert not at.exception
     assert "lone surrogate (U+DCFF)" in at.error[0].value and not at.subheader
     assert at.session_state["query"] == ""
+
+
+def test_escaped_text_keeps_no_autolink_literal_but_reads_the_same():
+    from app.ui import WORD_JOINER, escape_markdown, highlight
+
+    text = "see http://a.example/x, HTTPS://b.example, www.c.example and d@e.example"
+    for shown in (escape_markdown(text), highlight(text, "see example")):
+        # GFM's autolink literals (independently: a scheme's "://", "www." and an e-mail's "@" followed by a name)
+        assert not re.search(r"https?://|www\.|@[\w-]", re.sub(r"\\(.)", r"\1", shown), re.IGNORECASE)
+        unescaped = re.sub(r"\\(.)", r"\1", shown).replace("**", "").replace(WORD_JOINER, "")
+        assert unescaped == text

@@ -1,5 +1,7 @@
 """End to end in a real browser: `streamlit run` on a free localhost port, driven by Debian's Chromium."""
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -35,14 +37,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(sample_index, tmp_path_factory):
+@contextlib.contextmanager
+def running_app(index_dir: Path, log: Path):
+    """`streamlit run` of the app on `index_dir`, on a free loopback port; yields its URL once it answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-        "--browser.gatherUsageStats", "false", "--", "--index", str(sample_index[0]),
+        "--browser.gatherUsageStats", "false", "--", "--index", str(index_dir),
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -64,6 +66,12 @@ def server(sample_index, tmp_path_factory):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(sample_index, tmp_path_factory):
+    with running_app(sample_index[0], tmp_path_factory.mktemp("streamlit") / "server.log") as url:
+        yield url
 
 
 def searched_page(browser, server: str):
@@ -138,5 +146,33 @@ def test_picking_a_column_and_a_baseline_in_a_real_browser(server):
             assert arrows.count() == 20  # the pooled and mean columns, ten hits each, against the cls baseline
             columns = [h.strip() for h in page.locator("h3").all_inner_texts() if h.strip() in ("pooled", "mean", "cls")]
             assert columns == ["pooled", "mean", "cls"]
+        finally:
+            browser.close()
+
+
+def test_addresses_in_documents_are_never_links(tiny_bert, tmp_path):
+    """Bare URLs, www. names and e-mail addresses in a document are shown as text: the page holds no link to them."""
+    from indexer.encoder import Encoder
+    from indexer.pipeline import build_index
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    text = ("the bees at http://evil.example/honey and https://evil.example/hive?x=1 or www.evil.example "
+            "and mail queen@evil.example about the hive")
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"_id": f"d{i}", "title": "bees", "text": text}) + "\n" for i in range(3)), encoding="utf-8")
+    build_index(source, tmp_path / "ix", Encoder.load(str(tiny_bert)), progress=False)
+    with running_app(tmp_path / "ix", tmp_path / "server.log") as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url, wait_until="domcontentloaded")
+            box = page.get_by_label("Query")
+            box.wait_for(timeout=90_000)
+            box.fill("bees hive")
+            page.get_by_role("button", name="Search").click()
+            page.wait_for_function(
+                "() => document.body.innerText.split('evil.example').length > 12", timeout=90_000)  # the text is shown
+            links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+            assert not [h for h in links if "evil" in h], links
         finally:
             browser.close()
