@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +51,59 @@ def random_corpus(path: Path, n: int, seed: int = 0, prefix: str = "d") -> Path:
     rows = [{"_id": f"{prefix}{i}", "text": " ".join(rng.choice(words, size=int(rng.integers(6, 12))))} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def build_random(directory: Path, encoder, n: int, seed: int = 0) -> Path:
+    """An index of `n` random tiny-vocabulary documents in 16-token chunks (enough to fit transforms on)."""
+    from indexer.pipeline import build_index
+
+    build_index(random_corpus(directory.parent / f"{directory.name}.jsonl", n, seed), directory, encoder, overlap=2, progress=False)
+    return directory
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1"):
+    """`streamlit run` of the app on `index_dir` and a free port; yields (URL, port) once its health check answers.
+
+    `address=None` leaves the listening address to the project's .streamlit/config.toml.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.headless", "true",
+           *(["--server.address", address] if address else []), "--server.port", str(port),
+           "--browser.gatherUsageStats", "false", "--", "--index", str(index_dir)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait for the server's own health signal
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not start:\n{log.read_text(errors='replace')}")
+                time.sleep(0.2)
+        yield url, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def make_tiny_bert(directory: Path, *, seed: int = 0, with_pooler: bool = True) -> Path:

@@ -1,22 +1,16 @@
 """End to end in a real browser: `streamlit run` on a free localhost port, driven by Debian's Chromium."""
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from indexer.store import read_manifest
 
-from conftest import ROOT
+from conftest import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags for a sandboxed, offline machine: no background network calls, no GPU, no setuid sandbox as root.
@@ -31,46 +25,9 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_app(index_dir: Path, log: Path):
-    """`streamlit run` of the app on `index_dir`, on a free loopback port; yields its URL once it answers."""
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
-        "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-        "--browser.gatherUsageStats", "false", "--", "--index", str(index_dir),
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"streamlit did not start:\n{log.read_text(errors='replace')}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def server(sample_index, tmp_path_factory):
-    with running_app(sample_index[0], tmp_path_factory.mktemp("streamlit") / "server.log") as url:
+    with running_app(sample_index[0], tmp_path_factory.mktemp("streamlit") / "server.log") as (url, _):
         yield url
 
 
@@ -161,7 +118,7 @@ def test_addresses_in_documents_are_never_links(tiny_bert, tmp_path):
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps({"_id": f"d{i}", "title": "bees", "text": text}) + "\n" for i in range(3)), encoding="utf-8")
     build_index(source, tmp_path / "ix", Encoder.load(str(tiny_bert)), progress=False)
-    with running_app(tmp_path / "ix", tmp_path / "server.log") as url, playwright.sync_playwright() as p:
+    with running_app(tmp_path / "ix", tmp_path / "server.log") as (url, _), playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import random_corpus
+from conftest import build_random, random_corpus
 from indexer.encoder import Encoder
 from indexer.evaluation import holm
 from indexer.integrity import refit, verify
@@ -31,9 +31,7 @@ def encoder(tiny_bert):
 
 @pytest.fixture
 def built(tmp_path, encoder):
-    directory = tmp_path / "ix"
-    build_index(corpus(tmp_path / "docs.jsonl", 60), directory, encoder, overlap=2, progress=False)
-    return directory
+    return build_random(tmp_path / "ix", encoder, 60)
 
 
 def rewrite_manifest(directory, edit) -> None:

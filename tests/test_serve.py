@@ -3,19 +3,10 @@
 import os
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ROOT, running_app
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -41,29 +32,8 @@ def listening_addresses(port: int) -> set[str]:
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux's /proc/net/tcp to see listening sockets")
 def test_the_app_listens_on_loopback_only_by_default(sample_index, tmp_path):
     """No --server.address: the project's .streamlit/config.toml decides (what `make run` relies on)."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.headless", "true",
-           "--server.port", str(port), "--", "--index", str(sample_index[0])]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # wait for the server's own health signal
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"streamlit did not start:\n{log.read_text(errors='replace')}")
-                time.sleep(0.2)
+    with running_app(sample_index[0], tmp_path / "server.log", address=None) as (_, port):
         assert listening_addresses(port) == {"127.0.0.1"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_make_run_binds_the_host_it_is_given():

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import random_corpus
+from conftest import build_random, random_corpus
 from indexer.config import parse_representations
 from indexer.encoder import Encoder
 from indexer.integrity import refit, repair, verify
@@ -131,9 +131,7 @@ def encoder(tiny_bert):
 
 @pytest.fixture
 def built(tmp_path, encoder):
-    directory = tmp_path / "ix"
-    build_index(corpus(tmp_path / "docs.jsonl", 90, 0), directory, encoder, overlap=2, progress=False)
-    return directory
+    return build_random(tmp_path / "ix", encoder, 90)
 
 
 def stored(reader: IndexReader, pooling: str) -> tuple[np.ndarray, np.ndarray]:
