@@ -257,8 +257,8 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
     note = "FAISS files rebuilt from the metadata store"
     if op == "refit":
         fixed = {}
-        note = "transforms fitted again on the stored vectors" if any(parse_representation(r).transform for r in wanted) \
-            else "no representation has a transform: FAISS files rebuilt from the metadata store"
+        note = ("transforms fitted again on the stored vectors" if fitted_now
+                else "no representation has a transform: FAISS files rebuilt from the metadata store")
     else:
         try:
             fixed = load_transforms(gen_dir, manifest)

@@ -463,6 +463,8 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
             raise StoreError(f"{index_dir} has no index to delete from")
         if not _any_present(gen_dir, manifest, wanted):
             return DeleteSummary(index_dir, [], wanted, manifest["counts"]["documents"], manifest["generation"])
+        dims = manifest_dims(manifest)
+        fixed = load_transforms(gen_dir, manifest)  # checked before any work
         signature = {"op": "delete", "ids": wanted, "base": manifest["generation"]}
         staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
         present = set(staging.content_hashes(wanted))
@@ -471,8 +473,6 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         base["updates"] = list(base.get("updates", [])) + [{
             "op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present),
         }]
-        dims = manifest_dims(manifest)
-        fixed = load_transforms(gen_dir, manifest)  # checked before any work
         docs, _ = staging.counts()
         generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
                              fixed=fixed)
