@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app import ui  # noqa: E402
 from app.ui import DEFAULT_INDEX  # noqa: E402
 
 parser = argparse.ArgumentParser(prog="streamlit run app/streamlit_app.py --")
@@ -26,6 +27,8 @@ st.set_page_config(page_title="Pooling Lab", layout="wide")
 st.session_state.setdefault("index_dir", str(args.index))
 st.session_state.setdefault("index_root", str(args.indexes or Path(st.session_state["index_dir"]).parent))
 st.session_state.setdefault("model", args.model)
+if (problem := ui.index_from_url()) is not None:  # a permalink's ?index=NAME
+    st.warning(ui.escape_markdown(problem))  # the name comes from the link: shown literally
 
 # Page scripts live in views/, not pages/: a pages/ folder would also switch on Streamlit's older
 # automatic multipage mode, which shows its own file-name navigation on direct URL loads.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import streamlit as st
 
@@ -47,6 +47,71 @@ def available_indexes() -> list[Path]:
 def manifest_sha(directory: Path) -> str:
     """Identity of an index's published generation: a new generation gets new cache entries."""
     return read_pointer(directory)["manifest_sha256"]
+
+
+# -- state in the URL (permalinks) --------------------------------------------------------------------
+
+def restore_from_url(fields: Mapping[str, Callable[[str], object] | tuple[str, Callable[[str], object]]]) -> list[str]:
+    """Seed widgets from the URL's parameters before they are drawn, when the URL is not the one this session
+    last wrote (a link was opened, the page reloaded, or the address edited); otherwise the widgets keep what the
+    user just did. `fields` maps a parameter to its parser (session-state key = parameter name) or to
+    (session-state key, parser). Returns one message per value that could not be used (the value is ignored)."""
+    current = st.query_params.to_dict()
+    if current == st.session_state.get("_url_written"):
+        return []
+    problems = []
+    for param, spec in fields.items():
+        key, parse = spec if isinstance(spec, tuple) else (param, spec)
+        if param not in current:
+            continue
+        try:
+            st.session_state[key] = parse(current[param])
+        except (ValueError, TypeError) as exc:
+            problems.append(f"the link's {param}={current[param]!r} was ignored: {exc}")
+    return problems
+
+
+def write_url(values: Mapping[str, object]) -> None:
+    """Make the address bar hold this page's state (lists are comma-joined; empty values are left out), so a
+    reload keeps it and a copied link reproduces it. The current index is always part of it."""
+    params = {"index": index_dir().name}
+    for name, value in values.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        if value is not None and str(value) != "":
+            params[name] = str(value)
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+    st.session_state["_url_written"] = params
+
+
+def index_from_url() -> str | None:
+    """Switch to the index a link names (`?index=NAME`: a name in the index folder, never a path); a message
+    when there is no such index."""
+    wanted = st.query_params.get("index")
+    if not wanted or st.query_params.to_dict() == st.session_state.get("_url_written") or wanted == index_dir().name:
+        return None
+    for directory in available_indexes():
+        if directory.name == wanted:
+            st.session_state["index_dir"] = str(directory)
+            return None
+    return f"The link names an index “{wanted}” that is not here; showing {index_dir().name} instead."
+
+
+# -- local paths -----------------------------------------------------------------------------------------
+
+#: Addresses that only this machine can reach: local paths are shown only when the app listens on one of them.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def paths_shown() -> bool:
+    """Whether this machine's file paths may be shown: only when the app is bound to loopback."""
+    return str(st.get_option("server.address") or "").strip() in LOOPBACK
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as visitors may see it: in full on a loopback-only app, else only its last part."""
+    return str(path) if paths_shown() else Path(path).name
 
 
 # -- cached resources ------------------------------------------------------------------------------------
