@@ -23,7 +23,7 @@ parser.add_argument("--indexes", type=Path, default=None, help="folder of indexe
 parser.add_argument("--model", default=None, help="search every index with this model (default: each index's own)")
 args, _ = parser.parse_known_args(sys.argv[1:])
 
-st.set_page_config(page_title="Pooling Lab", layout="wide")
+st.set_page_config(page_title="Pooling Lab", page_icon="🔎", layout="wide")
 st.session_state.setdefault("index_dir", str(args.index))
 st.session_state.setdefault("index_root", str(args.indexes or Path(st.session_state["index_dir"]).parent))
 st.session_state.setdefault("model", args.model)
