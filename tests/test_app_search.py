@@ -98,7 +98,7 @@ def test_changing_k_applies_at_once_and_out_of_range_is_clamped_with_a_note(five
     assert {len(h) for h in shown_columns(at).values()} == {13}  # all the index holds, said so
     assert any("The index holds 13 documents" in c for c in texts(at.caption))
     at.number_input(key="k").set_value(0).run()
-    assert "Showing 1 documents per list: k is between 1 and 100." in texts(at.warning)
+    assert "Showing 1 document per list: k is between 1 and 100." in texts(at.warning)
     assert {len(h) for h in shown_columns(at).values()} == {1} and at.query_params["k"] == "1"
 
 
@@ -271,3 +271,13 @@ def test_columns_agreement_and_scores_are_explained_in_place(tiny_index):
     assert explain.GLOSSARY["overlap"] in helps["Overlap@10"] and explain.GLOSSARY["rbo"] in helps["RBO@10"]
     assert explain.GLOSSARY["cosine"] in at.caption[0].value
     assert all(c.proto.help == explain.GLOSSARY["chunk"] for c in at.caption if HIT_CAPTION.fullmatch(c.value))
+
+
+def test_content_span_reads_any_span_of_title_and_text(chunked_index):
+    directory, _, long_doc = chunked_index
+    reader = IndexReader(directory)
+    content = f"{long_doc['title']} {long_doc['text']}"
+    for start, end in ((0, 5), (3, 40), (len(long_doc["title"]), len(long_doc["title"]) + 7), (100, 10**9), (-5, 3), (50, 40)):
+        assert reader.content_span("long", start, end) == (content[max(0, start):end], len(content))
+    assert reader.content_span("bee", 0, 10) == ("the bees m", len("the bees make honey in the hive"))  # no title
+    assert reader.content_span("nope", 0, 10) is None

@@ -136,7 +136,7 @@ asked = middle.number_input("Documents per list", step=1, key="k", help=f"1 to {
 right.button("Search", type="primary", use_container_width=True)
 k = clamp(asked, 1, MAX_K)
 if k != asked:
-    st.warning(f"Showing {k} documents per list: k is between 1 and {MAX_K}.")
+    st.warning(f"Showing {k} document{'' if k == 1 else 's'} per list: k is between 1 and {MAX_K}.")
 
 if len(searcher.representations) > 1:
     left, right = st.columns([3, 1])
