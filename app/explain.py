@@ -6,6 +6,7 @@ Plain text (no Markdown beyond backticks): pages show them with `help=` or `st.c
 
 from __future__ import annotations
 
+from indexer.compare import AGREEMENT_DEPTH, SEARCH_DEPTH
 from indexer.config import parse_representation
 
 #: What each pooling turns the model's token vectors into (one vector per chunk).
@@ -29,8 +30,12 @@ TRANSFORMS = {
 GLOSSARY = {
     "cosine": "Scores are cosine similarities within one list; across lists compare ranks, not scores.",
     "arrows": "Beside each hit: its place in the baseline's ranking. ↑2 = the baseline ranks it 2 places higher "
-              "(better), ↓3 = 3 places lower, = the same place; a plain number is its rank there when far away.",
-    "overlap": "Overlap: how many documents the top of this list shares with the top of the baseline's.",
+              "(better), ↓3 = 3 places lower, = the same place; \"rank 57\" = the baseline has it below the hits "
+              f"shown, at rank 57; \"not in top {SEARCH_DEPTH}\" = not among the baseline's first {SEARCH_DEPTH} "
+              "documents.",
+    "overlap": "Overlap: how many documents the top of this list shares with the top of the baseline's, counted "
+               f"on the first {AGREEMENT_DEPTH} of each whatever number of hits is shown (all documents on a smaller "
+               "index).",
     "rbo": "Rank-biased overlap (p = 0.9): agreement of two rankings weighted towards the top; 1 for the same "
            "ranking, 0 for disjoint ones; about 86% of its weight lies on the first 10 ranks.",
     "anisotropy": "Anisotropy: the mean cosine of random pairs of vectors. Near 1, vectors crowd into a narrow "
@@ -50,9 +55,25 @@ GLOSSARY = {
     "grades": "Grades are the labelled set's judgements: in TREC's scale 0 = not relevant, 1 = related, "
               "2 = highly relevant, 3 = perfectly relevant. Unjudged documents have no grade: not known to be "
               "irrelevant.",
+    "threshold": "Which grades count as relevant: a hit graded at least this is marked relevant, and the ones a "
+                 "list misses are listed under it. nDCG uses the grades themselves.",
+    "missed": "Judged-relevant documents that this list leaves out of the hits shown, with the rank it gives them.",
+    "chunk": "Documents are split into overlapping chunks of the model's window; a document ranks by its best "
+             "chunk, and \"chunk 2 of 5\" says which one matched.",
+    "query_cut": "The model reads a limited number of tokens; words beyond them do not count in the ranking.",
     "sts": "STS: sentence pairs with human similarity scores; each representation's cosines are ranked against "
            "them (Spearman correlation ×100; higher is better).",
 }
+
+
+#: Names of the grades on TREC's scale (GLOSSARY["grades"]), shown beside a judged hit; other grades are shown bare.
+GRADE_NAMES = {0: "not relevant", 1: "related", 2: "highly relevant", 3: "perfectly relevant"}
+
+
+def grade(value: int) -> str:
+    """A grade as shown beside a hit: "grade 2 · highly relevant"."""
+    name = GRADE_NAMES.get(value)
+    return f"grade {value} · {name}" if name else f"grade {value}"
 
 
 def representation(name: str) -> str:

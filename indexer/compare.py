@@ -61,11 +61,20 @@ def columns_problem(picked: Sequence[str]) -> str | None:
     return None
 
 
+#: Depth at which rankings are compared (overlap, RBO), whatever number of hits a page shows: a figure that
+#: changed with the display length would not be comparable from one view to the next.
+AGREEMENT_DEPTH = 10
+
+#: How deep each ranking is searched for a page: a document's rank in another list is known down to here.
+SEARCH_DEPTH = 100
+
+
 @dataclass(frozen=True)
 class Agreement:
     """How one ranking agrees with the baseline ranking of the same query.
 
-    `ranks`: each document of the ranking with its 1-based rank in the baseline (None: not there).
+    `overlap` and `rbo` are measured on the first `k` documents of both; `ranks`: each document of the
+    ranking with its 1-based rank in the whole baseline ranking given, `searched` documents deep (None: not there).
     """
 
     baseline: str
@@ -73,10 +82,11 @@ class Agreement:
     k: int
     rbo: float
     ranks: dict[str, int | None]
+    searched: int | None = None
 
-    def movement(self, doc_id: str, rank: int) -> str:
-        """Where the document at `rank` stands in the baseline, as shown beside a hit ("↑2", "only here")."""
-        return movement(rank, self.ranks.get(doc_id))
+    def movement(self, doc_id: str, rank: int, shown: int | None = None) -> str:
+        """Where the document at `rank` stands in the baseline, as shown beside a hit ("↑2", "rank 57")."""
+        return movement(rank, self.ranks.get(doc_id), shown=shown, searched=self.searched)
 
 
 def against_baseline(rankings: Mapping[str, Sequence[str]], baseline: str | None = None, k: int | None = None) -> dict[str, Agreement]:
@@ -84,7 +94,8 @@ def against_baseline(rankings: Mapping[str, Sequence[str]], baseline: str | None
 
     The one rule by which rankings are compared (the app's columns, the CLI's table): always
     against one chosen ranking, so every number and arrow on a page shares a reference.
-    `k`: depth of the overlap (default: the longer list's length).
+    `k`: depth of the overlap and RBO (default: the longer list's length); rankings may run deeper,
+    so that the ranks behind the arrows are known further down than the agreement is measured.
     """
     if not rankings:
         return {}
@@ -96,9 +107,11 @@ def against_baseline(rankings: Mapping[str, Sequence[str]], baseline: str | None
     for r, ranking in rankings.items():
         if r == baseline:
             continue
-        depth = k if k is not None else max(len(ranking), len(base))
-        out[r] = Agreement(baseline, overlap_at_k(ranking, base, depth), depth, rank_biased_overlap(ranking, base),
-                           other_ranks(ranking, base))
+        ranking = list(ranking)
+        wanted = k if k is not None else max(len(ranking), len(base))
+        depth = min(wanted, len(ranking), len(base)) if ranking and base else wanted
+        out[r] = Agreement(baseline, overlap_at_k(ranking, base, depth), depth,
+                           rank_biased_overlap(ranking[:depth], base[:depth]), other_ranks(ranking, base), len(base))
     return out
 
 
@@ -108,10 +121,36 @@ def other_ranks(a: Sequence[str], b: Sequence[str]) -> dict[str, int | None]:
     return {doc: where.get(doc) for doc in a}
 
 
-def movement(rank: int, other: int | None) -> str:
-    """A document's place in the other list, as shown beside a hit: "↑2", "↓3", "=" or "only here"."""
+def movement(rank: int, other: int | None, *, shown: int | None = None, searched: int | None = None) -> str:
+    """A document's place in the other list, as shown beside a hit: "↑2", "↓3" or "=" while the other list
+    shows it too (its first `shown` documents; all when None), "rank 57" below those, and "not in top 100"
+    when the other list, searched `searched` deep, does not hold it ("only here" when that depth is unknown)."""
     if other is None:
-        return "only here"
+        return f"not in top {searched}" if searched else "only here"
+    if shown is not None and other > shown:
+        return f"rank {other}"
     if other == rank:
         return "="
     return f"↓{other - rank}" if other > rank else f"↑{rank - other}"
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A judged-relevant document that a ranking leaves out of its shown top: its grade and where it is."""
+
+    doc_id: str
+    grade: int
+    rank: int | None  # 1-based rank in the deeper ranking; None: not in it
+
+
+def relevant(grades: Mapping[str, int], threshold: int = 1) -> dict[str, int]:
+    """The judged documents that count as relevant: grade >= threshold."""
+    return {doc: g for doc, g in grades.items() if g >= threshold}
+
+
+def missed_relevant(ranking: Sequence[str], grades: Mapping[str, int], k: int, threshold: int = 1) -> list[Missed]:
+    """Relevant documents (grade >= threshold) not in the ranking's first k, nearest first (then by grade);
+    `ranking` may run deeper than k, and gives the rank of those it holds."""
+    where = {doc: i + 1 for i, doc in enumerate(ranking)}
+    out = [Missed(doc, g, where.get(doc)) for doc, g in relevant(grades, threshold).items() if where.get(doc, k + 1) > k]
+    return sorted(out, key=lambda m: (m.rank is None, m.rank or 0, -m.grade, m.doc_id))

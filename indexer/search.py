@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS
+from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
 from .encoder import Encoder
 from .store import IndexReader, StoreError, generation_id
@@ -113,6 +114,17 @@ def query_problem(query: str) -> str | None:
     if is_blank(query):
         return "the query is empty"
     return describe_surrogate(query, "the query")
+
+
+def query_cut(encoder: Encoder, query: str) -> str | None:
+    """Why only the start of a query is searched (one line), or None: a query longer than the model's window is
+    cut to it (Encoder.encode_texts), so its last words do not count."""
+    tokens = len(encoder.tokenize([query[:SLICE_CHARS]])[0].ids)
+    if tokens <= encoder.window and len(query) <= SLICE_CHARS:
+        return None
+    more = "more than " if len(query) > SLICE_CHARS else ""
+    return (f"the query has {more}{tokens} tokens; the model reads at most {encoder.window}, "
+            f"so only its first {encoder.window} tokens were searched")
 
 
 class Searcher:

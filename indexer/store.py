@@ -118,6 +118,17 @@ class ChunkHit:
     title: str
 
 
+@dataclass(frozen=True)
+class ChunkPlace:
+    """Where a chunk lies in its document: 0-based position among the document's `n_chunks` chunks, and its
+    [char_start, char_end) in the document's embedded content (title, a space, text)."""
+
+    position: int
+    n_chunks: int
+    char_start: int
+    char_end: int
+
+
 def is_index(directory: str | Path) -> bool:
     """Whether `directory` has a published generation."""
     return (Path(directory) / CURRENT).is_file()
@@ -443,6 +454,35 @@ class IndexReader:
             [int(i) for i in chunk_ids],
         )
         return {r[0]: ChunkHit(*r) for r in rows}
+
+    def chunk_places(self, chunk_ids: Iterable[int]) -> dict[int, ChunkPlace]:
+        """Where each chunk lies in its document: "chunk 2 of 5" beside a hit, and the span to mark in the whole text."""
+        rows = self._query(
+            "SELECT c.chunk_id, c.position, d.n_chunks, c.char_start, c.char_end FROM chunks c "
+            "JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({})",
+            [int(i) for i in chunk_ids],
+        )
+        return {r[0]: ChunkPlace(*r[1:]) for r in rows}
+
+    def content_span(self, doc_id: str, start: int, end: int) -> tuple[str, int] | None:
+        """Characters [start, end) of a document's embedded content (title, a space, text: what the chunks'
+        char offsets count in) and the content's whole length; None for an unknown document. Only the span is
+        read from the text, so a huge document costs no more than the span."""
+        with self._lock:
+            row = self.db.execute("SELECT title, length(text) FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return None
+        title, n_text = row
+        head = f"{title} " if title else ""
+        total = len(head) + n_text
+        start, end = max(0, start), min(end, total)
+        if start >= end:
+            return "", total
+        lo, hi = max(0, start - len(head)), max(0, end - len(head))
+        with self._lock:
+            (tail,) = self.db.execute("SELECT substr(text, ?, ?) FROM documents WHERE doc_id = ?",
+                                      (lo + 1, hi - lo, doc_id)).fetchone() if hi > lo else ("",)
+        return head[start:end] + tail, total
 
     def vectors(self, representation: str, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of the given chunks, in that order."""

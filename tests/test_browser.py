@@ -52,7 +52,7 @@ def test_search_in_a_real_browser_shows_both_rankings(server, sample_index, tmp_
             for name in ("pooled", "mean"):
                 page.locator("h3", has_text=name).wait_for(timeout=60_000)
             # the index keeps three representations; the first two are shown, the first one is the baseline
-            hits = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in pooled: (↑\d+|↓\d+|=|only here)"))
+            hits = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in pooled: (↑\d+|↓\d+|=|rank \d+|not in top \d+)"))
             assert len(read_manifest(sample_index[0])["representations"]) == 3
             # the page renders column by column: wait until both columns have their ten hits
             page.wait_for_function(
@@ -91,7 +91,7 @@ def test_picking_a_column_and_a_baseline_in_a_real_browser(server):
             page.locator("h3", has_text="cls").wait_for(timeout=60_000)
             page.locator("[data-testid=stSelectbox]").filter(has_text="Baseline").click()
             page.get_by_role("option", name="cls").click()
-            arrows = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in cls: (↑\d+|↓\d+|=|only here)"))
+            arrows = page.locator("[data-testid=stCaptionContainer]", has_text=re.compile(r"· score \d\.\d{3} · in cls: (↑\d+|↓\d+|=|rank \d+|not in top \d+)"))
             # the page re-renders in place: wait until no caption of the previous baseline is left
             page.wait_for_function(
                 """() => {
@@ -103,6 +103,30 @@ def test_picking_a_column_and_a_baseline_in_a_real_browser(server):
             assert arrows.count() == 20  # the pooled and mean columns, ten hits each, against the cls baseline
             columns = [h.strip() for h in page.locator("h3").all_inner_texts() if h.strip() in ("pooled", "mean", "cls")]
             assert columns == ["pooled", "mean", "cls"]
+        finally:
+            browser.close()
+
+
+def test_a_permalink_on_a_narrow_screen_shows_pairs_of_hits(server):
+    """`/?q=…` searches without typing; at 420 px the columns stack rank by rank: pooled 1, mean 1, pooled 2, …"""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from urllib.parse import quote
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 420, "height": 900})
+            page.goto(f"{server}/?q={quote(QUERY)}&k=3", wait_until="domcontentloaded")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')].filter(e => e.innerText.includes(' · score ')).length >= 6",
+                timeout=90_000,
+            )
+            assert page.get_by_label("Query").input_value() == QUERY
+            hits = [c for c in page.locator("[data-testid=stCaptionContainer]").all() if " · score " in c.inner_text()]
+            names = [c.inner_text().split(" · ")[0].strip() for c in hits]
+            tops = [c.bounding_box()["y"] for c in hits]
+            assert names == ["pooled", "mean"] * 3
+            assert all(a < b for a, b in zip(tops, tops[1:]))  # stacked in that order: pairs, not one column after the other
         finally:
             browser.close()
 

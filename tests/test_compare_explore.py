@@ -39,6 +39,9 @@ def test_rbo_rejects_p_outside_the_unit_interval():
 def test_other_ranks_and_movement():
     assert other_ranks(["a", "b", "c"], ["c", "a"]) == {"a": 2, "b": None, "c": 1}
     assert [movement(1, 2), movement(3, 1), movement(2, 2), movement(4, None)] == ["↓1", "↑2", "=", "only here"]
+    # with the depth shown and searched known: below the shown hits, the rank itself; beyond the search, how deep it went
+    assert [movement(3, 57, shown=10, searched=100), movement(3, 10, shown=10, searched=100),
+            movement(3, None, shown=10, searched=100)] == ["rank 57", "↓7", "not in top 100"]
 
 
 def test_anisotropy_matches_all_pairs_on_a_small_set():
@@ -81,13 +84,14 @@ def test_every_ranking_is_compared_with_the_baseline():
     first = against_baseline(rankings, k=3)
     assert set(first) == {"b", "c"} and {g.baseline for g in first.values()} == {"a"}
     # an arrow says where the baseline puts the document: y is 1st in b and 2nd in a ("↓1"), w is not in a
-    assert [first["b"].movement(d, i + 1) for i, d in enumerate(rankings["b"])] == ["↓1", "↑1", "only here"]
-    assert [first["c"].movement(d, i + 1) for i, d in enumerate(rankings["c"])] == ["↓2", "only here", "↑2"]
+    # the baseline was searched 3 deep: a document it does not hold is "not in top 3"
+    assert [first["b"].movement(d, i + 1) for i, d in enumerate(rankings["b"])] == ["↓1", "↑1", "not in top 3"]
+    assert [first["c"].movement(d, i + 1) for i, d in enumerate(rankings["c"])] == ["↓2", "not in top 3", "↑2"]
     assert (first["b"].overlap, first["c"].overlap) == (2, 2)
     assert first["b"].rbo == pytest.approx(rank_biased_overlap(rankings["b"], rankings["a"]))
     by_c = against_baseline(rankings, "c", k=1)
     assert set(by_c) == {"a", "b"} and by_c["a"].overlap == 0 and by_c["a"].k == 1
-    assert [by_c["a"].movement(d, i + 1) for i, d in enumerate(rankings["a"])] == ["↓2", "only here", "↑2"]
+    assert [by_c["a"].movement(d, i + 1) for i, d in enumerate(rankings["a"])] == ["↓2", "not in top 3", "↑2"]
     assert against_baseline({"a": ["x"]}) == {} and against_baseline({}) == {}
     with pytest.raises(ValueError, match="unknown baseline 'd'"):
         against_baseline(rankings, "d")
@@ -123,3 +127,30 @@ def test_describe_representations_in_words():
     assert rows[0]["transform"] == "none"
     assert rows[1]["transform"] == ("whiten128 of `pooled` (384 -> 128 dims), fitted on 5000 chunks in gen-000003, kept fixed "
                                     "since by add, delete and repair; `python -m indexer refit` fits it again")
+
+
+# -- agreement at a fixed depth, ranks from deeper lists (issue 12, items 9-11) ----------------------------
+
+def test_agreement_is_measured_at_a_fixed_depth_and_ranks_come_from_the_deeper_lists():
+    base = [f"d{i}" for i in range(30)]
+    other = ["d5", "d0", "x1"] + [f"d{i}" for i in range(29, 9, -1)]
+    got = against_baseline({"base": base, "other": other}, k=10)["other"]
+    # by hand: the first 10 of other are d5, d0, x1, d29..d23; of base d0..d9: d5 and d0 are shared
+    assert (got.overlap, got.k) == (2, 10)
+    assert got.rbo == pytest.approx(rank_biased_overlap(other[:10], base[:10]))
+    assert got.movement("d29", 4, shown=10) == "rank 30" and got.movement("x1", 3, shown=10) == "not in top 30"
+    assert got.movement("d5", 1, shown=10) == "↓5"
+    # fewer documents than the depth: "x of n" with n the documents there are
+    small = against_baseline({"a": ["p", "q", "r"], "b": ["q", "p", "r"]}, k=10)["b"]
+    assert (small.overlap, small.k) == (3, 3)
+
+
+def test_missed_relevant_documents_with_their_deeper_ranks():
+    from indexer.compare import Missed, missed_relevant, relevant
+
+    grades = {"a": 2, "b": 1, "c": 0, "d": 2, "e": 1}
+    ranking = ["x", "a", "y", "b", "z", "d"]  # e is judged but not in the ranking at all
+    assert relevant(grades, 2) == {"a": 2, "d": 2}
+    assert missed_relevant(ranking, grades, k=3) == [Missed("b", 1, 4), Missed("d", 2, 6), Missed("e", 1, None)]
+    assert missed_relevant(ranking, grades, k=3, threshold=2) == [Missed("d", 2, 6)]
+    assert missed_relevant(ranking, grades, k=6, threshold=2) == []

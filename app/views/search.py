@@ -1,19 +1,126 @@
-"""Search: one query, the rankings of the representations the user picks side by side, each against a baseline."""
+"""Search: one query, the rankings of the representations the user picks side by side, each against a baseline.
+
+The page's state (query, k, columns, baseline, relevance threshold) lives in the URL, so that a reload keeps it
+and a link reproduces the view; hits are drawn rank by rank, so that a narrow screen stacks them in pairs.
+"""
+
+import re
 
 import streamlit as st
 
-from app import ui
-from indexer.compare import against_baseline
+from app import explain, ui
+from indexer import compare
+from indexer.compare import AGREEMENT_DEPTH, SEARCH_DEPTH, against_baseline, missed_relevant
 from indexer.evaluation import per_query_metrics
-from indexer.search import query_problem
+from indexer.search import query_cut, query_problem
 from indexer.text import describe_surrogate, is_blank
+
+#: Most documents a list shows: every ranking is searched this deep, so a rank in another list is known.
+MAX_K = SEARCH_DEPTH
+DEFAULT_K = 10
+#: Characters of a document "Whole document" shows at once (around the matched chunk in a longer document).
+DOCUMENT_CHARS = 30_000
+#: Session-state keys that remember a choice across pages and links, and the widget each one seeds.
+REMEMBERED = {"shown": "columns", "baseline_of_columns": "baseline", "relevant_from": "threshold"}
+
+
+def whole_number(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError("not a whole number") from None
+
+
+def url_state(searcher) -> dict:
+    """The URL parameters this page reads: parameter -> (session-state key, parser)."""
+    held = searcher.representations
+
+    def representations(value: str) -> list[str]:
+        picked = [r.strip() for r in value.split(",") if r.strip()]
+        if unknown := [r for r in picked if r not in held]:
+            raise ValueError(f"{', '.join(unknown)} is not in this index, which keeps {', '.join(held)}")
+        if (problem := compare.columns_problem(picked)) is not None:
+            raise ValueError(problem)
+        return picked
+
+    def baseline(value: str) -> str:
+        if value not in held:
+            raise ValueError(f"not in this index, which keeps {', '.join(held)}")
+        return value
+
+    return {"q": ("query", str), "k": ("k", whole_number), "reps": ("shown", representations),
+            "baseline": ("baseline_of_columns", baseline), "rel": ("relevant_from", whole_number)}
+
+
+def restore(searcher) -> list[str]:
+    """Seed the page from a link (see ui.restore_from_url); a remembered choice the link changed restarts its widget."""
+    before = {key: st.session_state.get(key) for key in REMEMBERED}
+    problems = ui.restore_from_url(url_state(searcher))
+    for key, widget in REMEMBERED.items():
+        if st.session_state.get(key) != before[key]:
+            st.session_state.pop(widget, None)
+    return problems
+
+
+def clamp(value: int, low: int, high: int) -> int:
+    return min(max(int(value), low), high)
+
+
+def paragraphs(text: str) -> str:
+    """Document text for st.markdown: escaped, its blank-line paragraphs kept."""
+    return "\n\n".join(ui.escape_markdown(p) for p in re.split(r"\n\s*\n", text) if p.strip())
+
+
+def open_document(rep: str, doc_id: str, chunk_id: int, query: str) -> None:
+    st.session_state["opened"] = {"rep": rep, "doc": doc_id, "chunk": chunk_id, "query": query}
+
+
+def close_document() -> None:
+    st.session_state.pop("opened", None)
+
+
+def show_document(index, hit, place) -> None:
+    """The whole text of a hit's document (around its matched chunk when long), the matched chunk framed."""
+    with st.container(border=True):
+        head, close = st.columns([6, 1], vertical_alignment="center")
+        head.markdown(f"**Whole document** · {ui.escape_markdown(hit.title or hit.doc_id)} · {ui.escape_markdown(hit.doc_id)}")
+        close.button("Close", key="close-document", on_click=close_document)
+        if place is None:
+            st.caption("This document is no longer in the index.")
+            return
+        # from the start when the matched chunk lies in the first window, else from a little before the chunk
+        lo = 0 if place.char_end <= DOCUMENT_CHARS else max(0, place.char_start - DOCUMENT_CHARS // 4)
+        span = index.content_span(hit.doc_id, lo, lo + DOCUMENT_CHARS)
+        if span is None:
+            st.caption("This document is no longer in the index.")
+            return
+        text, total = span
+        hi = lo + len(text)
+        notes = []
+        if lo > 0 or hi < total:
+            notes.append(f"Characters {lo + 1:,}–{hi:,} of {total:,}, around the matched chunk.")
+        if place.n_chunks > 1:
+            notes.append("The text is shown once although its chunks overlap by a few tokens; the matched chunk is framed.")
+        if notes:
+            st.caption(" ".join(notes))
+        start, end = place.char_start - lo, place.char_end - lo
+        if text[:start].strip():
+            st.markdown(paragraphs(text[:start]))
+        with st.container(border=True):
+            st.caption(f"Matched: chunk {place.position + 1} of {place.n_chunks}")
+            st.markdown(paragraphs(text[start:end]))
+        if text[end:].strip():
+            st.markdown(paragraphs(text[end:]))
+
 
 st.title("Search")
 searcher = ui.searcher_or_stop()
 st.caption(
     f"{searcher.index.n_documents} documents, {searcher.index.n_chunks} chunks · model "
-    f"`{searcher.encoder.info.name}` · scores are cosine similarities within one list; across lists compare ranks"
+    f"`{searcher.encoder.info.name}` · {explain.GLOSSARY['cosine']}"
 )
+for problem in restore(searcher):
+    st.warning(ui.escape_markdown(f"{problem[0].upper()}{problem[1:]}."))  # a link's values are shown literally
 
 # a query handed over by another page (session state) that a text box cannot hold: say why, start empty
 handed = st.session_state.get("query")
@@ -21,11 +128,15 @@ if isinstance(handed, str) and (why := describe_surrogate(handed, "the query")) 
     st.session_state["query"] = ""
     st.error(f"Cannot search: {why}.")
 
-with st.form("search"):
-    left, right = st.columns([5, 1])
-    query = left.text_input("Query", key="query", placeholder="e.g. why does my bread come out flat and dense")
-    k = int(right.number_input("Documents per list", min_value=1, max_value=100, value=10, key="k"))
-    st.form_submit_button("Search", type="primary")
+# no form: a new k applies at once, and Enter in the query box searches
+st.session_state.setdefault("k", DEFAULT_K)
+left, middle, right = st.columns([6, 1, 1], vertical_alignment="bottom")
+query = left.text_input("Query", key="query", placeholder="e.g. why does my bread come out flat and dense")
+asked = middle.number_input("Documents per list", step=1, key="k", help=f"1 to {MAX_K}; applies at once.")
+right.button("Search", type="primary", use_container_width=True)
+k = clamp(asked, 1, MAX_K)
+if k != asked:
+    st.warning(f"Showing {k} document{'' if k == 1 else 's'} per list: k is between 1 and {MAX_K}.")
 
 if len(searcher.representations) > 1:
     left, right = st.columns([3, 1])
@@ -36,47 +147,109 @@ if len(searcher.representations) > 1:
 else:
     shown, baseline = list(searcher.representations), None
 
-if is_blank(query or ""):
+query = query or ""
+searchable = not is_blank(query) and query_problem(query) is None
+judged = ui.judgements_for(searcher, query) if searchable else None
+threshold = None
+if judged:
+    st.session_state.setdefault("threshold", st.session_state.get("relevant_from", 1))
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    asked_threshold = right.number_input("Relevant from grade", step=1, key="threshold",
+                                         help=f"{explain.GLOSSARY['threshold']} {explain.GLOSSARY['grades']}")
+    threshold = max(1, int(asked_threshold))
+    st.session_state["relevant_from"] = threshold
+    left.caption(f"Judged query {ui.escape_markdown(judged[0])}: each hit shows its grade; grade ≥ {threshold} "
+                 "counts as relevant; unjudged hits are marked as such.")
+    if threshold != asked_threshold:
+        st.warning("Relevance starts at grade 1: grade 0 means judged not relevant.")
+ui.write_url({"q": query, "k": k, "reps": shown if len(searcher.representations) > 1 else None,
+              "baseline": baseline, "rel": threshold})
+
+if is_blank(query):
     st.info(f"Type a query to see the {' and '.join(f'`{r}`' for r in shown)} ranking{'s' if len(shown) > 1 else ''}"
             + (" side by side." if len(shown) > 1 else "."))
     st.stop()
 if (problem := query_problem(query)) is not None:
     st.error(f"Cannot search: {problem}.")
     st.stop()
+if (cut := query_cut(searcher.encoder, query)) is not None:
+    st.warning(f"Only the start of the query was searched: {cut}. {explain.GLOSSARY['query_cut']}")
 
-result = searcher.search(query, k=max(k, 10))  # at least 10 for nDCG@10
-agreement = against_baseline({r: [h.doc_id for h in result.results[r][:k]] for r in shown}, baseline, k=k)
-judged = ui.judgements_for(searcher, query)
+result = searcher.search(query, k=SEARCH_DEPTH)  # deep: ranks in the other lists, nDCG@10, missed documents
+deep = {r: [h.doc_id for h in result.results[r]] for r in shown}
+agreement = against_baseline(deep, baseline, k=AGREEMENT_DEPTH) if baseline else {}
+index = searcher.index
+places = index.chunk_places({h.chunk_id for r in shown for h in result.results[r][:k]})
+if k > index.n_documents:
+    st.caption(f"The index holds {index.n_documents} documents: each list shows all of them.")
 if len(shown) == 1:
     held = "This index holds" if len(searcher.representations) == 1 else "You picked"
     st.caption(f"{held} one representation (`{shown[0]}`): there is no other ranking to compare it with.")
-if judged:
-    st.caption(f"Judged query `{judged[0]}`: :green-badge[:material/check: relevant] marks documents judged relevant (grade ≥ 1).")
+elif baseline:
+    st.caption(f"Agreement is measured on the first {AGREEMENT_DEPTH} of each list, whatever k. {explain.GLOSSARY['arrows']}")
 
 for column, r in zip(st.columns(len(shown)), shown):
-    hits, against = result.results[r], agreement.get(r)
+    against = agreement.get(r)
     with column:
-        st.subheader(f"`{r}`")
+        st.subheader(f"`{r}`", help=explain.representation(r))
         if against is not None:
             left, right = st.columns(2)
             # short labels: four columns leave each metric about 100 pixels
-            left.metric(f"Overlap@{k}", f"{against.overlap} of {k}", help=f"Documents in the top {k} of both `{r}` and the baseline `{baseline}`.")
-            right.metric("RBO", f"{against.rbo:.2f}", help=f"Rank-biased overlap (p = 0.9) of `{r}` with the baseline `{baseline}`: "
-                         "1 for the same ranking, 0 for disjoint ones; about 86% of its weight is on the top 10.")
+            left.metric(f"Overlap@{AGREEMENT_DEPTH}", f"{against.overlap} of {against.k}",
+                        help=f"{explain.GLOSSARY['overlap']} Here: `{r}` against the baseline `{baseline}`.")
+            right.metric(f"RBO@{AGREEMENT_DEPTH}", f"{against.rbo:.2f}",
+                         help=f"{explain.GLOSSARY['rbo']} Here: `{r}` against the baseline `{baseline}`, "
+                              f"on the first {AGREEMENT_DEPTH} of each.")
         elif r == baseline:
             st.caption("Baseline: the other columns' arrows and agreement are relative to this ranking.")
         if judged:
             qid, grades = judged
-            run = {qid: {h.doc_id: h.score for h in hits}}
-            st.metric(f"nDCG@10 {r}", f"{per_query_metrics(run, {qid: grades})[qid]['ndcg@10']:.3f}")
-        for hit in hits[:k]:
-            grade = judged[1].get(hit.doc_id) if judged else None
-            mark = " :green-badge[:material/check: relevant]" if grade else ""
-            with st.container(border=True):
-                st.markdown(f"**{hit.rank}.** {ui.escape_markdown(hit.title or hit.doc_id)}{mark}")
-                st.caption(
-                    f"{ui.escape_markdown(hit.doc_id)} · score {hit.score:.3f}"
-                    + (f" · in {baseline}: {against.movement(hit.doc_id, hit.rank)}" if against is not None else "")
-                    + (f" · grade {grade}" if grade is not None else "")
-                )
-                st.markdown(ui.highlight(hit.text, query))
+            run = {qid: {h.doc_id: h.score for h in result.results[r]}}
+            st.metric(f"nDCG@10 {r}", f"{per_query_metrics(run, {qid: grades})[qid]['ndcg@10']:.3f}",
+                      help=explain.GLOSSARY["ndcg"])
+
+opened = st.session_state.get("opened")
+opened = opened if opened and opened["query"] == query else None
+for i in range(k):
+    row = [result.results[r][i] if i < len(result.results[r]) else None for r in shown]
+    if not any(row):
+        break
+    for column, r, hit in zip(st.columns(len(shown)), shown, row):
+        if hit is None:
+            continue
+        against, place = agreement.get(r), places.get(hit.chunk_id)
+        if judged:
+            grade = judged[1].get(hit.doc_id)
+            colour = "gray" if grade is None else ("green" if grade >= threshold else "orange")
+            icon = ":material/check: " if grade is not None and grade >= threshold else ""
+            badge = f" :{colour}-badge[{icon}{'unjudged' if grade is None else explain.grade(grade)}]"
+        else:
+            badge = ""
+        with column, st.container(border=True):
+            st.markdown(f"**{hit.rank}.** {ui.escape_markdown(hit.title or hit.doc_id)}{badge}")
+            st.caption(
+                f"`{r}` · {ui.escape_markdown(hit.doc_id)} · score {hit.score:.3f}"
+                + (f" · in {baseline}: {against.movement(hit.doc_id, hit.rank, shown=k)}" if against is not None else "")
+                + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else ""),
+                help=explain.GLOSSARY["chunk"],
+            )
+            st.markdown(ui.highlight(hit.text, query))
+            st.button("Whole document", key=f"open-{r}-{i}", type="tertiary", icon=":material/article:",
+                      on_click=open_document, args=(r, hit.doc_id, hit.chunk_id, query))
+    for r, hit in zip(shown, row):
+        if hit is not None and opened and (opened["rep"], opened["doc"]) == (r, hit.doc_id):
+            show_document(index, hit, places.get(hit.chunk_id) or index.chunk_places([hit.chunk_id]).get(hit.chunk_id))
+
+if judged:
+    qid, grades = judged
+    everywhere = {h.doc_id: h.title for r in shown for h in result.results[r]}
+    for column, r in zip(st.columns(len(shown)), shown):
+        missed = missed_relevant(deep[r], grades, k, threshold)
+        titles = index.titles([m.doc_id for m in missed if m.doc_id not in everywhere])
+        with column:
+            st.markdown(f"**Relevant, not in `{r}`'s top {k}: {len(missed)}**", help=explain.GLOSSARY["missed"])
+            for m in missed:
+                where = f"rank {m.rank}" if m.rank is not None else f"not in top {len(deep[r])}"
+                title = everywhere.get(m.doc_id) or titles.get(m.doc_id) or ""
+                st.caption(f"{ui.escape_markdown(m.doc_id)} · {ui.escape_markdown(title) or '(no title)'} · "
+                           f"{explain.grade(m.grade)} · {where}")
