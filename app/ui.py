@@ -7,6 +7,8 @@ read-only; the encoder guards its tokenizer with a lock and the index its SQLite
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -180,6 +182,49 @@ def document_sample(directory: str, sha: str, limit: int = 1500) -> dict:
     """explore.document_sample of the index, for all its representations (cached per generation)."""
     searcher = load_searcher(directory, sha, st.session_state.get("model"))
     return explore.document_sample(searcher.index, searcher.representations, limit=limit)
+
+
+# -- evaluations (cached per index generation) ----------------------------------------------------------
+
+class EvaluationCache:
+    """Finished evaluations by key, least recently used dropped past `size`. Keys start with (index directory,
+    manifest sha, model, labelled set), so a new index generation never meets an old entry, and `same_set`
+    finds an earlier evaluation of the set whose runs (BM25 and each representation's) can be reused."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: tuple, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def same_set(self, prefix: tuple):
+        """The most recent entry whose key starts with `prefix` (None when none does)."""
+        with self._lock:
+            return next((v for k, v in reversed(self._items.items()) if k[: len(prefix)] == prefix), None)
+
+
+@st.cache_resource
+def evaluations() -> EvaluationCache:
+    """Evaluations of the indexes' own labelled sets, shared by every session (a link to one shows it at once).
+    Evaluations of uploaded labels stay in the uploading session (`session_evaluations`)."""
+    return EvaluationCache()
+
+
+def session_evaluations() -> EvaluationCache:
+    """This browser session's own evaluations (of uploaded labels): never shared."""
+    return st.session_state.setdefault("_evaluations", EvaluationCache(size=4))
 
 
 # -- which representations a page shows ------------------------------------------------------------------
