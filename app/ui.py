@@ -227,6 +227,16 @@ def session_evaluations() -> EvaluationCache:
     return st.session_state.setdefault("_evaluations", EvaluationCache(size=4))
 
 
+@st.cache_data(show_spinner="Comparing query–document similarities…", max_entries=16)
+def relevance_similarities(directory: str, sha: str, name: str, representations: tuple[str, ...], negatives: str,
+                           extra_docs: tuple[str, ...] = ()) -> dict:
+    """explore.relevance_similarities on one labelled set of the index (cached per generation and choice)."""
+    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    queries, qrels, _ = labels(directory, sha, name)
+    return explore.relevance_similarities(searcher, queries, qrels, list(representations), extra_docs=extra_docs,
+                                          negatives=negatives)
+
+
 # -- which representations a page shows ------------------------------------------------------------------
 
 def pick_representations(representations: Sequence[str]) -> list[str]:

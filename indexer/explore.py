@@ -180,6 +180,48 @@ def hard_negatives(
     }
 
 
+def densities(samples: Mapping[str, Sequence[float]], *, bins: int = 30) -> list[dict]:
+    """Histogram bars of several samples on shared bins, each normalised to a density (its bars' area is 1):
+    a few relevant pairs then show as clearly as many non-relevant ones. One row per (kind, bin):
+    kind, start, end, density. Empty samples give no rows."""
+    filled = {kind: np.asarray(v, dtype=np.float64) for kind, v in samples.items() if len(v)}
+    if not filled:
+        return []
+    everything = np.concatenate(list(filled.values()))
+    low, high = float(everything.min()), float(everything.max())
+    if high - low < 1e-9:  # a single value: one narrow bar around it
+        low, high = low - 0.005, high + 0.005
+    edges = np.linspace(low, high, bins + 1)
+    rows = []
+    for kind, values in filled.items():
+        density, _ = np.histogram(values, bins=edges, density=True)
+        rows += [{"kind": kind, "start": float(a), "end": float(b), "density": float(d)}
+                 for a, b, d in zip(edges[:-1], edges[1:], density)]
+    return rows
+
+
+def query_points(
+    searcher: "Searcher", query: str, representations: Sequence[str], axes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *, k: int = 10,
+) -> dict[str, dict]:
+    """Where a query and its k best documents fall on each representation's map (`axes`, from `document_sample`):
+    representation -> {"query": (x, y), "hits": [(rank, doc id, title, (x, y))]}. Documents are placed by
+    their first chunk, as on the map; the query is encoded and transformed as the index maps queries."""
+    from .transforms import represent
+
+    result = searcher.search(query, k)
+    index = searcher.current()
+    encoded = represent(searcher.encoder.encode_texts([query]), list(representations), index.transforms)
+    chunks = index.chunk_ids_by_doc({h.doc_id for r in representations for h in result.results[r]})
+    out = {}
+    for r in representations:
+        hits = result.results[r]
+        where = project(index.vectors(r, [chunks[h.doc_id][0] for h in hits]), axes[r]) if hits else np.zeros((0, 2))
+        out[r] = {"query": tuple(project(encoded[r], axes[r])[0]),
+                  "hits": [(h.rank, h.doc_id, h.title, tuple(xy)) for h, xy in zip(hits, where)]}
+    return out
+
+
 def describe_transform(spec: Mapping, directory: str | None = None) -> str:
     """A representation's transform in words (its manifest entry `spec`): what, fitted on what, kept or refitted."""
     record = spec.get("transform")
