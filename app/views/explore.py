@@ -10,7 +10,10 @@ from indexer.compare import columns_problem
 from indexer.explore import MAP_MINIMUM, NEGATIVES_PER_QUERY, densities, query_points
 from indexer.search import query_problem
 
-HEIGHT = 260  # px of each chart's plotting area: readable beside three others
+#: px of a chart in all. Streamlit's theme spends ~80 px on the axes, more on a title or a legend above or below,
+#: so the histograms have neither (the column's heading and a caption say what they show): ~240 px of plot in Chromium.
+HEIGHT = 320
+COLOURS = {"relevant": "#2a9d8f", "non-relevant": "#e76f51"}
 NEGATIVES = {"random": "random unjudged", "hard": "hard (top-ranked, not relevant)"}
 #: What each point on the map is, and its colour.
 KINDS = {
@@ -42,19 +45,19 @@ def representations_of(names: list[str]):
     return parse
 
 
-def histogram(rows: list[dict], title: str) -> alt.Chart:
+def histogram(rows: list[dict]) -> alt.Chart:
     """Relevant and non-relevant pairs' cosines as densities on shared bins, overlaid."""
-    colours = alt.Scale(domain=["relevant", "non-relevant"], range=["#2a9d8f", "#e76f51"])
+    colours = alt.Scale(domain=list(COLOURS), range=list(COLOURS.values()))
     return (
         alt.Chart(pd.DataFrame(rows, columns=["kind", "start", "end", "density"]))
         .mark_bar(opacity=0.55, binSpacing=0)
         .encode(
             x=alt.X("start:Q", title="cosine similarity", scale=alt.Scale(zero=False)), x2="end:Q",
-            y=alt.Y("density:Q", stack=None, title="density"),
-            color=alt.Color("kind:N", scale=colours, legend=alt.Legend(orient="bottom", title=None)),
+            y=alt.Y("density:Q", stack=None, title="density"), y2=alt.datum(0),  # bars rise from 0
+            color=alt.Color("kind:N", scale=colours, legend=None),  # named in the caption: a legend costs plot height
             tooltip=["kind:N", alt.Tooltip("start:Q", format=".3f"), alt.Tooltip("end:Q", format=".3f"), alt.Tooltip("density:Q", format=".2f")],
         )
-        .properties(title=title, height=HEIGHT)
+        .properties(height=HEIGHT)
     )
 
 
@@ -83,7 +86,7 @@ def map_points(sample: dict, r: str, placed: dict | None, grades: dict[str, int]
     return points
 
 
-def map_chart(points: pd.DataFrame, title: str) -> alt.Chart:
+def map_chart(points: pd.DataFrame) -> alt.Chart:
     kinds = [k for k in KINDS if k in set(points["kind"])]
     return (
         alt.Chart(points)
@@ -99,7 +102,7 @@ def map_chart(points: pd.DataFrame, title: str) -> alt.Chart:
             order=alt.Order("selected:N"),
             tooltip=["title:N", "document:N", "kind:N", "rank:Q"],
         )
-        .properties(title=title, height=HEIGHT + 100)
+        .properties(height=HEIGHT + 140)  # its legend below takes ~100 px
     )
 
 
@@ -153,8 +156,9 @@ else:
                             key="explore_negatives", help=explain.GLOSSARY["negatives"])
     sims = ui.relevance_similarities(directory, sha, name, tuple(reps), negatives, tuple(sample["doc_ids"]))
     for col, r in zip(st.columns(len(reps)), reps):
-        col.altair_chart(histogram(densities(sims[r]), r))
-    st.caption(f"Relevant: pairs judged ≥ 1. Non-relevant: pairs judged 0 plus {NEGATIVES_PER_QUERY} "
+        col.markdown(f"**`{r}`**")
+        col.altair_chart(histogram(densities(sims[r])))
+    st.caption(f"Green: relevant pairs (judged ≥ 1). Orange: non-relevant pairs, judged 0 plus {NEGATIVES_PER_QUERY} "
                f"{NEGATIVES[negatives]} documents per query. A document scores as its best chunk. "
                + explain.GLOSSARY["densities"])
 
@@ -178,4 +182,5 @@ else:
     st.caption("Search for a query on the Search page to see it and its hits on the map. Hover a point for its title.")
 st.caption(explain.GLOSSARY["pca_map"])
 for col, r in zip(st.columns(len(reps)), reps):
-    col.altair_chart(map_chart(map_points(sample, r, placed and placed[r], grades, chosen), r))
+    col.markdown(f"**`{r}`**")
+    col.altair_chart(map_chart(map_points(sample, r, placed and placed[r], grades, chosen)))
