@@ -219,7 +219,7 @@ class EvaluationCache:
 def evaluations() -> EvaluationCache:
     """Evaluations of the indexes' own labelled sets, shared by every session (a link to one shows it at once).
     Evaluations of uploaded labels stay in the uploading session (`session_evaluations`)."""
-    return EvaluationCache()
+    return EvaluationCache(size=8)  # entries of one set share its runs (reuse), so memory grows mostly per set
 
 
 def session_evaluations() -> EvaluationCache:

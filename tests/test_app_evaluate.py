@@ -243,7 +243,7 @@ def test_evaluate_page_downloads_the_table_the_report_and_the_run_files(labelled
     at.multiselect(key="eval_fuse").set_value(["mean", "bm25"]).run()
     at.button[0].click().run()
     assert not at.exception
-    assert [b.label for b in at.get("download_button")] == ["Per-query table (CSV)", "Report (JSON)", "mean.run", "cls.run", "bm25.run", "rrf.run"]
+    assert [b.label for b in at.get("download_button")] == ["per-query.csv", "report.json", "mean.run", "cls.run", "bm25.run", "rrf.run"]
     assert set(downloads) == {"per-query.csv", "report.json", "mean.run", "cls.run", "bm25.run", "rrf.run"}
     report = json.loads(downloads["report.json"])
     # the JSON report is the CLI's --json dict for the same evaluation (the index path aside: shown as visitors may see it)
@@ -301,10 +301,10 @@ def test_explore_state_is_in_the_url_and_bad_values_are_ignored(labelled):
     assert not other.exception and not other.warning
     assert other.multiselect(key="columns").value == ["cls"]
     assert other.radio(key="explore_negatives").value == "hard" and other.selectbox(key="explore_doc").value == "river-1"
-    bad = page(directory, "explore", {"reps": "mean,**x**", "doc": "<i>nope</i>", "negatives": "easy"})
+    bad = page(directory, "explore", {"reps": "mean,**x**", "doc": "<i>nope</i>", "negatives": "easy", "q": "   "})
     assert not bad.exception and not bad.error
     warnings = [unescape(w.value) for w in bad.warning]
-    assert len(warnings) == 3 and any("reps='mean,**x**' was ignored: **x** is not in this index" in w for w in warnings)
+    assert len(warnings) == 4 and any("reps='mean,**x**' was ignored: **x** is not in this index" in w for w in warnings)
     assert bad.radio(key="explore_negatives").value == "random"
 
 
@@ -349,12 +349,17 @@ def test_hard_negatives_are_each_representations_top_ranked_non_relevant_documen
         relevance_similarities(searcher, queries, qrels, ["mean"], negatives="easy")
 
 
-def test_the_map_shows_the_search_query_and_its_hits_coloured_by_relevance(labelled):
+@pytest.mark.parametrize("how", ["session", "link"])
+def test_the_map_shows_the_search_query_and_its_hits_coloured_by_relevance(labelled, how):
     from sklearn.decomposition import PCA
 
     directory, encoder = labelled
-    at = page(directory, "explore", query="bees and honey")  # the Search page's query: qa, judged
+    if how == "session":  # the Search page's query (qa, judged), in this session
+        at = page(directory, "explore", query="bees and honey")
+    else:  # or a link's
+        at = page(directory, "explore", {"q": "bees and honey"})
     assert not at.exception and not at.error
+    assert at.query_params["q"] in ("bees and honey", ["bees and honey"])
     maps = [(spec, data) for spec, data in charts(at) if spec["mark"]["type"] == "point"]
     assert len(maps) == 2
     reader = IndexReader(directory)

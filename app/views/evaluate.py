@@ -164,10 +164,11 @@ def downloads(result, report: dict) -> None:
     st.markdown("**Download**")
     shown = dict(report, index=ui.shown_path(report["index"]))  # a local path only on a loopback-only app
     columns = st.columns(2 + len(result.runs))
-    columns[0].download_button("Per-query table (CSV)", per_query_csv(report), file_name="per-query.csv", mime="text/csv",
-                               on_click="ignore", key="download_csv")
-    columns[1].download_button("Report (JSON)", json.dumps(shown, indent=2, ensure_ascii=False) + "\n", file_name="report.json",
-                               mime="application/json", on_click="ignore", key="download_json")
+    columns[0].download_button("per-query.csv", per_query_csv(report), file_name="per-query.csv", mime="text/csv",
+                               on_click="ignore", key="download_csv", help="The per-query table: every metric of each representation")
+    columns[1].download_button("report.json", json.dumps(shown, indent=2, ensure_ascii=False) + "\n", file_name="report.json",
+                               mime="application/json", on_click="ignore", key="download_json",
+                               help="The whole report, as `python -m indexer evaluate --json` prints it")
     for column, (system, run) in zip(columns[2:], result.runs.items()):
         column.download_button(f"{system}.run", "".join(trec_run_lines(run, system)), file_name=f"{system}.run",
                                mime="text/plain", on_click="ignore", key=f"download_run_{system}",
@@ -264,7 +265,7 @@ if report["queries_excluded_no_positive"]:
     st.caption(f"{report['queries_excluded_no_positive']} queries without a relevant document were excluded.")
 metrics = pd.DataFrame(report["metrics"]).T[list(METRIC_NAMES)]
 geometry = pd.DataFrame({s: report["geometry"].get(s) or {} for s in metrics.index}).T.reindex(columns=list(GEOMETRY_LABELS))
-st.dataframe(pd.concat([metrics, geometry.rename(columns=GEOMETRY_LABELS)], axis=1).style.format("{:.4f}", na_rep="—"),
+st.dataframe(pd.concat([metrics, geometry.rename(columns=GEOMETRY_LABELS)], axis=1).astype(float).style.format("{:.4f}", na_rep="—"),
              width="stretch")
 st.caption(" ".join([explain.GLOSSARY["ndcg"], explain.GLOSSARY["metrics"], explain.GLOSSARY["bm25"]]))
 st.caption(ui.escape_markdown(GEOMETRY_NOTE))

@@ -45,6 +45,13 @@ def representations_of(names: list[str]):
     return parse
 
 
+def searchable(value: str) -> str:
+    """A URL's query, refused when it cannot be searched (blank, a lone surrogate: search.query_problem)."""
+    if (problem := query_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
 def histogram(rows: list[dict]) -> alt.Chart:
     """Relevant and non-relevant pairs' cosines as densities on shared bins, overlaid."""
     colours = alt.Scale(domain=list(COLOURS), range=list(COLOURS.values()))
@@ -118,6 +125,7 @@ problems = ui.restore_from_url({
     "set": ("explore_set", one_of(sets, "labelled query set")),
     "doc": ("explore_doc", one_of(sample["doc_ids"], "document in the map's sample")),
     "negatives": ("explore_negatives", one_of(list(NEGATIVES), "kind of negatives")),
+    "q": ("query", searchable),  # the Search page's query, placed on the map
 })
 if st.session_state.get("shown") != before:
     st.session_state.pop("columns", None)  # the link's pick, not the widget's last value
@@ -165,13 +173,14 @@ else:
 st.subheader("2-D map (PCA) of the same documents in each space")
 labels = {d: f"{d} · {t}" if t else d for d, t in zip(sample["doc_ids"], sample["titles"])}
 chosen = st.selectbox("Highlight a document", sample["doc_ids"], format_func=labels.get, key="explore_doc") if n else None
-ui.write_url({"reps": reps if len(everyone) > 1 else None, "set": name, "doc": chosen, "negatives": negatives})
+query = st.session_state.get("query") or ""
+query = query if isinstance(query, str) and query.strip() and query_problem(query) is None else ""
+ui.write_url({"reps": reps if len(everyone) > 1 else None, "set": name, "doc": chosen, "negatives": negatives, "q": query})
 if n < MAP_MINIMUM:
     st.info(f"A map needs at least {MAP_MINIMUM} documents; this index holds {n}.")
     st.stop()
-query = st.session_state.get("query") or ""
 placed = grades = None
-if isinstance(query, str) and query.strip() and query_problem(query) is None:
+if query:
     placed = query_points(searcher, query, reps, sample["axes"])
     judged = ui.judgements_for(searcher, query)
     grades = judged[1] if judged else None
