@@ -73,6 +73,16 @@ def restore_from_url(fields: Mapping[str, Callable[[str], object] | tuple[str, C
     return problems
 
 
+def one_of(options: Sequence, what: str) -> Callable[[str], object]:
+    """A `restore_from_url` parser that accepts only one of `options` (ValueError naming the first few otherwise)."""
+    def parse(value: str):
+        if value not in options:
+            shown = ", ".join(map(str, list(options)[:10])) + (", …" if len(options) > 10 else "")
+            raise ValueError(f"no {what} of that name; valid: {shown or 'none'}")
+        return value
+    return parse
+
+
 def write_url(values: Mapping[str, object]) -> None:
     """Make the address bar hold this page's state (lists are comma-joined; empty values are left out), so a
     reload keeps it and a copied link reproduces it. The current index is always part of it."""

@@ -407,3 +407,19 @@ def test_explore_on_a_one_document_index_says_what_is_needed(tmp_path, tiny_bert
     assert any("This index holds 1 document" in i and "at least 2 documents" in i and "the map at least 3" in i for i in info)
     assert any("A map needs at least 3 documents; this index holds 1." == i for i in info)
     assert not at.metric and not [s for s, _ in charts(at) if s["mark"]["type"] == "point"]
+
+
+def test_a_new_index_generation_gets_fresh_runs(labelled, fresh_cache, counted, tmp_path):
+    import shutil
+
+    from indexer.pipeline import delete_documents
+
+    directory = shutil.copytree(labelled[0], tmp_path / "copy")
+    at = page(directory, "evaluate")
+    at.button[0].click().run()
+    assert texts(at.subheader)[0] == "3 queries evaluated" and counted == {"rank_many": 1, "bm25_run": 1}
+    delete_documents(directory, ["fish-1"])  # an unjudged document: a new generation, the same labelled set
+    at.run()
+    assert not at.exception and not at.subheader  # the old generation's evaluation is not shown for the new one
+    at.button[0].click().run()
+    assert texts(at.subheader)[0] == "3 queries evaluated" and counted == {"rank_many": 2, "bm25_run": 2}

@@ -121,15 +121,6 @@ def _interval(pair) -> str:
     return "—" if lo is None or hi is None else f"{lo:.2f} – {hi:.2f}"
 
 
-def one_of(options, what: str):
-    """A URL parser accepting only one of `options` (ValueError listing them otherwise)."""
-    def parse(value: str):
-        if value not in options:
-            raise ValueError(f"no {what} of that name; valid: {', '.join(map(str, options))}")
-        return value
-    return parse
-
-
 def uploaded_labels(searcher) -> tuple[str, tuple, dict, dict, list[str]] | None:
     """(name, cache key, queries, judgements, skipped-line messages) of an uploaded queries file and qrels file, read
     through evaluation.load_labels in a temporary folder that is removed at once: nothing reaches the index.
@@ -176,7 +167,7 @@ def downloads(result, report: dict) -> None:
 
 
 st.title("Evaluate")
-problems = ui.restore_from_url({"kind": ("evaluate_kind", lambda v: KINDS[one_of(list(KINDS), "kind")(v)])})
+problems = ui.restore_from_url({"kind": ("evaluate_kind", lambda v: KINDS[ui.one_of(list(KINDS), "kind")(v)])})
 kind = st.radio("What to evaluate", [RETRIEVAL, STS], horizontal=True, key="evaluate_kind", help=explain.GLOSSARY["sts"])
 if kind == STS:
     for problem in problems:
@@ -188,8 +179,8 @@ searcher = ui.searcher_or_stop()
 sets = [s.name for s in ui.labelled_sets_of(searcher)]
 representations = list(searcher.representations)
 problems += ui.restore_from_url({
-    "set": ("eval_set", one_of(sets, "labelled query set")),
-    "baseline": ("eval_baseline", one_of(representations if len(representations) > 1 else [], "representation")),
+    "set": ("eval_set", ui.one_of(sets, "labelled query set")),
+    "baseline": ("eval_baseline", ui.one_of(representations if len(representations) > 1 else [], "representation")),
     "fuse": ("eval_fuse", lambda v: list(check_choices(representations, fuse=v)[1])),
 })
 for problem in problems:

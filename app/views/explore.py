@@ -22,16 +22,6 @@ KINDS = {
 }
 
 
-def one_of(options, what: str):
-    """A URL parser accepting only one of `options` (ValueError listing a few otherwise)."""
-    def parse(value: str):
-        if value not in options:
-            shown = ", ".join(map(str, list(options)[:10])) + (", …" if len(options) > 10 else "")
-            raise ValueError(f"no {what} of that name; valid: {shown}")
-        return value
-    return parse
-
-
 def representations_of(names: list[str]):
     """A URL parser for a comma-separated pick of this index's representations."""
     def parse(value: str) -> list[str]:
@@ -122,9 +112,9 @@ sets = [s.name for s in ui.labelled_sets_of(searcher)]
 before = st.session_state.get("shown")
 problems = ui.restore_from_url({
     "reps": ("shown", representations_of(everyone)),
-    "set": ("explore_set", one_of(sets, "labelled query set")),
-    "doc": ("explore_doc", one_of(sample["doc_ids"], "document in the map's sample")),
-    "negatives": ("explore_negatives", one_of(list(NEGATIVES), "kind of negatives")),
+    "set": ("explore_set", ui.one_of(sets, "labelled query set")),
+    "doc": ("explore_doc", ui.one_of(sample["doc_ids"], "document in the map's sample")),
+    "negatives": ("explore_negatives", ui.one_of(list(NEGATIVES), "kind of negatives")),
     "q": ("query", searchable),  # the Search page's query, placed on the map
 })
 if st.session_state.get("shown") != before:
