@@ -6,8 +6,11 @@ Plain text (no Markdown beyond backticks): pages show them with `help=` or `st.c
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from indexer.compare import AGREEMENT_DEPTH, SEARCH_DEPTH
 from indexer.config import parse_representation
+from indexer.evaluation import pair_name
 
 #: What each pooling turns the model's token vectors into (one vector per chunk).
 POOLINGS = {
@@ -63,7 +66,27 @@ GLOSSARY = {
     "query_cut": "The model reads a limited number of tokens; words beyond them do not count in the ranking.",
     "sts": "STS: sentence pairs with human similarity scores; each representation's cosines are ranked against "
            "them (Spearman correlation ×100; higher is better).",
+    "metrics": "MRR@10: 1 / the rank of the first relevant hit in the top 10. Recall@k: the share of the relevant "
+               "documents found in the top k. MAP@100: the mean precision at each relevant hit in the top 100. "
+               "Means over the queries; these count grade ≥ 1 as relevant, nDCG uses the grades.",
+    "bm25": "`bm25`: the classic lexical baseline (word matches weighted by rarity), no model involved.",
+    "labels_upload": "Queries: BEIR queries.jsonl (one JSON object per line with `_id` and `text`). Judgements: "
+                     "BEIR qrels TSV (query-id, corpus-id, score; a header line is allowed). Used in this session "
+                     "only: never written into the index.",
+    "densities": "Each kind of pair is drawn as a density (its bars' area sums to 1), so the few relevant pairs "
+                 "show as clearly as the many non-relevant ones. The less the two shapes overlap, the better the "
+                 "representation separates relevant from non-relevant documents.",
+    "negatives": "Random: unjudged documents drawn at random, mostly easy to reject. Hard: each representation's "
+                 "own top-ranked documents not judged relevant — the ones it actually confuses with the answers "
+                 "(unjudged documents are not known to be irrelevant). Pairs judged 0 are included in both.",
+    "pca_map": "Each document's first chunk projected on the two directions of largest variance of the sample "
+               "(PCA); the Search page's query and its hits are projected the same way. Close points are similar "
+               "in this space, but two dimensions keep only part of it.",
 }
+
+SIGNIFICANCE_LEVEL = 0.05  # the p below which a difference is called unlikely to be chance
+_METRIC_LABELS = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@10": "Recall@10", "recall@100": "Recall@100",
+                  "map@100": "MAP@100"}
 
 
 #: Names of the grades on TREC's scale (GLOSSARY["grades"]), shown beside a judged hit; other grades are shown bare.
@@ -88,3 +111,45 @@ def representation(name: str) -> str:
 def representations(names) -> str:
     """The explanation of each of several representations, one per line."""
     return "\n\n".join(representation(n) for n in names)
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def verdict(report: Mapping, a: str, b: str, metric: str = "ndcg@10") -> str:
+    """One sentence on what an evaluation report says about the pair (a, b) on `metric`: which scores higher,
+    by how much, and whether the paired randomisation test (Holm-corrected over the pairs when several are
+    tested) calls the difference unlikely to be chance."""
+    tests = report["significance"][pair_name(a, b)][metric]
+    n, label, delta = report["queries_evaluated"], _METRIC_LABELS.get(metric, metric), tests["delta"]
+    corrected = report["correction"]["applied"]
+    p = tests["randomization_p_holm" if corrected else "randomization_p"]
+    if abs(delta) <= 1e-12:
+        return f"On these {n} queries `{a}` and `{b}` score the same on {label} ({tests[a]:.2f})."
+    winner, loser = (a, b) if delta > 0 else (b, a)
+    how = f"{_p_text(p)}{' after Holm' if corrected else ''}, paired randomisation test"
+    if p < SIGNIFICANCE_LEVEL:
+        return f"On these {n} queries `{winner}` beats `{loser}` on {label} by {abs(delta):.2f} ({how}): the difference is unlikely to be chance."
+    return (f"On these {n} queries `{winner}` scores {abs(delta):.2f} higher than `{loser}` on {label} ({how}): not "
+            "significant — on this query set the difference could be chance.")
+
+
+def verdicts(report: Mapping, metric: str = "ndcg@10") -> list[str]:
+    """`verdict` for every pair the report tested (none with one representation)."""
+    return [verdict(report, a, b, metric) for a, b in report["pairs"]]
+
+
+def most_anisotropic(geometry: Mapping[str, Mapping[str, float] | None]) -> str | None:
+    """One sentence naming the most (and least) anisotropic representation of those measured; None when none was."""
+    values = {r: g["anisotropy"] for r, g in geometry.items() if g}
+    if not values:
+        return None
+    ranked = sorted(values, key=lambda r: -values[r])
+    top = ranked[0]
+    if len(ranked) == 1:
+        return f"`{top}`: anisotropy {values[top]:.2f} — the mean cosine of two random documents in this space."
+    low = ranked[-1]
+    return (f"Most anisotropic here: `{top}` (two random documents have cosine {values[top]:.2f} on average): its "
+            f"vectors crowd into the narrowest cone, so small score differences decide its rankings. "
+            f"Least: `{low}` ({values[low]:.2f}).")

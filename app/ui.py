@@ -7,6 +7,8 @@ read-only; the encoder guards its tokenizer with a lock and the index its SQLite
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -69,6 +71,16 @@ def restore_from_url(fields: Mapping[str, Callable[[str], object] | tuple[str, C
         except (ValueError, TypeError) as exc:
             problems.append(f"the link's {param}={current[param]!r} was ignored: {exc}")
     return problems
+
+
+def one_of(options: Sequence, what: str) -> Callable[[str], object]:
+    """A `restore_from_url` parser that accepts only one of `options` (ValueError naming the first few otherwise)."""
+    def parse(value: str):
+        if value not in options:
+            shown = ", ".join(map(str, list(options)[:10])) + (", …" if len(options) > 10 else "")
+            raise ValueError(f"no {what} of that name; valid: {shown or 'none'}")
+        return value
+    return parse
 
 
 def write_url(values: Mapping[str, object]) -> None:
@@ -180,6 +192,59 @@ def document_sample(directory: str, sha: str, limit: int = 1500) -> dict:
     """explore.document_sample of the index, for all its representations (cached per generation)."""
     searcher = load_searcher(directory, sha, st.session_state.get("model"))
     return explore.document_sample(searcher.index, searcher.representations, limit=limit)
+
+
+# -- evaluations (cached per index generation) ----------------------------------------------------------
+
+class EvaluationCache:
+    """Finished evaluations by key, least recently used dropped past `size`. Keys start with (index directory,
+    manifest sha, model, labelled set), so a new index generation never meets an old entry, and `same_set`
+    finds an earlier evaluation of the set whose runs (BM25 and each representation's) can be reused."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: tuple, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def same_set(self, prefix: tuple):
+        """The most recent entry whose key starts with `prefix` (None when none does)."""
+        with self._lock:
+            return next((v for k, v in reversed(self._items.items()) if k[: len(prefix)] == prefix), None)
+
+
+@st.cache_resource
+def evaluations() -> EvaluationCache:
+    """Evaluations of the indexes' own labelled sets, shared by every session (a link to one shows it at once).
+    Evaluations of uploaded labels stay in the uploading session (`session_evaluations`)."""
+    return EvaluationCache(size=8)  # entries of one set share its runs (reuse), so memory grows mostly per set
+
+
+def session_evaluations() -> EvaluationCache:
+    """This browser session's own evaluations (of uploaded labels): never shared."""
+    return st.session_state.setdefault("_evaluations", EvaluationCache(size=4))
+
+
+@st.cache_data(show_spinner="Comparing query–document similarities…", max_entries=16)
+def relevance_similarities(directory: str, sha: str, name: str, representations: tuple[str, ...], negatives: str,
+                           extra_docs: tuple[str, ...] = ()) -> dict:
+    """explore.relevance_similarities on one labelled set of the index (cached per generation and choice)."""
+    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    queries, qrels, _ = labels(directory, sha, name)
+    return explore.relevance_similarities(searcher, queries, qrels, list(representations), extra_docs=extra_docs,
+                                          negatives=negatives)
 
 
 # -- which representations a page shows ------------------------------------------------------------------

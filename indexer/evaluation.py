@@ -178,12 +178,17 @@ def decode_trec_id(token: str) -> str:
     return unquote(token, errors="strict")
 
 
+def trec_run_lines(run: Run, tag: str):
+    """The lines of a TREC run file: `qid Q0 docid rank score tag`, in trec_eval's order; ids through `encode_trec_id`."""
+    for q in sorted(run):
+        for rank, (doc, score) in enumerate(trec_order(run[q]), start=1):
+            yield f"{encode_trec_id(q)} Q0 {encode_trec_id(doc)} {rank} {score:.8f} {tag}\n"
+
+
 def write_trec_run(run: Run, path: Path, tag: str) -> None:
-    """TREC run format: `qid Q0 docid rank score tag`, in trec_eval's order; ids through `encode_trec_id`."""
+    """A TREC run file (`trec_run_lines`) at `path`."""
     with open(path, "w", encoding="utf-8") as f:
-        for q in sorted(run):
-            for rank, (doc, score) in enumerate(trec_order(run[q]), start=1):
-                f.write(f"{encode_trec_id(q)} Q0 {encode_trec_id(doc)} {rank} {score:.8f} {tag}\n")
+        f.writelines(trec_run_lines(run, tag))
 
 
 def pairs_tested(representations: Sequence[str], baseline: str | None = None) -> list[tuple[str, str]]:
@@ -394,6 +399,24 @@ class Evaluation:
         return "\n".join(lines) + "\n"
 
 
+def per_query_csv(report: Mapping) -> str:
+    """The report's per-query table as CSV: query id, text, every metric of each representation, and the
+    first pair's differences (the `delta` columns) when there is a pair."""
+    import csv
+    import io
+
+    reps, delta = report["representations"], report["delta"]
+    header = ["query_id", "text"] + [f"{r} {m}" for r in reps for m in METRIC_NAMES]
+    header += [f"delta ({delta}) {m}" for m in METRIC_NAMES] if delta else []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in report["per_query"]:
+        cells = [row["query_id"], row["text"]] + [row[r][m] for r in reps for m in METRIC_NAMES]
+        writer.writerow(cells + ([row["delta"][m] for m in METRIC_NAMES] if delta else []))
+    return out.getvalue()
+
+
 def format_p(p: float) -> str:
     return "—" if p is None or math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
@@ -437,6 +460,7 @@ def evaluate(
     baseline: str | None = None,
     fuse: str | Sequence[str] | None = None,
     geometry_sample: int = GEOMETRY_SAMPLE,
+    reuse: Evaluation | None = None,
 ) -> Evaluation:
     """Rank every judged query in each representation and with BM25 (plus `rrf`, the fusion of `fuse`,
     when asked), score them, and measure each representation's stored geometry.
@@ -449,6 +473,8 @@ def evaluate(
     Queries without any judgement of grade >= 1 are excluded and counted; a query that cannot be
     searched (blank, lone surrogate: search.query_problem) is skipped and listed in `issues`.
     `on_step(label, fraction)` reports progress (the app's bar).
+    `reuse`: an earlier evaluation of the same queries and judgements on the same index generation (the
+    app's cache): its representation and BM25 runs and its geometry are taken as they are, not computed again.
     """
     baseline, fused = check_choices(searcher.representations, baseline=baseline, fuse=fuse)
     issues = list(issues)
@@ -474,21 +500,25 @@ def evaluate(
             if on_step is not None:
                 on_step(label, bar.n / len(steps))
 
+        reused = reusable_runs(reuse, reps, qids, ignore_identical_ids)
         step("encoding and searching")
-        rankings = searcher.rank_many(texts, DEPTH, exclude=exclude)
+        rankings = None if reused else searcher.rank_many(texts, DEPTH, exclude=exclude)
         for r in searcher.representations:
-            runs[r] = {q: {doc: score for doc, _, score in ranked} for q, ranked in zip(qids, rankings[r])}
+            runs[r] = reused[r] if reused else {q: {doc: score for doc, _, score in ranked} for q, ranked in zip(qids, rankings[r])}
             bar.update()
         step("bm25")
-        documents = [(d, Document(d, text, title).content) for d, title, text in searcher.index.documents()]
-        runs[BM25] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
+        if reused:
+            runs[BM25] = reused[BM25]
+        else:
+            documents = [(d, Document(d, text, title).content) for d, title, text in searcher.index.documents()]
+            runs[BM25] = bm25_run(documents, {q: queries[q] for q in qids}, exclude_identical=ignore_identical_ids)
         bar.update()
         if fused:
             step("fusion")
             runs[RRF] = rrf([runs[r] for r in fused])
             bar.update()
         step("geometry")
-        shapes = {r: stored_geometry(searcher.index, r, sample=geometry_sample) for r in reps}
+        shapes = dict(reuse.geometry) if reused else {r: stored_geometry(searcher.index, r, sample=geometry_sample) for r in reps}
         bar.update()
         step("metrics")
         per_query = {system: per_query_metrics(run, positive) for system, run in runs.items()}
@@ -513,6 +543,19 @@ def evaluate(
     if out_dir is not None:
         write_artifacts(result, Path(out_dir))
     return result
+
+
+def reusable_runs(earlier: Evaluation | None, representations: Sequence[str], qids: Sequence[str],
+                  ignore_identical_ids: bool) -> dict[str, Run] | None:
+    """The representation and BM25 runs of an earlier evaluation when they answer exactly these queries in
+    these representations under the same rule for identical ids; None when anything differs."""
+    if earlier is None or earlier.ignore_identical_ids != ignore_identical_ids:
+        return None
+    if list(earlier.representations) != list(representations) or sorted(earlier.queries) != sorted(qids):
+        return None
+    if any(system not in earlier.runs for system in [*representations, BM25]):
+        return None
+    return {system: earlier.runs[system] for system in [*representations, BM25]}
 
 
 @dataclass(frozen=True)

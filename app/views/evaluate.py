@@ -2,22 +2,29 @@
 or semantic textual similarity (STS) on an uploaded file of sentence pairs, which needs no index."""
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app import ui
+from app import explain, ui
 from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representation, parse_representations
 from indexer.encoder import ModelError
-from indexer.evaluation import BM25, GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, evaluate, format_p, pair_name
+from indexer.evaluation import (
+    BM25, GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, check_choices, evaluate, format_p, load_labels, pair_name, per_query_csv,
+    trec_run_lines,
+)
 from indexer.loaders import SourceError
 from indexer.search import model_name_for
 from indexer.store import StoreError, is_index, read_manifest
 from indexer.sts import STS_FORMATS, evaluate_sts, read_sts
 
+RETRIEVAL = "Labelled queries (retrieval)"
 STS = "Sentence pairs (STS)"
+KINDS = {"retrieval": RETRIEVAL, "sts": STS}  # the URL's `kind` -> the radio's option
+UPLOAD = "Upload queries and judgements…"
 #: Offered in the picker (any other valid name can be typed); the default shows what whitening does to each.
 STS_CHOICES = list(POOLINGS) + [f"{p}+whiten" for p in POOLINGS] + [f"{p}+abtt3" for p in POOLINGS]
 STS_DEFAULT = ["pooled", "mean", "pooled+whiten", "mean+whiten"]
@@ -114,74 +121,161 @@ def _interval(pair) -> str:
     return "—" if lo is None or hi is None else f"{lo:.2f} – {hi:.2f}"
 
 
+def uploaded_labels(searcher) -> tuple[str, tuple, dict, dict, list[str]] | None:
+    """(name, cache key, queries, judgements, skipped-line messages) of an uploaded queries file and qrels file, read
+    through evaluation.load_labels in a temporary folder that is removed at once: nothing reaches the index.
+    None (with a message on the page) until both are uploaded or when they cannot be read."""
+    left, right = st.columns(2)
+    help_text = explain.GLOSSARY["labels_upload"]
+    qfile = left.file_uploader("Queries (BEIR queries.jsonl)", type=["jsonl"], key="eval_queries_file", help=help_text)
+    rfile = right.file_uploader("Judgements (BEIR qrels .tsv)", type=["tsv", "txt"], key="eval_qrels_file", help=help_text)
+    if qfile is None or rfile is None:
+        st.info("Upload a queries file and a judgements file to evaluate this index on them (this session only).")
+        return None
+    qdata, rdata = qfile.getvalue(), rfile.getvalue()
+    with tempfile.TemporaryDirectory(prefix="pooling-lab-labels-") as tmp:
+        qpath, rpath = Path(tmp) / "queries.jsonl", Path(tmp) / "qrels.tsv"
+        qpath.write_bytes(qdata)
+        rpath.write_bytes(rdata)
+
+        def named(text: str) -> str:  # messages quote the temporary files: name the uploads instead
+            return text.replace(str(qpath), qfile.name).replace(str(rpath), rfile.name)
+
+        try:
+            queries, qrels, issues = load_labels(qpath, rpath, searcher.index.doc_ids())
+        except (SourceError, ValueError, OSError) as exc:
+            st.error(ui.escape_markdown(named(str(exc))))
+            return None
+    key = ("upload", hashlib.sha256(qdata).hexdigest(), hashlib.sha256(rdata).hexdigest())
+    return f"{qfile.name} + {rfile.name}", key, queries, qrels, [named(str(i)) for i in issues]
+
+
+def downloads(result, report: dict) -> None:
+    """The per-query table (CSV), the report (JSON, as the CLI's --json prints it) and one TREC run file per system."""
+    st.markdown("**Download**")
+    shown = dict(report, index=ui.shown_path(report["index"]))  # a local path only on a loopback-only app
+    columns = st.columns(2 + len(result.runs))
+    columns[0].download_button("per-query.csv", per_query_csv(report), file_name="per-query.csv", mime="text/csv",
+                               on_click="ignore", key="download_csv", help="The per-query table: every metric of each representation")
+    columns[1].download_button("report.json", json.dumps(shown, indent=2, ensure_ascii=False) + "\n", file_name="report.json",
+                               mime="application/json", on_click="ignore", key="download_json",
+                               help="The whole report, as `python -m indexer evaluate --json` prints it")
+    for column, (system, run) in zip(columns[2:], result.runs.items()):
+        column.download_button(f"{system}.run", "".join(trec_run_lines(run, system)), file_name=f"{system}.run",
+                               mime="text/plain", on_click="ignore", key=f"download_run_{system}",
+                               help="TREC run file (qid Q0 docid rank score tag), as trec_eval reads it")
+
+
 st.title("Evaluate")
-if st.radio("What to evaluate", ["Labelled queries (retrieval)", STS], horizontal=True, key="evaluate_kind") == STS:
+problems = ui.restore_from_url({"kind": ("evaluate_kind", lambda v: KINDS[ui.one_of(list(KINDS), "kind")(v)])})
+kind = st.radio("What to evaluate", [RETRIEVAL, STS], horizontal=True, key="evaluate_kind", help=explain.GLOSSARY["sts"])
+if kind == STS:
+    for problem in problems:
+        st.warning(ui.escape_markdown(problem))
+    ui.write_url({"kind": "sts"})
     sts_section()
     st.stop()
 searcher = ui.searcher_or_stop()
-sets = ui.labelled_sets_of(searcher)
+sets = [s.name for s in ui.labelled_sets_of(searcher)]
+representations = list(searcher.representations)
+problems += ui.restore_from_url({
+    "set": ("eval_set", ui.one_of(sets, "labelled query set")),
+    "baseline": ("eval_baseline", ui.one_of(representations if len(representations) > 1 else [], "representation")),
+    "fuse": ("eval_fuse", lambda v: list(check_choices(representations, fuse=v)[1])),
+})
+for problem in problems:
+    st.warning(ui.escape_markdown(problem))  # the values come from the link: shown literally
+
+directory, sha = str(searcher.index.directory), ui.manifest_sha(searcher.index.directory)
 if not sets:
     st.info(
         "This index has no labelled queries: it was not built from a BEIR dataset with `queries.jsonl` "
-        "and `qrels/*.tsv`. From a terminal: `python -m indexer evaluate --index DIR --queries FILE --qrels FILE`."
+        "and `qrels/*.tsv`. Upload a queries file and a judgements file below to evaluate it, or from a terminal: "
+        "`python -m indexer evaluate --index DIR --queries FILE --qrels FILE`."
     )
-    st.stop()
-
-directory, sha = str(searcher.index.directory), ui.manifest_sha(searcher.index.directory)
-name = st.selectbox("Labelled query set", [s.name for s in sets])
-queries, qrels, issues = ui.labels(directory, sha, name)
+name = st.selectbox("Labelled query set", [*sets, UPLOAD], key="eval_set",
+                    help="The index's own labelled sets, or queries and judgements you upload") if sets else UPLOAD
+if name == UPLOAD:
+    ui.write_url({})
+    uploaded = uploaded_labels(searcher)
+    if uploaded is None:
+        st.stop()
+    name, set_key, queries, qrels, issues = uploaded
+    cache = ui.session_evaluations()  # an upload's evaluation stays in this session
+else:
+    queries, qrels, issues = ui.labels(directory, sha, name)
+    set_key, cache = ("set", name), ui.evaluations()
 st.caption(f"{len(queries)} queries, {sum(len(j) for j in qrels.values())} judgements")
 if issues:
     with st.expander(f"{len(issues)} lines of the labels were skipped"):
         st.text("\n".join(issues))
 
-representations = list(searcher.representations)
 left, right = st.columns(2)
 baseline = left.selectbox("Compare against", [EVERY_PAIR, *representations], key="eval_baseline",
-                          help="Each other representation against this one, or every pair; p-values are Holm-corrected "
-                               "when more than one pair is tested.") if len(representations) > 1 else EVERY_PAIR
+                          help="Each other representation against this one, or every pair. "
+                               + explain.GLOSSARY["paired"] + " " + explain.GLOSSARY["holm"]) if len(representations) > 1 else EVERY_PAIR
 baseline = None if baseline == EVERY_PAIR else baseline
-fuse = right.multiselect("Fuse (reciprocal-rank fusion)", [*representations, BM25], default=[], key="eval_fuse",
-                         help="Two or more rankings to fuse into one more system, `rrf`; none: no fusion.")
+st.session_state.setdefault("eval_fuse", [])
+fuse = right.multiselect("Fuse (reciprocal-rank fusion)", [*representations, BM25], key="eval_fuse",
+                         help="Two or more rankings to fuse into one more system, `rrf`; none: no fusion. " + explain.GLOSSARY["rrf"])
+if set_key[0] == "set":
+    ui.write_url({"set": name, "baseline": baseline, "fuse": fuse})
 if len(fuse) == 1:
     st.warning("Fusion needs two or more rankings; pick another one or none.")
     st.stop()
 
-key = f"evaluation:{directory}:{sha}:{name}:{baseline}:{','.join(fuse)}"
-if st.button("Run evaluation", type="primary") or key in st.session_state:
-    if key not in st.session_state:
-        bar = st.progress(0.0, text="starting")
-        try:
-            result = evaluate(
-                searcher, queries, qrels, dataset=name, split=name.split(" · ")[-1], progress=False,
-                on_step=lambda label, fraction: bar.progress(fraction, text=label), baseline=baseline, fuse=fuse or None,
-            )
-        except ValueError as exc:
-            st.error(ui.escape_markdown(str(exc)))
-            st.stop()
-        st.session_state[key] = result.to_dict()
+# Cached per (index directory, generation, model, labelled set): a link to an evaluation already made shows it, and
+# a new baseline or fusion reuses the runs (BM25 and each representation's) of an earlier evaluation of the set.
+prefix = (directory, sha, st.session_state.get("model"), set_key)
+key = prefix + (baseline, tuple(fuse))
+entry = cache.get(key)
+earlier = cache.same_set(prefix)
+pressed = st.button("Run evaluation", type="primary",
+                    help="Ranks every judged query in each representation and with BM25; the runs are kept for this index generation.")
+if entry is None and (pressed or earlier is not None):
+    bar = st.progress(0.0, text="starting")
+    try:
+        result = evaluate(
+            searcher, queries, qrels, dataset=name, split=name.split(" · ")[-1], progress=False,
+            on_step=lambda label, fraction: bar.progress(fraction, text=label), baseline=baseline, fuse=fuse or None,
+            reuse=earlier[0] if earlier is not None else None,
+        )
+    except ValueError as exc:
         bar.empty()
-    report = st.session_state[key]
-else:
+        st.error(ui.escape_markdown(str(exc)))
+        st.stop()
+    entry = (result, result.to_dict())
+    cache.put(key, entry)
+    bar.empty()
+if entry is None:
     st.stop()
+result, report = entry
 
 st.subheader(f"{report['queries_evaluated']} queries evaluated")
 if report["queries_excluded_no_positive"]:
     st.caption(f"{report['queries_excluded_no_positive']} queries without a relevant document were excluded.")
 metrics = pd.DataFrame(report["metrics"]).T[list(METRIC_NAMES)]
 geometry = pd.DataFrame({s: report["geometry"].get(s) or {} for s in metrics.index}).T.reindex(columns=list(GEOMETRY_LABELS))
-st.dataframe(pd.concat([metrics, geometry.rename(columns=GEOMETRY_LABELS)], axis=1).style.format("{:.4f}", na_rep="—"),
+st.dataframe(pd.concat([metrics, geometry.rename(columns=GEOMETRY_LABELS)], axis=1).astype(float).style.format("{:.4f}", na_rep="—"),
              width="stretch")
+st.caption(" ".join([explain.GLOSSARY["ndcg"], explain.GLOSSARY["metrics"], explain.GLOSSARY["bm25"]]))
 st.caption(ui.escape_markdown(GEOMETRY_NOTE))
+if (sentence := explain.most_anisotropic(report["geometry"])) is not None:
+    st.markdown(sentence)
 st.caption(f"Fused (rrf): {', '.join(report['fusion']['of'])}" if report.get("fusion") else "No fusion (choose rankings to fuse above).")
+for sentence in explain.verdicts(report):
+    st.markdown(sentence)
 
 reps = report["representations"]
 pairs = report["pairs"]
 corrected = report["correction"]["applied"]
 if not pairs:
     st.info(f"This index holds one representation (`{reps[0]}`): there is no paired comparison.")
-elif corrected:
-    st.caption(f"{len(pairs)} pairs tested: p-values are also given Holm-corrected over the pairs (per metric).")
+else:
+    st.caption(explain.GLOSSARY["paired"])
+if corrected:
+    st.caption(f"{len(pairs)} pairs tested: p-values are also given Holm-corrected over the pairs (per metric). "
+               + explain.GLOSSARY["holm"])
 for a, b in pairs:
     st.subheader(f"{a} vs {b}, paired over queries")
     sig = pd.DataFrame(
@@ -218,3 +312,4 @@ chosen = left.selectbox("Query to open", range(len(table)), format_func=lambda i
 if rows or right.button("Open in Search"):
     st.session_state["query"] = table.iloc[rows[0] if rows else chosen]["text"]
     st.switch_page("views/search.py")
+downloads(result, report)
