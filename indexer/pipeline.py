@@ -218,8 +218,9 @@ def _ingest(
     bar.update(consumed)
     ticker = _Ticker(bar, report)
     stage = on_stage or (lambda *_: None)
-    stage("reading", bar.n, bar.total)
-    ticker.on_forward = lambda: stage("embedding", bar.n, bar.total)
+    total = bar.total  # counted here, not by the bar, which counts nothing when it is disabled
+    stage("reading", consumed, total)
+    ticker.on_forward = lambda: stage("embedding", consumed, total)
     for batch in _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH, CHARS_PER_BATCH):
         todo, remove = batch, []
         if incremental:  # only new documents and documents whose content changed are embedded
@@ -231,7 +232,7 @@ def _ingest(
             stats["added"] += len(todo) - len(remove)
         kept, chunks, parts, pending = [], [], [], []
         ticker.chunks = staging.next_chunk_id
-        stage("embedding", bar.n, bar.total)
+        stage("embedding", consumed, total)
 
         def encode_pending() -> None:
             if pending:
@@ -269,8 +270,8 @@ def _ingest(
         ticker.chunks = staging.next_chunk_id
         ticker.show(refresh=False)
         if on_progress is not None:
-            on_progress(bar.n, bar.total)
-        stage("embedding", bar.n, bar.total)
+            on_progress(consumed, total)
+        stage("embedding", consumed, total)
     bar.total = bar.n  # the total was an estimate from line or file counts
     bar.refresh()
     return stats

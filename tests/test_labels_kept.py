@@ -150,3 +150,32 @@ def test_other_sources_keep_no_labels(tmp_path, encoder, small_jsonl):
     build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
     manifest = read_manifest(tmp_path / "ix")
     assert "labels" not in manifest and labelled_sets(manifest, tmp_path / "ix") == []
+
+
+# -- the app's Evaluate page on an index whose source folder is gone ------------------------------------------
+
+def evaluate_page(directory):
+    from test_app import app
+
+    return app(directory).switch_page("views/evaluate.py").run()
+
+
+def test_the_evaluate_page_works_after_the_source_folder_is_deleted(built):
+    directory, _ = built
+    at = evaluate_page(directory)
+    assert not at.exception and not at.error
+    assert at.selectbox[0].options == ["beir-src · dev", "beir-src · test"]
+    at.selectbox[0].select("beir-src · test").run()
+    judgements = sum(len(j) for j in QRELS["test"].values())
+    assert f"{len(QUERIES)} queries, {judgements} judgements" in [c.value for c in at.caption]
+    next(b for b in at.button if b.label == "Run evaluation").click().run()
+    assert not at.exception and not at.error and at.dataframe
+
+
+def test_the_evaluate_page_reports_a_corrupted_copy(built):
+    directory, _ = built
+    copy = directory / read_manifest(directory)["generation"] / "labels.queries.jsonl"
+    copy.write_bytes(copy.read_bytes()[:-1])
+    at = evaluate_page(directory)
+    assert not at.exception
+    assert "labels.queries.jsonl is corrupted" in at.error[0].value.replace("\\", "")
