@@ -270,3 +270,32 @@ def test_shown_text_cuts_every_absolute_path_when_paths_are_hidden(address):
     assert ui.shown_text(text, "/srv/ix") == "ix/gen-000001/manifest.json is corrupted; see x.tsv and `python -m indexer repair ix`"
     address("127.0.0.1")
     assert ui.shown_text(text, "/srv/ix") == text
+
+
+# -- in a real browser (the "Done when") ------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.parametrize("app_args", [(), ("--allow-build",)], ids=["default", "allow-build"])
+def test_in_a_browser_building_is_absent_unless_allowed(app_args, tiny_index, tmp_path):
+    from conftest import running_app
+    from test_browser import CHROMIUM_ARGS
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with running_app(tiny_index, tmp_path / "server.log", app_args=app_args) as (url, _), playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/index", wait_until="domcontentloaded")
+            page.get_by_text("Build a new index").wait_for(timeout=90_000)
+            if app_args:
+                page.locator("[data-testid=stFileUploader]").wait_for(timeout=30_000)
+                page.get_by_role("button", name="Build", exact=True).wait_for(timeout=30_000)
+            else:
+                page.get_by_text("Building from the browser is off").wait_for(timeout=30_000)
+                assert page.locator("[data-testid=stFileUploader]").count() == 0
+                assert page.locator("input[type=file]").count() == 0 and page.get_by_role("button", name="Build", exact=True).count() == 0
+        finally:
+            browser.close()

@@ -179,3 +179,11 @@ def test_the_evaluate_page_reports_a_corrupted_copy(built):
     at = evaluate_page(directory)
     assert not at.exception
     assert "labels.queries.jsonl is corrupted" in at.error[0].value.replace("\\", "")
+
+
+def test_the_index_page_says_which_labels_the_index_keeps(built):
+    from test_app import app
+
+    directory, _ = built
+    at = app(directory).switch_page("views/index.py").run()
+    assert at.table[0].value.loc["labelled queries", "value"] == "kept with the index: dev, test"

@@ -19,6 +19,16 @@ from indexer.store import StoreError, read_manifest
 
 st.title("Indexes")
 
+
+def labels_kept(manifest: dict) -> str:
+    """Which labelled queries an index keeps (the splits of its BEIR folder, copied at build time)."""
+    if "labels" in manifest:
+        return f"kept with the index: {', '.join(manifest['labels']['qrels'])}"
+    if manifest.get("source", {}).get("format") == "beir":
+        return "read from the source folder (the index was built before labelled sets were kept)"
+    return "none (not built from a BEIR folder)"
+
+
 indexes = ui.available_indexes()
 if not indexes:
     st.info(f"No index in `{ui.shown_path(ui.index_root())}` yet.")
@@ -44,7 +54,7 @@ for directory in indexes:
                     "documents / chunks": f"{counts.get('documents')} / {counts.get('chunks')}",
                     "created": manifest.get("created_at"),
                     "source": ui.shown_path(source) if source else None,
-                    "labelled queries": ", ".join(manifest.get("labels", {}).get("qrels", {})) or "none kept with the index",
+                    "labelled queries": labels_kept(manifest),
                 }.items(),
                 columns=["", "value"],
             ).set_index("")
