@@ -178,7 +178,7 @@ def labels(directory: str, sha: str, name: str) -> tuple[dict[str, str], dict[st
     searcher = load_searcher(directory, sha, st.session_state.get("model"))
     chosen = next(s for s in labelled_sets(searcher.manifest, searcher.index.directory) if s.name == name)
     queries, qrels, issues = load_labels(chosen.queries, chosen.qrels, searcher.index.doc_ids())
-    return queries, qrels, [str(i) for i in issues]
+    return queries, qrels, [shown_text(str(i), directory) for i in issues]  # each names its file
 
 
 def labelled_sets_of(searcher: Searcher) -> list[LabelledSet]:

@@ -187,3 +187,23 @@ def test_the_index_page_says_which_labels_the_index_keeps(built):
     directory, _ = built
     at = app(directory).switch_page("views/index.py").run()
     assert at.table[0].value.loc["labelled queries", "value"] == "kept with the index: dev, test"
+
+
+@pytest.mark.parametrize("bound, shown", [("127.0.0.1", True), ("0.0.0.0", False)])
+def test_skipped_label_lines_name_their_file_without_its_local_path_on_a_shared_app(bound, shown, tmp_path, encoder):
+    from streamlit import config
+
+    source, _ = beir_folder(tmp_path / "src")
+    with open(source / "qrels" / "test.tsv", "a", encoding="utf-8") as f:
+        f.write("qa\tno-such-doc\t1\n")
+    build_index(source, tmp_path / "ix", encoder, overlap=4, progress=False)
+    before = config.get_option("server.address")
+    config.set_option("server.address", bound)
+    try:
+        at = evaluate_page(tmp_path / "ix")
+        at.selectbox[0].select("src · test").run()
+    finally:
+        config.set_option("server.address", before)
+    skipped = at.text[0].value
+    assert "labels.qrels.test.tsv:5: unknown document id 'no-such-doc'" in skipped
+    assert (str(tmp_path) in skipped) is shown
