@@ -15,12 +15,14 @@ PORT   ?= 8501
 # Loopback only by default. HOST=0.0.0.0 exposes the app to every machine that can reach this one:
 # it has no login, so do that only on a network you trust.
 HOST   ?= 127.0.0.1
+# Extra arguments for the app, e.g. APP_ARGS=--allow-build to let visitors build indexes from uploads.
+APP_ARGS ?=
 
 .PHONY: run demo test fuzz install index clean constraints
 
 # The Streamlit app on the sample index: open http://localhost:$(PORT)
 run: $(INDEX)/CURRENT
-	$(PY) -m streamlit run app/streamlit_app.py --server.address $(HOST) --server.port $(PORT) -- --index $(INDEX)
+	$(PY) -m streamlit run app/streamlit_app.py --server.address $(HOST) --server.port $(PORT) -- --index $(INDEX) $(APP_ARGS)
 
 # The same in a terminal: both rankings for sample queries, then your own
 demo: $(INDEX)/CURRENT

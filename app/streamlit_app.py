@@ -1,4 +1,4 @@
-"""Pooling Lab app: `streamlit run app/streamlit_app.py -- --index DIR [--model M]`.
+"""Pooling Lab app: `streamlit run app/streamlit_app.py -- --index DIR [--model M] [--allow-build]`.
 
 A router only: it settles which index this browser session uses and hands over to the pages.
 """
@@ -21,12 +21,15 @@ parser = argparse.ArgumentParser(prog="streamlit run app/streamlit_app.py --")
 parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index directory to open first")
 parser.add_argument("--indexes", type=Path, default=None, help="folder of indexes to list and build into (default: the index's parent)")
 parser.add_argument("--model", default=None, help="search every index with this model (default: each index's own)")
+parser.add_argument("--allow-build", action="store_true",
+                    help="let visitors build new indexes from uploaded files on the Index page (off by default)")
 args, _ = parser.parse_known_args(sys.argv[1:])
 
 st.set_page_config(page_title="Pooling Lab", page_icon="🔎", layout="wide")
 st.session_state.setdefault("index_dir", str(args.index))
 st.session_state.setdefault("index_root", str(args.indexes or Path(st.session_state["index_dir"]).parent))
 st.session_state.setdefault("model", args.model)
+st.session_state["allow_build"] = args.allow_build  # from the command line on every run: no session can turn it on
 if (problem := ui.index_from_url()) is not None:  # a permalink's ?index=NAME
     st.warning(ui.escape_markdown(problem))  # the name comes from the link: shown literally
 

@@ -22,7 +22,13 @@ from indexer.store import StoreError, is_index, read_manifest, read_pointer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INDEX = ROOT / "indexes" / "sample"
-UPLOAD_LIMIT_MB = 50  # .streamlit/config.toml: server.maxUploadSize
+
+# -- what one build from the browser may take (app/build.py enforces them; the Index page states them) ------
+UPLOAD_LIMIT_MB = 50  # per file; also .streamlit/config.toml's server.maxUploadSize, the server's own cap
+BUILD_MAX_FILES = 200  # files per build
+BUILD_MAX_TOTAL_MB = 100  # all files of one build together
+BUILD_MAX_CONCURRENT = 1  # builds running at once, across every session of this server
+BUILD_MAX_SECONDS = 600  # a build still running after this is stopped (checked after each forward pass)
 
 
 # -- which index --------------------------------------------------------------------------------------
@@ -126,6 +132,21 @@ def shown_path(path: str | Path) -> str:
     return str(path) if paths_shown() else Path(path).name
 
 
+#: An absolute path in a message (up to a space, quote or backquote): shown as its last part on a shared app.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/`'\"]+/)*([^\s/`'\"]+)")
+
+
+def shown_text(text: str, *paths: str | Path) -> str:
+    """A message (e.g. a StoreError's) as visitors may see it: on a shared app, each of `paths` (and what lies
+    below it) starts from its last part, and any other absolute path is cut to its last part."""
+    if paths_shown():
+        return text
+    known = {str(p): Path(p).name for path in paths for p in (Path(path), Path(path).resolve())}
+    for full in sorted(known, key=len, reverse=True):
+        text = text.replace(full, known[full])
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
 # -- cached resources ------------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -151,14 +172,15 @@ def searcher_or_stop() -> Searcher:
     directory = index_dir()
     if not is_index(directory):
         st.error(
-            f"No index at `{directory}`. Build one on the **Index** page, or from a terminal: "
-            f"`python -m indexer build SOURCE --index {directory}`"
+            f"No index at `{shown_path(directory)}`. Build one on the **Index** page, or from a terminal: "
+            f"`python -m indexer build SOURCE --index {shown_path(directory)}`"
         )
         st.stop()
     try:
         return load_searcher(str(directory.resolve()), manifest_sha(directory), st.session_state.get("model"))
     except (StoreError, ModelError, ValueError, OSError) as exc:
-        st.error(f"Cannot open the index `{directory}`: {escape_markdown(str(exc))}")  # a manifest's text is not Markdown
+        # a manifest's text is not Markdown
+        st.error(f"Cannot open the index `{shown_path(directory)}`: {escape_markdown(shown_text(str(exc), directory))}")
         st.stop()
 
 
@@ -166,13 +188,19 @@ def searcher_or_stop() -> Searcher:
 def labels(directory: str, sha: str, name: str) -> tuple[dict[str, str], dict[str, dict[str, int]], list[str]]:
     """Queries, judgements and skipped-line messages of one labelled set of an index."""
     searcher = load_searcher(directory, sha, st.session_state.get("model"))
-    chosen = next(s for s in labelled_sets(searcher.manifest) if s.name == name)
+    chosen = next(s for s in labelled_sets(searcher.manifest, searcher.index.directory) if s.name == name)
     queries, qrels, issues = load_labels(chosen.queries, chosen.qrels, searcher.index.doc_ids())
-    return queries, qrels, [str(i) for i in issues]
+    return queries, qrels, [shown_text(str(i), directory) for i in issues]  # each names its file
 
 
 def labelled_sets_of(searcher: Searcher) -> list[LabelledSet]:
-    return labelled_sets(searcher.manifest)
+    """The index's labelled sets (the copy kept with it, checked); a message and none when that copy is damaged."""
+    try:
+        return labelled_sets(searcher.manifest, searcher.index.directory)
+    except StoreError as exc:
+        st.error(f"The labelled queries kept with this index cannot be used: "
+                 f"{escape_markdown(shown_text(str(exc), searcher.index.directory))}")
+        return []
 
 
 def judgements_for(searcher: Searcher, query: str) -> tuple[str, dict[str, int]] | None:

@@ -19,7 +19,7 @@ from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS
 from .encoder import Encoder, ModelError
 from .evaluation import (
     GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
-    fusion_line, load_labels, pair_name, write_artifacts,
+    fusion_line, labelled_sets, load_labels, pair_name, write_artifacts,
 )
 from .explore import describe_transform
 from .files import unwritable_dir
@@ -322,12 +322,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(format_summary(summary), file=sys.stderr)
         searcher = Searcher(index, encoder, representations=encoder.representations)  # a reused index may hold more
     else:
-        if args.index is None or args.queries is None or args.qrels is None:
-            raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE")
-        queries_file, qrels_file = args.queries, args.qrels
-        name = Path(args.queries).resolve().parent.name
+        kept = args.queries is None and args.qrels is None  # the labelled set kept with the index
+        if args.index is None or (not kept and (args.queries is None or args.qrels is None)) or (kept and not is_index(args.index)):
+            raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE "
+                              "(or --index alone, for an index built from a BEIR folder: the labelled set kept with it)")
         # the representations asked for, each of which the index must serve (default: all it serves)
         searcher = Searcher(args.index, representations=args.representations and parse_representations(args.representations))
+        if kept:
+            queries_file, qrels_file, name = _kept_labels(searcher, args.split)
+        else:
+            queries_file, qrels_file = args.queries, args.qrels
+            name = Path(args.queries).resolve().parent.name
         check_choices(searcher.representations, baseline=args.baseline, fuse=args.fuse)
         out_dir, out_problem = _evaluation_out(args, args.index, name)
     queries, qrels, issues = load_labels(queries_file, qrels_file, searcher.index.doc_ids())
@@ -350,6 +355,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{'warning' if args.json else 'error'}: the reports were not written ({failed})", file=sys.stderr)
         return 0 if args.json else EXIT_USAGE
     return 0
+
+
+def _kept_labels(searcher: Searcher, split: str) -> tuple[Path, Path, str]:
+    """(queries file, qrels file, dataset name) of a split of the labelled set an index keeps."""
+    sets = labelled_sets(searcher.manifest, searcher.index.directory)
+    chosen = next((s for s in sets if s.split == split), None)
+    if chosen is None:
+        found = ", ".join(s.split for s in sets)
+        raise SourceError(f"{searcher.index.directory} keeps no labelled queries of split {split!r}"
+                          + (f" (splits kept: {found})" if found else " (it was not built from a BEIR folder)")
+                          + "; pass --queries FILE and --qrels FILE")
+    return chosen.queries, chosen.qrels, chosen.dataset
 
 
 def _evaluation_out(args: argparse.Namespace, index: Path, name: str) -> tuple[Path, str | None]:
@@ -617,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="retrieval quality of each representation (and BM25, optional RRF) on labelled queries")
     e.add_argument("--beir", type=Path, default=None, help="BEIR dataset folder: its corpus is indexed (or a matching index reused)")
-    e.add_argument("--index", type=Path, default=None, help="index directory (with --beir: where to build it; default a cache folder)")
+    e.add_argument("--index", type=Path, default=None, help="index directory (with --beir: where to build it; default a cache folder; "
+                   "alone: evaluated on the labelled set kept with it)")
     e.add_argument("--split", default="test", help="qrels split of a BEIR dataset (default test)")
     e.add_argument("--queries", type=Path, default=None, help="queries.jsonl, for an existing --index")
     e.add_argument("--qrels", type=Path, default=None, help="qrels TSV (query-id, corpus-id, score), for an existing --index")

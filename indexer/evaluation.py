@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .explore import geometry
 from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
 from .search import query_problem
+from .store import kept_labels
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
@@ -565,10 +566,20 @@ class LabelledSet:
     name: str
     queries: Path
     qrels: Path
+    dataset: str = ""
+    split: str = ""
 
 
-def labelled_sets(manifest: Mapping) -> list[LabelledSet]:
-    """The labelled query sets of the BEIR dataset an index was built from (none for other sources)."""
+def labelled_sets(manifest: Mapping, directory: str | Path | None = None) -> list[LabelledSet]:
+    """The labelled query sets of the BEIR dataset an index was built from (none for other sources).
+
+    An index keeps a copy of them (store.kept_labels): read from index `directory`, checked against the
+    manifest (StoreError if damaged), so a moved or deleted source folder changes nothing. Indexes built
+    before copies were kept, or a call without `directory`, read the source folder named in the manifest.
+    """
+    if directory is not None and manifest.get("labels") is not None:
+        kept = kept_labels(Path(directory) / manifest["generation"], manifest)
+        return [LabelledSet(f"{kept.name} · {split}", kept.queries, path, kept.name, split) for split, path in kept.qrels.items()]
     source = manifest.get("source", {})
     if source.get("format") != "beir":
         return []
@@ -578,7 +589,8 @@ def labelled_sets(manifest: Mapping) -> list[LabelledSet]:
         return []
     if dataset.queries is None:
         return []
-    return [LabelledSet(f"{dataset.root.name} · {split}", dataset.queries, path) for split, path in dataset.qrels.items()]
+    return [LabelledSet(f"{dataset.root.name} · {split}", dataset.queries, path, dataset.root.name, split)
+            for split, path in dataset.qrels.items()]
 
 
 def load_labels(queries_file: str | Path, qrels_file: str | Path, doc_ids: Container[str]) -> tuple[dict[str, str], Qrels, list[LoadIssue]]:

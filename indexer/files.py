@@ -42,6 +42,18 @@ def atomic_write_bytes(path: str | Path, data) -> None:
     fsync_dir(path.parent)
 
 
+def copy_file(source: str | Path, target: str | Path) -> None:
+    """Copy a regular file's bytes (in blocks) and fsync the copy; OSError if `source` is not a regular file."""
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is not a regular file")
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while block := src.read(_BLOCK):
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
 def unwritable_dir(path: str | Path) -> str | None:
     """Why files cannot be created in folder `path` (one line naming it), or None; nothing is created.
 

@@ -19,8 +19,8 @@ from .staging import (
 )
 from .config import parse_representation, parse_representations, poolings_of
 from .store import (
-    CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, load_faiss, load_manifest, load_transforms, open_generation,
-    read_pointer, read_vectors, repair_hint, stored_dims, verified_file,
+    CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, kept_labels, load_faiss, load_manifest, load_transforms,
+    open_generation, read_pointer, read_vectors, repair_hint, stored_dims, verified_file,
 )
 from .transforms import TransformError, check_dimensions
 from .vector_index import IndexSpec
@@ -62,6 +62,10 @@ def verify_generation(gen_dir: Path, manifest: dict) -> list[str]:
     except StoreError as exc:
         problems.append(str(exc))
         fitted = None
+    try:
+        kept_labels(gen_dir, manifest)
+    except StoreError as exc:
+        problems.append(str(exc))
     try:
         verified_file(gen_dir, METADATA, files)
     except StoreError as exc:
@@ -267,6 +271,14 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
                 raise StoreError(f"cannot {op} {directory}: {exc}; `python -m indexer repair {directory}` fits it again") from exc
             fixed = {}
             note += f"; transforms fitted again, as one could not be read ({exc})"
+    try:
+        labels = kept_labels(gen_dir, manifest)
+    except StoreError as exc:
+        if op != "repair":
+            raise StoreError(f"cannot {op} {directory}: {exc}; `python -m indexer repair {directory}` publishes it without "
+                             "its damaged labelled set") from exc
+        labels = None
+        note += f"; its labelled set was damaged and is no longer kept ({exc}): evaluation reads the source folder again"
     staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict(), "representations": wanted},
                       base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
     base = manifest_base(manifest)
@@ -277,5 +289,5 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
     if op == "refit":
         update["representations"] = wanted
     base["updates"] = list(base.get("updates", [])) + [update]
-    generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed)
+    generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed, labels=labels)
     return Repaired(generation, True, note)

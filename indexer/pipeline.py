@@ -24,7 +24,9 @@ from . import __version__
 from .chunking import chunk_document, first_slice
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
-from .loaders import Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents
+from .loaders import (
+    Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents, open_beir,
+)
 from .text import lone_surrogate
 from .files import sha256_file
 from .compat import compatibility_problems
@@ -33,7 +35,8 @@ from .staging import (
 )
 from .vector_index import IndexSpec
 from .store import (
-    CURRENT, GENERATION, METADATA, StoreError, content_sha256, is_index, load_transforms, read_manifest, verified_file,
+    CURRENT, GENERATION, METADATA, SPLIT_NAME, LabelFiles, StoreError, content_sha256, is_index, kept_labels,
+    load_transforms, read_manifest, verified_file,
 )
 
 log = logging.getLogger("indexer.pipeline")
@@ -52,6 +55,13 @@ CHUNKS_PER_ENCODE = 2048
 
 class BuildError(Exception):
     """A build that produced nothing to publish (every record was skipped)."""
+
+
+#: `on_stage(stage, documents_done, estimated_total)`: which step a build or update is at, for a progress display.
+#: Stages: "reading" (once, at the start), "embedding" (before each batch, after each forward pass of the model and
+#: after each committed batch) and "publishing" (once, before the new generation is written). An exception raised
+#: by the callback stops the work there, as any failure would: nothing is published.
+StageCallback = Callable[[str, int, "int | None"], None]
 
 
 @dataclass
@@ -157,6 +167,7 @@ class _Ticker:
         self.bar, self.report = bar, report
         self.chunks = self.tokens = 0
         self._shown = time.monotonic()
+        self.on_forward: Callable[[], None] = lambda: None  # after each forward pass of the model
 
     def show(self, *, refresh: bool) -> None:
         self.bar.set_postfix(chunks=self.chunks, tokens=self.tokens, skipped=self.report.skipped, refresh=refresh)
@@ -168,6 +179,7 @@ class _Ticker:
         self.show(refresh=due)
         if due:
             self._shown = time.monotonic()
+        self.on_forward()
 
 
 def _check_target(index_dir: Path) -> None:
@@ -194,6 +206,7 @@ def _ingest(
     *,
     incremental: bool,
     on_progress: Callable[[int, int | None], None] | None,
+    on_stage: StageCallback | None = None,
 ) -> dict[str, int]:
     """Chunk, embed and stage documents batch by batch; each batch commits with the count of records consumed.
 
@@ -204,6 +217,10 @@ def _ingest(
     consumed = staging.consumed
     bar.update(consumed)
     ticker = _Ticker(bar, report)
+    stage = on_stage or (lambda *_: None)
+    total = bar.total  # counted here, not by the bar, which counts nothing when it is disabled
+    stage("reading", consumed, total)
+    ticker.on_forward = lambda: stage("embedding", consumed, total)
     for batch in _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH, CHARS_PER_BATCH):
         todo, remove = batch, []
         if incremental:  # only new documents and documents whose content changed are embedded
@@ -215,6 +232,7 @@ def _ingest(
             stats["added"] += len(todo) - len(remove)
         kept, chunks, parts, pending = [], [], [], []
         ticker.chunks = staging.next_chunk_id
+        stage("embedding", consumed, total)
 
         def encode_pending() -> None:
             if pending:
@@ -252,7 +270,8 @@ def _ingest(
         ticker.chunks = staging.next_chunk_id
         ticker.show(refresh=False)
         if on_progress is not None:
-            on_progress(bar.n, bar.total)
+            on_progress(consumed, total)
+        stage("embedding", consumed, total)
     bar.total = bar.n  # the total was an estimate from line or file counts
     bar.refresh()
     return stats
@@ -268,6 +287,21 @@ def _text_paths(**paths: Path) -> None:
             code = ord(text[at])  # surrogateescape maps an undecodable byte b to U+DC00 + b
             shown = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
             raise SourceError(f"the {what} path {text!r} is not valid UTF-8 ({shown} at character {at}); rename it")
+
+
+def beir_labels(source: Path) -> LabelFiles | None:
+    """The labelled set of a BEIR folder (queries.jsonl and each qrels/SPLIT.tsv), kept with the index it builds;
+    None when it has no queries or no judgements."""
+    dataset = open_beir(source)
+    splits = {}
+    for split, path in dataset.qrels.items():
+        if not SPLIT_NAME.fullmatch(split) or not path.is_file():
+            log.warning("%s is not kept with the index: split names use letters, digits, '_' and '-', and it must be a file", path)
+            continue
+        splits[split] = path
+    if dataset.queries is None or not splits:
+        return None
+    return LabelFiles(dataset.root.resolve().name, dataset.queries, splits)
 
 
 def _load_source(source: Path, format: str, **columns) -> tuple[str, LoadReport, Iterator[Document]]:
@@ -289,13 +323,15 @@ def build_index(
     text_column: str = "text",
     progress: bool = True,
     on_progress: Callable[[int, int | None], None] | None = None,
+    on_stage: StageCallback | None = None,
     vector_index: IndexSpec | None = None,
 ) -> BuildSummary:
     """Index every readable document of `source` into `index_dir`; bad records are reported and skipped.
 
     Nothing is published unless the whole build succeeds; an existing index stays until then.
     A build that was killed resumes where it stopped when called again with the same arguments.
-    `on_progress(documents_done, estimated_total)` is called after every batch (the app's bar).
+    `on_progress(documents_done, estimated_total)` is called after every batch; `on_stage` names the step too
+    (see StageCallback: the app's bar).
     `vector_index` chooses exact (`flat`, the default) or approximate (`hnsw`) FAISS indexes.
     """
     source, index_dir = Path(source), Path(index_dir).resolve()
@@ -344,11 +380,14 @@ def build_index(
         with logging_redirect_tqdm(), tqdm(
             total=estimate_documents(source, fmt), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, documents, encoder, chunking.overlap, report, bar, incremental=False, on_progress=on_progress)
+            stats = _ingest(staging, documents, encoder, chunking.overlap, report, bar, incremental=False,
+                            on_progress=on_progress, on_stage=on_stage)
         docs, chunks = staging.counts()
         if docs == 0:
             staging.remove()
             raise BuildError(f"no document could be indexed from {source} ({report.skipped} records skipped); nothing was written")
+        if on_stage is not None:
+            on_stage("publishing", docs, docs)
         seconds = time.perf_counter() - started
         manifest = {
             "indexer_version": __version__,
@@ -364,7 +403,8 @@ def build_index(
                       "command_sha256": command_sha},
             "updates": [],
         }
-        generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations)
+        generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations,
+                             labels=beir_labels(source) if fmt == "beir" else None)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=docs)
 
@@ -407,6 +447,7 @@ def add_documents(
         overlap = manifest["chunking"]["overlap"]
         dims = manifest_dims(manifest)
         fixed = load_transforms(gen_dir, manifest)  # checked before any work
+        labels = kept_labels(gen_dir, manifest)
         signature = {
             "op": "add", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
             "columns": columns, "base": manifest["generation"],
@@ -426,7 +467,7 @@ def add_documents(
         }]
         # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again)
         generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
-                             fixed=fixed)
+                             fixed=fixed, labels=labels)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])
@@ -465,6 +506,7 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
             return DeleteSummary(index_dir, [], wanted, manifest["counts"]["documents"], manifest["generation"])
         dims = manifest_dims(manifest)
         fixed = load_transforms(gen_dir, manifest)  # checked before any work
+        labels = kept_labels(gen_dir, manifest)
         signature = {"op": "delete", "ids": wanted, "base": manifest["generation"]}
         staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
         present = set(staging.content_hashes(wanted))
@@ -475,5 +517,5 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         }]
         docs, _ = staging.counts()
         generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
-                             fixed=fixed)
+                             fixed=fixed, labels=labels)
     return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

@@ -31,9 +31,9 @@ import numpy as np
 
 from . import transforms, vector_index
 from .config import parse_representation
-from .files import atomic_write_bytes, fsync_dir, sha256_file
+from .files import atomic_write_bytes, copy_file, fsync_dir, sha256_file
 from .store import (
-    CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, StoreError, content_sha256, faiss_file,
+    CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, LabelFiles, StoreError, content_sha256, faiss_file,
     is_index, open_generation, read_pointer, read_vectors, stored_dims, transform_file,
 )
 from .transforms import Transform
@@ -395,6 +395,7 @@ def publish(
     *,
     representations: Sequence[str] | None = None,
     fixed: Mapping[str, Transform] | None = None,
+    labels: LabelFiles | None = None,
 ) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
 
@@ -402,6 +403,8 @@ def publish(
     to build from them (default: the poolings themselves). A representation with a transform uses
     its transform from `fixed` (kept from the previous generation: add, delete, repair) or has it
     fitted now on every stored vector of its pooling (build, refit).
+    `labels` is the labelled set the generation keeps (copied in and checksummed like every file): a BEIR
+    folder's at build time, the previous generation's (store.kept_labels) afterwards; None keeps none.
     A write error (full disk, permissions) before CURRENT is replaced leaves the previous
     generation published and untouched.
     """
@@ -457,12 +460,18 @@ def publish(
                             "index_type": f"{spec.type}-ip", "build_seconds": round(seconds, 3)} | entry
             del ids, stored
         crash_point("faiss-written")
+        for name, source in (labels.kept_files() if labels else {}).items():
+            copy_file(source, tmp / name)
+            written.append(name)
         staging.export(tmp / METADATA)
         crash_point("metadata-written")
         for name in written + [METADATA]:
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
         docs, chunks = staging.counts()
         full = dict(manifest)
+        full.pop("labels", None)
+        if labels is not None:
+            full["labels"] = labels.record()
         full.update(
             format_version=FORMAT_VERSION,
             generation=generation,

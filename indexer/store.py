@@ -10,6 +10,9 @@ Layout of an index directory DIR:
         mean+whiten.faiss
         mean+whiten.transform.safetensors   a fitted transform (mean vector, matrix), no pickle
         metadata.sqlite      documents, chunks and their vectors, one per chunk and pooling
+        labels.queries.jsonl     an index built from a BEIR folder keeps its labelled set: the queries
+        labels.qrels.test.tsv    and each split's judgements, copied at build time and carried by every
+                                 later generation, so evaluation needs no source folder (see LabelFiles)
     DIR/writer.lock          held (flock) by the one writer at a time
     DIR/staging/             the writer's crash-safe working copy (see staging.py)
 
@@ -73,6 +76,35 @@ CREATE TABLE vectors (             -- float32 bytes; the FAISS files are rebuilt
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+#: The files of a labelled set kept in a generation (the manifest's "labels" record names them).
+LABELS_QUERIES = "labels.queries.jsonl"
+#: A split's name, as it appears in a kept qrels file's name: one plain component.
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
+def labels_qrels_file(split: str) -> str:
+    """File of a kept split's judgements (`test` -> `labels.qrels.test.tsv`)."""
+    return f"labels.qrels.{split}.tsv"
+
+
+@dataclass(frozen=True)
+class LabelFiles:
+    """A labelled set: the dataset's name, its queries file and each split's qrels file (in a BEIR folder at
+    build time, in a generation afterwards)."""
+
+    name: str
+    queries: Path
+    qrels: dict[str, Path]
+
+    def record(self) -> dict:
+        """The manifest's "labels" record of this set once kept in a generation."""
+        return {"name": self.name, "queries": LABELS_QUERIES, "qrels": {s: labels_qrels_file(s) for s in self.qrels}}
+
+    def kept_files(self) -> dict[str, Path]:
+        """{file name in a generation: where it is copied from}."""
+        return {LABELS_QUERIES: self.queries} | {labels_qrels_file(s): p for s, p in self.qrels.items()}
 
 
 class StoreError(Exception):
@@ -239,6 +271,22 @@ def _check_names(path: Path, manifest: dict) -> None:
     for name in manifest["files"]:
         if not _PLAIN_FILE.fullmatch(name):
             raise StoreError(f"{path}: file name {name!r} is not a plain file name inside the generation")
+    _check_labels(path, manifest)
+
+
+def _check_labels(path: Path, manifest: dict) -> None:
+    """Refuse a "labels" record that names files other than the kept labelled set's, or files without a checksum."""
+    record = manifest.get("labels")
+    if record is None:
+        return
+    qrels = record.get("qrels") if isinstance(record, dict) else None
+    if (not isinstance(record.get("name") if isinstance(record, dict) else None, str) or not isinstance(qrels, dict)
+            or not all(isinstance(s, str) and SPLIT_NAME.fullmatch(s) for s in qrels)
+            or record != LabelFiles(record["name"], Path(), dict.fromkeys(qrels, Path())).record()):
+        raise StoreError(f"{path}: 'labels' must name the dataset, {LABELS_QUERIES} and one labels.qrels.SPLIT.tsv per split")
+    for name in [LABELS_QUERIES, *qrels.values()]:
+        if name not in manifest["files"]:
+            raise StoreError(f"{path} has no checksum for {name}, a file of its labelled set")
 
 
 def open_generation(directory: str | Path) -> tuple[Path, dict]:
@@ -255,6 +303,17 @@ def open_generation(directory: str | Path) -> tuple[Path, dict]:
 def read_manifest(directory: str | Path) -> dict:
     """The published generation's manifest, checked against CURRENT."""
     return open_generation(directory)[1]
+
+
+def kept_labels(gen_dir: Path, manifest: Mapping) -> LabelFiles | None:
+    """The labelled set a generation keeps, each file checked against the manifest (StoreError if one is damaged);
+    None when it keeps none (built from another kind of source, or before labelled sets were kept)."""
+    record = manifest.get("labels")
+    if record is None:
+        return None
+    for name in [record["queries"], *record["qrels"].values()]:
+        verified_file(gen_dir, name, manifest["files"])
+    return LabelFiles(record["name"], gen_dir / record["queries"], {s: gen_dir / f for s, f in record["qrels"].items()})
 
 
 def verified_bytes(gen_dir: Path, name: str, files: Mapping) -> bytes:

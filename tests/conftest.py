@@ -70,10 +70,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1"):
+def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1", app_args: tuple[str, ...] = ()):
     """`streamlit run` of the app on `index_dir` and a free port; yields (URL, port) once its health check answers.
 
-    `address=None` leaves the listening address to the project's .streamlit/config.toml.
+    `address=None` leaves the listening address to the project's .streamlit/config.toml; `app_args` go to the
+    app's own arguments (e.g. `--allow-build`).
     """
     import subprocess
     import sys
@@ -83,7 +84,7 @@ def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1"
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.headless", "true",
            *(["--server.address", address] if address else []), "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--", "--index", str(index_dir)]
+           "--browser.gatherUsageStats", "false", "--", "--index", str(index_dir), *app_args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     url = f"http://127.0.0.1:{port}"

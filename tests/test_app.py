@@ -158,7 +158,8 @@ def test_explore_page_shows_geometry_and_maps(sample_index):
     assert len(at.get("vega_lite_chart")) == 2 * len(shown)  # a histogram and a map per representation
 
 
-def test_index_page_lists_indexes_and_builds_from_uploads(tiny_index, tiny_bert, tmp_path):
+def test_index_page_lists_indexes_and_builds_from_uploads(tiny_index, tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["streamlit_app.py", "--allow-build"])  # building is off without it
     at = app(tiny_index, index_root=str(tmp_path), model=None)
     at.switch_page("views/index.py").run()
     assert not at.exception
@@ -407,7 +408,8 @@ def test_index_page_describes_each_representation_and_its_transform(five_index):
     )
 
 
-def test_build_form_offers_every_pooling_and_explains_a_bad_transformed_name(tiny_index, tmp_path):
+def test_build_form_offers_every_pooling_and_explains_a_bad_transformed_name(tiny_index, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["streamlit_app.py", "--allow-build"])  # building is off without it
     at = app(tiny_index, index_root=str(tmp_path))
     at.switch_page("views/index.py").run()
     assert at.multiselect[0].options == list(POOLINGS) and at.multiselect[0].value == list(DEFAULT_REPRESENTATIONS)

@@ -1,35 +1,47 @@
-"""Index: the available indexes with their manifests, and building a new one from uploaded files."""
+"""Index: the available indexes with their manifests, and building a new one from uploaded files.
 
-import re
-import tempfile
+Building is offered only when the app was started with `--allow-build` (the router sets it on every run).
+"""
+
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app import ui
+from app import build, ui
 from indexer import vector_index
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations, poolings_of
 from indexer.encoder import ModelError
 from indexer.explore import describe_representations
 from indexer.loaders import SourceError
-from indexer.pipeline import BuildError, build_index
+from indexer.pipeline import BuildError
 from indexer.store import StoreError, read_manifest
 
 st.title("Indexes")
 
+
+def labels_kept(manifest: dict) -> str:
+    """Which labelled queries an index keeps (the splits of its BEIR folder, copied at build time)."""
+    if "labels" in manifest:
+        return f"kept with the index: {', '.join(manifest['labels']['qrels'])}"
+    if manifest.get("source", {}).get("format") == "beir":
+        return "read from the source folder (the index was built before labelled sets were kept)"
+    return "none (not built from a BEIR folder)"
+
+
 indexes = ui.available_indexes()
 if not indexes:
-    st.info(f"No index in `{ui.index_root()}` yet: build one below.")
+    st.info(f"No index in `{ui.shown_path(ui.index_root())}` yet.")
 for directory in indexes:
     try:
         manifest = read_manifest(directory)
     except StoreError as exc:
-        st.warning(f"`{directory}`: {ui.escape_markdown(str(exc))}")
+        st.warning(f"`{ui.shown_path(directory)}`: {ui.escape_markdown(ui.shown_text(str(exc), directory))}")
         continue
     model, counts, pooler = manifest.get("model", {}), manifest.get("counts", {}), manifest.get("pooler_check", {})
     current = directory.resolve() == ui.index_dir().resolve()
     with st.expander(f"{'● ' if current else ''}{directory.name} — {counts.get('documents')} documents, {model.get('name')}", expanded=current):
+        source = manifest.get("source", {}).get("path")
         st.table(
             pd.DataFrame(
                 {
@@ -41,7 +53,8 @@ for directory in indexes:
                     "vector index": vector_index.describe(manifest.get("vector_index")),
                     "documents / chunks": f"{counts.get('documents')} / {counts.get('chunks')}",
                     "created": manifest.get("created_at"),
-                    "source": manifest.get("source", {}).get("path"),
+                    "source": ui.shown_path(source) if source else None,
+                    "labelled queries": labels_kept(manifest),
                 }.items(),
                 columns=["", "value"],
             ).set_index("")
@@ -55,14 +68,34 @@ for directory in indexes:
             st.rerun()
 
 st.header("Build a new index")
+if not st.session_state.get("allow_build"):
+    st.info(
+        "Building from the browser is off. Start the app with `make run APP_ARGS=--allow-build` "
+        "(or `streamlit run app/streamlit_app.py -- --allow-build`) to turn it on; then anyone who can open this "
+        "page can add indexes (never replace one). From a terminal: `python -m indexer build SOURCE --index DIR`."
+    )
+    st.stop()
+
+if (built := st.session_state.pop("_built", None)) is not None:  # kept across the rerun that switched to it
+    st.session_state["build_name"] = build.free_name(ui.index_root(), built["name"])  # that name is taken now
+    st.success(built["message"])
+    if built["skipped"]:
+        st.warning(f"{len(built['skipped'])} files or records were skipped:")
+        st.dataframe(pd.DataFrame(built["skipped"]), hide_index=True)
+    st.page_link("views/search.py", label="Search the new index", icon=":material/search:")
+
 st.caption(
-    f"Upload text, Markdown or HTML files (indexed as a folder), or one JSONL / CSV / TSV file. "
-    f"Up to {ui.UPLOAD_LIMIT_MB} MB per file. Files that cannot be read are listed and skipped."
+    f"Upload text, Markdown or HTML files (indexed as a folder), or one JSONL / CSV / TSV file; files that cannot be "
+    f"read are listed and skipped. Limits: {ui.BUILD_MAX_FILES} files, {ui.UPLOAD_LIMIT_MB} MB per file and "
+    f"{ui.BUILD_MAX_TOTAL_MB} MB in all, {ui.BUILD_MAX_SECONDS // 60} minutes of building, and "
+    f"{ui.BUILD_MAX_CONCURRENT} build at a time on this server. A new index needs a new name: the app never replaces one."
 )
 uploads = st.file_uploader(
-    "Documents", accept_multiple_files=True, type=["txt", "md", "markdown", "html", "htm", "jsonl", "csv", "tsv"]
+    "Documents", accept_multiple_files=True, type=["txt", "md", "markdown", "html", "htm", "jsonl", "csv", "tsv"],
+    max_upload_size=ui.UPLOAD_LIMIT_MB,
 )
-name = st.text_input("Index name", value="my-documents")
+st.session_state.setdefault("build_name", "my-documents")
+name = st.text_input("Index name", key="build_name")
 poolings = st.multiselect("Poolings", POOLINGS, default=DEFAULT_REPRESENTATIONS)
 transformed = st.text_input(
     "Transformed representations (optional, comma-separated)", key="transformed",
@@ -73,42 +106,29 @@ try:
 except ValueError as exc:
     representations = None
     st.error(ui.escape_markdown(str(exc)))  # the message quotes what was typed: shown literally
-replace = st.checkbox("Replace an index of the same name", value=False)
 
-if st.button("Build", type="primary", disabled=not uploads or representations is None):
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        st.error("Index names use letters, digits, '.', '_' and '-' (up to 64 characters).")
-        st.stop()
-    records = [u for u in uploads if Path(u.name).suffix.lower() in (".jsonl", ".csv", ".tsv")]
-    if records and len(uploads) > 1:
-        st.error("Upload either one JSONL / CSV / TSV file, or any number of text, Markdown and HTML files — not both.")
-        st.stop()
-    target = ui.index_root() / name
-    if target.exists() and not replace:
-        st.error(f"An index named `{name}` already exists; choose another name or tick “Replace”.")
-        st.stop()
-    bar = st.progress(0.0, text="loading the model")
+problem = build.upload_problem(uploads or []) or build.name_problem(ui.index_root(), name)
+if problem is not None:
+    st.error(ui.escape_markdown(problem))  # names come from the uploads and the name field: shown literally
+
+if st.button("Build", type="primary", disabled=not uploads or representations is None or problem is not None):
+    root = ui.index_root()
+    bar = st.progress(0.0, text="starting")
     try:
-        with tempfile.TemporaryDirectory(prefix="pooling-lab-upload-") as tmp:
-            for upload in uploads:
-                (Path(tmp) / Path(upload.name).name).write_bytes(upload.getvalue())
-            source = Path(tmp) / Path(uploads[0].name).name if records else Path(tmp)
-            encoder = ui.load_encoder(st.session_state.get("model"), representations, None)
-            summary = build_index(
-                source, target, encoder, overwrite=True, progress=False,
-                on_progress=lambda done, total: bar.progress(min(done / total, 1.0) if total else 0.5, text=f"{done} documents"),
-            )
-    except (SourceError, StoreError, ModelError, BuildError, ValueError) as exc:
-        bar.empty()
-        st.error(ui.escape_markdown(str(exc)))
-        st.stop()
-    bar.empty()
-    st.success(f"Indexed {summary.documents} documents into {summary.chunks} chunks in {summary.seconds:.1f} s: `{target}`")
-    if summary.issues:
-        st.warning(f"{summary.skipped} files or records were skipped:")
-        st.dataframe(
-            pd.DataFrame([{"file": Path(i.path).name, "line": i.line, "reason": i.reason} for i in summary.issues]),
-            hide_index=True,
+        summary = build.build(
+            uploads, root, name, lambda: ui.load_encoder(st.session_state.get("model"), representations, None),
+            lambda *args: bar.progress(*build.stage_text(*args)),
         )
-    st.session_state["index_dir"] = str(target)
-    st.page_link("views/search.py", label="Search the new index", icon=":material/search:")
+    except (build.Refused, build.TimeLimit, SourceError, StoreError, ModelError, BuildError, ValueError, OSError) as exc:
+        bar.empty()
+        st.error(ui.escape_markdown(ui.shown_text(str(exc), root)))  # may quote an upload's name: shown literally
+        st.stop()
+    st.session_state["_built"] = {
+        "name": name,
+        "message": f"Indexed {summary.documents} documents into {summary.chunks} chunks in {summary.seconds:.1f} s: "
+                   f"`{ui.shown_path(root / name)}`",
+        "skipped": [{"file": Path(i.path).name, "line": i.line, "reason": ui.shown_text(i.reason)} for i in summary.issues],
+    }
+    st.session_state["index_dir"] = str(root / name)
+    ui.write_url({})  # the address names the new index, so a reload stays on it
+    st.rerun()  # the sidebar and the list switch to the new index
