@@ -61,50 +61,21 @@ def build_random(directory: Path, encoder, n: int, seed: int = 0) -> Path:
     return directory
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1", app_args: tuple[str, ...] = ()):
-    """`streamlit run` of the app on `index_dir` and a free port; yields (URL, port) once its health check answers.
+    """`streamlit run` of the app on `index_dir` and a free port (app.serve.serving); yields (URL, port) once its
+    health check answers, and fails the test with the server's log when it does not start.
 
     `address=None` leaves the listening address to the project's .streamlit/config.toml; `app_args` go to the
     app's own arguments (e.g. `--allow-build`).
     """
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from app.serve import ServeError, serving
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.headless", "true",
-           *(["--server.address", address] if address else []), "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--", "--index", str(index_dir), *app_args]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:  # wait for the server's own health signal
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"streamlit did not start:\n{log.read_text(errors='replace')}")
-                time.sleep(0.2)
-        yield url, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with serving(index_dir, log, address=address, app_args=app_args) as (url, port):
+            yield url, port
+    except ServeError as exc:
+        pytest.fail(str(exc))
 
 
 def make_tiny_bert(directory: Path, *, seed: int = 0, with_pooler: bool = True) -> Path:
@@ -206,3 +177,59 @@ def small_jsonl(tmp_path) -> Path:
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# -- small indexes the app's tests share (one per test module that asks) ------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory, tiny_bert):
+    """Documents whose text tries Markdown, HTML and LaTeX: the page must show it literally."""
+    from indexer.encoder import Encoder
+    from indexer.pipeline import build_index
+
+    src = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    rows = [
+        {"_id": "evil", "title": "<b>bold</b>", "text": "the bees <script>alert(1)</script> [link](http://x) **honey** $x$"},
+        {"_id": "ok", "title": "bread", "text": "bake bread with flour and water"},
+        {"_id": "sky", "title": "", "text": "a comet and a planet orbit the sun"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    encoder = Encoder.load(str(tiny_bert))  # 64 tokens: each document is one chunk
+    return build_index(src, tmp_path_factory.mktemp("ix") / "tiny", encoder, overlap=4, progress=False).index_dir
+
+
+TINY_DOCS = {
+    "bee-1": "the bees make honey from nectar and pollen in the hive",
+    "bee-2": "a queen and her colony swarm from the hive in spring",
+    "bread-1": "bake bread with flour water salt and yeast in a hot oven",
+    "star-1": "a comet and a planet orbit the sun in the sky",
+    "bike-1": "repair the chain brake and tire of the bike",
+}
+
+
+FIVE = ("pooled", "mean", "mean+whiten", "max", "first_last")  # the index's (canonical) order
+MORE_DOCS = TINY_DOCS | {
+    "bee-3": "wax and honey from the hive of the bees",
+    "bread-2": "the dough and the crust of the bread",
+    "bread-3": "sugar and yeast make the dough rise in the oven",
+    "star-2": "the moon and the stars light the sky",
+    "river-1": "rain and snow fill the river and the lake with water",
+    "river-2": "a storm with wind and rain on the sea",
+    "bike-2": "ride the road on a bike with gear and pedal",
+    "fish-1": "fish swim in the lake under the ice",
+}
+
+
+@pytest.fixture(scope="module")
+def five_index(tmp_path_factory, tiny_bert):
+    """Thirteen documents (enough for whitening to span several dimensions) in five representations, with labels."""
+    from indexer.encoder import Encoder
+    from indexer.pipeline import build_index
+
+    root = tmp_path_factory.mktemp("beir5")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in MORE_DOCS.items()), encoding="utf-8")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "qa", "text": "bees and honey"}) + "\n", encoding="utf-8")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nqa\tbee-1\t1\nqa\tbee-3\t1\n", encoding="utf-8")
+    encoder = Encoder.load(str(tiny_bert), representations=FIVE)
+    return build_index(root, tmp_path_factory.mktemp("ix") / "five", encoder, overlap=4, progress=False).index_dir, encoder

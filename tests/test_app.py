@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT
+from conftest import FIVE, ROOT, TINY_DOCS
 from indexer.compare import rank_biased_overlap
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations
 from indexer.encoder import Encoder
@@ -34,20 +34,6 @@ def search(at: AppTest, query: str) -> AppTest:
 
 def texts(elements) -> list[str]:
     return [e.value for e in elements]
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory, tiny_bert):
-    """Documents whose text tries Markdown, HTML and LaTeX: the page must show it literally."""
-    src = tmp_path_factory.mktemp("docs") / "docs.jsonl"
-    rows = [
-        {"_id": "evil", "title": "<b>bold</b>", "text": "the bees <script>alert(1)</script> [link](http://x) **honey** $x$"},
-        {"_id": "ok", "title": "bread", "text": "bake bread with flour and water"},
-        {"_id": "sky", "title": "", "text": "a comet and a planet orbit the sun"},
-    ]
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    encoder = Encoder.load(str(tiny_bert))  # 64 tokens: each document is one chunk
-    return build_index(src, tmp_path_factory.mktemp("ix") / "tiny", encoder, overlap=4, progress=False).index_dir
 
 
 def test_search_page_asks_for_a_query_first(tiny_index):
@@ -181,15 +167,6 @@ def test_index_page_lists_indexes_and_builds_from_uploads(tiny_index, tiny_bert,
 
 # -- indexes with other sets of representations (issue 10, item 13) -------------------------------------
 
-TINY_DOCS = {
-    "bee-1": "the bees make honey from nectar and pollen in the hive",
-    "bee-2": "a queen and her colony swarm from the hive in spring",
-    "bread-1": "bake bread with flour water salt and yeast in a hot oven",
-    "star-1": "a comet and a planet orbit the sun in the sky",
-    "bike-1": "repair the chain brake and tire of the bike",
-}
-
-
 @pytest.fixture(scope="module", params=[("mean",), ("mean", "cls")], ids=lambda r: ",".join(r))
 def reps_index(request, tmp_path_factory, tiny_bert):
     """A small BEIR folder (so Evaluate and Explore have labels) indexed with only some representations."""
@@ -261,31 +238,6 @@ def test_index_page_describes_the_representations_the_index_has(reps_index):
 
 
 # -- any set of representations, shown as picked, against a chosen baseline (issue 11, item 6) -----------
-
-FIVE = ("pooled", "mean", "mean+whiten", "max", "first_last")  # the index's (canonical) order
-MORE_DOCS = TINY_DOCS | {
-    "bee-3": "wax and honey from the hive of the bees",
-    "bread-2": "the dough and the crust of the bread",
-    "bread-3": "sugar and yeast make the dough rise in the oven",
-    "star-2": "the moon and the stars light the sky",
-    "river-1": "rain and snow fill the river and the lake with water",
-    "river-2": "a storm with wind and rain on the sea",
-    "bike-2": "ride the road on a bike with gear and pedal",
-    "fish-1": "fish swim in the lake under the ice",
-}
-
-
-@pytest.fixture(scope="module")
-def five_index(tmp_path_factory, tiny_bert):
-    """Thirteen documents (enough for whitening to span several dimensions) in five representations, with labels."""
-    root = tmp_path_factory.mktemp("beir5")
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in MORE_DOCS.items()), encoding="utf-8")
-    (root / "queries.jsonl").write_text(json.dumps({"_id": "qa", "text": "bees and honey"}) + "\n", encoding="utf-8")
-    (root / "qrels").mkdir()
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nqa\tbee-1\t1\nqa\tbee-3\t1\n", encoding="utf-8")
-    encoder = Encoder.load(str(tiny_bert), representations=FIVE)
-    return build_index(root, tmp_path_factory.mktemp("ix") / "five", encoder, overlap=4, progress=False).index_dir, encoder
-
 
 def unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)

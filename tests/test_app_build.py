@@ -13,7 +13,7 @@ from app import build, ui
 from conftest import ROOT
 from indexer.encoder import Encoder
 from indexer.store import is_index, read_manifest
-from test_app import app, texts, tiny_index  # noqa: F401  (tiny_index is a fixture)
+from test_app import app, texts
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader
 from indexer.transforms import represent
-from test_app import APP, MORE_DOCS, texts, tiny_index  # noqa: F401 (a fixture)
+from conftest import MORE_DOCS
+from test_app import APP, texts
 
 QUERIES = {"qa": "bees and honey", "qb": "rain on the lake", "qc": "ride a bike on the road"}
 QRELS = "query-id\tcorpus-id\tscore\nqa\tbee-1\t2\nqa\tbee-3\t1\nqa\tbread-1\t0\nqb\triver-1\t1\nqc\tbike-2\t1\n"

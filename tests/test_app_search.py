@@ -16,7 +16,7 @@ from indexer.encoder import Encoder
 from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader
-from test_app import APP, HIT_CAPTION, JUDGED_QUERY, app, expected_arrow, five_index, search, shown_columns, texts, tiny_index, unescape  # noqa: F401
+from test_app import APP, HIT_CAPTION, JUDGED_QUERY, app, expected_arrow, search, shown_columns, texts, unescape
 
 QUERY = "bees and honey"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from test_app import app, texts, tiny_index  # noqa: F401 (a fixture)
+from test_app import app, texts
 from test_sts import PAIRS, write_csv
 
 EVIL = "**bold** [link](http://x) <b>tag</b> $x$"
