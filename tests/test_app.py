@@ -19,11 +19,15 @@ APP = str(ROOT / "app" / "streamlit_app.py")
 JUDGED_QUERY = "why does my homemade bread come out flat and heavy"  # q08 of data/sample
 
 
-def app(index_dir, **state) -> AppTest:
+def app(index_dir, *, query_params: dict | None = None, **state) -> AppTest:
+    """A fresh session of the app on `index_dir` with these session-state values, opened at a URL with these
+    query parameters (a link: no typing, no button)."""
     at = AppTest.from_file(APP, default_timeout=180)
     at.session_state["index_dir"] = str(index_dir)
     for key, value in state.items():
         at.session_state[key] = value
+    for name, value in (query_params or {}).items():
+        at.query_params[name] = value
     return at.run()
 
 

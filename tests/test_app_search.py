@@ -16,18 +16,14 @@ from indexer.encoder import Encoder
 from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader
-from test_app import APP, HIT_CAPTION, JUDGED_QUERY, app, expected_arrow, search, shown_columns, texts, unescape
+from test_app import HIT_CAPTION, JUDGED_QUERY, app, expected_arrow, search, shown_columns, texts, unescape
 
 QUERY = "bees and honey"
 
 
 def link(index_dir, **params) -> AppTest:
     """A fresh session opening a link `?name=value&…` (no typing, no button)."""
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.session_state["index_dir"] = str(index_dir)
-    for name, value in params.items():
-        at.query_params[name] = value
-    return at.run()
+    return app(index_dir, query_params=params)
 
 
 def metrics(at: AppTest) -> dict[str, list[str]]:
