@@ -58,6 +58,8 @@ def columns_problem(picked: Sequence[str]) -> str | None:
         return "pick at least one representation to show"
     if len(picked) > MAX_COLUMNS:
         return f"at most {MAX_COLUMNS} representations can be shown side by side ({len(picked)} picked)"
+    if twice := [r for i, r in enumerate(picked) if r in picked[:i]]:
+        return f"{', '.join(dict.fromkeys(twice))} is picked twice"  # one column each: a link may name one twice
     return None
 
 
