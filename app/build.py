@@ -71,6 +71,8 @@ def upload_problem(uploads: Sequence) -> str | None:
         name = upload.name
         if Path(name).name != name or name in ("", ".", ".."):
             return f"“{name}” is not a plain file name."
+        if name.startswith("."):  # loaders.read_folder skips hidden files: the document would be missing unsaid
+            return f"“{name}” is a hidden file name, which a build would skip; rename it."
         if name in seen:
             return f"Two uploaded files are named “{name}”; rename one, so that neither replaces the other."
         seen.add(name)

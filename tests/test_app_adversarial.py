@@ -1,9 +1,13 @@
 """The app as an attacker and a careless user would use it (issue 12): hostile links, uploads and names on every page
 give an escaped one-line message, never a traceback, never a path outside the index folder, never a link."""
 
+import sys
+
 from streamlit.testing.v1 import AppTest
 
+
 from test_app import texts, unescape
+from test_app_build import build_button, entries, index_page
 from test_app_evaluate import page
 
 
@@ -20,3 +24,16 @@ def test_a_link_naming_a_representation_twice_is_a_message_not_a_traceback(tiny_
         assert any("reps='pooled,pooled' was ignored: pooled is picked twice" in unescape(m) for m in messages(at)), (view, messages(at))
         if view == "search":
             assert texts(at.subheader) == ["`pooled`", "`mean`"]  # the page's own default pick
+
+
+# -- the Index page with --allow-build ---------------------------------------------------------------------
+
+def test_a_hidden_upload_is_refused_not_silently_left_out_of_the_index(tiny_index, tmp_path, monkeypatch):
+    """The folder reader skips hidden files: a `.notes.txt` among the uploads would be missing from the index unsaid."""
+    monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--allow-build"])
+    at = index_page(tiny_index, tmp_path)
+    at.file_uploader[0].upload(".notes.txt", b"the comet and the planet", "text/plain")
+    at.file_uploader[0].upload("a.txt", b"the bees make honey", "text/plain").run()
+    assert not at.exception
+    assert unescape(at.error[0].value) == "“.notes.txt” is a hidden file name, which a build would skip; rename it."
+    assert build_button(at).disabled and entries(tmp_path) == []
