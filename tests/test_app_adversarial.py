@@ -37,3 +37,17 @@ def test_a_hidden_upload_is_refused_not_silently_left_out_of_the_index(tiny_inde
     assert not at.exception
     assert unescape(at.error[0].value) == "“.notes.txt” is a hidden file name, which a build would skip; rename it."
     assert build_button(at).disabled and entries(tmp_path) == []
+
+
+def test_a_link_with_a_number_too_large_for_a_number_box_is_a_message(tiny_index, five_index):
+    """`int()` reads any length of digits; a number box holds a float: 10**400 overflowed it (a traceback)."""
+    huge = "1" + "0" * 400
+    at = page(tiny_index, "search", {"q": "bees", "k": huge})
+    assert not at.exception
+    assert any(m.startswith("The link's k='1000") and m.endswith("' was ignored: out of range.") for m in map(unescape, messages(at)))
+    hits = [c for c in texts(at.caption) if c.startswith("`pooled` · ")]
+    assert len(hits) == 3  # the default k (10), on an index of 3 documents
+    at = page(five_index[0], "search", {"q": "bees and honey", "rel": huge})  # a judged query: the grade box is drawn
+    assert not at.exception
+    assert any(m.startswith("The link's rel='1000") and m.endswith("' was ignored: out of range.") for m in map(unescape, messages(at)))
+    assert at.number_input(key="threshold").value == 1

@@ -24,11 +24,19 @@ DOCUMENT_CHARS = 30_000
 REMEMBERED = {"shown": "columns", "baseline_of_columns": "baseline", "relevant_from": "threshold"}
 
 
+#: The largest whole number a number box holds exactly (JavaScript's Number.MAX_SAFE_INTEGER); past about 1e308 a
+#: link's number would not even convert to the box's float.
+LARGEST_NUMBER = 2**53 - 1
+
+
 def whole_number(value: str) -> int:
     try:
-        return int(value.strip())
+        number = int(value.strip())
     except ValueError:
         raise ValueError("not a whole number") from None
+    if abs(number) > LARGEST_NUMBER:
+        raise ValueError("out of range")
+    return number
 
 
 def url_state(searcher) -> dict:
