@@ -75,8 +75,14 @@ def restore_from_url(fields: Mapping[str, Callable[[str], object] | tuple[str, C
         try:
             st.session_state[key] = parse(current[param])
         except (ValueError, TypeError) as exc:
-            problems.append(f"the link's {param}={current[param]!r} was ignored: {exc}")
+            value = current[param]
+            value = value if len(value) <= QUOTED_CHARS else value[:QUOTED_CHARS] + "…"  # a long one stays a line
+            problems.append(f"the link's {param}={value!r} was ignored: {exc}")
     return problems
+
+
+#: Characters of a link's unusable value quoted in its message.
+QUOTED_CHARS = 80
 
 
 def one_of(options: Sequence, what: str) -> Callable[[str], object]:

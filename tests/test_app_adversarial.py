@@ -51,3 +51,13 @@ def test_a_link_with_a_number_too_large_for_a_number_box_is_a_message(tiny_index
     assert not at.exception
     assert any(m.startswith("The link's rel='1000") and m.endswith("' was ignored: out of range.") for m in map(unescape, messages(at)))
     assert at.number_input(key="threshold").value == 1
+
+
+def test_a_long_link_value_is_quoted_short_in_its_message(tiny_index):
+    """A link's unusable value is quoted in the warning: a 10,000-character one must not fill the page."""
+    long = "<b>x</b>" + "y" * 10_000
+    at = page(tiny_index, "explore", {"doc": long, "negatives": long})
+    assert not at.exception
+    warnings = [unescape(m) for m in messages(at)]
+    assert len(warnings) == 2 and all(len(w) < 300 for w in warnings), [len(w) for w in warnings]
+    assert all(w.startswith("the link's ") and "='<b>x</b>yyyy" in w and "…' was ignored: no " in w for w in warnings)
