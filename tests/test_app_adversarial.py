@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 
 from test_app import texts, unescape
-from test_app_build import build_button, entries, index_page
+from test_app_build import build_button, entries, index_page, upload_and_build
 from test_app_evaluate import page
 
 
@@ -37,6 +37,18 @@ def test_a_hidden_upload_is_refused_not_silently_left_out_of_the_index(tiny_inde
     assert not at.exception
     assert unescape(at.error[0].value) == "“.notes.txt” is a hidden file name, which a build would skip; rename it."
     assert build_button(at).disabled and entries(tmp_path) == []
+
+
+def test_an_uploads_name_in_the_index_table_is_text_not_a_link(tiny_index, tiny_bert, tmp_path, monkeypatch):
+    """st.table reads Markdown: the source's name (an upload's, on a built index) must be escaped like the rest."""
+    monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--allow-build"])
+    name = "[click](https:evil.example) <b>x.jsonl"
+    at = index_page(tiny_index, tmp_path)
+    upload_and_build(at, {name: b'{"_id": "a", "text": "the bees make honey"}\n'}, "fresh", tiny_bert)
+    assert not at.exception and not at.error
+    about = at.table[0].value  # the new index is the current one: its expander is drawn first
+    assert unescape(about.loc["source", "value"]).endswith(f"/{name}")  # in full: AppTest's server is loopback
+    assert all("](" not in str(v) and "<b>" not in str(v) for v in about["value"])
 
 
 def test_a_link_with_a_number_too_large_for_a_number_box_is_a_message(tiny_index, five_index):

@@ -13,7 +13,7 @@ from app import build, ui
 from conftest import ROOT
 from indexer.encoder import Encoder
 from indexer.store import is_index, read_manifest
-from test_app import app, texts
+from test_app import app, texts, unescape
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_local_paths_are_shown_only_on_loopback(bound, shown, tiny_index, tiny_b
     source = read_manifest(tiny_index)["source"]["path"]
     at = index_page(tiny_index, tmp_path)
     assert not at.exception
-    assert at.table[0].value.loc["source", "value"] == (source if shown else "docs.jsonl")
+    assert unescape(at.table[0].value.loc["source", "value"]) == (source if shown else "docs.jsonl")
     upload_and_build(at, {"a.txt": b"the bees make honey"}, "where", tiny_bert)
     assert (str(tmp_path) in at.success[0].value) is shown and "where" in at.success[0].value
     # a message quoting a path: the index root is a file, so nothing can be built in it

@@ -57,7 +57,7 @@ for directory in indexes:
                     "labelled queries": labels_kept(manifest),
                 }.items(),
                 columns=["", "value"],
-            ).set_index("")
+            ).set_index("").map(lambda v: "" if v is None else ui.escape_markdown(str(v)))  # st.table reads Markdown
         )
         # st.table wraps long cells (and reads Markdown: every cell is escaped, shown as written)
         st.table(pd.DataFrame(describe_representations(manifest)).map(lambda v: ui.escape_markdown(str(v))).set_index("representation"))
