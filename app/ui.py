@@ -289,9 +289,8 @@ def pick_representations(representations: Sequence[str]) -> list[str]:
     reps = list(representations)
     if len(reps) == 1:
         return reps
-    remembered = [r for r in st.session_state.get("shown", ()) if r in reps]
     picked = st.multiselect(
-        "Representations to show", reps, default=remembered or list(compare.default_columns(reps)), key="columns",
+        "Representations to show", reps, default=remembered_representations(reps), key="columns",
         help=f"Up to {compare.MAX_COLUMNS}, side by side.",
     )
     if (problem := compare.columns_problem(picked)) is not None:
@@ -299,6 +298,12 @@ def pick_representations(representations: Sequence[str]) -> list[str]:
         st.stop()
     st.session_state["shown"] = picked
     return picked
+
+
+def remembered_representations(representations: Sequence[str]) -> list[str]:
+    """The pick a page starts from: the one remembered across pages (and links), else compare.default_columns."""
+    reps = list(representations)
+    return [r for r in st.session_state.get("shown", ()) if r in reps] or list(compare.default_columns(reps))
 
 
 def pick_baseline(picked: Sequence[str]) -> str:

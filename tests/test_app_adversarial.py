@@ -73,3 +73,13 @@ def test_a_long_link_value_is_quoted_short_in_its_message(tiny_index):
     warnings = [unescape(m) for m in messages(at)]
     assert len(warnings) == 2 and all(len(w) < 300 for w in warnings), [len(w) for w in warnings]
     assert all(w.startswith("the link's ") and "='<b>x</b>yyyy" in w and "…' was ignored: no " in w for w in warnings)
+
+
+def test_a_links_baseline_outside_its_pick_is_said_not_silently_swapped(five_index):
+    at = page(five_index[0], "search", {"q": "bees and honey", "reps": "pooled,mean", "baseline": "max"})
+    assert not at.exception
+    assert "The link's baseline='max' was ignored: not among the representations shown (pooled, mean)." in map(unescape, messages(at))
+    assert at.selectbox(key="baseline").value == "pooled" and at.query_params["baseline"] == "pooled"
+    # a baseline among the link's pick is taken as it is
+    at = page(five_index[0], "search", {"q": "bees and honey", "reps": "pooled,max", "baseline": "max"})
+    assert not messages(at) and at.selectbox(key="baseline").value == "max"

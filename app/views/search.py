@@ -54,6 +54,8 @@ def url_state(searcher) -> dict:
     def baseline(value: str) -> str:
         if value not in held:
             raise ValueError(f"not in this index, which keeps {', '.join(held)}")
+        if value not in (shown := ui.remembered_representations(held)):  # the link's reps, read just before
+            raise ValueError(f"not among the representations shown ({', '.join(shown)})")
         return value
 
     return {"q": ("query", str), "k": ("k", whole_number), "reps": ("shown", representations),
