@@ -3,9 +3,11 @@ give an escaped one-line message, never a traceback, never a path outside the in
 
 import sys
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 
+from app.ui import WORD_JOINER
 from test_app import texts, unescape
 from test_app_build import build_button, entries, index_page, upload_and_build
 from test_app_evaluate import page
@@ -83,3 +85,22 @@ def test_a_links_baseline_outside_its_pick_is_said_not_silently_swapped(five_ind
     # a baseline among the link's pick is taken as it is
     at = page(five_index[0], "search", {"q": "bees and honey", "reps": "pooled,max", "baseline": "max"})
     assert not messages(at) and at.selectbox(key="baseline").value == "max"
+
+
+HOSTILE_INDEX = ["../..", "/etc", "..", "notindex", ".hidden", "", "[x](http://evil.example)"]
+
+
+@pytest.mark.parametrize("view", ["search", "evaluate", "explore", "index"])
+def test_a_link_naming_no_index_of_the_folder_opens_none_and_says_so_escaped(view, tiny_index):
+    """?index= is a name in the index folder: a path, a parent, a non-index folder beside the index, or nothing,
+    leaves the current index in place (with an escaped message when a name was given)."""
+    for name in ("notindex", ".hidden"):
+        (tiny_index.parent / name).mkdir(exist_ok=True)
+    for wanted in HOSTILE_INDEX:
+        at = page(tiny_index, view, {"index": wanted, "q": "[a](javascript:alert(1)) <img src=x> http://evil.example"})
+        assert not at.exception, (view, wanted)
+        assert at.session_state["index_dir"] == str(tiny_index), (view, wanted)
+        shown = messages(at)
+        assert all("](" not in m and "<" not in m.replace("\\<", "") for m in shown), shown
+        assert any(unescape(m).replace(WORD_JOINER, "") == f"The link names an index “{wanted}” that is not here; showing tiny instead."
+                   for m in shown) == bool(wanted), (view, wanted, shown)
