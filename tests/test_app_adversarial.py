@@ -104,3 +104,23 @@ def test_a_link_naming_no_index_of_the_folder_opens_none_and_says_so_escaped(vie
         assert all("](" not in m and "<" not in m.replace("\\<", "") for m in shown), shown
         assert any(unescape(m).replace(WORD_JOINER, "") == f"The link names an index “{wanted}” that is not here; showing tiny instead."
                    for m in shown) == bool(wanted), (view, wanted, shown)
+
+
+# -- Search: the whole document of a hit deleted between runs ---------------------------------------------------
+
+def test_an_open_document_deleted_from_the_index_closes_and_its_hit_goes(tiny_encoder, tmp_path):
+    from conftest import build_random
+    from indexer.pipeline import delete_documents
+
+    directory = build_random(tmp_path / "ix", tiny_encoder, 6)
+    at = page(directory, "search", {"q": "the", "reps": "pooled,mean"})
+    first = next(c for c in texts(at.caption) if c.startswith("`pooled` · ")).split(" · ")[1]
+    at.button(key="open-pooled-0").click().run()
+    assert any(m.startswith("**Whole document** ·") and m.endswith(first) for m in texts(at.markdown))
+    assert delete_documents(directory, [unescape(first)]).removed == [unescape(first)]
+    at.run()  # any next run: the page searches the new generation
+    assert not at.exception and not at.error
+    assert not any(m.startswith("**Whole document**") for m in texts(at.markdown))
+    assert not any(c.split(" · ")[1] == first for c in texts(at.caption) if c.startswith(("`pooled` · ", "`mean` · ")))
+    at.button(key="open-pooled-0").click().run()  # the next hit opens
+    assert not at.exception and sum(m.startswith("**Whole document** ·") for m in texts(at.markdown)) == 1
