@@ -42,5 +42,5 @@ pages = [
     st.Page("views/index.py", title="Index", icon=":material/database:"),
 ]
 with st.sidebar:
-    st.caption(f"Index: `{Path(st.session_state['index_dir']).name}`")
+    st.caption(f"Index: {ui.escape_markdown(Path(st.session_state['index_dir']).name)}")  # a folder name: shown literally
 st.navigation(pages).run()

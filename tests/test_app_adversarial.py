@@ -124,3 +124,17 @@ def test_an_open_document_deleted_from_the_index_closes_and_its_hit_goes(tiny_en
     assert not any(c.split(" · ")[1] == first for c in texts(at.caption) if c.startswith(("`pooled` · ", "`mean` · ")))
     at.button(key="open-pooled-0").click().run()  # the next hit opens
     assert not at.exception and sum(m.startswith("**Whole document** ·") for m in texts(at.markdown)) == 1
+
+
+def test_a_folder_name_holding_markdown_is_shown_literally_in_the_sidebar_and_the_index_list(tiny_index, tmp_path):
+    """Folders made outside the app (a CLI build, a copy) may be named anything a file system allows."""
+    import shutil
+
+    from test_app import app
+
+    name = "[x](https:evil.example) **b**"
+    shutil.copytree(tiny_index, tmp_path / name)
+    at = app(tmp_path / name).switch_page("views/index.py").run()
+    assert not at.exception
+    assert unescape(at.sidebar.caption[0].value) == f"Index: {name}"
+    assert [unescape(e.label).split(" — ")[0] for e in at.expander] == [f"● {name}"]

@@ -232,7 +232,7 @@ def test_after_a_build_the_sidebar_and_the_page_switch_to_the_new_index(tiny_ind
     assert not at.exception and not at.error
     assert "Indexed 1 documents" in at.success[0].value  # kept across the rerun
     assert at.session_state["index_dir"] == str(tmp_path / "fresh")
-    assert "`fresh`" in at.sidebar.caption[0].value
+    assert at.sidebar.caption[0].value == "Index: fresh"
     current = [e for e in at.expander if e.label.startswith("● ")]
     assert len(current) == 1 and current[0].label.startswith("● fresh")
     assert at.query_params["index"] == "fresh"

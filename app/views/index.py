@@ -40,7 +40,8 @@ for directory in indexes:
         continue
     model, counts, pooler = manifest.get("model", {}), manifest.get("counts", {}), manifest.get("pooler_check", {})
     current = directory.resolve() == ui.index_dir().resolve()
-    with st.expander(f"{'● ' if current else ''}{directory.name} — {counts.get('documents')} documents, {model.get('name')}", expanded=current):
+    title = ui.escape_markdown(f"{directory.name} — {counts.get('documents')} documents, {model.get('name')}")  # folder and manifest text
+    with st.expander(f"{'● ' if current else ''}{title}", expanded=current):
         source = manifest.get("source", {}).get("path")
         st.table(
             pd.DataFrame(
