@@ -183,11 +183,11 @@ def test_the_evaluate_page_reports_a_corrupted_copy(built):
 
 
 def test_the_index_page_says_which_labels_the_index_keeps(built):
-    from test_app import app
+    from test_app import app, unescape
 
     directory, _ = built
     at = app(directory).switch_page("views/index.py").run()
-    assert at.table[0].value.loc["labelled queries", "value"] == "kept with the index: dev, test"
+    assert unescape(at.table[0].value.loc["labelled queries", "value"]) == "kept with the index: dev, test"  # cells are escaped
 
 
 @pytest.mark.parametrize("bound, shown", [("127.0.0.1", True), ("0.0.0.0", False)])
