@@ -59,14 +59,24 @@ def manifest_sha(directory: Path) -> str:
 
 # -- state in the URL (permalinks) --------------------------------------------------------------------
 
+#: Characters of a link's unusable value quoted in its message.
+QUOTED_CHARS = 80
+
+
+def url_is_new() -> bool:
+    """Whether the address is not the one this session last wrote: a link was opened, the page reloaded, or the
+    address edited — then its parameters are read; otherwise the widgets hold the newer state."""
+    return st.query_params.to_dict() != st.session_state.get("_url_written")
+
+
 def restore_from_url(fields: Mapping[str, Callable[[str], object] | tuple[str, Callable[[str], object]]]) -> list[str]:
     """Seed widgets from the URL's parameters before they are drawn, when the URL is not the one this session
     last wrote (a link was opened, the page reloaded, or the address edited); otherwise the widgets keep what the
     user just did. `fields` maps a parameter to its parser (session-state key = parameter name) or to
     (session-state key, parser). Returns one message per value that could not be used (the value is ignored)."""
-    current = st.query_params.to_dict()
-    if current == st.session_state.get("_url_written"):
+    if not url_is_new():
         return []
+    current = st.query_params.to_dict()
     problems = []
     for param, spec in fields.items():
         key, parse = spec if isinstance(spec, tuple) else (param, spec)
@@ -81,10 +91,6 @@ def restore_from_url(fields: Mapping[str, Callable[[str], object] | tuple[str, C
     return problems
 
 
-#: Characters of a link's unusable value quoted in its message.
-QUOTED_CHARS = 80
-
-
 def one_of(options: Sequence, what: str) -> Callable[[str], object]:
     """A `restore_from_url` parser that accepts only one of `options` (ValueError naming the first few otherwise)."""
     def parse(value: str):
@@ -92,6 +98,20 @@ def one_of(options: Sequence, what: str) -> Callable[[str], object]:
             shown = ", ".join(map(str, list(options)[:10])) + (", …" if len(options) > 10 else "")
             raise ValueError(f"no {what} of that name; valid: {shown or 'none'}")
         return value
+    return parse
+
+
+def pick_of(held: Sequence[str]) -> Callable[[str], list[str]]:
+    """A `restore_from_url` parser for a comma-separated pick of an index's representations (`held`): each must be
+    held, and the pick must pass compare.columns_problem (not empty, none twice, at most MAX_COLUMNS)."""
+    def parse(value: str) -> list[str]:
+        picked = [r.strip() for r in value.split(",") if r.strip()]
+        if unknown := [r for r in picked if r not in held]:
+            raise ValueError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this index, "
+                             f"which keeps {', '.join(held)}")
+        if (problem := compare.columns_problem(picked)) is not None:
+            raise ValueError(problem)
+        return picked
     return parse
 
 
@@ -113,7 +133,7 @@ def index_from_url() -> str | None:
     """Switch to the index a link names (`?index=NAME`: a name in the index folder, never a path); a message
     when there is no such index."""
     wanted = st.query_params.get("index")
-    if not wanted or st.query_params.to_dict() == st.session_state.get("_url_written") or wanted == index_dir().name:
+    if not wanted or not url_is_new() or wanted == index_dir().name:
         return None
     for directory in available_indexes():
         if directory.name == wanted:

@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from app import explain, ui
-from indexer.compare import columns_problem
 from indexer.explore import MAP_MINIMUM, NEGATIVES_PER_QUERY, densities, query_points
 from indexer.search import query_problem
 
@@ -20,19 +19,6 @@ KINDS = {
     "document": "#9ec9e2", "query": "#000000", "hit": "#f4a261", "hit: relevant": "#2a9d8f",
     "hit: judged not relevant": "#e76f51", "hit: unjudged": "#f4a261", "relevant, not in the top 10": "#6a4c93",
 }
-
-
-def representations_of(names: list[str]):
-    """A URL parser for a comma-separated pick of this index's representations."""
-    def parse(value: str) -> list[str]:
-        picked = [v.strip() for v in value.split(",") if v.strip()]
-        unknown = [p for p in picked if p not in names]
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this index; it has {', '.join(names)}")
-        if (problem := columns_problem(picked)) is not None:
-            raise ValueError(problem)
-        return picked
-    return parse
 
 
 def searchable(value: str) -> str:
@@ -111,7 +97,7 @@ everyone = list(searcher.representations)
 sets = [s.name for s in ui.labelled_sets_of(searcher)]
 before = st.session_state.get("shown")
 problems = ui.restore_from_url({
-    "reps": ("shown", representations_of(everyone)),
+    "reps": ("shown", ui.pick_of(everyone)),
     "set": ("explore_set", ui.one_of(sets, "labelled query set")),
     "doc": ("explore_doc", ui.one_of(sample["doc_ids"], "document in the map's sample")),
     "negatives": ("explore_negatives", ui.one_of(list(NEGATIVES), "kind of negatives")),

@@ -9,7 +9,6 @@ import re
 import streamlit as st
 
 from app import explain, ui
-from indexer import compare
 from indexer.compare import AGREEMENT_DEPTH, SEARCH_DEPTH, against_baseline, missed_relevant
 from indexer.evaluation import per_query_metrics
 from indexer.search import query_cut, query_problem
@@ -43,14 +42,6 @@ def url_state(searcher) -> dict:
     """The URL parameters this page reads: parameter -> (session-state key, parser)."""
     held = searcher.representations
 
-    def representations(value: str) -> list[str]:
-        picked = [r.strip() for r in value.split(",") if r.strip()]
-        if unknown := [r for r in picked if r not in held]:
-            raise ValueError(f"{', '.join(unknown)} is not in this index, which keeps {', '.join(held)}")
-        if (problem := compare.columns_problem(picked)) is not None:
-            raise ValueError(problem)
-        return picked
-
     def baseline(value: str) -> str:
         if value not in held:
             raise ValueError(f"not in this index, which keeps {', '.join(held)}")
@@ -58,7 +49,7 @@ def url_state(searcher) -> dict:
             raise ValueError(f"not among the representations shown ({', '.join(shown)})")
         return value
 
-    return {"q": ("query", str), "k": ("k", whole_number), "reps": ("shown", representations),
+    return {"q": ("query", str), "k": ("k", whole_number), "reps": ("shown", ui.pick_of(held)),
             "baseline": ("baseline_of_columns", baseline), "rel": ("relevant_from", whole_number)}
 
 
