@@ -187,3 +187,24 @@ def test_the_indexs_own_model_is_taken_at_the_indexs_max_length(tiny_index, tiny
     assert encoder.max_tokens == 12 and encoder.info.max_tokens == 64
     got = Searcher(directory, encoder).search("bees and honey", k=3).to_dict()
     assert got == Searcher(directory, built_with).search("bees and honey", k=3).to_dict()
+
+
+def test_one_query_is_encoded_on_one_thread_and_the_count_comes_back(tiny_index):
+    """A single query runs torch on QUERY_THREADS (a short forward pass split across threads stalls on shared
+    cores); a batch of queries (evaluation) keeps the process's threads; the count is restored either way."""
+    import torch
+
+    from indexer.encoder import DEFAULT_THREADS, QUERY_THREADS
+
+    directory, encoder = tiny_index
+    searcher = Searcher(directory, encoder)
+    seen = []
+    hook = encoder.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        searcher.search("bees and honey", k=3)
+        assert seen == [QUERY_THREADS] and torch.get_num_threads() == DEFAULT_THREADS
+        seen.clear()
+        searcher.rank_many(["bees and honey", "bread"], 3)
+        assert seen == [DEFAULT_THREADS]
+    finally:
+        hook.remove()
