@@ -150,6 +150,11 @@ def relevant(grades: Mapping[str, int], threshold: int = 1) -> dict[str, int]:
     return {doc: g for doc, g in grades.items() if g >= threshold}
 
 
+#: Judged-relevant documents a list of missed ones names (nearest first); the rest are counted, not named (a
+#: labelled set may judge hundreds of documents relevant to one query).
+MISSED_LISTED = 10
+
+
 def missed_relevant(ranking: Sequence[str], grades: Mapping[str, int], k: int, threshold: int = 1) -> list[Missed]:
     """Relevant documents (grade >= threshold) not in the ranking's first k, nearest first (then by grade);
     `ranking` may run deeper than k, and gives the rank of those it holds."""

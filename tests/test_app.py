@@ -69,7 +69,7 @@ def test_judged_query_shows_ndcg_and_relevant_hits(sample_index):
     assert not at.exception
     labels = {m.label: m.value for m in at.metric}
     assert {"nDCG@10 pooled", "nDCG@10 mean"} <= set(labels)
-    assert any(t.endswith(":green-badge[:material/check: grade 2 · highly relevant]") for t in texts(at.markdown))
+    assert any(t.endswith(":green-badge[:material/check: grade 2 · highly relevant]") for t in hit_heads(at))
     assert any("Judged query q08" in c for c in texts(at.caption))
 
 
@@ -194,7 +194,8 @@ def test_search_page_shows_the_representations_the_index_has(reps_index):
     assert texts(at.subheader) == [f"`{r}`" for r in reps]
     labels = [m.label for m in at.metric]
     assert [label for label in labels if label.startswith("nDCG@10")] == [f"nDCG@10 {r}" for r in reps]
-    captions = "\n".join(texts(at.caption))
+    captions = "\n".join(texts(at.caption) + hit_captions(at))
+    assert hit_captions(at)
     if len(reps) == 1:
         assert "Overlap@10" not in labels and "one representation (`mean`)" in captions
         assert " · in " not in captions
@@ -248,13 +249,33 @@ def unescape(text: str) -> str:
 
 
 HIT_CAPTION = re.compile(r"`([^`]+)` · (.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|rank \d+|not in top \d+))?(?: · chunk \d+ of \d+)?")
+#: A hit is one Markdown block: rank and title, then this line in small grey type (column, document, score, place in
+#: the baseline, chunk), then the matched text.
+HIT_LINE = re.compile(r"^:small\[:gray\[(.*)\]\]$", re.MULTILINE)
+
+
+def hit_captions(at: AppTest) -> list[str]:
+    """The small grey line of every hit on the Search page, in page order."""
+    return [m.group(1).rstrip() for text in texts(at.markdown) for m in HIT_LINE.finditer(text.replace("  \n", "\n"))]
+
+
+def hit_heads(at: AppTest) -> list[str]:
+    """The first line of every hit on the Search page (rank, title, grade badge), in page order."""
+    return [t.split("  \n")[0] for t in texts(at.markdown) if HIT_LINE.search(t.replace("  \n", "\n"))]
+
+
+def document_option(at: AppTest, representation: str, rank: int) -> int:
+    """Index of the whole-document picker's option for the hit at `rank` of `representation`'s column (options
+    read "pooled · 2. title (doc id)")."""
+    labels = list(at.selectbox(key="document").options)
+    return next(i for i, label in enumerate(labels) if label.startswith(f"{representation} · {rank}. "))
 
 
 def shown_columns(at: AppTest) -> dict[str, list[tuple[str, str | None, str | None]]]:
     """Per result column of the Search page (headed by its subheader): (doc id, baseline named in the caption,
     arrow) of each hit, from the hits' captions, which name their column (the page draws hits rank by rank)."""
     out = {column.subheader[0].value.strip("`"): [] for column in at.columns if len(column.subheader) == 1}
-    for caption in texts(at.caption):
+    for caption in hit_captions(at):
         if (m := HIT_CAPTION.fullmatch(caption)) is not None:
             out[unescape(m.group(1))].append((unescape(m.group(2)), m.group(3), m.group(4)))
     return out

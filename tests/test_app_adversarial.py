@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 
 from app.ui import WORD_JOINER
-from test_app import texts, unescape
+from test_app import document_option, hit_captions, texts, unescape
 from test_app_build import build_button, entries, index_page, upload_and_build
 from test_app_evaluate import page
 
@@ -59,7 +59,7 @@ def test_a_link_with_a_number_too_large_for_a_number_box_is_a_message(tiny_index
     at = page(tiny_index, "search", {"q": "bees", "k": huge})
     assert not at.exception
     assert any(m.startswith("The link's k='1000") and m.endswith("' was ignored: out of range.") for m in map(unescape, messages(at)))
-    hits = [c for c in texts(at.caption) if c.startswith("`pooled` · ")]
+    hits = [c for c in hit_captions(at) if c.startswith("`pooled` · ")]
     assert len(hits) == 3  # the default k (10), on an index of 3 documents
     at = page(five_index[0], "search", {"q": "bees and honey", "rel": huge})  # a judged query: the grade box is drawn
     assert not at.exception
@@ -114,15 +114,16 @@ def test_an_open_document_deleted_from_the_index_closes_and_its_hit_goes(tiny_en
 
     directory = build_random(tmp_path / "ix", tiny_encoder, 6)
     at = page(directory, "search", {"q": "the", "reps": "pooled,mean"})
-    first = next(c for c in texts(at.caption) if c.startswith("`pooled` · ")).split(" · ")[1]
-    at.button(key="open-pooled-0").click().run()
+    first = next(c for c in hit_captions(at) if c.startswith("`pooled` · ")).split(" · ")[1]
+    at.selectbox(key="document").select_index(document_option(at, "pooled", 1)).run()
     assert any(m.startswith("**Whole document** ·") and m.endswith(first) for m in texts(at.markdown))
     assert delete_documents(directory, [unescape(first)]).removed == [unescape(first)]
     at.run()  # any next run: the page searches the new generation
     assert not at.exception and not at.error
     assert not any(m.startswith("**Whole document**") for m in texts(at.markdown))
-    assert not any(c.split(" · ")[1] == first for c in texts(at.caption) if c.startswith(("`pooled` · ", "`mean` · ")))
-    at.button(key="open-pooled-0").click().run()  # the next hit opens
+    assert not any(c.split(" · ")[1] == first for c in hit_captions(at) if c.startswith(("`pooled` · ", "`mean` · ")))
+    assert at.selectbox(key="document").value is None  # the picker closed with it
+    at.selectbox(key="document").select_index(document_option(at, "pooled", 1)).run()  # the next hit opens
     assert not at.exception and sum(m.startswith("**Whole document** ·") for m in texts(at.markdown)) == 1
 
 

@@ -9,7 +9,7 @@ import re
 import streamlit as st
 
 from app import explain, ui
-from indexer.compare import AGREEMENT_DEPTH, SEARCH_DEPTH, against_baseline, missed_relevant
+from indexer.compare import AGREEMENT_DEPTH, MISSED_LISTED, SEARCH_DEPTH, against_baseline, missed_relevant
 from indexer.evaluation import per_query_metrics
 from indexer.search import query_cut, query_problem
 from indexer.text import describe_surrogate, is_blank
@@ -72,12 +72,26 @@ def paragraphs(text: str) -> str:
     return "\n\n".join(ui.escape_markdown(p) for p in re.split(r"\n\s*\n", text) if p.strip())
 
 
-def open_document(rep: str, doc_id: str, chunk_id: int, query: str) -> None:
-    st.session_state["opened"] = {"rep": rep, "doc": doc_id, "chunk": chunk_id, "query": query}
+def document_choice(option) -> str:
+    """How the whole-document picker names a hit: its column, rank and title."""
+    if option is None:
+        return "—"
+    r, rank, doc_id, title = option
+    title = " ".join((title or "").split())
+    title = title if len(title) <= 80 else title[:80] + "…"
+    return f"{r} · {rank}. {title or doc_id}" + (f" ({doc_id})" if title else "")
 
 
 def close_document() -> None:
-    st.session_state.pop("opened", None)
+    st.session_state["document"] = None
+
+
+def hit_markdown(hit, meta: str, badge: str, query: str) -> str:
+    """One hit as ONE Markdown block: its rank, title and grade; its column, id, score, place in the baseline
+    and chunk in small type; the matched chunk's text with the query's words in bold. One element per hit (not a
+    title, a caption, a text and a button) keeps the page quick to draw: the browser's work grows with elements."""
+    head = f"**{hit.rank}.** {ui.escape_markdown(hit.title or hit.doc_id)}{badge}"
+    return f"{head}  \n:small[:gray[{meta}]]  \n{ui.highlight(hit.text, query)}"
 
 
 def show_document(index, hit, place) -> None:
@@ -114,143 +128,152 @@ def show_document(index, hit, place) -> None:
             st.markdown(paragraphs(text[end:]))
 
 
-st.title("Search")
-searcher = ui.searcher_or_stop()
-st.caption(
-    f"{searcher.index.n_documents} documents, {searcher.index.n_chunks} chunks · model "
-    f"`{searcher.encoder.info.name}` · {explain.GLOSSARY['cosine']}"
-)
-for problem in restore(searcher):
-    st.warning(ui.escape_markdown(f"{problem[0].upper()}{problem[1:]}."))  # a link's values are shown literally
+@st.fragment
+def search_view(searcher) -> None:
+    """Everything below the page's title: a new query, k or pick reruns only this part, so the browser redraws
+    the results and nothing else (the sidebar, title and any message about the link stay as they are)."""
+    st.caption(f"{searcher.index.n_documents} documents, {searcher.index.n_chunks} chunks · model "
+               f"`{searcher.encoder.info.name}` · {explain.GLOSSARY['cosine']}")
+    # a query handed over by another page (session state) that a text box cannot hold: say why, start empty
+    handed = st.session_state.get("query")
+    if isinstance(handed, str) and (why := describe_surrogate(handed, "the query")) is not None:
+        st.session_state["query"] = ""
+        st.error(f"Cannot search: {why}.")
 
-# a query handed over by another page (session state) that a text box cannot hold: say why, start empty
-handed = st.session_state.get("query")
-if isinstance(handed, str) and (why := describe_surrogate(handed, "the query")) is not None:
-    st.session_state["query"] = ""
-    st.error(f"Cannot search: {why}.")
+    # no form: a new k applies at once, and Enter in the query box searches
+    st.session_state.setdefault("k", DEFAULT_K)
+    left, middle, right = st.columns([6, 1, 1], vertical_alignment="bottom")
+    query = left.text_input("Query", key="query", placeholder="e.g. why does my bread come out flat and dense")
+    asked = middle.number_input("Documents per list", step=1, key="k", help=f"1 to {MAX_K}; applies at once.")
+    right.button("Search", type="primary", use_container_width=True)
+    k = clamp(asked, 1, MAX_K)
+    if k != asked:
+        st.warning(f"Showing {k} document{'' if k == 1 else 's'} per list: k is between 1 and {MAX_K}.")
 
-# no form: a new k applies at once, and Enter in the query box searches
-st.session_state.setdefault("k", DEFAULT_K)
-left, middle, right = st.columns([6, 1, 1], vertical_alignment="bottom")
-query = left.text_input("Query", key="query", placeholder="e.g. why does my bread come out flat and dense")
-asked = middle.number_input("Documents per list", step=1, key="k", help=f"1 to {MAX_K}; applies at once.")
-right.button("Search", type="primary", use_container_width=True)
-k = clamp(asked, 1, MAX_K)
-if k != asked:
-    st.warning(f"Showing {k} document{'' if k == 1 else 's'} per list: k is between 1 and {MAX_K}.")
+    if len(searcher.representations) > 1:
+        left, right = st.columns([3, 1])
+        with left:
+            shown = ui.pick_representations(searcher.representations)
+        with right:
+            baseline = ui.pick_baseline(shown) if len(shown) > 1 else None
+    else:
+        shown, baseline = list(searcher.representations), None
 
-if len(searcher.representations) > 1:
-    left, right = st.columns([3, 1])
-    with left:
-        shown = ui.pick_representations(searcher.representations)
-    with right:
-        baseline = ui.pick_baseline(shown) if len(shown) > 1 else None
-else:
-    shown, baseline = list(searcher.representations), None
+    query = query or ""
+    searchable = not is_blank(query) and query_problem(query) is None
+    judged = ui.judgements_for(searcher, query) if searchable else None
+    threshold = None
+    if judged:
+        st.session_state.setdefault("threshold", st.session_state.get("relevant_from", 1))
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        asked_threshold = right.number_input("Relevant from grade", step=1, key="threshold",
+                                             help=f"{explain.GLOSSARY['threshold']} {explain.GLOSSARY['grades']}")
+        threshold = max(1, int(asked_threshold))
+        st.session_state["relevant_from"] = threshold
+        left.caption(f"Judged query {ui.escape_markdown(judged[0])}: each hit shows its grade; grade ≥ {threshold} "
+                     "counts as relevant; unjudged hits are marked as such.")
+        if threshold != asked_threshold:
+            st.warning("Relevance starts at grade 1: grade 0 means judged not relevant.")
+    ui.write_url({"q": query, "k": k, "reps": shown if len(searcher.representations) > 1 else None,
+                  "baseline": baseline, "rel": threshold})
 
-query = query or ""
-searchable = not is_blank(query) and query_problem(query) is None
-judged = ui.judgements_for(searcher, query) if searchable else None
-threshold = None
-if judged:
-    st.session_state.setdefault("threshold", st.session_state.get("relevant_from", 1))
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
-    asked_threshold = right.number_input("Relevant from grade", step=1, key="threshold",
-                                         help=f"{explain.GLOSSARY['threshold']} {explain.GLOSSARY['grades']}")
-    threshold = max(1, int(asked_threshold))
-    st.session_state["relevant_from"] = threshold
-    left.caption(f"Judged query {ui.escape_markdown(judged[0])}: each hit shows its grade; grade ≥ {threshold} "
-                 "counts as relevant; unjudged hits are marked as such.")
-    if threshold != asked_threshold:
-        st.warning("Relevance starts at grade 1: grade 0 means judged not relevant.")
-ui.write_url({"q": query, "k": k, "reps": shown if len(searcher.representations) > 1 else None,
-              "baseline": baseline, "rel": threshold})
+    if is_blank(query):
+        st.info(f"Type a query to see the {' and '.join(f'`{r}`' for r in shown)} ranking{'s' if len(shown) > 1 else ''}"
+                + (" side by side." if len(shown) > 1 else "."))
+        st.stop()
+    if (problem := query_problem(query)) is not None:
+        st.error(f"Cannot search: {problem}.")
+        st.stop()
+    if (cut := query_cut(searcher.encoder, query)) is not None:
+        st.warning(f"Only the start of the query was searched: {cut}. {explain.GLOSSARY['query_cut']}")
 
-if is_blank(query):
-    st.info(f"Type a query to see the {' and '.join(f'`{r}`' for r in shown)} ranking{'s' if len(shown) > 1 else ''}"
-            + (" side by side." if len(shown) > 1 else "."))
-    st.stop()
-if (problem := query_problem(query)) is not None:
-    st.error(f"Cannot search: {problem}.")
-    st.stop()
-if (cut := query_cut(searcher.encoder, query)) is not None:
-    st.warning(f"Only the start of the query was searched: {cut}. {explain.GLOSSARY['query_cut']}")
+    result = searcher.search(query, k=SEARCH_DEPTH)  # deep: ranks in the other lists, nDCG@10, missed documents
+    deep = {r: [h.doc_id for h in result.results[r]] for r in shown}
+    agreement = against_baseline(deep, baseline, k=AGREEMENT_DEPTH) if baseline else {}
+    index = searcher.index
+    places = index.chunk_places({h.chunk_id for r in shown for h in result.results[r][:k]})
+    if k > index.n_documents:
+        st.caption(f"The index holds {index.n_documents} documents: each list shows all of them.")
+    if len(shown) == 1:
+        held = "This index holds" if len(searcher.representations) == 1 else "You picked"
+        st.caption(f"{held} one representation (`{shown[0]}`): there is no other ranking to compare it with.")
+    elif baseline:
+        st.caption(f"Agreement is measured on the first {AGREEMENT_DEPTH} of each list, whatever k. {explain.GLOSSARY['arrows']}")
 
-result = searcher.search(query, k=SEARCH_DEPTH)  # deep: ranks in the other lists, nDCG@10, missed documents
-deep = {r: [h.doc_id for h in result.results[r]] for r in shown}
-agreement = against_baseline(deep, baseline, k=AGREEMENT_DEPTH) if baseline else {}
-index = searcher.index
-places = index.chunk_places({h.chunk_id for r in shown for h in result.results[r][:k]})
-if k > index.n_documents:
-    st.caption(f"The index holds {index.n_documents} documents: each list shows all of them.")
-if len(shown) == 1:
-    held = "This index holds" if len(searcher.representations) == 1 else "You picked"
-    st.caption(f"{held} one representation (`{shown[0]}`): there is no other ranking to compare it with.")
-elif baseline:
-    st.caption(f"Agreement is measured on the first {AGREEMENT_DEPTH} of each list, whatever k. {explain.GLOSSARY['arrows']}")
-
-for column, r in zip(st.columns(len(shown)), shown):
-    against = agreement.get(r)
-    with column:
-        st.subheader(f"`{r}`", help=explain.representation(r))
-        if against is not None:
-            left, right = st.columns(2)
-            # short labels: four columns leave each metric about 100 pixels
-            left.metric(f"Overlap@{AGREEMENT_DEPTH}", f"{against.overlap} of {against.k}",
-                        help=f"{explain.GLOSSARY['overlap']} Here: `{r}` against the baseline `{baseline}`.")
-            right.metric(f"RBO@{AGREEMENT_DEPTH}", f"{against.rbo:.2f}",
-                         help=f"{explain.GLOSSARY['rbo']} Here: `{r}` against the baseline `{baseline}`, "
-                              f"on the first {AGREEMENT_DEPTH} of each.")
-        elif r == baseline:
-            st.caption("Baseline: the other columns' arrows and agreement are relative to this ranking.")
-        if judged:
-            qid, grades = judged
-            run = {qid: {h.doc_id: h.score for h in result.results[r]}}
-            st.metric(f"nDCG@10 {r}", f"{per_query_metrics(run, {qid: grades})[qid]['ndcg@10']:.3f}",
-                      help=explain.GLOSSARY["ndcg"])
-
-opened = st.session_state.get("opened")
-opened = opened if opened and opened["query"] == query else None
-for i in range(k):
-    row = [result.results[r][i] if i < len(result.results[r]) else None for r in shown]
-    if not any(row):
-        break
-    for column, r, hit in zip(st.columns(len(shown)), shown, row):
-        if hit is None:
-            continue
-        against, place = agreement.get(r), places.get(hit.chunk_id)
-        if judged:
-            grade = judged[1].get(hit.doc_id)
-            colour = "gray" if grade is None else ("green" if grade >= threshold else "orange")
-            icon = ":material/check: " if grade is not None and grade >= threshold else ""
-            badge = f" :{colour}-badge[{icon}{'unjudged' if grade is None else explain.grade(grade)}]"
-        else:
-            badge = ""
-        with column, st.container(border=True):
-            st.markdown(f"**{hit.rank}.** {ui.escape_markdown(hit.title or hit.doc_id)}{badge}")
-            st.caption(
-                f"`{r}` · {ui.escape_markdown(hit.doc_id)} · score {hit.score:.3f}"
-                + (f" · in {baseline}: {against.movement(hit.doc_id, hit.rank, shown=k)}" if against is not None else "")
-                + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else ""),
-                help=explain.GLOSSARY["chunk"],
-            )
-            st.markdown(ui.highlight(hit.text, query))
-            st.button("Whole document", key=f"open-{r}-{i}", type="tertiary", icon=":material/article:",
-                      on_click=open_document, args=(r, hit.doc_id, hit.chunk_id, query))
-    for r, hit in zip(shown, row):
-        if hit is not None and opened and (opened["rep"], opened["doc"]) == (r, hit.doc_id):
-            show_document(index, hit, places.get(hit.chunk_id) or index.chunk_places([hit.chunk_id]).get(hit.chunk_id))
-
-if judged:
-    qid, grades = judged
-    everywhere = {h.doc_id: h.title for r in shown for h in result.results[r]}
     for column, r in zip(st.columns(len(shown)), shown):
-        missed = missed_relevant(deep[r], grades, k, threshold)
-        titles = index.titles([m.doc_id for m in missed if m.doc_id not in everywhere])
+        against = agreement.get(r)
         with column:
-            st.markdown(f"**Relevant, not in `{r}`'s top {k}: {len(missed)}**", help=explain.GLOSSARY["missed"])
-            for m in missed:
+            st.subheader(f"`{r}`", help=explain.representation(r))
+            if against is not None:
+                left, right = st.columns(2)
+                # short labels: four columns leave each metric about 100 pixels
+                left.metric(f"Overlap@{AGREEMENT_DEPTH}", f"{against.overlap} of {against.k}",
+                            help=f"{explain.GLOSSARY['overlap']} Here: `{r}` against the baseline `{baseline}`.")
+                right.metric(f"RBO@{AGREEMENT_DEPTH}", f"{against.rbo:.2f}",
+                             help=f"{explain.GLOSSARY['rbo']} Here: `{r}` against the baseline `{baseline}`, "
+                                  f"on the first {AGREEMENT_DEPTH} of each.")
+            elif r == baseline:
+                st.caption("Baseline: the other columns' arrows and agreement are relative to this ranking.")
+            if judged:
+                qid, grades = judged
+                run = {qid: {h.doc_id: h.score for h in result.results[r]}}
+                st.metric(f"nDCG@10 {r}", f"{per_query_metrics(run, {qid: grades})[qid]['ndcg@10']:.3f}",
+                          help=explain.GLOSSARY["ndcg"])
+
+    rows = [[result.results[r][i] if i < len(result.results[r]) else None for r in shown] for i in range(k)]
+    rows = [row for row in rows if any(row)]
+    # one picker for every hit shown (a button per hit would double the elements the browser draws per query)
+    choices = [(r, hit.rank, hit.doc_id, hit.title) for r in shown for hit in result.results[r][:k]]
+    opened = st.selectbox("Read a whole document", [None, *choices], key="document", format_func=document_choice,
+                          help="Any hit shown here: its document's whole text, the matched chunk framed.")
+    if opened is not None:
+        r, rank, doc_id, _ = opened
+        hit = result.results[r][rank - 1]
+        show_document(index, hit, places.get(hit.chunk_id) or index.chunk_places([hit.chunk_id]).get(hit.chunk_id))
+    st.caption(explain.GLOSSARY["chunk"])
+    for row in rows:
+        for column, r, hit in zip(st.columns(len(shown)), shown, row):
+            if hit is None:
+                continue
+            against, place = agreement.get(r), places.get(hit.chunk_id)
+            if judged:
+                grade = judged[1].get(hit.doc_id)
+                colour = "gray" if grade is None else ("green" if grade >= threshold else "orange")
+                icon = ":material/check: " if grade is not None and grade >= threshold else ""
+                badge = f" :{colour}-badge[{icon}{'unjudged' if grade is None else explain.grade(grade)}]"
+            else:
+                badge = ""
+            meta = (f"`{r}` · {ui.escape_markdown(hit.doc_id)} · score {hit.score:.3f}"
+                    + (f" · in {baseline}: {against.movement(hit.doc_id, hit.rank, shown=k)}" if against is not None else "")
+                    + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else ""))
+            column.markdown(hit_markdown(hit, meta, badge, query))
+
+    if judged:
+        qid, grades = judged
+        everywhere = {h.doc_id: h.title for r in shown for h in result.results[r]}
+        for column, r in zip(st.columns(len(shown)), shown):
+            missed = missed_relevant(deep[r], grades, k, threshold)
+            listed = missed[:MISSED_LISTED]
+            titles = index.titles([m.doc_id for m in listed if m.doc_id not in everywhere])
+            lines = []
+            for m in listed:
                 where = f"rank {m.rank}" if m.rank is not None else f"not in top {len(deep[r])}"
                 title = everywhere.get(m.doc_id) or titles.get(m.doc_id) or ""
-                st.caption(f"{ui.escape_markdown(m.doc_id)} · {ui.escape_markdown(title) or '(no title)'} · "
-                           f"{explain.grade(m.grade)} · {where}")
+                lines.append(f"{ui.escape_markdown(m.doc_id)} · {ui.escape_markdown(title) or '(no title)'} · "
+                             f"{explain.grade(m.grade)} · {where}")
+            if rest := missed[MISSED_LISTED:]:
+                ranked = sum(m.rank is not None for m in rest)
+                lines.append(f"and {len(rest)} more: {ranked} ranked within the first {len(deep[r])}, "
+                             f"{len(rest) - ranked} not")
+            with column:
+                st.markdown(f"**Relevant, not in `{r}`'s top {k}: {len(missed)}**", help=explain.GLOSSARY["missed"])
+                if lines:  # one element for the whole list: a labelled set may judge hundreds of documents relevant
+                    st.caption("  \n".join(lines))
+
+
+
+st.title("Search")
+searcher = ui.searcher_or_stop()
+for problem in restore(searcher):
+    st.warning(ui.escape_markdown(f"{problem[0].upper()}{problem[1:]}."))  # a link's values are shown literally
+search_view(searcher)
