@@ -34,7 +34,7 @@ log = logging.getLogger("indexer.encoder")
 BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 #: Threads torch's CPU kernels use in this process unless a block asks otherwise (torch's own default: the cores).
 DEFAULT_THREADS = torch.get_num_threads()
-#: Threads for encoding one query. A query is a few dozen tokens: split across threads, each layer's kernels wait
+#: Threads for encoding one sequence alone (a query). A query is a few dozen tokens: split across threads, each layer's kernels wait
 #: for all of them, and on cores shared with other work (a browser, other sessions, a build) one thread put aside
 #: by the scheduler stalls the rest. Measured here beside one busy core: 2 threads took a median 58 ms per query
 #: and up to 1.6 s, 1 thread 19 ms and at most 59 ms.
@@ -371,6 +371,14 @@ class Encoder:
         if too_long:
             raise ValueError(f"sequence {too_long[0]} has {len(sequences[too_long[0]])} tokens; the window is {self.window}")
         order = sorted(range(n), key=lambda i: -len(sequences[i]))
+        # every call says its thread count: a thread's OpenMP count is fixed at its first torch call, from whatever
+        # the process's was then (another session's query may have lowered it for a moment)
+        with threads(QUERY_THREADS if n == 1 else DEFAULT_THREADS):
+            self._encode_batches(sequences, order, out, on_batch)
+        return out
+
+    def _encode_batches(self, sequences, order, out, on_batch) -> None:
+        n = len(sequences)
         for b in range(0, n, self.batch_size):
             idx = order[b : b + self.batch_size]
             rows = [self._prefix + list(sequences[i]) + self._suffix for i in idx]
@@ -385,7 +393,6 @@ class Encoder:
                 out[r][idx] = v
             if on_batch is not None:
                 on_batch(len(idx), sum(len(sequences[i]) for i in idx))
-        return out
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode():

@@ -13,7 +13,7 @@ import numpy as np
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
-from .encoder import QUERY_THREADS, Encoder, threads
+from .encoder import Encoder
 from .store import IndexReader, StoreError, generation_id
 from .text import describe_surrogate, is_blank
 from .transforms import represent
@@ -193,8 +193,7 @@ class Searcher:
         if problem is not None:
             raise ValueError(problem)
         index = self.current()
-        with threads(QUERY_THREADS):  # one short query: one thread answers fastest when cores are shared
-            rankings = self.rank_many([query], k, index=index)
+        rankings = self.rank_many([query], k, index=index)  # one query: encoded on QUERY_THREADS
         rows = index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})
         return SearchResult(
             query,

@@ -191,7 +191,7 @@ def test_the_indexs_own_model_is_taken_at_the_indexs_max_length(tiny_index, tiny
 
 def test_one_query_is_encoded_on_one_thread_and_the_count_comes_back(tiny_index):
     """A single query runs torch on QUERY_THREADS (a short forward pass split across threads stalls on shared
-    cores); a batch of queries (evaluation) keeps the process's threads; the count is restored either way."""
+    cores); a batch of queries (evaluation, a build) runs on the process's threads; the count is restored."""
     import torch
 
     from indexer.encoder import DEFAULT_THREADS, QUERY_THREADS
@@ -208,3 +208,47 @@ def test_one_query_is_encoded_on_one_thread_and_the_count_comes_back(tiny_index)
         assert seen == [DEFAULT_THREADS]
     finally:
         hook.remove()
+
+
+def test_a_batch_started_while_another_session_searches_keeps_the_process_threads(tiny_encoder, tmp_path):
+    """A thread's OpenMP count is fixed at its first torch call: a thread that starts while a query holds the count
+    at one (another Streamlit session's build or evaluation) must still encode its batches on every thread."""
+    import threading
+
+    import torch
+
+    from conftest import build_random
+    from indexer.encoder import DEFAULT_THREADS
+
+    searcher = Searcher(build_random(tmp_path / "ix", tiny_encoder, 6), tiny_encoder)
+    in_search, batch_started = threading.Event(), threading.Event()
+    seen = {}
+
+    def hook(*_):
+        name = threading.current_thread().name
+        if name == "search":  # hold the search inside its one-thread block until the batch has begun
+            in_search.set()
+            batch_started.wait(10)
+        else:
+            seen.setdefault(name, torch.get_num_threads())
+
+    handle = tiny_encoder.model.register_forward_pre_hook(hook)
+    try:
+        def batch():
+            in_search.wait(10)
+            torch.ones(4, 4).sum()  # the thread's first torch call, while the query's block is open
+            batch_started.set()
+            tiny_encoder.encode_texts(["bees and honey"] * 8)
+
+        threads = [threading.Thread(target=searcher.search, args=("bees",), name="search"),
+                   threading.Thread(target=batch, name="batch")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        later = threading.Thread(target=lambda: tiny_encoder.encode_texts(["bees"] * 8), name="later")
+        later.start()
+        later.join(30)
+    finally:
+        handle.remove()
+    assert seen == {"batch": DEFAULT_THREADS, "later": DEFAULT_THREADS}
