@@ -344,10 +344,11 @@ def pick_baseline(picked: Sequence[str]) -> str:
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
-#: Where GitHub-flavoured Markdown turns bare text into a link (an autolink literal): `http://`, `https://`,
-#: `www.` and e-mail addresses. The renderer finds them in the text after escapes are resolved, so escaping
-#: cannot stop it; an invisible WORD JOINER (U+2060) inside each marker does, and leaves the text as it reads.
-_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+#: Where Streamlit's Markdown turns plain text into something else after escapes are resolved, so that escaping
+#: cannot stop it: GitHub-flavoured autolinks (`http://`, `https://`, `www.`, e-mail addresses), icons and images
+#: (`:material_warning:`, `:streamlit:`) and typographic symbols (`--` `->` `<-` `>=` `<=` `~=` become — → ← ≥ ≤ ≈).
+#: An invisible WORD JOINER (U+2060) inside each marker stops it and leaves the text as it reads.
+_AUTOLINK = re.compile(r"(?<=:)(?=//|material_|streamlit:)|(?<=www)(?=\.)|(?<=@)|(?<=[-<>~])(?=[-=>])", re.IGNORECASE)
 WORD_JOINER = "\u2060"
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app.ui import WORD_JOINER
 from conftest import FIVE, ROOT, TINY_DOCS
 from indexer.compare import rank_biased_overlap
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations
@@ -245,7 +246,9 @@ def test_index_page_describes_the_representations_the_index_has(reps_index):
 # -- any set of representations, shown as picked, against a chosen baseline (issue 11, item 6) -----------
 
 def unescape(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
+    """The text a reader sees: escapes resolved, the invisible word joiners that stop autolinks, icons and
+    typographic symbols dropped."""
+    return re.sub(r"\\(.)", r"\1", text).replace(WORD_JOINER, "")
 
 
 HIT_CAPTION = re.compile(r"`([^`]+)` · (.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|rank \d+|not in top \d+))?(?: · chunk \d+ of \d+)?")

@@ -142,15 +142,17 @@ def test_a_permalink_on_a_narrow_screen_shows_pairs_of_hits(server):
 
 
 def test_addresses_in_documents_are_never_links(tiny_bert, tmp_path):
-    """Bare URLs, www. names and e-mail addresses in a document are shown as text: the page holds no link to them."""
+    """Bare URLs, www. names and e-mail addresses in a document are shown as text: the page holds no link to them;
+    icon names, `:streamlit:` and arrows made of punctuation stay text too."""
     from indexer.encoder import Encoder
     from indexer.pipeline import build_index
 
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     text = ("the bees at http://evil.example/honey and https://evil.example/hive?x=1 or www.evil.example "
             "and mail queen@evil.example about the hive")
+    title = ":material_warning: :streamlit: a -- b -> c <- d >= e"
     source = tmp_path / "docs.jsonl"
-    source.write_text("".join(json.dumps({"_id": f"d{i}", "title": "bees", "text": text}) + "\n" for i in range(3)), encoding="utf-8")
+    source.write_text("".join(json.dumps({"_id": f"d{i}", "title": title, "text": text}) + "\n" for i in range(3)), encoding="utf-8")
     build_index(source, tmp_path / "ix", Encoder.load(str(tiny_bert)), progress=False)
     with running_app(tmp_path / "ix", tmp_path / "server.log") as (url, _), playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -165,5 +167,12 @@ def test_addresses_in_documents_are_never_links(tiny_bert, tmp_path):
                 "() => document.body.innerText.split('evil.example').length > 12", timeout=90_000)  # the text is shown
             links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
             assert not [h for h in links if "evil" in h], links
+            # nor icons, images or typographic symbols: the text reads as written
+            hits = page.locator("[data-testid=stMarkdownContainer]", has_text="evil.example")
+            assert hits.count() >= 3
+            assert hits.locator("img, [data-testid=stIconMaterial]").count() == 0
+            shown = " ".join(hits.all_inner_texts()).replace("\u2060", "")
+            assert ":material_warning: :streamlit: a -- b -> c <- d >= e" in shown
+            assert not set("—→←≥") & set(shown)
         finally:
             browser.close()
