@@ -72,25 +72,35 @@ def paragraphs(text: str) -> str:
     return "\n\n".join(ui.escape_markdown(p) for p in re.split(r"\n\s*\n", text) if p.strip())
 
 
+#: The whole-document picker's first option: no document open (a real option, so Close can select it; None
+#: would make the picker show Streamlit's "Choose an option" instead).
+NO_DOCUMENT = ""
+
+
+def title_of(title: str | None, doc_id: str) -> str:
+    """A hit's title as shown: its document id when the title is empty, blank or invisible."""
+    return doc_id if not title or is_blank(title) else title
+
+
 def document_choice(option) -> str:
-    """How the whole-document picker names a hit: its column, rank and title."""
-    if option is None:
+    """How the whole-document picker names a hit: its column, rank and title (plain text, not Markdown)."""
+    if option == NO_DOCUMENT:
         return "—"
     r, rank, doc_id, title = option
-    title = " ".join((title or "").split())
+    title = " ".join(title_of(title, doc_id).split())
     title = title if len(title) <= 80 else title[:80] + "…"
-    return f"{r} · {rank}. {title or doc_id}" + (f" ({doc_id})" if title else "")
+    return f"{r} · {rank}. {title}" + (f" ({doc_id})" if title != doc_id else "")
 
 
 def close_document() -> None:
-    st.session_state["document"] = None
+    st.session_state["document"] = NO_DOCUMENT
 
 
 def hit_markdown(hit, meta: str, badge: str, query: str) -> str:
     """One hit as ONE Markdown block: its rank, title and grade; its column, id, score, place in the baseline
     and chunk in small type; the matched chunk's text with the query's words in bold. One element per hit (not a
     title, a caption, a text and a button) keeps the page quick to draw: the browser's work grows with elements."""
-    head = f"**{hit.rank}.** {ui.escape_markdown(hit.title or hit.doc_id)}{badge}"
+    head = f"**{hit.rank}.** {ui.escape_markdown(title_of(hit.title, hit.doc_id))}{badge}"
     return f"{head}  \n:small[:gray[{meta}]]  \n{ui.highlight(hit.text, query)}"
 
 
@@ -98,7 +108,7 @@ def show_document(index, hit, place) -> None:
     """The whole text of a hit's document (around its matched chunk when long), the matched chunk framed."""
     with st.container(border=True):
         head, close = st.columns([6, 1], vertical_alignment="center")
-        head.markdown(f"**Whole document** · {ui.escape_markdown(hit.title or hit.doc_id)} · {ui.escape_markdown(hit.doc_id)}")
+        head.markdown(f"**Whole document** · {ui.escape_markdown(title_of(hit.title, hit.doc_id))} · {ui.escape_markdown(hit.doc_id)}")
         close.button("Close", key="close-document", on_click=close_document)
         if place is None:
             st.caption("This document is no longer in the index.")
@@ -132,7 +142,8 @@ def show_document(index, hit, place) -> None:
 def search_view(searcher) -> None:
     """Everything below the page's title: a new query, k or pick reruns only this part, so the browser redraws
     the results and nothing else (the sidebar, title and any message about the link stay as they are)."""
-    st.caption(f"{searcher.index.n_documents} documents, {searcher.index.n_chunks} chunks · model "
+    current = searcher.current()  # a newly published generation, before its counts are shown
+    st.caption(f"{current.n_documents} documents, {current.n_chunks} chunks · model "
                f"`{searcher.encoder.info.name}` · {explain.GLOSSARY['cosine']}")
     # a query handed over by another page (session state) that a text box cannot hold: say why, start empty
     handed = st.session_state.get("query")
@@ -224,9 +235,9 @@ def search_view(searcher) -> None:
     rows = [row for row in rows if any(row)]
     # one picker for every hit shown (a button per hit would double the elements the browser draws per query)
     choices = [(r, hit.rank, hit.doc_id, hit.title) for r in shown for hit in result.results[r][:k]]
-    opened = st.selectbox("Read a whole document", [None, *choices], key="document", format_func=document_choice,
+    opened = st.selectbox("Read a whole document", [NO_DOCUMENT, *choices], key="document", format_func=document_choice,
                           help="Any hit shown here: its document's whole text, the matched chunk framed.")
-    if opened is not None:
+    if opened != NO_DOCUMENT:
         r, rank, doc_id, _ = opened
         hit = result.results[r][rank - 1]
         show_document(index, hit, places.get(hit.chunk_id) or index.chunk_places([hit.chunk_id]).get(hit.chunk_id))
