@@ -215,6 +215,25 @@ def test_a_query_judging_many_documents_lists_the_nearest_ten_and_counts_the_res
     assert summaries == ["and 3 more: 3 ranked within the first 16, 0 not"] * 2
 
 
+def test_coming_back_from_another_page_keeps_the_query_and_k(tiny_index):
+    """Streamlit drops a widget's value when another page runs; the page keeps its own copy of query and k."""
+    at = search(app(tiny_index), QUERY)
+    at.number_input(key="k").set_value(2).run()
+    before = shown_columns(at)
+    at.switch_page("views/evaluate.py").run()
+    at.switch_page("views/search.py").run()
+    assert not at.exception and not at.error
+    assert at.text_input(key="query").value == QUERY and at.number_input(key="k").value == 2
+    assert shown_columns(at) == before and {r: len(h) for r, h in before.items()} == {"pooled": 2, "mean": 2}
+    assert at.query_params["q"] == QUERY and at.query_params["k"] == "2"
+    # a query handed over by another page still wins over the kept one
+    at.session_state["query"] = "bread and flour"
+    at.switch_page("views/evaluate.py").run()
+    at.session_state["query"] = "bread and flour"
+    at.switch_page("views/search.py").run()
+    assert at.text_input(key="query").value == "bread and flour" and at.query_params["q"] == "bread and flour"
+
+
 # -- item 14: which chunk matched, and the whole document ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

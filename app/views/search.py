@@ -19,6 +19,8 @@ MAX_K = SEARCH_DEPTH
 DEFAULT_K = 10
 #: Characters of a document "Whole document" shows at once (around the matched chunk in a longer document).
 DOCUMENT_CHARS = 30_000
+#: The query and k boxes, and the session-state keys that keep their values while another page is shown.
+KEPT_ACROSS_PAGES = {"query": "kept_query", "k": "kept_k"}
 #: Session-state keys that remember a choice across pages and links, and the widget each one seeds.
 REMEMBERED = {"shown": "columns", "baseline_of_columns": "baseline", "relevant_from": "threshold"}
 
@@ -145,6 +147,11 @@ def search_view(searcher) -> None:
     current = searcher.current()  # a newly published generation, before its counts are shown
     st.caption(f"{current.n_documents} documents, {current.n_chunks} chunks · model "
                f"`{searcher.encoder.info.name}` · {explain.GLOSSARY['cosine']}")
+    # Streamlit drops a widget's value when another page runs: coming back, the boxes start from what this page
+    # last showed (a link or another page that set them first wins)
+    for widget, kept in KEPT_ACROSS_PAGES.items():
+        if widget not in st.session_state and kept in st.session_state:
+            st.session_state[widget] = st.session_state[kept]
     # a query handed over by another page (session state) that a text box cannot hold: say why, start empty
     handed = st.session_state.get("query")
     if isinstance(handed, str) and (why := describe_surrogate(handed, "the query")) is not None:
@@ -158,6 +165,7 @@ def search_view(searcher) -> None:
     asked = middle.number_input("Documents per list", step=1, key="k", help=f"1 to {MAX_K}; applies at once.")
     right.button("Search", type="primary", use_container_width=True)
     k = clamp(asked, 1, MAX_K)
+    st.session_state.update({KEPT_ACROSS_PAGES["query"]: query, KEPT_ACROSS_PAGES["k"]: asked})
     if k != asked:
         st.warning(f"Showing {k} document{'' if k == 1 else 's'} per list: k is between 1 and {MAX_K}.")
 
