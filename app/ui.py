@@ -356,9 +356,23 @@ def _escape(text: str) -> str:
     return _PUNCTUATION.sub(r"\\\1", _AUTOLINK.sub(WORD_JOINER, text))
 
 
+#: Unicode's explicit direction controls (marks, embeddings, overrides, isolates): in text from outside, one of
+#: them can reorder what the page prints after it (a title's U+202E reversed the grade badge beside it).
+_BIDI_CONTROL = re.compile("[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+FIRST_STRONG_ISOLATE, POP_DIRECTIONAL_ISOLATE = "\u2068", "\u2069"
+
+
+def isolated(text: str) -> str:
+    """`text` unable to reorder its surroundings: when it holds a direction control, it is wrapped in an isolate
+    (after removing any isolate-closing character of its own, which would end the wrapper early)."""
+    if not _BIDI_CONTROL.search(text):
+        return text
+    return FIRST_STRONG_ISOLATE + text.replace(POP_DIRECTIONAL_ISOLATE, "") + POP_DIRECTIONAL_ISOLATE
+
+
 def escape_markdown(text: str) -> str:
     """Text shown literally by st.markdown (on one line), whatever it contains."""
-    return _escape(" ".join(text.split()))
+    return isolated(_escape(" ".join(text.split())))
 
 
 def highlight(text: str, query: str) -> str:
@@ -376,4 +390,4 @@ def highlight(text: str, query: str) -> str:
         parts.append(f"**{_escape(match.group(0))}**")
         last = match.end()
     parts.append(_escape(text[last:]))
-    return "".join(parts)
+    return isolated("".join(parts))

@@ -1,6 +1,7 @@
 """The app as an attacker and a careless user would use it (issue 12): hostile links, uploads and names on every page
 give an escaped one-line message, never a traceback, never a path outside the index folder, never a link."""
 
+import json
 import sys
 
 import pytest
@@ -8,7 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 
 from app.ui import WORD_JOINER
-from test_app import document_option, hit_captions, texts, unescape
+from indexer.pipeline import build_index
+from test_app import document_option, hit_captions, hit_heads, texts, unescape
 from test_app_build import build_button, entries, index_page, upload_and_build
 from test_app_evaluate import page
 
@@ -139,3 +141,25 @@ def test_a_folder_name_holding_markdown_is_shown_literally_in_the_sidebar_and_th
     assert not at.exception
     assert unescape(at.sidebar.caption[0].value) == f"Index: {name}"
     assert [unescape(e.label).split(" — ")[0] for e in at.expander] == [f"● {name}"]
+
+
+def test_direction_controls_in_a_title_or_id_cannot_reorder_the_hit_around_them(tiny_encoder, tmp_path):
+    """A title holding U+202E (right-to-left override) reversed the grade badge and the id drawn after it: text from
+    outside that holds a direction control is wrapped in an isolate, without a closing character of its own."""
+    from app.ui import FIRST_STRONG_ISOLATE as FSI, POP_DIRECTIONAL_ISOLATE as PDI
+
+    rows = [{"_id": f"d{i}", "title": f"\u202eevil title {i}\u2069 and more", "text": "the bees make honey in the hive"}
+            for i in range(3)]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    directory = build_index(source, tmp_path / "ix", tiny_encoder, progress=False).index_dir
+    at = page(directory, "search", {"q": "bees"})
+    assert not at.exception and not at.error
+    heads = hit_heads(at)
+    assert len(heads) == 6
+    for head in heads:
+        title = head.split("** ", 1)[1]
+        assert title.startswith(FSI + "\u202e") and title.endswith(PDI) and title.count(PDI) == 1
+        assert unescape(title).replace(FSI, "").replace(PDI, "").startswith("\u202eevil title")
+    labels = list(at.selectbox(key="document").options)[1:]
+    assert len(labels) == 6 and all(FSI + "\u202eevil" in label and label.count(PDI) == 1 for label in labels)

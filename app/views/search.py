@@ -91,7 +91,7 @@ def document_choice(option) -> str:
     r, rank, doc_id, title = option
     title = " ".join(title_of(title, doc_id).split())
     title = title if len(title) <= 80 else title[:80] + "…"
-    return f"{r} · {rank}. {title}" + (f" ({doc_id})" if title != doc_id else "")
+    return f"{r} · {rank}. {ui.isolated(title)}" + (f" ({ui.isolated(doc_id)})" if title != doc_id else "")
 
 
 def close_document() -> None:
