@@ -94,14 +94,17 @@ def default_overlap(max_tokens: int) -> int:
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    """Token windows: `max_tokens` includes the model's special tokens; `overlap` tokens are shared by neighbours."""
+    """Token windows: `max_tokens` includes the model's special tokens; `overlap` tokens are shared by neighbours
+    (None: `default_overlap(max_tokens)`, so that any valid `max_tokens` alone makes a valid configuration)."""
 
     max_tokens: int
-    overlap: int = DEFAULT_OVERLAP
+    overlap: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
             raise ValueError(f"max_tokens must be at least 8, got {self.max_tokens}")
+        if self.overlap is None:
+            object.__setattr__(self, "overlap", default_overlap(self.max_tokens))
         if not 0 <= self.overlap < self.max_tokens // 2:
             raise ValueError(
                 f"overlap must be between 0 and half of max_tokens ({self.max_tokens // 2 - 1}), got {self.overlap}"

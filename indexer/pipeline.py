@@ -337,9 +337,7 @@ def build_index(
     source, index_dir = Path(source), Path(index_dir).resolve()
     _text_paths(source=source, index=index_dir)
     spec = vector_index or IndexSpec()
-    chunking = ChunkingConfig(
-        max_tokens=encoder.max_tokens, overlap=default_overlap(encoder.max_tokens) if overlap is None else overlap
-    )
+    chunking = ChunkingConfig(max_tokens=encoder.max_tokens, overlap=overlap)
     columns = {"id_column": id_column, "title_column": title_column, "text_column": text_column}
     fmt, report, documents = _load_source(source, format, **columns)
     _check_target(index_dir)

@@ -162,3 +162,17 @@ def test_sliced_chunks_equal_whole_text_windows_when_slices_end_at_spaces():
 def test_chunk_keeps_its_token_count_when_the_ids_are_dropped():
     chunk = Chunk("d", 0, "alpha beta", 0, 10, (5, 6))
     assert chunk.embedded().token_ids == () and chunk.embedded().n_tokens == 2
+
+
+def test_any_valid_max_tokens_alone_makes_a_valid_chunking_config():
+    """The default overlap follows max_tokens (issue 13: `ChunkingConfig(max_tokens=32)` raised, its fixed default
+    overlap of 32 being more than half the window)."""
+    from indexer.config import DEFAULT_OVERLAP, ChunkingConfig
+
+    for max_tokens in (8, 16, 32, 63, 256, 512):
+        config = ChunkingConfig(max_tokens=max_tokens)
+        assert config.overlap == min(DEFAULT_OVERLAP, max_tokens // 8)
+        assert ChunkingConfig(max_tokens=max_tokens, overlap=config.overlap) == config
+    assert ChunkingConfig(max_tokens=256, overlap=0).overlap == 0
+    with pytest.raises(ValueError, match="overlap must be between 0 and half of max_tokens"):
+        ChunkingConfig(max_tokens=32, overlap=16)
