@@ -348,12 +348,12 @@ _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 #: cannot stop it: GitHub-flavoured autolinks (`http://`, `https://`, `www.`, e-mail addresses), icons and images
 #: (`:material_warning:`, `:streamlit:`) and typographic symbols (`--` `->` `<-` `>=` `<=` `~=` become — → ← ≥ ≤ ≈).
 #: An invisible WORD JOINER (U+2060) inside each marker stops it and leaves the text as it reads.
-_AUTOLINK = re.compile(r"(?<=:)(?=//|material_|streamlit:)|(?<=www)(?=\.)|(?<=@)|(?<=[-<>~])(?=[-=>])", re.IGNORECASE)
+_RENDERED_MARKERS = re.compile(r"(?<=:)(?=//|material_|streamlit:)|(?<=www)(?=\.)|(?<=@)|(?<=[-<>~])(?=[-=>])", re.IGNORECASE)
 WORD_JOINER = "\u2060"
 
 
 def _escape(text: str) -> str:
-    return _PUNCTUATION.sub(r"\\\1", _AUTOLINK.sub(WORD_JOINER, text))
+    return _PUNCTUATION.sub(r"\\\1", _RENDERED_MARKERS.sub(WORD_JOINER, text))
 
 
 #: Unicode's explicit direction controls (marks, embeddings, overrides, isolates): in text from outside, one of

