@@ -1,4 +1,5 @@
-"""Command line: `python -m indexer build | search | info | demo`. Parses arguments, calls the library, prints."""
+"""Command line: `pooling-lab` or `python -m indexer` build | search | info | app | demo …. Parses arguments, calls
+the library, prints."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import logging
 import shutil
+import subprocess
 import sys
 import time
 import unicodedata
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, parse_representations, poolings_of
+from .config import (DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, SAMPLE_INDEX, SAMPLE_SOURCE,
+                     parse_representations, poolings_of)
 from .encoder import Encoder, ModelError
 from .evaluation import (
     GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
@@ -28,12 +31,11 @@ from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import StoreError, is_index, read_manifest
+from .app.serve import DEFAULT_PORT, LOOPBACK, add_app_arguments
 from .text import describe_surrogate, is_blank
 from . import vector_index
 from .vector_index import INDEX_TYPES, IndexSpec
 
-DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
-DEMO_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "sample"
 EXIT_USAGE = 2  # bad input the user can fix: missing path, unknown format, mismatched index
 EXIT_INTERNAL = 1  # an unexpected fault of the program (one line; -v shows the traceback)
 
@@ -502,6 +504,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the Streamlit app until interrupted (what `make run` starts)."""
+    from .app.serve import app_argv, streamlit_command
+
+    if not is_index(args.index):
+        print(f"note: {args.index} is not an index yet; build one (python -m indexer build SOURCE --index {args.index})"
+              + (" or upload files on the Index page" if args.allow_build else ""), file=sys.stderr)
+    if args.host != LOOPBACK:
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the app (it has no login)",
+              file=sys.stderr)
+    cmd = streamlit_command(app_argv(args), address=args.host, port=args.port, headless=args.headless)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:  # Streamlit got the same signal and stops itself
+        return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Terminal demo: build the sample index if missing, run sample queries, then read queries from stdin."""
     index = Path(args.index)
@@ -540,9 +559,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {_clean(message)} (see: {self.prog} --help)\n")
 
 
+def _program_name() -> str:
+    """How the user called us, for usage lines: the console script or `python -m indexer`."""
+    return "pooling-lab" if Path(sys.argv[0]).name == "pooling-lab" else "python -m indexer"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m indexer",
+        prog=_program_name(),
         description="Index documents with a BERT-family model and compare what each representation (pooled, mean, cls, "
                     "max, first_last, and transforms such as pooled+whiten) retrieves.",
     )
@@ -660,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     bn = sub.add_parser("bench", help="speed against sentence-transformers, machine limit, latency and memory")
-    bn.add_argument("--data", type=Path, default=DEMO_SOURCE, help="collection whose texts are encoded (default data/sample)")
+    bn.add_argument("--data", type=Path, default=SAMPLE_SOURCE, help="collection whose texts are encoded (default data/sample)")
     bn.add_argument("--docs", type=int, default=None, help="number of documents (texts repeated to reach it)")
     bn.add_argument("--runs", type=int, default=3, help="runs of each system; the median is reported (default 3)")
     bn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -678,9 +702,17 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
     bn.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="terminal demo on the sample collection (what `make run` starts)")
-    d.add_argument("--index", type=Path, default=DEMO_INDEX, help=f"demo index (default {DEMO_INDEX})")
-    d.add_argument("--source", type=Path, default=DEMO_SOURCE, help="collection to build it from if missing")
+    ap = sub.add_parser("app", help="serve the Streamlit app (what `make run` starts): rankings side by side in a browser")
+    add_app_arguments(ap)
+    ap.add_argument("--host", default=LOOPBACK,
+                    help=f"address to listen on (default {LOOPBACK}: this machine only; 0.0.0.0 opens it to the network)")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    ap.add_argument("--headless", action="store_true", help="do not open a browser window")
+    ap.set_defaults(func=cmd_app)
+
+    d = sub.add_parser("demo", help="terminal demo on the sample collection (`make demo`)")
+    d.add_argument("--index", type=Path, default=SAMPLE_INDEX, help=f"demo index (default {SAMPLE_INDEX})")
+    d.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="collection to build it from if missing")
     d.add_argument("-k", type=int, default=5)
     d.add_argument("-n", type=int, default=3, help="sample queries to show (default 3)")
     model_options(d, "model for a missing demo index (default: embedded all-MiniLM-L6-v2)")

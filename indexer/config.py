@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, get_args
+
+#: The demo collection and its index, relative to the folder the command runs in (the checkout's root for
+#: `make run`, `make demo` and the app's default): one home for the CLI's demo and bench and the app.
+SAMPLE_SOURCE = Path("data") / "sample"
+SAMPLE_INDEX = Path("indexes") / "sample"
 
 Pooling = Literal["pooled", "mean", "cls", "max", "first_last"]
 #: How token vectors become one vector, each computed from the same forward pass (see pooling.py).

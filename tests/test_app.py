@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.ui import WORD_JOINER
+from indexer.app.serve import APP as APP_SCRIPT
+from indexer.app.ui import WORD_JOINER
 from conftest import FIVE, ROOT, TINY_DOCS
 from indexer.compare import rank_biased_overlap
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations
@@ -16,7 +17,7 @@ from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader, generation_id
 
-APP = str(ROOT / "app" / "streamlit_app.py")
+APP = str(APP_SCRIPT)
 JUDGED_QUERY = "why does my homemade bread come out flat and heavy"  # q08 of data/sample
 
 
@@ -421,7 +422,7 @@ def test_a_query_with_a_lone_surrogate_is_a_message(tiny_index):
 
 
 def test_escaped_text_keeps_no_autolink_literal_but_reads_the_same():
-    from app.ui import WORD_JOINER, escape_markdown, highlight
+    from indexer.app.ui import WORD_JOINER, escape_markdown, highlight
 
     text = "see http://a.example/x, HTTPS://b.example, www.c.example and d@e.example"
     for shown in (escape_markdown(text), highlight(text, "see example")):

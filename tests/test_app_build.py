@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from streamlit import config
 
-from app import build, ui
+from indexer.app import build, ui
 from conftest import ROOT
 from indexer.encoder import Encoder
 from indexer.store import is_index, read_manifest

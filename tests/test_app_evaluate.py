@@ -10,7 +10,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from app import explain, ui
+from indexer.app import explain, ui
 from indexer import evaluation
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index

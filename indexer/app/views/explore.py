@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import explain, ui
+from indexer.app import explain, ui
 from indexer.explore import MAP_MINIMUM, NEGATIVES_PER_QUERY, densities, query_points
 from indexer.search import query_problem
 

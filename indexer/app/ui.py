@@ -15,16 +15,15 @@ from typing import Callable, Mapping, Sequence
 import streamlit as st
 
 from indexer import compare, explore
+from indexer.config import SAMPLE_INDEX
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
 from indexer.search import Searcher, model_name_for
 from indexer.store import StoreError, is_index, read_manifest, read_pointer
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INDEX = ROOT / "indexes" / "sample"
 
-# -- what one build from the browser may take (app/build.py enforces them; the Index page states them) ------
-UPLOAD_LIMIT_MB = 50  # per file; also .streamlit/config.toml's server.maxUploadSize, the server's own cap
+# -- what one build from the browser may take (build.py enforces them; the Index page states them) ------
+UPLOAD_LIMIT_MB = 50  # per file; also the app's .streamlit/config.toml server.maxUploadSize, the server's own cap
 BUILD_MAX_FILES = 200  # files per build
 BUILD_MAX_TOTAL_MB = 100  # all files of one build together
 BUILD_MAX_CONCURRENT = 1  # builds running at once, across every session of this server
@@ -34,7 +33,7 @@ BUILD_MAX_SECONDS = 600  # a build still running after this is stopped (checked 
 # -- which index --------------------------------------------------------------------------------------
 
 def index_dir() -> Path:
-    return Path(st.session_state.get("index_dir") or DEFAULT_INDEX)
+    return Path(st.session_state.get("index_dir") or SAMPLE_INDEX)
 
 
 def index_root() -> Path:

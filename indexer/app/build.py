@@ -1,5 +1,5 @@
 """Building an index from the browser: the checks of an upload and of a name, and a build that stays within the
-limits of app/ui.py and leaves nothing behind when it fails.
+limits of ui.py and leaves nothing behind when it fails.
 
 The app only ever writes into a folder it has just created for the build (claimed with an exclusive mkdir), so it
 never replaces or deletes an index it did not create; a build that fails for any reason removes that folder, so
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from app import ui
+from indexer.app import ui
 from indexer.encoder import Encoder
 from indexer.pipeline import BuildSummary, build_index
 

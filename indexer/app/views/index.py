@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import build, ui
+from indexer.app import build, ui
 from indexer import vector_index
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations, poolings_of
 from indexer.encoder import ModelError
@@ -72,7 +72,7 @@ st.header("Build a new index")
 if not st.session_state.get("allow_build"):
     st.info(
         "Building from the browser is off. Start the app with `make run APP_ARGS=--allow-build` "
-        "(or `streamlit run app/streamlit_app.py -- --allow-build`) to turn it on; then anyone who can open this "
+        "(or `pooling-lab app --allow-build`) to turn it on; then anyone who can open this "
         "page can add indexes (never replace one). From a terminal: `python -m indexer build SOURCE --index DIR`."
     )
     st.stop()
