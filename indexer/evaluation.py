@@ -593,11 +593,14 @@ def labelled_sets(manifest: Mapping, directory: str | Path | None = None) -> lis
             for split, path in dataset.qrels.items()]
 
 
-def load_labels(queries_file: str | Path, qrels_file: str | Path, doc_ids: Container[str]) -> tuple[dict[str, str], Qrels, list[LoadIssue]]:
-    """Queries and judgements, with bad lines and unknown query or document ids reported and skipped."""
+def load_labels(
+    queries: str | Path | Mapping[str, str], qrels: str | Path | Mapping[str, Mapping[str, int]], doc_ids: Container[str],
+) -> tuple[dict[str, str], Qrels, list[LoadIssue]]:
+    """Queries and judgements (files, or mappings from memory), with bad lines and unknown query or document ids
+    reported and skipped."""
     report = LoadReport()
-    queries = load_queries(queries_file, report)
-    qrels = load_qrels(qrels_file, report, known_queries=queries, known_documents=doc_ids)
+    queries = load_queries(queries, report)
+    qrels = load_qrels(qrels, report, known_queries=queries, known_documents=doc_ids)
     return queries, qrels, report.issues
 
 

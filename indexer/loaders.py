@@ -15,7 +15,7 @@ import os
 import re
 import stat
 from collections import deque
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -25,14 +25,20 @@ from lxml import etree
 from .text import describe_surrogate, is_blank, lone_surrogate
 
 __all__ = [
-    "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "SourceError",
-    "detect_format", "folder_entries", "iter_documents", "load_qrels", "load_queries", "open_beir",
+    "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "MAX_DOCUMENT_BYTES", "RECORDS",
+    "SourceError", "detect_format", "folder_entries", "iter_documents", "iter_records", "load_qrels", "load_queries",
+    "open_beir",
 ]
 
 logger = logging.getLogger("indexer.loaders")
 
 Format = Literal["auto", "folder", "jsonl", "csv", "beir"]
 SourceFormat = Literal["folder", "jsonl", "csv", "beir"]
+#: Records handed over from memory (Index.build, Index.add) have no path: this names them in messages
+#: ("records:3: text field 'text' is empty", counting from 1) and is their format in the manifest.
+RECORDS = "records"
+#: The largest document text kept, in UTF-8 bytes; larger ones are skipped with a message.
+MAX_DOCUMENT_BYTES = 50_000_000
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
@@ -140,7 +146,7 @@ def iter_documents(
     id_column: str | None = None,
     title_column: str | None = "title",
     text_column: str = "text",
-    max_document_bytes: int = 50_000_000,
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> Iterator[Document]:
     """Stream the documents of a collection; bad records go to ``report`` and are skipped.
 
@@ -166,8 +172,54 @@ def iter_documents(
     return _checked(records, report, max_document_bytes)
 
 
+def iter_records(
+    records: Iterable[Mapping[str, Any] | Document],
+    report: LoadReport,
+    *,
+    id_column: str | None = None,
+    title_column: str | None = "title",
+    text_column: str = "text",
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
+) -> Iterator[Document]:
+    """Records from memory, dicts shaped like a JSONL line or Documents, with the checks a JSONL line gets
+    and those shared by every format; a bad record is reported as ``records:N`` (N counting from 1)."""
+    if isinstance(records, (str, bytes, Mapping, Document)) or not isinstance(records, Iterable):
+        raise ValueError(f"records must be a list or an iterator of dicts or Documents, not a {type(records).__name__}")
+    if max_document_bytes <= 0:
+        raise ValueError(f"max_document_bytes must be positive, got {max_document_bytes!r}")
+    columns = _Columns(id_column, title_column, text_column)
+    return _checked(_read_records(records, report, columns), report, max_document_bytes)
+
+
+def _read_records(records: Iterable[Any], report: LoadReport, columns: _Columns) -> Iterator[tuple[Document, str, int]]:
+    for n, record in enumerate(records, 1):
+        if isinstance(record, Document):  # its fields, checked like any record's
+            obj: Any = {"_id": record.doc_id, "title": record.title, "text": record.text, "metadata": dict(record.metadata)}
+            shape = _Columns(None, "title", "text")
+        else:
+            obj, shape = record, columns
+        if not isinstance(obj, Mapping):
+            report.skip(RECORDS, n, f"expected a dict or a Document, got {type(obj).__name__}")
+            continue
+        try:  # the round trip a JSONL line makes: tuples become lists, anything else that JSON cannot hold is named
+            obj = json.loads(json.dumps(obj))
+        except RecursionError:
+            report.skip(RECORDS, n, f"nested more than {MAX_JSON_DEPTH} levels deep")
+            continue
+        except (TypeError, ValueError) as exc:
+            report.skip(RECORDS, n, f"not JSON data: {exc}")
+            continue
+        if problem := _json_problem(obj):
+            report.skip(RECORDS, n, problem)
+            continue
+        try:
+            yield _record(obj, f"{RECORDS}:{n}", shape), RECORDS, n
+        except _Skip as exc:
+            report.skip(RECORDS, n, str(exc))
+
+
 def _checked(
-    records: Iterator[tuple[Document, Path, int | None]], report: LoadReport, max_bytes: int
+    records: Iterator[tuple[Document, Path | str, int | None]], report: LoadReport, max_bytes: int
 ) -> Iterator[Document]:
     """Apply the checks shared by all formats: size limit and duplicate ids."""
     seen: dict[str, str] = {}
@@ -660,38 +712,50 @@ def open_beir(path: str | Path) -> BeirDataset:
     return BeirDataset(root, corpus, queries if queries.is_file() else None, qrels)
 
 
-def load_queries(path: str | Path, report: LoadReport) -> dict[str, str]:
-    """Read BEIR queries.jsonl ({"_id", "text"}) into {query id: text}."""
-    path = require_path(path)
+def load_queries(source: str | Path | Mapping[str, str], report: LoadReport) -> dict[str, str]:
+    """Read BEIR queries.jsonl ({"_id", "text"}), or take {query id: text} from memory (checked the same way,
+    bad ones reported as ``records:N``), into {query id: text}."""
+    if isinstance(source, Mapping):
+        rows: Iterator[tuple[Document, Any, int]] = _read_records(
+            [{"_id": qid, "text": text} for qid, text in source.items()], report, _Columns(None, None, "text"))
+    else:
+        path = require_path(source)
+        rows = _read_jsonl(path, report, _Columns(None, None, "text"))
     queries: dict[str, str] = {}
-    for lineno, obj in json_objects(path, report):
-        try:
-            query = _record(obj, f"{path}:{lineno}", _Columns(None, None, "text"))
-        except _Skip as exc:
-            report.skip(path, lineno, str(exc))
-            continue
+    for query, where, line in rows:
         if query.doc_id in queries:
-            report.skip(path, lineno, f"duplicate query id {query.doc_id!r}")
+            report.skip(where, line, f"duplicate query id {query.doc_id!r}")
         else:
             queries[query.doc_id] = query.text
     return queries
 
 
 def load_qrels(
-    path: str | Path,
+    source: str | Path | Mapping[str, Mapping[str, int]],
     report: LoadReport,
     *,
     known_queries: Container[str] | None = None,
     known_documents: Container[str] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Read a BEIR qrels TSV ("query-id corpus-id score") into {query id: {doc id: grade}}.
+    """Read a BEIR qrels TSV ("query-id corpus-id score"), or take {query id: {doc id: grade}} from memory
+    (checked the same way, the n-th judgement reported as ``records:N``), into {query id: {doc id: grade}}.
 
-    Grades are ASCII integers from -1000 to 1000 (GRADE_RANGE); any other score is reported.
+    Grades are integers from -1000 to 1000 (GRADE_RANGE); any other score is reported.
     With `known_queries` / `known_documents`, a judgement naming an id outside them is
     reported with its line and skipped.
     """
-    path = require_path(path)
     qrels: dict[str, dict[str, int]] = {}
+    if isinstance(source, Mapping):
+        judgements = ((qid, did, grade) for qid, judged in source.items()
+                      for did, grade in (judged.items() if isinstance(judged, Mapping) else [(None, judged)]))
+        for n, (qid, did, grade) in enumerate(judgements, 1):
+            if not isinstance(qid, str) or not isinstance(did, str):
+                report.skip(RECORDS, n, "query and document ids must be text, as {query id: {document id: grade}}")
+            else:  # a grade from memory must read as one written in a file would
+                score = str(grade) if isinstance(grade, int) and not isinstance(grade, bool) else repr(grade)
+                _judge(qrels, report, RECORDS, n, qid, did, score, known_queries, known_documents)
+        return qrels
+    path = require_path(source)
     for lineno, text, error in numbered_lines(path):
         fields = [f.strip() for f in text.rstrip("\r\n").split("\t")]
         if error:
@@ -701,28 +765,30 @@ def load_qrels(
         elif len(fields) != 3:
             reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
             report.skip(path, lineno, reason)
-        elif is_blank(fields[0]) or is_blank(fields[1]):
-            report.skip(path, lineno, "empty query-id or corpus-id")
         else:
-            grade = _grade(fields[2])
-            if grade is None:
-                report.skip(
-                    path, lineno,
-                    f"score must be an integer from {GRADE_RANGE.start} to {GRADE_RANGE.stop - 1}, got {fields[2]!r}",
-                )
-                continue
-            if known_queries is not None and fields[0] not in known_queries:
-                report.skip(path, lineno, f"unknown query id {fields[0]!r} (not in the queries file)")
-                continue
-            if known_documents is not None and fields[1] not in known_documents:
-                report.skip(path, lineno, f"unknown document id {fields[1]!r} (not in the index)")
-                continue
-            judged = qrels.setdefault(fields[0], {})
-            if fields[1] in judged:
-                report.skip(path, lineno, f"duplicate judgement for ({fields[0]!r}, {fields[1]!r})")
-            else:
-                judged[fields[1]] = grade
+            _judge(qrels, report, path, lineno, *fields, known_queries, known_documents)
     return qrels
+
+
+def _judge(
+    qrels: dict[str, dict[str, int]], report: LoadReport, where: str | Path, line: int, qid: str, did: str, score: str,
+    known_queries: Container[str] | None, known_documents: Container[str] | None,
+) -> None:
+    """One judgement into `qrels`, or its reason to `report`: the checks of every qrels line."""
+    if is_blank(qid) or is_blank(did):
+        report.skip(where, line, "empty query-id or corpus-id")
+        return
+    grade = _grade(score)
+    if grade is None:
+        report.skip(where, line, f"score must be an integer from {GRADE_RANGE.start} to {GRADE_RANGE.stop - 1}, got {score!r}")
+    elif known_queries is not None and qid not in known_queries:
+        report.skip(where, line, f"unknown query id {qid!r} (not in the queries file)")
+    elif known_documents is not None and did not in known_documents:
+        report.skip(where, line, f"unknown document id {did!r} (not in the index)")
+    elif did in qrels.setdefault(qid, {}):
+        report.skip(where, line, f"duplicate judgement for ({qid!r}, {did!r})")
+    else:
+        qrels[qid][did] = grade
 
 
 def _grade(text: str) -> int | None:
