@@ -3,12 +3,19 @@
 A bad record is reported through a ``LoadReport`` and skipped, so one broken
 line never costs the rest of the collection; only a source that is unusable as
 a whole (missing path, unknown format, missing column) raises ``SourceError``.
+
+A folder holds text, Markdown, HTML, PDF and Word (.docx) files. A PDF's text is
+extracted page by page (pypdf), and where each page starts is kept in the
+document's metadata (``text.PAGE_STARTS``) so that a hit can name its page; a
+.docx gives its paragraphs and table rows in document order (python-docx). An
+encrypted, damaged or image-only file is a reported skip like any bad record.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import logging
 import os
@@ -22,7 +29,7 @@ from typing import Any, Literal, get_args
 
 from lxml import etree
 
-from .text import describe_surrogate, is_blank, lone_surrogate
+from .text import PAGE_STARTS, content_head, describe_surrogate, is_blank, lone_surrogate, replace_surrogates
 
 __all__ = [
     "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "MAX_DOCUMENT_BYTES", "RECORDS",
@@ -42,6 +49,10 @@ MAX_DOCUMENT_BYTES = 50_000_000
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
+PDF_SUFFIXES = frozenset({".pdf"})
+WORD_SUFFIXES = frozenset({".docx"})
+#: Every extension a folder source reads; files with any other are counted as ignored.
+FOLDER_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | WORD_SUFFIXES
 _INVISIBLE = ["script", "style", "noscript", "template", "head", "title"]
 _BLOCKS = [
     "address", "article", "aside", "blockquote", "br", "caption", "dd", "details", "div",
@@ -70,7 +81,7 @@ class Document:
     @property
     def content(self) -> str:
         """Text that gets embedded: title and text joined by a space (BEIR/MTEB convention)."""
-        return f"{self.title} {self.text}" if self.title else self.text
+        return content_head(self.title) + self.text
 
 
 @dataclass(frozen=True)
@@ -132,9 +143,11 @@ def detect_format(path: Path) -> SourceFormat:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
+    if suffix in FOLDER_SUFFIXES:
+        raise SourceError(f"{path}: a {suffix} file is read as part of a folder source; pass the folder that holds it")
     raise SourceError(
         f"{path}: unsupported format {suffix or '(no extension)'!r}; supported: a folder of "
-        ".txt/.md/.markdown/.html/.htm files, a BEIR folder with corpus.jsonl, .jsonl/.ndjson, .csv/.tsv"
+        ".txt/.md/.markdown/.html/.htm/.pdf/.docx files, a BEIR folder with corpus.jsonl, .jsonl/.ndjson, .csv/.tsv"
     )
 
 
@@ -325,7 +338,7 @@ def folder_entries(root: Path) -> Iterator[FolderEntry | int]:
         ignored = 0
         for name in sorted(n for n in filenames if not n.startswith(".")):
             path = Path(dirpath, name)
-            if path.suffix.lower() not in TEXT_SUFFIXES | HTML_SUFFIXES:
+            if path.suffix.lower() not in FOLDER_SUFFIXES:
                 ignored += 1
             elif reason := _bad_name(name, "file name"):
                 yield FolderEntry(path, "", skip=reason)
@@ -390,6 +403,14 @@ def _read_file(entry: FolderEntry, report: LoadReport, max_bytes: int) -> Docume
     if isinstance(data, str):
         report.skip(entry.shown, None, data)
         return None
+    suffix = path.suffix.lower()
+    if suffix in PDF_SUFFIXES | WORD_SUFFIXES:
+        try:
+            text, metadata = _pdf_text(data, max_bytes) if suffix in PDF_SUFFIXES else (_docx_text(data, max_bytes), {})
+        except _Skip as exc:
+            report.skip(entry.shown, None, str(exc))
+            return None
+        return Document(doc_id=entry.doc_id, text=text, metadata=metadata, source=str(path))
     if b"\x00" in data[:8192]:
         report.skip(entry.shown, None, "binary file, skipped")
         return None
@@ -467,6 +488,124 @@ def _html_text(markup: str) -> tuple[str, str]:
     parser = etree.HTMLParser(target=_HtmlText(), huge_tree=True, no_network=True, remove_comments=True)
     parser.feed(markup)
     return parser.close()
+
+
+# -- PDF and Word ------------------------------------------------------------------------
+
+#: First bytes of an OLE compound file: what Word writes for a password-protected document (and an old .doc).
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+#: Between two pages of a PDF's text, and between two blocks (paragraph, table) of a Word document's.
+_BLOCK_BREAK = "\n\n"
+
+
+def _problem(exc: BaseException) -> str:
+    """A parser's exception as a short line (its message, else its kind): never a traceback."""
+    text = " ".join(str(exc).split()).strip("'\"")
+    return (text or type(exc).__name__)[:200]
+
+
+def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """A PDF's text, page by page, and its metadata: where each page starts in that text (`PAGE_STARTS`).
+
+    Extraction stops as soon as the text passes `max_bytes` (the bound of every document), so a huge PDF
+    never has all its text in memory. Raises _Skip for an encrypted, damaged or image-only file.
+    """
+    if b"%PDF-" not in data[:1024]:  # the header may follow up to 1 kB of other bytes
+        raise _Skip("not a PDF file: it has no %PDF- header")
+    import pypdf
+
+    # pypdf logs every repair of a damaged file ("EOF marker not found") as a warning that names no file;
+    # what matters reaches the user as this file's skip reason instead.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    parts: list[str] = []
+    starts: list[int] = []
+    length = size = 0
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:  # an empty user password opens PDFs that only restrict printing or copying
+                opened = reader.decrypt("")
+            except pypdf.errors.DependencyError:  # AES, which pypdf decrypts only with the `cryptography` package
+                opened = pypdf.PasswordType.NOT_DECRYPTED
+            if opened == pypdf.PasswordType.NOT_DECRYPTED:
+                raise _Skip("encrypted PDF: it needs a password to open; save an unencrypted copy to index it")
+        pages = len(reader.pages)
+        for number, page in enumerate(reader.pages, 1):
+            text = replace_surrogates(page.extract_text() or "").strip()
+            # an empty page starts where the next page's text will (text.page_at relies on it)
+            starts.append(length + (len(_BLOCK_BREAK) if parts else 0))
+            if is_blank(text):
+                continue
+            size += len(text.encode()) + (len(_BLOCK_BREAK) if parts else 0)
+            if size > max_bytes:
+                raise _Skip(f"text is larger than the {format_bytes(max_bytes)} limit: extraction stopped at page "
+                            f"{number} of {pages}")
+            length = starts[-1] + len(text)
+            parts.append(text)
+    except _Skip:
+        raise
+    except Exception as exc:  # pypdf raises many kinds on a damaged file (PdfReadError, KeyError, ValueError, ...)
+        raise _Skip(f"damaged PDF, cannot be read: {_problem(exc)}") from None
+    if not pages:
+        raise _Skip("the PDF has no pages")
+    if not parts:
+        raise _Skip(f"no text layer: its {pages} page{'s' if pages > 1 else ''} hold no extractable text "
+                    "(a scanned or image-only PDF; run OCR on it to index it)")
+    return _BLOCK_BREAK.join(parts), {PAGE_STARTS: starts}
+
+
+def _docx_text(data: bytes, max_bytes: int) -> str:
+    """A Word document's paragraphs and table rows, in document order (blocks apart by a blank line).
+
+    The unpacked size of the package is checked against `max_bytes` before it is parsed (a small
+    .docx can unpack to gigabytes). Raises _Skip for an encrypted, damaged or empty file.
+    """
+    import zipfile
+
+    if data.startswith(_OLE_MAGIC):
+        raise _Skip("not a .docx package: an encrypted (password-protected) Word document, or an old .doc file; "
+                    "save an unencrypted .docx copy to index it")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
+            unpacked = sum(info.file_size for info in package.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+    if unpacked > max_bytes:
+        raise _Skip(f"the .docx unpacks to {format_bytes(unpacked)}, more than the {format_bytes(max_bytes)} limit")
+    import docx
+
+    try:
+        text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(data))))
+    except Exception as exc:  # python-docx and lxml raise many kinds on a damaged package
+        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+    if is_blank(text):
+        raise _Skip("empty document")
+    return text
+
+
+def _docx_blocks(container: Any) -> Iterator[str]:
+    """The text of each non-empty paragraph and table of a Word document body (or table cell), in order: a table
+    is one line per row, its cells apart by " | " (a merged cell's text once)."""
+    from docx.table import Table
+
+    for block in container.iter_inner_content():
+        if isinstance(block, Table):
+            seen: set = set()
+            rows = []
+            for row in block.rows:
+                cells = []
+                for cell in row.cells:
+                    if cell._tc in seen:  # a merged cell is listed once per grid cell it spans
+                        continue
+                    seen.add(cell._tc)
+                    if text := " ".join(" ".join(_docx_blocks(cell)).split()):
+                        cells.append(text)
+                if cells:
+                    rows.append(" | ".join(cells))
+            if rows:
+                yield "\n".join(rows)
+        elif not is_blank(text := block.text):
+            yield text
 
 
 # -- line-based formats ------------------------------------------------------------------

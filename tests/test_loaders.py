@@ -75,7 +75,7 @@ def test_detect_format(tmp_path):
     (tmp_path / "beir").mkdir()
     (tmp_path / "beir" / "corpus.jsonl").write_text("")
     (tmp_path / "plain").mkdir()
-    for name in ("a.jsonl", "b.NDJSON", "c.csv", "d.tsv", "e.pdf"):
+    for name in ("a.jsonl", "b.NDJSON", "c.csv", "d.tsv", "e.odt", "f.pdf"):
         (tmp_path / name).write_text("")
     assert detect_format(tmp_path / "beir") == "beir"
     assert detect_format(tmp_path / "plain") == "folder"
@@ -83,8 +83,10 @@ def test_detect_format(tmp_path):
     assert detect_format(tmp_path / "b.NDJSON") == "jsonl"
     assert detect_format(tmp_path / "c.csv") == "csv"
     assert detect_format(tmp_path / "d.tsv") == "csv"
-    with pytest.raises(SourceError, match=r"e\.pdf.*\.jsonl.*\.csv"):
-        detect_format(tmp_path / "e.pdf")
+    with pytest.raises(SourceError, match=r"e\.odt.*\.pdf/\.docx.*\.jsonl.*\.csv"):
+        detect_format(tmp_path / "e.odt")
+    with pytest.raises(SourceError, match=r"f\.pdf: a \.pdf file is read as part of a folder source"):
+        detect_format(tmp_path / "f.pdf")
 
 
 def test_missing_path_is_source_error(tmp_path):
@@ -133,7 +135,7 @@ def test_folder_happy_path(tmp_path):
     (tmp_path / "sub" / "c.markdown").write_text("more", "utf-8")
     (tmp_path / "sub" / "deeper" / "d.TXT").write_text("deep", "utf-8")
     (tmp_path / "sub" / "image.png").write_bytes(b"\x89PNG")
-    (tmp_path / "notes.pdf").write_bytes(b"%PDF")
+    (tmp_path / "notes.odt").write_bytes(b"PK")
     (tmp_path / ".hidden.txt").write_text("secret", "utf-8")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD.txt").write_text("ref", "utf-8")
