@@ -64,7 +64,7 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
             hits = result.results[r]
             if i < len(hits):
                 h = hits[i]
-                label = _clean(f"{h.doc_id}  {h.title or h.text}")
+                label = _clean(f"{h.doc_id}{'' if h.page is None else f' · page {h.page}'}  {h.title or h.text}")
                 cells.append(f"{_cut(label, text_w):<{text_w}} {h.score:>7.3f}")
             else:
                 cells.append(" " * col)
@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ef-search", type=int, default=d.ef_search, help=f"hnsw: search effort, more = better recall (default {d.ef_search})")
 
     b = sub.add_parser("build", help="index a folder, JSONL, CSV or BEIR dataset")
-    b.add_argument("source", help="folder of .txt/.md/.html, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")
+    b.add_argument("source", help="folder of .txt/.md/.html/.pdf/.docx, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")
     b.add_argument("--index", required=True, type=Path, help="index directory to create")
     model_options(b, "embedded all-MiniLM-L6-v2 by default; or a local model directory, or a Hugging Face model id (downloaded)")
     b.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk incl. special tokens (default: the model's limit, 256 for all-MiniLM-L6-v2)")

@@ -35,6 +35,7 @@ class Hit:
     chunk_id: int
     text: str
     score: float
+    page: int | None = None  # the page of a PDF its best chunk starts on (None: a document without pages)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,7 +201,8 @@ class Searcher:
             k,
             {
                 r: [
-                    Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score)
+                    Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score,
+                        page=rows[cid].page)
                     for i, (doc, cid, score) in enumerate(ranked[0])
                 ]
                 for r, ranked in rankings.items()

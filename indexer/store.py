@@ -39,6 +39,7 @@ import numpy as np
 from . import vector_index
 from .config import POOLINGS, REPRESENTATION_NAME, parse_representation
 from .files import sha256_file
+from .text import PAGE_STARTS, content_head, page_at
 from .transforms import Transform
 from .vector_index import IndexSpec
 
@@ -148,6 +149,7 @@ class ChunkHit:
     position: int
     text: str
     title: str
+    page: int | None = None  # the page of a paged document (PDF) the chunk starts on
 
 
 @dataclass(frozen=True)
@@ -506,13 +508,17 @@ class IndexReader:
         return {cid: doc for cid, doc in self._query("SELECT chunk_id, doc_id FROM chunks WHERE chunk_id IN ({})", ids)}
 
     def chunks(self, chunk_ids: Iterable[int]) -> dict[int, ChunkHit]:
-        """Chunk rows with their document's title, keyed by chunk id."""
+        """Chunk rows with their document's title, and page where the document has pages, keyed by chunk id."""
+        pages = f"'$.{PAGE_STARTS}'"
         rows = self._query(
-            "SELECT c.chunk_id, c.doc_id, c.position, c.text, d.title FROM chunks c "
-            "JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({})",
+            "SELECT c.chunk_id, c.doc_id, c.position, c.text, d.title, c.char_start, "
+            f"CASE WHEN json_type(d.metadata, {pages}) = 'array' THEN json_extract(d.metadata, {pages}) END "
+            "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({})",
             [int(i) for i in chunk_ids],
         )
-        return {r[0]: ChunkHit(*r) for r in rows}
+        # char_start counts in the embedded content (title, a space, text); the page starts count in the text
+        return {r[0]: ChunkHit(*r[:5], page=None if r[6] is None else page_at(json.loads(r[6]), r[5] - len(content_head(r[4]))))
+                for r in rows}
 
     def chunk_places(self, chunk_ids: Iterable[int]) -> dict[int, ChunkPlace]:
         """Where each chunk lies in its document: "chunk 2 of 5" beside a hit, and the span to mark in the whole text."""
@@ -532,7 +538,7 @@ class IndexReader:
         if row is None:
             return None
         title, n_text = row
-        head = f"{title} " if title else ""
+        head = content_head(title)
         total = len(head) + n_text
         start, end = max(0, start), min(end, total)
         if start >= end:

@@ -252,9 +252,10 @@ def unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text).replace(WORD_JOINER, "")
 
 
-HIT_CAPTION = re.compile(r"`([^`]+)` · (.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|rank \d+|not in top \d+))?(?: · chunk \d+ of \d+)?")
+HIT_CAPTION = re.compile(r"`([^`]+)` · (.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|rank \d+|not in top \d+))?(?: · chunk \d+ of \d+)?"
+                         r"(?: · page (\d+))?")
 #: A hit is one Markdown block: rank and title, then this line in small grey type (column, document, score, place in
-#: the baseline, chunk), then the matched text.
+#: the baseline, chunk, page of a PDF), then the matched text.
 HIT_LINE = re.compile(r"^:small\[:gray\[(.*)\]\]$", re.MULTILINE)
 
 

@@ -38,7 +38,8 @@ def test_build_search_info_round_trip(tmp_path, small_jsonl, build_args, capsys)
     assert set(result["results"]) == {"pooled", "mean"}
     for hits in result["results"].values():
         assert [h["rank"] for h in hits] == [1, 2, 3]
-        assert all(set(h) == {"rank", "doc_id", "title", "chunk_id", "text", "score"} for h in hits)
+        assert all(set(h) == {"rank", "doc_id", "title", "chunk_id", "text", "score", "page"} for h in hits)
+        assert all(h["page"] is None for h in hits)  # documents without pages (a PDF's are in test_documents.py)
 
     code, out, _ = run(capsys, "search", tmp_path / "ix", "bees and honey", "-k", "3")
     assert code == 0 and "pooled" in out and "mean" in out and "in both top-3" in out

@@ -7,6 +7,7 @@ xref table), Word files with python-docx; pypdf only encrypts."""
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from pathlib import Path
 
@@ -14,8 +15,13 @@ import docx
 import pypdf
 import pytest
 
+from indexer.cli import main
+from indexer.encoder import Encoder
 from indexer.loaders import Document, LoadReport, iter_documents
+from indexer.pipeline import build_index
+from indexer.store import IndexReader
 from indexer.text import PAGE_STARTS, page_at
+from test_app import app, hit_captions, search, unescape
 
 HELVETICA = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
 #: A font whose map gives the letter A a lone surrogate, as broken ToUnicode maps in real files do.
@@ -211,3 +217,92 @@ def test_a_word_file_that_unpacks_past_the_bound_is_skipped_before_it_is_parsed(
     docs, report = load(tmp_path, max_document_bytes=100_000)
     assert docs == [] and reasons(report)["big.docx"].startswith("the .docx unpacks to ")
     assert reasons(report)["big.docx"].endswith("more than the 100 kB limit")
+
+
+# -- page numbers through the store, the CLI and the app ---------------------------------------------------------
+
+TOPICS = ["bees honey hive", "bread flour oven", "comet planet orbit", "river rain lake"]
+
+
+def test_each_chunk_of_a_pdf_names_the_page_it_starts_on(tmp_path, tiny_bert):
+    """With chunks of 12 tokens, each PDF page (one topic's words) gives several chunks; the page every stored chunk
+    names is checked against the topic of its first word."""
+    pages = [[" ".join([topic] * 4)] * 3 for topic in TOPICS]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "topics.pdf").write_bytes(write_pdf(pages))
+    (tmp_path / "src" / "plain.txt").write_text("the bees and the bread", "utf-8")
+    encoder = Encoder.load(str(tiny_bert), max_tokens=12)
+    summary = build_index(tmp_path / "src", tmp_path / "ix", encoder, overlap=2, progress=False)
+    reader = IndexReader(summary.index_dir)
+    rows = reader.chunks(range(reader.n_chunks)).values()
+    page_of_word = {word: n for n, topic in enumerate(TOPICS, 1) for word in topic.split()}
+    pdf = [c for c in rows if c.doc_id == "topics.pdf"]
+    assert len(pdf) > 8 and {c.page for c in pdf} == {1, 2, 3, 4}
+    assert all(c.page == page_of_word[c.text.split()[0]] for c in pdf)
+    assert [c.page for c in rows if c.doc_id == "plain.txt"] == [None]  # no pages: no page shown
+    reader.close()
+
+
+def test_a_record_with_page_starts_and_a_title_counts_pages_in_its_text(tmp_path, tiny_bert):
+    """JSONL records may carry page starts themselves (an export of PDF pages): chunk offsets count the title and a
+    space before the text, page starts count in the text. Malformed page starts show no page."""
+    page_1, page_2 = "bread flour oven bread flour oven", "comet planet orbit comet planet orbit"
+    title = " ".join(["telescope"] * 6)  # longer than page 1: an offset counted from the title would say page 2
+    rows = [{"_id": "paged", "title": title, "text": f"{page_1}\n\n{page_2}", "page_starts": [0, len(page_1) + 2]},
+            {"_id": "odd", "text": "river rain lake river rain", "page_starts": "1-2"}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    encoder = Encoder.load(str(tiny_bert), max_tokens=8)  # six words a chunk
+    summary = build_index(tmp_path / "docs.jsonl", tmp_path / "ix", encoder, overlap=0, progress=False)
+    reader = IndexReader(summary.index_dir)
+    pages = {c.text: c.page for c in reader.chunks(range(reader.n_chunks)).values()}
+    reader.close()
+    assert pages == {title: 1, page_1: 1, page_2: 2, "river rain lake river rain": None}
+
+
+@pytest.fixture(scope="module")
+def three_formats(tmp_path_factory):
+    """A folder of a five-page PDF (one phrase only on page 3), a Word file and a Markdown file, built with
+    `python -m indexer build FOLDER --index DIR` and the bundled model (the issue's done-when check)."""
+    root = tmp_path_factory.mktemp("three")
+    folder = root / "docs"
+    folder.mkdir()
+    filler = [
+        "The committee reviewed the annual budget and approved the maintenance schedule for the depot.",
+        "Invoices from the second quarter were reconciled against the purchase orders on file.",
+        "Staff training sessions on spreadsheet software will resume after the summer break.",
+        "The parking permits for the east lot are renewed each January by the facilities office.",
+    ]
+    pages = [[f"Page {n}."] + filler * 6 for n in range(1, 6)]
+    pages[2][13] = "At dawn the lighthouse keeper counted puffins nesting on the cliffs of the island."
+    (folder / "report.pdf").write_bytes(write_pdf(pages))
+    write_docx(folder / "notes.docx")
+    (folder / "bread.md").write_text("# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven.", "utf-8")
+    code = main(["build", str(folder), "--index", str(root / "ix"), "--no-progress"])
+    assert code == 0
+    return root / "ix"
+
+
+QUERY = "lighthouse keeper counting puffins on the island cliffs"
+
+
+def test_a_phrase_on_page_3_finds_the_pdf_first_with_page_3_in_the_cli_and_json(three_formats, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # wide enough that no label is cut
+    capsys.readouterr()
+    assert main(["search", str(three_formats), QUERY, "-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    first = result["results"]["mean"][0]
+    assert first["doc_id"] == "report.pdf" and first["page"] == 3 and "lighthouse keeper" in first["text"]
+    pages = {h["doc_id"]: h["page"] for hits in result["results"].values() for h in hits}
+    assert pages["notes.docx"] is None and pages["bread.md"] is None
+    assert main(["search", str(three_formats), QUERY, "-k", "3"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "report.pdf · page 3" in table[4].split("│")[1]  # the mean column's first row (pooled is the first column)
+
+
+def test_the_app_shows_page_3_on_the_hit_line_of_the_pdf(three_formats):
+    at = search(app(three_formats), QUERY)
+    assert not at.exception
+    captions = [unescape(c) for c in hit_captions(at)]
+    mean = [c for c in captions if c.startswith("`mean`")]
+    assert mean[0].startswith("`mean` · report.pdf · score ") and mean[0].endswith(" · page 3")
+    assert not any("page" in c for c in captions if "report.pdf" not in c)

@@ -265,7 +265,8 @@ def search_view(searcher) -> None:
                 badge = ""
             meta = (f"`{r}` · {ui.escape_markdown(hit.doc_id)} · score {hit.score:.3f}"
                     + (f" · in {baseline}: {against.movement(hit.doc_id, hit.rank, shown=k)}" if against is not None else "")
-                    + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else ""))
+                    + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else "")
+                    + (f" · page {hit.page}" if hit.page is not None else ""))
             column.markdown(hit_markdown(hit, meta, badge, query))
 
     if judged:
