@@ -19,9 +19,10 @@ from indexer.cli import main
 from indexer.encoder import Encoder
 from indexer.loaders import Document, LoadReport, iter_documents
 from indexer.pipeline import build_index
+from indexer.search import Searcher
 from indexer.store import IndexReader
 from indexer.text import PAGE_STARTS, page_at
-from test_app import app, hit_captions, search, unescape
+from test_app import app, hit_captions, search, texts, unescape
 
 HELVETICA = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
 #: A font whose map gives the letter A a lone surrogate, as broken ToUnicode maps in real files do.
@@ -306,3 +307,32 @@ def test_the_app_shows_page_3_on_the_hit_line_of_the_pdf(three_formats):
     mean = [c for c in captions if c.startswith("`mean`")]
     assert mean[0].startswith("`mean` · report.pdf · score ") and mean[0].endswith(" · page 3")
     assert not any("page" in c for c in captions if "report.pdf" not in c)
+
+
+def test_the_app_builds_an_index_from_uploaded_pdf_and_word_files(tmp_path, tiny_bert, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["streamlit_app.py", "--allow-build"])
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    (folder / "a.txt").write_text("the bees", "utf-8")
+    existing = build_index(folder, tmp_path / "indexes" / "first", Encoder.load(str(tiny_bert)), progress=False)
+    at = app(existing.index_dir, index_root=str(tmp_path / "indexes"), model=None)
+    at.switch_page("views/index.py").run()
+    assert {"pdf", "docx"} <= {t.lstrip(".") for t in at.file_uploader[0].proto.type}  # the browser offers them
+    good = write_pdf([["the bees make honey"] * 20, ["bake bread in the oven"] * 20])
+    at.file_uploader[0].upload("report.pdf", good, "application/pdf")
+    at.file_uploader[0].upload("locked.pdf", encrypted(good), "application/pdf")
+    at.file_uploader[0].upload("notes.docx", write_docx(tmp_path / "notes.docx").read_bytes(),
+                               "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+    at.text_input[0].input("uploaded")
+    at.session_state["model"] = str(tiny_bert)
+    at.run()
+    next(b for b in at.button if b.label == "Build").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "Indexed 2 documents" in at.success[0].value
+    skipped = at.dataframe[0].value
+    assert list(skipped["file"]) == ["locked.pdf"] and skipped["reason"][0].startswith("encrypted PDF")
+    searcher = Searcher(tmp_path / "indexes" / "uploaded")
+    hits = searcher.search("bake bread in the oven", k=2).results["mean"]
+    pages = {h.doc_id: h.page for h in hits}
+    assert pages.keys() == {"report.pdf", "notes.docx"} and pages["report.pdf"] in (1, 2) and pages["notes.docx"] is None
+    searcher.close()

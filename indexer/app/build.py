@@ -20,12 +20,15 @@ import streamlit as st
 
 from indexer.app import ui
 from indexer.encoder import Encoder
+from indexer.loaders import FOLDER_SUFFIXES
 from indexer.pipeline import BuildSummary, build_index
 
 #: An index name: one plain folder name.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Files read as one collection of records (one such file per build); any other upload is one document.
 RECORD_SUFFIXES = (".jsonl", ".csv", ".tsv")
+#: What the uploader takes: the files a folder source reads, and the record files.
+UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in FOLDER_SUFFIXES.union(RECORD_SUFFIXES))
 MB = 1_000_000
 
 
@@ -83,7 +86,7 @@ def upload_problem(uploads: Sequence) -> str | None:
         return f"The files hold {total / MB:.1f} MB together; a build takes at most {ui.BUILD_MAX_TOTAL_MB} MB."
     records = [u for u in uploads if Path(u.name).suffix.lower() in RECORD_SUFFIXES]
     if records and len(uploads) > 1:
-        return "Upload either one JSONL / CSV / TSV file, or any number of text, Markdown and HTML files — not both."
+        return "Upload either one JSONL / CSV / TSV file, or any number of text, Markdown, HTML, PDF and Word files — not both."
     return None
 
 
