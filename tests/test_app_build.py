@@ -68,8 +68,8 @@ def test_building_is_off_without_allow_build_even_if_the_session_says_otherwise(
 def test_make_run_passes_app_args_to_the_app():
     shown = subprocess.run(["make", "-n", "-W", "indexes/sample/CURRENT", "run", "APP_ARGS=--allow-build"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
-    line = next(l for l in shown.splitlines() if "streamlit run" in l)
-    assert line.split(" -- ")[1].split() == ["--index", "indexes/sample", "--allow-build"]
+    line = next(line for line in shown.splitlines() if "-m indexer app" in line).split()
+    assert line[line.index("app") + 1:] == ["--index", "indexes/sample", "--host", "127.0.0.1", "--port", "8501", "--allow-build"]
 
 
 def test_the_form_states_its_limits_and_offers_no_replace(tiny_index, tmp_path, allow_build):
