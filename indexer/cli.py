@@ -9,7 +9,6 @@ import json
 import os
 import logging
 import shutil
-import subprocess
 import sys
 import time
 import unicodedata
@@ -506,19 +505,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the Streamlit app until interrupted (what `make run` starts)."""
-    from .app.serve import app_argv, streamlit_command
+    from .app.serve import LOOPBACK_NAMES, app_argv, streamlit_command
 
     if not is_index(args.index):
         print(f"note: {args.index} is not an index yet; build one (python -m indexer build SOURCE --index {args.index})"
               + (" or upload files on the Index page" if args.allow_build else ""), file=sys.stderr)
-    if args.host != LOOPBACK:
+    if args.host not in LOOPBACK_NAMES:
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use the app (it has no login)",
               file=sys.stderr)
     cmd = streamlit_command(app_argv(args), address=args.host, port=args.port, headless=args.headless)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:  # Streamlit got the same signal and stops itself
-        return 0
+    sys.stdout.flush(), sys.stderr.flush()
+    # Streamlit takes this process's place: a signal to it (Ctrl-C, a service manager's SIGTERM) stops the
+    # server itself, with nothing left behind
+    os.execv(cmd[0], cmd)
+    return 0  # pragma: no cover  (execv does not return)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -557,6 +557,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {_clean(message)} (see: {self.prog} --help)\n")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, not {value!r}")
+    return port
+
+
+def _host(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the host is empty; give an address such as 127.0.0.1")
+    return value.strip()
 
 
 def _program_name() -> str:
@@ -704,9 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = sub.add_parser("app", help="serve the Streamlit app (what `make run` starts): rankings side by side in a browser")
     add_app_arguments(ap)
-    ap.add_argument("--host", default=LOOPBACK,
+    ap.add_argument("--host", type=_host, default=LOOPBACK,
                     help=f"address to listen on (default {LOOPBACK}: this machine only; 0.0.0.0 opens it to the network)")
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    ap.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port, 1-65535 (default {DEFAULT_PORT})")
     ap.add_argument("--headless", action="store_true", help="do not open a browser window")
     ap.set_defaults(func=cmd_app)
 

@@ -117,15 +117,18 @@ def test_pip_install_in_a_new_venv_gives_a_working_pooling_lab_command(tmp_path,
     with open(log, "wb") as out:
         server = subprocess.Popen([bin_dir / "pooling-lab", "app", "--index", str(index_dir), "--port", str(port),
                                    "--headless"], cwd=outside, env=env, stdout=out, stderr=subprocess.STDOUT)
+    health = f"http://127.0.0.1:{port}/_stcore/health"
     try:
         deadline = time.monotonic() + 120
         while True:  # the server's own health signal
             try:
-                assert urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok"
+                assert urllib.request.urlopen(health, timeout=2).read() == b"ok"
                 break
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
                 time.sleep(0.2)
     finally:
-        server.terminate()
+        server.terminate()  # what a service manager sends: the server itself must stop, not only a launcher
         server.wait(timeout=30)
+    with pytest.raises(OSError):  # nothing left listening
+        urllib.request.urlopen(health, timeout=2)

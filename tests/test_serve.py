@@ -58,3 +58,12 @@ def test_the_app_command_hands_its_host_to_streamlit():
     command = streamlit_command(app_argv(args), address=args.host, port=args.port)
     assert command[command.index("--server.address") + 1] == "0.0.0.0"
     assert command[command.index("--") + 1:] == ["--index", "indexes/sample", "--model", "m"]
+
+
+@pytest.mark.parametrize("option, value, said", [("--port", "70000", "1 to 65535"), ("--port", "-1", "1 to 65535"),
+                                                 ("--port", "http", "1 to 65535"), ("--host", " ", "host is empty")])
+def test_the_app_command_refuses_a_port_or_host_it_cannot_listen_on(option, value, said, capsys):
+    """One line from the parser, not Streamlit's 50-line traceback from bind()."""
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["app", option, value])
+    assert stopped.value.code == 2 and said in capsys.readouterr().err

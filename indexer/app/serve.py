@@ -21,6 +21,8 @@ from indexer.config import SAMPLE_INDEX
 #: without tracebacks) applies from whichever folder the app is started.
 APP = Path(__file__).resolve().parent / "streamlit_app.py"
 LOOPBACK = "127.0.0.1"
+#: Addresses that reach this machine only: no warning when the app listens on one.
+LOOPBACK_NAMES = frozenset({LOOPBACK, "localhost", "::1"})
 DEFAULT_PORT = 8501
 
 
