@@ -28,7 +28,7 @@ class Index:
     generation, so a build or add by another process is picked up by the next search."""
 
     def __init__(self, searcher: Searcher, summary: BuildSummary | None = None) -> None:
-        self._searcher = searcher
+        self._opened: Searcher | None = searcher
         #: What the last build or add through this object did (documents, chunks, skipped records and why).
         self.summary = summary
 
@@ -41,7 +41,7 @@ class Index:
         directory: str | Path,
         *,
         model: str | None = None,
-        representations: str | Sequence[str] = DEFAULT_REPRESENTATIONS,
+        representations: str | Sequence[str] | None = None,
         max_tokens: int | None = None,
         overlap: int | None = None,
         index_type: IndexType = "flat",
@@ -59,9 +59,11 @@ class Index:
         JSONL line (`_id`, `text`, optional `title`, anything else kept as metadata) or `Document`s, in a list or
         an iterator. Bad records are skipped and named in `index.summary.issues`. A killed build resumes when run
         again with the same arguments; for records that means the same list (an iterator is read once, so its
-        build starts over). `model`: the embedded default, a local folder or a hub id.
+        build starts over). `model`: the embedded default, a local folder or a hub id. `representations`: e.g.
+        "pooled,mean,max" or ["pooled", "mean+whiten"] (default: pooled and mean).
         """
-        encoder = Encoder.load(model, representations=parse_representations(representations), max_tokens=max_tokens,
+        wanted = parse_representations(DEFAULT_REPRESENTATIONS if representations is None else representations)
+        encoder = Encoder.load(model, representations=wanted, max_tokens=max_tokens,
                                trust_remote_code=trust_remote_code)
         summary = build_index(source, directory, encoder, overlap=overlap, overwrite=overwrite, format=format,
                               id_column=id_column, title_column=title_column, text_column=text_column,
@@ -86,6 +88,12 @@ class Index:
         return cls(Searcher(directory, encoder, representations=wanted))
 
     # -- using ---------------------------------------------------------------------------------------------
+
+    @property
+    def _searcher(self) -> Searcher:
+        if self._opened is None:
+            raise ValueError("this Index is closed; open it again with Index.open(directory)")
+        return self._opened
 
     @property
     def directory(self) -> Path:
@@ -143,7 +151,10 @@ class Index:
     # -- closing -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._searcher.close()
+        """Release the index's files; using the object afterwards raises ValueError. Closing twice is fine."""
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def __enter__(self) -> Index:
         return self
@@ -152,4 +163,6 @@ class Index:
         self.close()
 
     def __repr__(self) -> str:
+        if self._opened is None:
+            return "Index(closed)"
         return f"Index({str(self.directory)!r}, representations={list(self.representations)})"

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -198,6 +199,9 @@ def iter_records(
     and those shared by every format; a bad record is reported as ``records:N`` (N counting from 1)."""
     if isinstance(records, (str, bytes, Mapping, Document)) or not isinstance(records, Iterable):
         raise ValueError(f"records must be a list or an iterator of dicts or Documents, not a {type(records).__name__}")
+    if hasattr(records, "columns") and hasattr(records, "to_dict"):  # a DataFrame iterates over its column names
+        raise ValueError("records must be a list or an iterator of dicts or Documents; for a DataFrame, pass "
+                         "df.to_dict('records')")
     if max_document_bytes <= 0:
         raise ValueError(f"max_document_bytes must be positive, got {max_document_bytes!r}")
     columns = _Columns(id_column, title_column, text_column)
@@ -207,6 +211,9 @@ def iter_records(
 def _read_records(records: Iterable[Any], report: LoadReport, columns: _Columns) -> Iterator[tuple[Document, str, int]]:
     for n, record in enumerate(records, 1):
         if isinstance(record, Document):  # its fields, checked like any record's
+            if not isinstance(record.metadata, Mapping):
+                report.skip(RECORDS, n, f"a Document's metadata must be a dict, got {type(record.metadata).__name__}")
+                continue
             obj: Any = {"_id": record.doc_id, "title": record.title, "text": record.text, "metadata": dict(record.metadata)}
             shape = _Columns(None, "title", "text")
         else:
@@ -672,6 +679,8 @@ def _json_problem(obj: dict[str, Any]) -> str | None:
         if isinstance(value, str):
             if reason := describe_surrogate(value, f"field {where!r}"):
                 return reason
+        elif isinstance(value, float) and not math.isfinite(value):  # Python's json reads them; JSON has none
+            return f"field {where!r} is {value}, which JSON cannot hold"
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 return f"field {where!r} is nested more than {MAX_JSON_DEPTH} levels deep"
@@ -888,8 +897,12 @@ def load_qrels(
         judgements = ((qid, did, grade) for qid, judged in source.items()
                       for did, grade in (judged.items() if isinstance(judged, Mapping) else [(None, judged)]))
         for n, (qid, did, grade) in enumerate(judgements, 1):
-            if not isinstance(qid, str) or not isinstance(did, str):
-                report.skip(RECORDS, n, "query and document ids must be text, as {query id: {document id: grade}}")
+            qid, did = (str(i) if isinstance(i, int) and not isinstance(i, bool) else i for i in (qid, did))  # as _as_id
+            if did is None:
+                report.skip(RECORDS, n, f"the judgements of query {qid!r} must be a mapping {{document id: grade}}, "
+                                        f"got {type(grade).__name__}")
+            elif not isinstance(qid, str) or not isinstance(did, str):
+                report.skip(RECORDS, n, "query and document ids must be text or whole numbers, as {query id: {document id: grade}}")
             else:  # a grade from memory must read as one written in a file would
                 score = str(grade) if isinstance(grade, int) and not isinstance(grade, bool) else repr(grade)
                 _judge(qrels, report, RECORDS, n, qid, did, score, known_queries, known_documents)

@@ -324,15 +324,19 @@ class _Opened:
     path: Path | None = None
 
 
-def records_fingerprint(records: Sequence[Any]) -> str:
-    """sha256 of a list of records as JSON (repr for what JSON cannot hold): the same list resumes a killed build."""
+def records_fingerprint(records: Sequence[Any]) -> str | None:
+    """sha256 of a list of records as JSON (repr for what JSON cannot hold): the same list resumes a killed build.
+    None when a record has no stable text form (its build then cannot resume)."""
     digest = hashlib.sha256()
     for record in records:
         value = asdict(record) if isinstance(record, Document) else record
         try:
             line = json.dumps(value, sort_keys=True, default=repr)
         except (TypeError, ValueError, RecursionError):
-            line = repr(value)
+            try:
+                line = repr(value)
+            except (ValueError, RecursionError):  # e.g. an integer of more digits than Python prints
+                return None
         digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
     return "records:" + digest.hexdigest()
 
@@ -349,10 +353,11 @@ def _open_source(source: Source, format: str, **columns) -> _Opened:
     if format not in ("auto", RECORDS):
         raise ValueError(f"format {format!r} names a kind of file; records from memory take format 'auto' or {RECORDS!r}")
     documents = iter_records(source, report, **columns)  # checks that it is a collection of records
-    if isinstance(source, Sequence):  # can be read again: a killed build resumes when given the same list
-        return _Opened(RECORDS, RECORDS, report, documents, records_fingerprint(source), len(source))
-    # an iterator is read once: nothing to resume from, so no run ever matches this one
-    return _Opened(RECORDS, RECORDS, report, documents, f"once:{uuid.uuid4().hex}", None)
+    # a list can be read again: a killed build resumes when given the same list; an iterator is read once,
+    # so nothing can resume from it and no later run matches this one
+    fingerprint = records_fingerprint(source) if isinstance(source, Sequence) else None
+    return _Opened(RECORDS, RECORDS, report, documents, fingerprint or f"once:{uuid.uuid4().hex}",
+                   len(source) if isinstance(source, Sequence) else None)
 
 
 def build_index(
@@ -541,6 +546,8 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
     When none of the ids is in the index, nothing is published (no new generation).
     """
     index_dir = Path(index_dir).resolve()
+    if isinstance(doc_ids, (str, bytes)) or not all(isinstance(i, str) for i in doc_ids):  # "12" is not ["1", "2"]
+        raise ValueError(f"document ids must be a list of strings, got {doc_ids!r:.80}")
     wanted = sorted(set(doc_ids))
     if not wanted:
         raise ValueError("no document id given")

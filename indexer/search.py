@@ -223,8 +223,8 @@ class Searcher:
         Queries are encoded together, once. `exclude[i]` names a document to leave out of query
         i's ranking (BEIR's convention of ignoring a document whose id is the query's).
         """
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a whole number, at least 1, got {k!r}")
         index = index or self.current()
         # the index's transforms map the query's poolings as they mapped the documents'
         vectors = represent(self.encoder.encode_texts(list(queries)), self.representations, index.transforms)

@@ -512,7 +512,9 @@ class IndexReader:
         pages = f"'$.{PAGE_STARTS}'"
         rows = self._query(
             "SELECT c.chunk_id, c.doc_id, c.position, c.text, d.title, c.char_start, "
-            f"CASE WHEN json_type(d.metadata, {pages}) = 'array' THEN json_extract(d.metadata, {pages}) END "
+            # metadata stored before NaN was refused at load may not be JSON to SQLite: no page, not an error
+            f"CASE WHEN json_valid(d.metadata) THEN CASE WHEN json_type(d.metadata, {pages}) = 'array' "
+            f"THEN json_extract(d.metadata, {pages}) END END "
             "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({})",
             [int(i) for i in chunk_ids],
         )

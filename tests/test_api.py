@@ -158,3 +158,37 @@ def test_cli_output_is_unchanged_by_the_facade(capsys):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert cli.main(["build", "no/such/folder", "--index", "x"]) == 2
     assert "no/such/folder: does not exist" in err.getvalue()
+
+
+def test_what_a_review_found_is_refused_or_skipped_with_a_reason(tmp_path, tiny_bert):
+    """NaN in metadata (SQLite's JSON functions then failed every search reaching it), a Document whose metadata is
+    not a dict, a DataFrame (it iterates over column names), a string of ids to delete ("12" deleted "1" and "2"),
+    a k that is not a whole number, and an Index used after close."""
+    import pandas as pd
+
+    records = [{"_id": "1", "text": "one"}, {"_id": "2", "text": "two"}, {"_id": "12", "text": "twelve"},
+               {"_id": "nan", "text": "not a number", "rating": float("nan")},
+               Document("none", "metadata of None", metadata=None)]
+    index = Index.build(records, tmp_path / "ix", model=str(tiny_bert))
+    assert [(i.line, i.reason) for i in index.summary.issues] == [
+        (4, "field 'rating' is nan, which JSON cannot hold"), (5, "a Document's metadata must be a dict, got NoneType")]
+    with pytest.raises(ValueError, match="list of strings"):
+        index.delete("12")
+    assert index.manifest["counts"]["documents"] == 3
+    assert {h.doc_id for h in index.search("twelve", k=3)["mean"]} == {"1", "2", "12"}
+    for k in (2.5, "3", True, None):
+        with pytest.raises(ValueError, match="whole number"):
+            index.search("twelve", k=k)
+    index.close()
+    index.close()
+    with pytest.raises(ValueError, match="closed"):
+        index.search("twelve")
+    with pytest.raises(ValueError, match="to_dict"):
+        Index.build(pd.DataFrame(records[:3]), tmp_path / "df", model=str(tiny_bert))
+
+
+def test_judgements_from_memory_take_whole_number_ids_as_a_file_would(tmp_path, tiny_bert):
+    with Index.build([{"_id": 1, "text": "one"}, {"_id": 2, "text": "two"}], tmp_path / "ix", model=str(tiny_bert)) as index:
+        report = index.evaluate({1: "one", 2: "two"}, {1: {1: 1}, 2: ["2"]})
+    assert report.to_dict()["queries_evaluated"] == 1
+    assert [str(i) for i in report.issues] == ["records:2: the judgements of query '2' must be a mapping {document id: grade}, got list"]
