@@ -497,9 +497,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
-        print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
+        print(f"  build of {row['docs']:>6} documents: peak RSS {format_bytes(row['peak_rss_bytes'])} "
+              f"(vectors {format_bytes(row['vectors_bytes'])})")
     for row in report.get("memory_document", []):
-        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.0f} s, "
+        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {format_bytes(row['peak_rss_bytes'])}, {row['seconds']:.0f} s, "
               f"progress bar moved {row['progress_updates']} times during it")
     return 0
 
