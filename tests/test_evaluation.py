@@ -10,11 +10,11 @@ import pytest
 
 from conftest import MSMARCO, SAMPLE
 from indexer.cli import main
-from indexer.evaluation import (
-    METRIC_NAMES, bm25_run, decode_trec_id, encode_trec_id, evaluate, paired_comparison, per_query_metrics, rrf,
-    trec_order, write_trec_run,
-)
+from indexer.encoder import Encoder
+from indexer.evaluation import METRIC_NAMES, bm25_run, evaluate, paired_comparison, per_query_metrics, rrf, write_trec_run
 from indexer.loaders import LoadReport, load_qrels, load_queries
+from indexer.pipeline import build_index
+from indexer.ranking import decode_trec_id, encode_trec_id, trec_order
 from indexer.search import Searcher
 
 LOG2 = math.log2
@@ -57,6 +57,30 @@ def test_ties_follow_trec_eval_descending_doc_id():
     assert [d for d, _ in trec_order({"a": 1.0, "c": 1.0, "b": 2.0})] == ["b", "c", "a"]
     qrels = {"q": {"a": 1}}
     assert per_query_metrics({"q": {"a": 1.0, "c": 1.0}}, qrels)["q"]["mrr@10"] == 0.5  # c ranks first
+
+
+def test_equal_scores_rank_alike_in_the_searcher_and_in_the_evaluation(tmp_path, tiny_bert):
+    """One tie rule (ranking.trec_order: descending document id as a run file writes it, trec_eval's) for the
+    Searcher's rankings and the evaluation's runs (issue 13, item 4): the app shows documents of equal score in the
+    order the metrics score them, also when the tie runs past the hits fetched for a short ranking."""
+    import pytrec_eval
+
+    # one text, so every document scores the same; "z x" is written "z%20x", after "z!" ('%' > '!'), though "z x" < "z!"
+    ids = [f"d{i:02d}" for i in range(20)] + ["z x", "z!"]  # added last: highest chunk ids
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"_id": d, "text": "bees make honey"}) + "\n" for d in ids))
+    build_index(tmp_path / "docs.jsonl", tmp_path / "ix", Encoder.load(str(tiny_bert)), progress=False)
+    searcher = Searcher(tmp_path / "ix", representations=["mean"])
+    shown = searcher.search("honey", k=2).results["mean"]  # fetches 18 of the 22 chunks first
+    assert len({h.score for h in searcher.search("honey", k=len(ids)).results["mean"]}) == 1
+    assert [h.doc_id for h in shown] == ["z x", "z!"]
+    result = evaluate(searcher, {"q": "honey"}, {"q": {"z!": 1}}, dataset="ties", progress=False, out_dir=tmp_path / "out")
+    lines = (tmp_path / "out" / "mean.run").read_text(encoding="utf-8").splitlines()
+    assert [decode_trec_id(line.split()[2]) for line in lines[:2]] == [h.doc_id for h in shown]
+    with open(tmp_path / "out" / "mean.run", encoding="utf-8") as f:
+        reference = pytrec_eval.RelevanceEvaluator({"q": {"z!": 1}}, {"recip_rank", "ndcg_cut.10"}).evaluate(pytrec_eval.parse_run(f))
+    metrics = result.per_query["mean"]["q"]
+    assert metrics["mrr@10"] == reference["q"]["recip_rank"] == 1 / 2  # z! is second, as the app shows it
+    assert metrics["ndcg@10"] == pytest.approx(reference["q"]["ndcg_cut_10"])
 
 
 # -- significance ----------------------------------------------------------------------------------
