@@ -29,6 +29,7 @@ from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, l
 from .ranking import encode_trec_id, trec_order
 from .search import query_problem
 from .store import kept_labels
+from .text import STOP_WORDS
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
@@ -135,7 +136,7 @@ def bm25_run(
     documents: Sequence[tuple[str, str]], queries: Mapping[str, str], *, depth: int = DEPTH,
     exclude_identical: bool = True,
 ) -> Run:
-    """BM25 (bm25s, Lucene variant, English stop words and Snowball stemming) over (doc_id, text) pairs."""
+    """BM25 (bm25s, Lucene variant, text.STOP_WORDS and Snowball stemming) over (doc_id, text) pairs."""
     import bm25s
     import Stemmer
 
@@ -144,9 +145,10 @@ def bm25_run(
     stemmer = Stemmer.Stemmer("english")
     ids = [d for d, _ in documents]
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([t for _, t in documents], stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    stopwords = sorted(STOP_WORDS)
+    retriever.index(bm25s.tokenize([t for _, t in documents], stopwords=stopwords, stemmer=stemmer, show_progress=False), show_progress=False)
     qids = list(queries)
-    tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=stopwords, stemmer=stemmer, return_ids=False, show_progress=False)
     k = min(len(ids), depth + 1)
     hits, scores = retriever.retrieve(tokens, k=k, show_progress=False)
     run: Run = {}

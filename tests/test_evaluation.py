@@ -116,6 +116,22 @@ def test_bm25_ranks_term_matches_and_skips_documents_without_query_terms():
     assert list(bm25_run(docs, {"q1": "honey"}, exclude_identical=False)["q1"])[0] == "q1"
 
 
+def test_bm25_and_the_highlighting_share_one_list_of_stop_words():
+    """A word the BM25 baseline ignores is not highlighted in the app, and a word it matches is: one list,
+    text.STOP_WORDS (issue 13, item 4). Tried on every word of the two lists it replaced (scikit-learn's, once the
+    highlighting's, and bm25s's), of more than two letters (the highlighting skips shorter words)."""
+    from bm25s.stopwords import STOPWORDS_EN
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from indexer.app.ui import highlight
+
+    words = sorted(w for w in {*ENGLISH_STOP_WORDS, *STOPWORDS_EN, "honey"} if len(w) > 2)
+    run = bm25_run([(f"doc {w}", w) for w in words], {w: w for w in words})
+    matched = {w for w in words if run[w]}
+    assert {"honey", "what", "which"} <= matched and not matched & {"the", "and", "with"}
+    assert {w for w in words if "**" in highlight(w, w)} == matched
+
+
 def test_trec_run_file_format(tmp_path):
     write_trec_run({"q2": {"x": 0.5}, "q1": {"a": 1.0, "b": 2.0}}, tmp_path / "r.run", tag="mean")
     assert (tmp_path / "r.run").read_text().splitlines() == [
