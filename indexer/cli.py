@@ -25,7 +25,7 @@ from .evaluation import (
 )
 from .explore import describe_transform
 from .files import unwritable_dir
-from .loaders import LoadReport, SourceError, format_bytes, load_queries, open_beir
+from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
@@ -496,9 +496,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
-        print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
+        print(f"  build of {row['docs']:>6} documents: peak RSS {format_bytes(row['peak_rss_bytes'])} "
+              f"(vectors {format_bytes(row['vectors_bytes'])})")
     for row in report.get("memory_document", []):
-        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.0f} s, "
+        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {format_bytes(row['peak_rss_bytes'])}, {row['seconds']:.0f} s, "
               f"progress bar moved {row['progress_updates']} times during it")
     return 0
 
@@ -612,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
                    help=f"comma-separated: poolings ({', '.join(POOLINGS)}), each optionally with a transform fitted on the "
                         f"collection (+whiten, +whitenK, +abttD), e.g. pooled,mean,max,pooled+whiten (default {','.join(DEFAULT_REPRESENTATIONS)})")
-    b.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"], help="source format (default: detected)")
+    b.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detected)")
     b.add_argument("--id-column", default=None, help="CSV: id column (default: _id, id or doc_id; else row numbers)")
     b.add_argument("--title-column", default="title", help="CSV: title column (default title, optional)")
     b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
@@ -625,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("index", type=Path, help="index directory")
     a.add_argument("source", help="folder, JSONL, CSV/TSV or BEIR dataset")
     a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
-    a.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"])
+    a.add_argument("--format", default="auto", choices=FORMATS)
     a.add_argument("--id-column", default=None)
     a.add_argument("--title-column", default="title")
     a.add_argument("--text-column", default="text")

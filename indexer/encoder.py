@@ -70,6 +70,7 @@ IDENTITY_FILES = (
 )
 
 PoolerStatus = Literal["loaded", "missing", "absent"]
+ModelSource = Literal["bundled", "local", "hub"]
 
 
 class ModelError(Exception):
@@ -81,7 +82,7 @@ class ModelInfo:
     """Where a model came from and what it can produce; recorded in every manifest."""
 
     name: str  # what the user named (or the bundled model's hub id)
-    source: Literal["bundled", "local", "hub"]
+    source: ModelSource
     location: str  # directory the files were read from
     weights_sha256: str  # shown to users; identity is `fingerprint`
     fingerprint: str  # sha256 over `files`: weights, config and tokenizer together
@@ -164,7 +165,7 @@ def fingerprint(files: Mapping[str, str]) -> str:
     return hashlib.sha256("".join(f"{n}:{d}\n" for n, d in sorted(files.items())).encode()).hexdigest()
 
 
-def resolve_model(name: str | None) -> tuple[str, Literal["bundled", "local", "hub"], Path]:
+def resolve_model(name: str | None) -> tuple[str, ModelSource, Path]:
     """Map a `--model` value to (display name, source kind, local directory).
 
     The hub is contacted only when the user names a model that is neither the embedded default

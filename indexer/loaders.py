@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 
 from lxml import etree
 
+from .config import require_one_of
 from .text import PAGE_STARTS, content_head, describe_surrogate, is_blank, lone_surrogate, replace_surrogates
 
 __all__ = [
@@ -47,6 +48,7 @@ SourceFormat = Literal["folder", "jsonl", "csv", "beir"]
 RECORDS = "records"
 #: The largest document text kept, in UTF-8 bytes; larger ones are skipped with a message.
 MAX_DOCUMENT_BYTES = 50_000_000
+FORMATS: tuple[str, ...] = get_args(Format)
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
@@ -168,8 +170,7 @@ def iter_documents(
     ``SourceError``); records are read lazily as the returned generator is consumed.
     The column names apply to CSV headers and to JSONL/BEIR fields alike.
     """
-    if format not in get_args(Format):
-        raise ValueError(f"format {format!r} is not supported; choose one of {list(get_args(Format))}")
+    require_one_of(format, Format, "format")
     if max_document_bytes <= 0:
         raise ValueError(f"max_document_bytes must be positive, got {max_document_bytes!r}")
     path = Path(path)

@@ -37,7 +37,7 @@ from .staging import (
 )
 from .vector_index import IndexSpec
 from .store import (
-    CURRENT, GENERATION, METADATA, SPLIT_NAME, LabelFiles, StoreError, content_sha256, is_index, kept_labels,
+    CURRENT, GENERATION, METADATA, SPLIT_NAME, LabelFiles, StoreError, content_sha256, in_batches, is_index, kept_labels,
     load_transforms, read_manifest, verified_file,
 )
 
@@ -529,9 +529,8 @@ def _any_present(gen_dir: Path, manifest: dict, doc_ids: list[str]) -> bool:
     verified_file(gen_dir, METADATA, manifest["files"])
     db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
     try:
-        for i in range(0, len(doc_ids), 900):
-            part = doc_ids[i : i + 900]
-            if db.execute(f"SELECT 1 FROM documents WHERE doc_id IN ({','.join('?' * len(part))}) LIMIT 1", part).fetchone():
+        for part, marks in in_batches(doc_ids):
+            if db.execute(f"SELECT 1 FROM documents WHERE doc_id IN ({marks}) LIMIT 1", part).fetchone():
                 return True
         return False
     except sqlite3.DatabaseError as exc:

@@ -412,6 +412,21 @@ def load_transforms(gen_dir: Path, manifest: Mapping) -> dict[str, Transform]:
     return out
 
 
+#: Ids bound in one SQLite statement at most: under SQLite's limit on bound parameters (999 before
+#: SQLite 3.32, and a build of SQLite may set it that low), whatever the number of ids asked for.
+SQL_VARIABLES = 900
+
+
+def in_batches(ids: Iterable) -> Iterator[tuple[list, str]]:
+    """`ids` in parts of at most SQL_VARIABLES, each with its placeholders for `IN (…)`: `(part, "?,?,?")`.
+
+    The one home of this rule: every query on a list of ids goes through it."""
+    ids = list(ids)
+    for i in range(0, len(ids), SQL_VARIABLES):
+        part = ids[i : i + SQL_VARIABLES]
+        yield part, ",".join("?" * len(part))
+
+
 def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The chunk ids an index holds, sorted."""
     return np.sort(faiss.vector_to_array(index.id_map))
@@ -595,9 +610,8 @@ class IndexReader:
     def _query(self, sql: str, ids: list) -> list[tuple]:
         out: list[tuple] = []
         with self._lock:
-            for i in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-                part = ids[i : i + 900]
-                out.extend(self.db.execute(sql.format(",".join("?" * len(part))), part).fetchall())
+            for part, marks in in_batches(ids):
+                out.extend(self.db.execute(sql.format(marks), part).fetchall())
         return out
 
     def close(self) -> None:

@@ -13,6 +13,8 @@
   space, BEIR and MTEB's convention), which chunk offsets count in.
 - `page_at`: the page a character of a paged document (a PDF) lies on, from the page starts its
   reader records in the document's metadata under `PAGE_STARTS`.
+- `STOP_WORDS`: the English words that count for nothing, alike in the BM25 baseline
+  (evaluation.bm25_run) and in the app's highlighting of a query's words in a result.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from bisect import bisect_right
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+#: Lucene's English stop words (its EnglishAnalyzer's; bm25s's "en"), as in the BM25 of Elasticsearch and
+#: Anserini behind published BEIR baselines, so the BM25 baseline stays comparable with theirs. One list for every
+#: use: a word BM25 ignores is not highlighted, and a word it matches is.
+STOP_WORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
+    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+})
 
 
 def lone_surrogate(text: str) -> int | None:

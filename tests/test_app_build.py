@@ -12,6 +12,7 @@ from streamlit import config
 from indexer.app import build, ui
 from conftest import ROOT
 from indexer.encoder import Encoder
+from indexer.loaders import format_bytes
 from indexer.store import is_index, read_manifest
 from test_app import app, texts, unescape
 
@@ -128,7 +129,7 @@ def test_upload_checks_name_each_limit(monkeypatch):
     monkeypatch.setattr(ui, "BUILD_MAX_FILES", 2)
     assert build.upload_problem([Upload(f"{i}.txt", b"x") for i in range(3)]) == "3 files were uploaded; a build takes at most 2."
     big = Upload("big.txt", b"x" * (ui.UPLOAD_LIMIT_MB * 1_000_000 + 1))
-    assert build.upload_problem([big]) == f"“big.txt” holds {big.size / 1e6:.1f} MB; a file may hold at most {ui.UPLOAD_LIMIT_MB} MB."
+    assert build.upload_problem([big]) == f"“big.txt” holds {format_bytes(big.size)}; a file may hold at most {ui.UPLOAD_LIMIT_MB} MB."
     monkeypatch.setattr(ui, "BUILD_MAX_TOTAL_MB", 1)
     halves = [Upload("a.txt", b"x" * 600_000), Upload("b.txt", b"x" * 600_000)]
     assert build.upload_problem(halves) == "The files hold 1.2 MB together; a build takes at most 1 MB."

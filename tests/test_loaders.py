@@ -17,6 +17,7 @@ from indexer.loaders import (
     LoadReport,
     SourceError,
     detect_format,
+    format_bytes,
     iter_documents,
     load_qrels,
     load_queries,
@@ -103,7 +104,7 @@ def test_unknown_format_is_source_error(tmp_path):
 
 
 def test_invalid_format_argument_lists_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"'xml'.*'auto'.*'folder'.*'jsonl'.*'csv'.*'beir'"):
+    with pytest.raises(ValueError, match=r"unknown format 'xml'; valid: auto, folder, jsonl, csv, beir$"):
         iter_documents(tmp_path, LoadReport(), format="xml")  # type: ignore[arg-type]
 
 
@@ -217,6 +218,23 @@ def test_folder_oversize_file(tmp_path):
     issue = only_issue(report)
     assert issue.path == str(tmp_path / "big.txt") and issue.line is None
     assert issue.reason == "file is 2.5 kB, larger than the 1 kB limit"
+
+
+def test_sizes_are_shown_in_decimal_units_by_one_function(monkeypatch):
+    """One convention for every size a message shows, SI (1 kB = 1000 bytes), from one function (format_bytes): a
+    binary mebibyte is 1.05 MB, in the app's upload limits as in the loaders' (issue 13, item 4)."""
+    from types import SimpleNamespace
+
+    from indexer.app import build, ui
+
+    assert [format_bytes(n) for n in (999, 1000, 1024, 2**20, 1_044_381_696)] == [
+        "999 bytes", "1 kB", "1.02 kB", "1.05 MB", "1.04 GB"]
+    monkeypatch.setattr(ui, "UPLOAD_LIMIT_MB", 1)
+    monkeypatch.setattr(ui, "BUILD_MAX_TOTAL_MB", 1)
+    mebibyte = SimpleNamespace(name="a.txt", size=2**20)
+    assert build.upload_problem([mebibyte]) == "“a.txt” holds 1.05 MB; a file may hold at most 1 MB."
+    monkeypatch.setattr(ui, "UPLOAD_LIMIT_MB", 2)
+    assert build.upload_problem([mebibyte]) == "The files hold 1.05 MB together; a build takes at most 1 MB."
 
 
 def test_folder_symlink_loop_is_not_followed(tmp_path):

@@ -20,6 +20,7 @@ from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
 from indexer.search import Searcher, model_name_for
 from indexer.store import StoreError, is_index, read_manifest, read_pointer
+from indexer.text import STOP_WORDS
 
 
 # -- what one build from the browser may take (build.py enforces them; the Index page states them) ------
@@ -375,10 +376,9 @@ def escape_markdown(text: str) -> str:
 
 
 def highlight(text: str, query: str) -> str:
-    """Escaped text with the query's words (stop words aside) in bold, for st.markdown."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    words = {w for w in re.findall(r"\w+", query.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
+    """Escaped text with the query's words (stop words aside: text.STOP_WORDS, which BM25 ignores too) in bold,
+    for st.markdown."""
+    words = {w for w in re.findall(r"\w+", query.lower()) if len(w) > 2 and w not in STOP_WORDS}
     if not words:
         return escape_markdown(text)
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\w*", re.IGNORECASE)
