@@ -557,30 +557,62 @@ def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
 def _docx_text(data: bytes, max_bytes: int) -> str:
     """A Word document's paragraphs and table rows, in document order (blocks apart by a blank line).
 
-    The unpacked size of the package is checked against `max_bytes` before it is parsed (a small
-    .docx can unpack to gigabytes). Raises _Skip for an encrypted, damaged or empty file.
+    python-docx only ever sees the package as `_docx_package` rebuilt it, within `max_bytes` (a small .docx can
+    unpack to gigabytes). Raises _Skip for an encrypted, damaged or empty file.
     """
-    import zipfile
-
     if data.startswith(_OLE_MAGIC):
         raise _Skip("not a .docx package: an encrypted (password-protected) Word document, or an old .doc file; "
                     "save an unencrypted .docx copy to index it")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as package:
-            unpacked = sum(info.file_size for info in package.infolist())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
-    if unpacked > max_bytes:
-        raise _Skip(f"the .docx unpacks to {format_bytes(unpacked)}, more than the {format_bytes(max_bytes)} limit")
+    package = _docx_package(data, max_bytes)
     import docx
 
     try:
-        text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(data))))
+        text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(package))))
     except Exception as exc:  # python-docx and lxml raise many kinds on a damaged package
         raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
     if is_blank(text):
         raise _Skip("empty document")
     return text
+
+
+#: Bytes read from a zip member at a time: what one decompression step may produce.
+_ZIP_CHUNK = 1 << 20
+
+
+def _docx_package(data: bytes, max_bytes: int) -> bytes:
+    """The .docx package copied member by member into a new (stored) zip, never unpacking more than `max_bytes`.
+
+    A zip's declared sizes may lie, and zipfile unpacks a member read whole in one step: a 1.6 MB file declaring
+    800 kB can make that step 2 GB. So each member is read in bounded chunks and the bytes really unpacked are
+    counted, and python-docx gets the copy, never the original. Raises _Skip past the limit or for a damaged zip.
+    """
+    import zipfile
+
+    limit = format_bytes(max_bytes)
+    out = io.BytesIO()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+            infos = package.infolist()
+            declared = sum(info.file_size for info in infos)
+            if declared > max_bytes:  # the sizes it declares: no need to unpack to know
+                raise _Skip(f"the .docx unpacks to {format_bytes(declared)}, more than the {limit} limit")
+            unpacked = 0
+            # a name listed twice: zipfile (python-docx) reads the last entry, so that is the one copied
+            for info in {info.filename: info for info in infos if not info.is_dir()}.values():
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise _Skip(f"not a .docx package: {info.filename!r} is compressed with method "
+                                f"{info.compress_type}, and Word only stores or deflates")
+                with package.open(info) as member, copy.open(info.filename, "w", force_zip64=True) as target:
+                    while chunk := member.read(min(_ZIP_CHUNK, max_bytes - unpacked + 1)):
+                        unpacked += len(chunk)
+                        if unpacked > max_bytes:
+                            raise _Skip(f"the .docx unpacks to more than the {limit} limit")
+                        target.write(chunk)
+    except _Skip:
+        raise
+    except Exception as exc:  # zipfile raises BadZipFile, EOFError, zlib.error, NotImplementedError, ... on a damaged zip
+        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+    return out.getvalue()
 
 
 def _docx_blocks(container: Any) -> Iterator[str]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import tracemalloc
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -97,6 +100,35 @@ def write_docx(path: Path) -> Path:
     document.add_paragraph("After the table: bake bread.")
     document.save(path)
     return path
+
+
+def rezipped(package: bytes, name: str, data: bytes, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """The zip `package` with its member `name` holding `data` instead, compressed with `compression`."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(package)) as old, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            if info.filename == name:
+                new.writestr(name, data, compress_type=compression)
+            else:
+                new.writestr(info, old.read(info))
+    return out.getvalue()
+
+
+def declaring(package: bytes, name: str, size: int, crc: int) -> bytes:
+    """The zip `package` with the size and CRC-32 its member `name` declares (local header and central directory)
+    replaced: what a hostile file claims."""
+    out = bytearray(package)
+    local = zipfile.ZipFile(io.BytesIO(package)).getinfo(name).header_offset
+    struct.pack_into("<I", out, local + 14, crc)
+    struct.pack_into("<I", out, local + 22, size)
+    central = out.find(b"PK\x01\x02")
+    while central != -1:  # the central directory's records: signature, ..., crc at 16, size at 24, name length at 28
+        length = struct.unpack_from("<H", out, central + 28)[0]
+        if out[central + 46:central + 46 + length] == name.encode():
+            struct.pack_into("<I", out, central + 16, crc)
+            struct.pack_into("<I", out, central + 24, size)
+        central = out.find(b"PK\x01\x02", central + 4)
+    return bytes(out)
 
 
 def load(path: Path, **kwargs) -> tuple[list[Document], LoadReport]:
@@ -218,6 +250,43 @@ def test_a_word_file_that_unpacks_past_the_bound_is_skipped_before_it_is_parsed(
     docs, report = load(tmp_path, max_document_bytes=100_000)
     assert docs == [] and reasons(report)["big.docx"].startswith("the .docx unpacks to ")
     assert reasons(report)["big.docx"].endswith("more than the 100 kB limit")
+
+
+@pytest.mark.parametrize("crc_of", ["what it declares", "all it holds"])
+def test_a_word_file_whose_zip_understates_a_member_never_unpacks_past_what_it_declares(tmp_path, crc_of):
+    """document.xml declares its real 5 kB but holds 30 MB more (blanks after the root element, compressed to a few
+    kB): read whole, zipfile would unpack all 30 MB in one step before finding out. Read in bounded chunks, the extra
+    bytes are never unpacked: the document is read (its checksum matches what it declares) or skipped as damaged."""
+    original = write_docx(tmp_path / "notes.docx").read_bytes()
+    (tmp_path / "notes.docx").unlink()
+    xml = zipfile.ZipFile(io.BytesIO(original)).read("word/document.xml")
+    padded = xml + b" " * 30_000_000
+    package = rezipped(original, "word/document.xml", padded)
+    (tmp_path / "lying.docx").write_bytes(
+        declaring(package, "word/document.xml", len(xml), zlib.crc32(xml if crc_of == "what it declares" else padded)))
+    assert (tmp_path / "lying.docx").stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        docs, report = load(tmp_path, max_document_bytes=1_000_000)  # what it declares passes; 30 MB would not
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000  # never the 30 MB document.xml really holds
+    if crc_of == "what it declares":
+        assert report.issues == [] and docs[0].text.startswith("Before the table: the bees make honey.")
+    else:
+        assert docs == [] and reasons(report)["lying.docx"].startswith("damaged .docx, cannot be read: Bad CRC-32")
+
+
+def test_a_word_file_compressed_in_a_way_word_never_writes_is_skipped(tmp_path):
+    """bzip2 (like LZMA) has no bounded step in zipfile: 4 kB read may unpack to gigabytes at once."""
+    original = write_docx(tmp_path / "notes.docx").read_bytes()
+    xml = zipfile.ZipFile(io.BytesIO(original)).read("word/document.xml")
+    (tmp_path / "bz.docx").write_bytes(rezipped(original, "word/document.xml", xml, zipfile.ZIP_BZIP2))
+    docs, report = load(tmp_path)
+    assert [d.doc_id for d in docs] == ["notes.docx"]
+    assert reasons(report) == {"bz.docx": "not a .docx package: 'word/document.xml' is compressed with method 12, "
+                                          "and Word only stores or deflates"}
 
 
 # -- page numbers through the store, the CLI and the app ---------------------------------------------------------
