@@ -18,6 +18,7 @@ import docx
 import pypdf
 import pytest
 
+from indexer import loaders
 from indexer.cli import main
 from indexer.encoder import Encoder
 from indexer.loaders import Document, LoadReport, iter_documents
@@ -66,6 +67,11 @@ def write_pdf(pages: list[list[str] | None], *, compress: bool = False, font: by
                        b"/Resources << /Font << /F1 3 0 R >> /XObject << /Im1 4 0 R >> >> >>" % len(objects))
         kids.append(b"%d 0 R" % len(objects))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    return pdf_file(objects)
+
+
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF of `objects` (object n is objects[n - 1], object 1 the catalog), with its xref table."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, 1):
@@ -76,6 +82,18 @@ def write_pdf(pages: list[list[str] | None], *, compress: bool = False, font: by
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+def shared_stream_pdf(pages: int, content: bytes, draws: int = 1) -> bytes:
+    """A PDF whose `pages` pages all draw one deflated stream `content`, `draws` times each: a few kB on disk, however
+    much drawing its pages add up to."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"", HELVETICA, _stream(content, compress=True)]
+    for _ in range(pages):
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents [%s] "
+                       b"/Resources << /Font << /F1 3 0 R >> >> >>" % b" ".join([b"4 0 R"] * draws))
+    kids = b" ".join(b"%d 0 R" % n for n in range(5, len(objects) + 1))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages)
+    return pdf_file(objects)
 
 
 def encrypted(pdf: bytes, password: str = "secret") -> bytes:
@@ -189,6 +207,7 @@ def test_encrypted_damaged_image_only_and_fake_files_are_skipped_with_their_reas
     (tmp_path / "locked.pdf").write_bytes(encrypted(good))
     (tmp_path / "cut.pdf").write_bytes(good[: len(good) // 2])
     (tmp_path / "scan.pdf").write_bytes(write_pdf([None, None]))
+    (tmp_path / "scan1.pdf").write_bytes(write_pdf([None]))
     (tmp_path / "fake.pdf").write_bytes(b"just some text named .pdf")
     (tmp_path / "empty.pdf").write_bytes(b"")
     write_docx(tmp_path / "good.docx")
@@ -199,10 +218,11 @@ def test_encrypted_damaged_image_only_and_fake_files_are_skipped_with_their_reas
     docs, report = load(tmp_path)
     assert [d.doc_id for d in docs] == ["good.docx", "good.pdf", "notes.md"]
     why = reasons(report)
-    assert set(why) == {"locked.pdf", "cut.pdf", "scan.pdf", "fake.pdf", "empty.pdf", "cut.docx", "locked.docx", "blank.docx"}
+    assert set(why) == {"locked.pdf", "cut.pdf", "scan.pdf", "scan1.pdf", "fake.pdf", "empty.pdf", "cut.docx", "locked.docx", "blank.docx"}
     assert why["locked.pdf"].startswith("encrypted PDF: it needs a password")
     assert why["cut.pdf"].startswith("damaged PDF, cannot be read")
     assert why["scan.pdf"].startswith("no text layer: its 2 pages hold no extractable text")
+    assert why["scan1.pdf"].startswith("no text layer: its 1 page holds no extractable text")
     assert why["fake.pdf"] == why["empty.pdf"] == "not a PDF file: it has no %PDF- header"
     assert why["cut.docx"].startswith("damaged .docx, cannot be read")
     assert why["locked.docx"].startswith("not a .docx package: an encrypted (password-protected) Word document")
@@ -223,9 +243,7 @@ def test_a_long_pdf_is_read_page_by_page_and_stops_at_the_size_bound(tmp_path, m
     (tmp_path / "book.pdf").write_bytes(write_pdf(pages, compress=True))
     bound = 200_000
     assert (tmp_path / "book.pdf").stat().st_size < bound
-    extracted = []
-    extract = pypdf.PageObject.extract_text
-    monkeypatch.setattr(pypdf.PageObject, "extract_text", lambda self, *a, **k: extracted.append(1) or extract(self, *a, **k))
+    extracted = spy_on_extraction(monkeypatch)
     (doc,), report = load(tmp_path)  # the default bound: all 300 pages
     starts = doc.metadata[PAGE_STARTS]
     assert report.issues == [] and len(starts) == 300 and len(extracted) == 300
@@ -238,6 +256,43 @@ def test_a_long_pdf_is_read_page_by_page_and_stops_at_the_size_bound(tmp_path, m
     assert docs == [] and stop < 100
     assert reasons(report) == {"book.pdf": f"text is larger than the 200 kB limit: extraction stopped at page {stop} of 300"}
     assert len(extracted) == stop  # page by page: never the whole book's text in memory
+
+
+def spy_on_extraction(monkeypatch) -> list[int]:
+    """A list that gets one item per PDF page whose text is extracted."""
+    extracted: list[int] = []
+    extract = pypdf.PageObject.extract_text
+    monkeypatch.setattr(pypdf.PageObject, "extract_text", lambda self, *a, **k: extracted.append(1) or extract(self, *a, **k))
+    return extracted
+
+
+def test_a_small_pdf_whose_pages_share_one_huge_stream_is_skipped_before_any_page_is_read(tmp_path, monkeypatch):
+    """51 pages drawing one 1 MB stream: 51 MB of drawing instructions, past the 50 MB one PDF may hold, in a file of
+    a few kB (the reviewer's was 28 kB, 100 pages of one 5 MB stream, 14 minutes to read)."""
+    content = b"BT /F1 11 Tf 60 760 Td (bees) Tj ET\n" + b"q Q\n" * 250_000
+    (tmp_path / "heavy.pdf").write_bytes(shared_stream_pdf(51, content))
+    (tmp_path / "light.pdf").write_bytes(write_pdf([["A readable page about bees."]]))
+    assert (tmp_path / "heavy.pdf").stat().st_size < 10_000 and 50_000_000 < 51 * len(content) < 52_000_000
+    extracted = spy_on_extraction(monkeypatch)
+    docs, report = load(tmp_path)
+    assert [d.doc_id for d in docs] == ["light.pdf"] and len(extracted) == 1  # no page of heavy.pdf was read
+    assert reasons(report) == {"heavy.pdf": "its 51 pages hold more than 50 MB of drawing instructions, more than one "
+                                            "PDF may take to read; skipped"}
+
+
+@pytest.mark.parametrize(("pages", "draws", "read"), [(3, 2, True), (7, 1, False), (1, 7, False)])
+def test_the_drawing_limit_counts_every_page_and_every_draw(tmp_path, monkeypatch, pages, draws, read):
+    """With a limit of six times one stream: six draws in all are read, seven are not, on seven pages or on one."""
+    content = b"BT /F1 11 Tf 60 760 Td (bees) Tj ET"
+    monkeypatch.setattr(loaders, "MAX_PDF_CONTENT_BYTES", 6 * len(content))
+    (tmp_path / "drawn.pdf").write_bytes(shared_stream_pdf(pages, content, draws))
+    docs, report = load(tmp_path)
+    if read:
+        assert report.issues == [] and docs[0].text.count("bees") == pages * draws
+    else:
+        assert docs == [] and reasons(report) == {
+            "drawn.pdf": f"its {'7 pages hold' if pages == 7 else '1 page holds'} more than {6 * len(content)} bytes "
+                         "of drawing instructions, more than one PDF may take to read; skipped"}
 
 
 def test_a_word_file_that_unpacks_past_the_bound_is_skipped_before_it_is_parsed(tmp_path, monkeypatch):
