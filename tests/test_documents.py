@@ -17,6 +17,7 @@ from pathlib import Path
 import docx
 import pypdf
 import pytest
+from lxml import etree
 
 from indexer import loaders
 from indexer.cli import main
@@ -342,6 +343,42 @@ def test_a_word_file_compressed_in_a_way_word_never_writes_is_skipped(tmp_path):
     assert [d.doc_id for d in docs] == ["notes.docx"]
     assert reasons(report) == {"bz.docx": "not a .docx package: 'word/document.xml' is compressed with method 12, "
                                           "and Word only stores or deflates"}
+
+
+WORD_BODY = b'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>%s</w:body></w:document>'
+
+
+def test_a_small_word_file_of_a_million_paragraphs_is_skipped_before_it_is_parsed(tmp_path, monkeypatch):
+    """A million empty paragraphs zip to a few kB; python-docx would take seconds and hundreds of MB on them (the
+    reviewer's 1.3 million took 62 s and 800 MB)."""
+    write_docx(tmp_path / "notes.docx")
+    many = b"<w:p/>" * 1_000_000
+    (tmp_path / "many.docx").write_bytes(
+        rezipped((tmp_path / "notes.docx").read_bytes(), "word/document.xml", WORD_BODY % many))
+    assert (tmp_path / "many.docx").stat().st_size < 50_000
+    parsed = []
+    parse = docx.Document
+    monkeypatch.setattr(docx, "Document", lambda *a: parsed.append(1) or parse(*a))
+    docs, report = load(tmp_path)
+    assert [d.doc_id for d in docs] == ["notes.docx"] and parsed == [1]  # many.docx never reached python-docx
+    assert reasons(report) == {"many.docx": "the .docx holds more than 1,000,000 XML elements (paragraphs, runs, table "
+                                            "cells, ...), more than one Word document may take to read; skipped"}
+
+
+def test_the_element_limit_counts_the_elements_of_every_member(tmp_path, monkeypatch):
+    """At a limit of exactly the elements the package holds (document, styles, settings, ... counted here by lxml) it
+    is read; one fewer and it is skipped."""
+    write_docx(tmp_path / "notes.docx")
+    with zipfile.ZipFile(tmp_path / "notes.docx") as package:
+        xml = [name for name in package.namelist() if name.endswith((".xml", ".rels"))]
+        elements = sum(sum(1 for _ in etree.fromstring(package.read(name)).iter(etree.Element)) for name in xml)
+    assert len(xml) > 5 and elements > 1000  # styles.xml holds most of them
+    monkeypatch.setattr(loaders, "MAX_DOCX_ELEMENTS", elements)
+    (doc,), report = load(tmp_path)
+    assert report.issues == [] and doc.text.startswith("Before the table")
+    monkeypatch.setattr(loaders, "MAX_DOCX_ELEMENTS", elements - 1)
+    docs, report = load(tmp_path)
+    assert docs == [] and reasons(report)["notes.docx"].startswith(f"the .docx holds more than {elements - 1:,} XML")
 
 
 # -- page numbers through the store, the CLI and the app ---------------------------------------------------------
