@@ -505,8 +505,19 @@ MAX_PDF_CONTENT_BYTES = 50_000_000
 
 def _problem(exc: BaseException) -> str:
     """A parser's exception as a short line (its message, else its kind): never a traceback."""
-    text = " ".join(str(exc).split()).strip("'\"")
-    return (text or type(exc).__name__)[:200]
+    # a KeyError's str() is its key's repr ("'/Root'"): the key itself reads better; any other message is kept whole
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    return (" ".join(text.split()) or type(exc).__name__)[:200]
+
+
+def _xml_limit(exc: BaseException) -> str | None:
+    """Why python-docx's XML parser stopped, if it stopped at one of libxml2's limits against hostile XML (whose message
+    suggests a parser option, XML_PARSE_HUGE, that a user has no way to set); None for any other error."""
+    if not isinstance(exc, etree.XMLSyntaxError) or exc.code != etree.ErrorTypes.ERR_RESOURCE_LIMIT:
+        return None
+    if depth := re.search(r"depth in document: (\d+)", str(exc)):
+        return f"the document nests too deeply to read: more than {depth[1]} levels (tables inside tables, most likely)"
+    return f"the document goes past a safety limit of the XML parser: {_problem(exc).split(',')[0]}"
 
 
 def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
@@ -555,6 +566,11 @@ def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
             parts.append(text)
     except _Skip:
         raise
+    except pypdf.errors.LimitReachedError as exc:  # a bound pypdf sets against hostile files: not damage
+        limit = pypdf.get_configuration().array_maximum_element_count
+        what = (f"an array in the file (its list of pages, most likely) holds more than {limit:,} items"
+                if "array element count" in str(exc) else _problem(exc))
+        raise _Skip(f"the PDF reader (pypdf) stops at one of its safety limits: {what}") from None
     except Exception as exc:  # pypdf raises many kinds on a damaged file (PdfReadError, KeyError, ValueError, ...)
         raise _Skip(f"damaged PDF, cannot be read: {_problem(exc)}") from None
     if not pages:
@@ -597,7 +613,7 @@ def _docx_text(data: bytes, max_bytes: int) -> str:
     try:
         text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(package))))
     except Exception as exc:  # python-docx and lxml raise many kinds on a damaged package
-        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+        raise _Skip(_xml_limit(exc) or f"damaged .docx, cannot be read: {_problem(exc)}") from None
     if is_blank(text):
         raise _Skip("empty document")
     return text
