@@ -504,12 +504,28 @@ def _html_text(markup: str) -> tuple[str, str]:
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 #: Between two pages of a PDF's text, and between two blocks (paragraph, table) of a Word document's.
 _BLOCK_BREAK = "\n\n"
+#: The most drawing instructions (page content streams, unpacked) one PDF may hold over all its pages; past it the file
+#: is skipped before any page is read. Extracting text works through them at about 1 MB a second, and a 28 kB file
+#: whose 100 pages all draw one 5 MB stream kept a build busy for 14 minutes. A text page needs 2-20 kB: this passes
+#: thousands of pages, and caps a hostile file at about a minute and a half.
+MAX_PDF_CONTENT_BYTES = 50_000_000
 
 
 def _problem(exc: BaseException) -> str:
     """A parser's exception as a short line (its message, else its kind): never a traceback."""
-    text = " ".join(str(exc).split()).strip("'\"")
-    return (text or type(exc).__name__)[:200]
+    # a KeyError's str() is its key's repr ("'/Root'"): the key itself reads better; any other message is kept whole
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    return (" ".join(text.split()) or type(exc).__name__)[:200]
+
+
+def _xml_limit(exc: BaseException) -> str | None:
+    """Why python-docx's XML parser stopped, if it stopped at one of libxml2's limits against hostile XML (whose message
+    suggests a parser option, XML_PARSE_HUGE, that a user has no way to set); None for any other error."""
+    if not isinstance(exc, etree.XMLSyntaxError) or exc.code != etree.ErrorTypes.ERR_RESOURCE_LIMIT:
+        return None
+    if depth := re.search(r"depth in document: (\d+)", str(exc)):
+        return f"the document nests too deeply to read: more than {depth[1]} levels (tables inside tables, most likely)"
+    return f"the document goes past a safety limit of the XML parser: {_problem(exc).split(',')[0]}"
 
 
 def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
@@ -538,6 +554,12 @@ def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
             if opened == pypdf.PasswordType.NOT_DECRYPTED:
                 raise _Skip("encrypted PDF: it needs a password to open; save an unencrypted copy to index it")
         pages = len(reader.pages)
+        work = 0
+        for page in reader.pages:  # all counted before any is read: a skip costs no extraction
+            work += _content_bytes(page)
+            if work > MAX_PDF_CONTENT_BYTES:
+                raise _Skip(f"{_its_pages(pages)} more than {format_bytes(MAX_PDF_CONTENT_BYTES)} of drawing "
+                            "instructions, more than one PDF may take to read; skipped")
         for number, page in enumerate(reader.pages, 1):
             text = replace_surrogates(page.extract_text() or "").strip()
             # an empty page starts where the next page's text will (text.page_at relies on it)
@@ -552,61 +574,158 @@ def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
             parts.append(text)
     except _Skip:
         raise
+    except pypdf.errors.LimitReachedError as exc:  # a bound pypdf sets against hostile files: not damage
+        limit = pypdf.get_configuration().array_maximum_element_count
+        what = (f"an array in the file (its list of pages, most likely) holds more than {limit:,} items"
+                if "array element count" in str(exc) else _problem(exc))
+        raise _Skip(f"the PDF reader (pypdf) stops at one of its safety limits: {what}") from None
     except Exception as exc:  # pypdf raises many kinds on a damaged file (PdfReadError, KeyError, ValueError, ...)
         raise _Skip(f"damaged PDF, cannot be read: {_problem(exc)}") from None
     if not pages:
         raise _Skip("the PDF has no pages")
     if not parts:
-        raise _Skip(f"no text layer: its {pages} page{'s' if pages > 1 else ''} hold no extractable text "
+        raise _Skip(f"no text layer: {_its_pages(pages)} no extractable text "
                     "(a scanned or image-only PDF; run OCR on it to index it)")
     return _BLOCK_BREAK.join(parts), {PAGE_STARTS: starts}
+
+
+def _its_pages(pages: int) -> str:
+    """"its 1 page holds", "its 12 pages hold": the subject of a sentence about a PDF's pages."""
+    return "its 1 page holds" if pages == 1 else f"its {pages} pages hold"
+
+
+def _content_bytes(page: Any) -> int:
+    """The bytes of drawing instructions text extraction works through on a PDF page: its content streams, unpacked
+    (pypdf keeps them unpacked, so extraction does not unpack them again). A stream drawn twice counts twice."""
+    from pypdf.generic import StreamObject
+
+    contents = page.get("/Contents")
+    contents = None if contents is None else contents.get_object()
+    streams = contents if isinstance(contents, list) else [contents]  # one stream, or an array of them
+    return sum(len(s.get_data()) for s in (x.get_object() if x is not None else None for x in streams)
+               if isinstance(s, StreamObject))
 
 
 def _docx_text(data: bytes, max_bytes: int) -> str:
     """A Word document's paragraphs and table rows, in document order (blocks apart by a blank line).
 
-    The unpacked size of the package is checked against `max_bytes` before it is parsed (a small
-    .docx can unpack to gigabytes). Raises _Skip for an encrypted, damaged or empty file.
+    python-docx only ever sees the package as `_docx_package` rebuilt it, within `max_bytes` (a small .docx can
+    unpack to gigabytes). Raises _Skip for an encrypted, damaged or empty file.
     """
-    import zipfile
-
     if data.startswith(_OLE_MAGIC):
         raise _Skip("not a .docx package: an encrypted (password-protected) Word document, or an old .doc file; "
                     "save an unencrypted .docx copy to index it")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as package:
-            unpacked = sum(info.file_size for info in package.infolist())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
-    if unpacked > max_bytes:
-        raise _Skip(f"the .docx unpacks to {format_bytes(unpacked)}, more than the {format_bytes(max_bytes)} limit")
+    package = _docx_package(data, max_bytes)
     import docx
 
     try:
-        text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(data))))
+        text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(package))))
     except Exception as exc:  # python-docx and lxml raise many kinds on a damaged package
-        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+        raise _Skip(_xml_limit(exc) or f"damaged .docx, cannot be read: {_problem(exc)}") from None
     if is_blank(text):
         raise _Skip("empty document")
     return text
 
 
+#: Bytes read from a zip member at a time: what one decompression step may produce.
+_ZIP_CHUNK = 1 << 20
+#: The most XML elements (paragraphs, runs, table cells, ...) a Word package may hold, counted before python-docx
+#: parses it: its tree takes about 170 bytes an element and reading a paragraph about 20 us, so 1.3 million empty
+#: paragraphs in a 167 kB file took 62 s and 800 MB. A page of Word text is a few hundred elements: this passes
+#: thousands of pages, and caps a hostile file at about 250 MB and 20 s.
+MAX_DOCX_ELEMENTS = 1_000_000
+
+
+class _XmlElements:
+    """lxml parser target that counts the elements of the XML fed to it, builds nothing, and skips the file at
+    MAX_DOCX_ELEMENTS (one count over all the members of a package)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_DOCX_ELEMENTS
+
+    def start(self, tag: str, attrib: Any) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _Skip(f"the .docx holds more than {MAX_DOCX_ELEMENTS:,} XML elements (paragraphs, runs, table "
+                        "cells, ...), more than one Word document may take to read; skipped")
+
+    def close(self) -> None:
+        return None
+
+
+def _docx_package(data: bytes, max_bytes: int) -> bytes:
+    """The .docx package copied member by member into a new (stored) zip, never unpacking more than `max_bytes`.
+
+    A zip's declared sizes may lie, and zipfile unpacks a member read whole in one step: a 1.6 MB file declaring
+    800 kB can make that step 2 GB. So each member is read in bounded chunks and the bytes really unpacked are
+    counted, and python-docx gets the copy, never the original. The XML elements of every member are counted on the
+    way (MAX_DOCX_ELEMENTS). Raises _Skip past either limit or for a damaged zip.
+    """
+    import zipfile
+
+    limit = format_bytes(max_bytes)
+    out = io.BytesIO()
+    elements = _XmlElements()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+            infos = package.infolist()
+            declared = sum(info.file_size for info in infos)
+            if declared > max_bytes:  # the sizes it declares: no need to unpack to know
+                raise _Skip(f"the .docx unpacks to {format_bytes(declared)}, more than the {limit} limit")
+            unpacked = 0
+            # a name listed twice: zipfile (python-docx) reads the last entry, so that is the one copied
+            for info in {info.filename: info for info in infos if not info.is_dir()}.values():
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise _Skip(f"not a .docx package: {info.filename!r} is compressed with method "
+                                f"{info.compress_type}, and Word only stores or deflates")
+                # counted by a streaming parser, which reads the bytes as python-docx's would (in any encoding)
+                xml = etree.XMLParser(target=elements, resolve_entities=False, load_dtd=False, no_network=True)
+                with package.open(info) as member, copy.open(info.filename, "w", force_zip64=True) as target:
+                    while chunk := member.read(min(_ZIP_CHUNK, max_bytes - unpacked + 1)):
+                        unpacked += len(chunk)
+                        if unpacked > max_bytes:
+                            raise _Skip(f"the .docx unpacks to more than the {limit} limit")
+                        target.write(chunk)
+                        xml = _feed(xml, chunk)
+                    _feed(xml, None)
+    except _Skip:
+        raise
+    except Exception as exc:  # zipfile raises BadZipFile, EOFError, zlib.error, NotImplementedError, ... on a damaged zip
+        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+    return out.getvalue()
+
+
+def _feed(parser: etree.XMLParser | None, chunk: bytes | None) -> etree.XMLParser | None:
+    """Feed `chunk` to a streaming `parser` (None: the end), and return it, or None once the bytes are not XML (an
+    image) or not well-formed: python-docx reports that if it reads the member."""
+    if parser is not None:
+        try:
+            if chunk is None:
+                parser.close()
+            else:
+                parser.feed(chunk)
+        except etree.LxmlError:
+            return None
+    return parser
+
+
 def _docx_blocks(container: Any) -> Iterator[str]:
     """The text of each non-empty paragraph and table of a Word document body (or table cell), in order: a table
     is one line per row, its cells apart by " | " (a merged cell's text once)."""
-    from docx.table import Table
+    from docx.table import Table, _Cell
 
     for block in container.iter_inner_content():
         if isinstance(block, Table):
-            seen: set = set()
             rows = []
             for row in block.rows:
                 cells = []
-                for cell in row.cells:
-                    if cell._tc in seen:  # a merged cell is listed once per grid cell it spans
+                # Each <w:tc> once: one spanning columns is one element, and one continuing a vertical merge is left
+                # out (its text is the cell's above). Not row.cells: it finds a continued cell's text by walking up
+                # the rows, recursively, so a 37 kB file with a 1000-row merge took 35 s and then hit the recursion limit.
+                for tc in row._tr.tc_lst:
+                    if tc.vMerge == "continue":
                         continue
-                    seen.add(cell._tc)
-                    if text := " ".join(" ".join(_docx_blocks(cell)).split()):
+                    if text := " ".join(" ".join(_docx_blocks(_Cell(tc, block))).split()):
                         cells.append(text)
                 if cells:
                     rows.append(" | ".join(cells))

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import tracemalloc
+import zipfile
 import zlib
 from pathlib import Path
 
 import docx
 import pypdf
 import pytest
+from lxml import etree
 
+from indexer import loaders
 from indexer.cli import main
 from indexer.encoder import Encoder
 from indexer.loaders import Document, LoadReport, iter_documents
@@ -63,6 +68,11 @@ def write_pdf(pages: list[list[str] | None], *, compress: bool = False, font: by
                        b"/Resources << /Font << /F1 3 0 R >> /XObject << /Im1 4 0 R >> >> >>" % len(objects))
         kids.append(b"%d 0 R" % len(objects))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    return pdf_file(objects)
+
+
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF of `objects` (object n is objects[n - 1], object 1 the catalog), with its xref table."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, 1):
@@ -73,6 +83,18 @@ def write_pdf(pages: list[list[str] | None], *, compress: bool = False, font: by
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+def shared_stream_pdf(pages: int, content: bytes, draws: int = 1) -> bytes:
+    """A PDF whose `pages` pages all draw one deflated stream `content`, `draws` times each: a few kB on disk, however
+    much drawing its pages add up to."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"", HELVETICA, _stream(content, compress=True)]
+    for _ in range(pages):
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents [%s] "
+                       b"/Resources << /Font << /F1 3 0 R >> >> >>" % b" ".join([b"4 0 R"] * draws))
+    kids = b" ".join(b"%d 0 R" % n for n in range(5, len(objects) + 1))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages)
+    return pdf_file(objects)
 
 
 def encrypted(pdf: bytes, password: str = "secret") -> bytes:
@@ -97,6 +119,35 @@ def write_docx(path: Path) -> Path:
     document.add_paragraph("After the table: bake bread.")
     document.save(path)
     return path
+
+
+def rezipped(package: bytes, name: str, data: bytes, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """The zip `package` with its member `name` holding `data` instead, compressed with `compression`."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(package)) as old, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            if info.filename == name:
+                new.writestr(name, data, compress_type=compression)
+            else:
+                new.writestr(info, old.read(info))
+    return out.getvalue()
+
+
+def declaring(package: bytes, name: str, size: int, crc: int) -> bytes:
+    """The zip `package` with the size and CRC-32 its member `name` declares (local header and central directory)
+    replaced: what a hostile file claims."""
+    out = bytearray(package)
+    local = zipfile.ZipFile(io.BytesIO(package)).getinfo(name).header_offset
+    struct.pack_into("<I", out, local + 14, crc)
+    struct.pack_into("<I", out, local + 22, size)
+    central = out.find(b"PK\x01\x02")
+    while central != -1:  # the central directory's records: signature, ..., crc at 16, size at 24, name length at 28
+        length = struct.unpack_from("<H", out, central + 28)[0]
+        if out[central + 46:central + 46 + length] == name.encode():
+            struct.pack_into("<I", out, central + 16, crc)
+            struct.pack_into("<I", out, central + 24, size)
+        central = out.find(b"PK\x01\x02", central + 4)
+    return bytes(out)
 
 
 def load(path: Path, **kwargs) -> tuple[list[Document], LoadReport]:
@@ -157,6 +208,7 @@ def test_encrypted_damaged_image_only_and_fake_files_are_skipped_with_their_reas
     (tmp_path / "locked.pdf").write_bytes(encrypted(good))
     (tmp_path / "cut.pdf").write_bytes(good[: len(good) // 2])
     (tmp_path / "scan.pdf").write_bytes(write_pdf([None, None]))
+    (tmp_path / "scan1.pdf").write_bytes(write_pdf([None]))
     (tmp_path / "fake.pdf").write_bytes(b"just some text named .pdf")
     (tmp_path / "empty.pdf").write_bytes(b"")
     write_docx(tmp_path / "good.docx")
@@ -167,10 +219,11 @@ def test_encrypted_damaged_image_only_and_fake_files_are_skipped_with_their_reas
     docs, report = load(tmp_path)
     assert [d.doc_id for d in docs] == ["good.docx", "good.pdf", "notes.md"]
     why = reasons(report)
-    assert set(why) == {"locked.pdf", "cut.pdf", "scan.pdf", "fake.pdf", "empty.pdf", "cut.docx", "locked.docx", "blank.docx"}
+    assert set(why) == {"locked.pdf", "cut.pdf", "scan.pdf", "scan1.pdf", "fake.pdf", "empty.pdf", "cut.docx", "locked.docx", "blank.docx"}
     assert why["locked.pdf"].startswith("encrypted PDF: it needs a password")
     assert why["cut.pdf"].startswith("damaged PDF, cannot be read")
     assert why["scan.pdf"].startswith("no text layer: its 2 pages hold no extractable text")
+    assert why["scan1.pdf"].startswith("no text layer: its 1 page holds no extractable text")
     assert why["fake.pdf"] == why["empty.pdf"] == "not a PDF file: it has no %PDF- header"
     assert why["cut.docx"].startswith("damaged .docx, cannot be read")
     assert why["locked.docx"].startswith("not a .docx package: an encrypted (password-protected) Word document")
@@ -191,9 +244,7 @@ def test_a_long_pdf_is_read_page_by_page_and_stops_at_the_size_bound(tmp_path, m
     (tmp_path / "book.pdf").write_bytes(write_pdf(pages, compress=True))
     bound = 200_000
     assert (tmp_path / "book.pdf").stat().st_size < bound
-    extracted = []
-    extract = pypdf.PageObject.extract_text
-    monkeypatch.setattr(pypdf.PageObject, "extract_text", lambda self, *a, **k: extracted.append(1) or extract(self, *a, **k))
+    extracted = spy_on_extraction(monkeypatch)
     (doc,), report = load(tmp_path)  # the default bound: all 300 pages
     starts = doc.metadata[PAGE_STARTS]
     assert report.issues == [] and len(starts) == 300 and len(extracted) == 300
@@ -208,6 +259,43 @@ def test_a_long_pdf_is_read_page_by_page_and_stops_at_the_size_bound(tmp_path, m
     assert len(extracted) == stop  # page by page: never the whole book's text in memory
 
 
+def spy_on_extraction(monkeypatch) -> list[int]:
+    """A list that gets one item per PDF page whose text is extracted."""
+    extracted: list[int] = []
+    extract = pypdf.PageObject.extract_text
+    monkeypatch.setattr(pypdf.PageObject, "extract_text", lambda self, *a, **k: extracted.append(1) or extract(self, *a, **k))
+    return extracted
+
+
+def test_a_small_pdf_whose_pages_share_one_huge_stream_is_skipped_before_any_page_is_read(tmp_path, monkeypatch):
+    """51 pages drawing one 1 MB stream: 51 MB of drawing instructions, past the 50 MB one PDF may hold, in a file of
+    a few kB (the reviewer's was 28 kB, 100 pages of one 5 MB stream, 14 minutes to read)."""
+    content = b"BT /F1 11 Tf 60 760 Td (bees) Tj ET\n" + b"q Q\n" * 250_000
+    (tmp_path / "heavy.pdf").write_bytes(shared_stream_pdf(51, content))
+    (tmp_path / "light.pdf").write_bytes(write_pdf([["A readable page about bees."]]))
+    assert (tmp_path / "heavy.pdf").stat().st_size < 10_000 and 50_000_000 < 51 * len(content) < 52_000_000
+    extracted = spy_on_extraction(monkeypatch)
+    docs, report = load(tmp_path)
+    assert [d.doc_id for d in docs] == ["light.pdf"] and len(extracted) == 1  # no page of heavy.pdf was read
+    assert reasons(report) == {"heavy.pdf": "its 51 pages hold more than 50 MB of drawing instructions, more than one "
+                                            "PDF may take to read; skipped"}
+
+
+@pytest.mark.parametrize(("pages", "draws", "read"), [(3, 2, True), (7, 1, False), (1, 7, False)])
+def test_the_drawing_limit_counts_every_page_and_every_draw(tmp_path, monkeypatch, pages, draws, read):
+    """With a limit of six times one stream: six draws in all are read, seven are not, on seven pages or on one."""
+    content = b"BT /F1 11 Tf 60 760 Td (bees) Tj ET"
+    monkeypatch.setattr(loaders, "MAX_PDF_CONTENT_BYTES", 6 * len(content))
+    (tmp_path / "drawn.pdf").write_bytes(shared_stream_pdf(pages, content, draws))
+    docs, report = load(tmp_path)
+    if read:
+        assert report.issues == [] and docs[0].text.count("bees") == pages * draws
+    else:
+        assert docs == [] and reasons(report) == {
+            "drawn.pdf": f"its {'7 pages hold' if pages == 7 else '1 page holds'} more than {6 * len(content)} bytes "
+                         "of drawing instructions, more than one PDF may take to read; skipped"}
+
+
 def test_a_word_file_that_unpacks_past_the_bound_is_skipped_before_it_is_parsed(tmp_path, monkeypatch):
     path = tmp_path / "big.docx"
     document = docx.Document()
@@ -218,6 +306,116 @@ def test_a_word_file_that_unpacks_past_the_bound_is_skipped_before_it_is_parsed(
     docs, report = load(tmp_path, max_document_bytes=100_000)
     assert docs == [] and reasons(report)["big.docx"].startswith("the .docx unpacks to ")
     assert reasons(report)["big.docx"].endswith("more than the 100 kB limit")
+
+
+@pytest.mark.parametrize("crc_of", ["what it declares", "all it holds"])
+def test_a_word_file_whose_zip_understates_a_member_never_unpacks_past_what_it_declares(tmp_path, crc_of):
+    """document.xml declares its real 5 kB but holds 30 MB more (blanks after the root element, compressed to a few
+    kB): read whole, zipfile would unpack all 30 MB in one step before finding out. Read in bounded chunks, the extra
+    bytes are never unpacked: the document is read (its checksum matches what it declares) or skipped as damaged."""
+    original = write_docx(tmp_path / "notes.docx").read_bytes()
+    (tmp_path / "notes.docx").unlink()
+    xml = zipfile.ZipFile(io.BytesIO(original)).read("word/document.xml")
+    padded = xml + b" " * 30_000_000
+    package = rezipped(original, "word/document.xml", padded)
+    (tmp_path / "lying.docx").write_bytes(
+        declaring(package, "word/document.xml", len(xml), zlib.crc32(xml if crc_of == "what it declares" else padded)))
+    assert (tmp_path / "lying.docx").stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        docs, report = load(tmp_path, max_document_bytes=1_000_000)  # what it declares passes; 30 MB would not
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000  # never the 30 MB document.xml really holds
+    if crc_of == "what it declares":
+        assert report.issues == [] and docs[0].text.startswith("Before the table: the bees make honey.")
+    else:
+        assert docs == [] and reasons(report) == {
+            "lying.docx": "damaged .docx, cannot be read: Bad CRC-32 for file 'word/document.xml'"}  # both quotes
+
+
+def test_a_word_file_compressed_in_a_way_word_never_writes_is_skipped(tmp_path):
+    """bzip2 (like LZMA) has no bounded step in zipfile: 4 kB read may unpack to gigabytes at once."""
+    original = write_docx(tmp_path / "notes.docx").read_bytes()
+    xml = zipfile.ZipFile(io.BytesIO(original)).read("word/document.xml")
+    (tmp_path / "bz.docx").write_bytes(rezipped(original, "word/document.xml", xml, zipfile.ZIP_BZIP2))
+    docs, report = load(tmp_path)
+    assert [d.doc_id for d in docs] == ["notes.docx"]
+    assert reasons(report) == {"bz.docx": "not a .docx package: 'word/document.xml' is compressed with method 12, "
+                                          "and Word only stores or deflates"}
+
+
+WORD_BODY = b'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>%s</w:body></w:document>'
+
+
+def test_a_small_word_file_of_a_million_paragraphs_is_skipped_before_it_is_parsed(tmp_path, monkeypatch):
+    """A million empty paragraphs zip to a few kB; python-docx would take seconds and hundreds of MB on them (the
+    reviewer's 1.3 million took 62 s and 800 MB)."""
+    write_docx(tmp_path / "notes.docx")
+    many = b"<w:p/>" * 1_000_000
+    (tmp_path / "many.docx").write_bytes(
+        rezipped((tmp_path / "notes.docx").read_bytes(), "word/document.xml", WORD_BODY % many))
+    assert (tmp_path / "many.docx").stat().st_size < 50_000
+    parsed = []
+    parse = docx.Document
+    monkeypatch.setattr(docx, "Document", lambda *a: parsed.append(1) or parse(*a))
+    docs, report = load(tmp_path)
+    assert [d.doc_id for d in docs] == ["notes.docx"] and parsed == [1]  # many.docx never reached python-docx
+    assert reasons(report) == {"many.docx": "the .docx holds more than 1,000,000 XML elements (paragraphs, runs, table "
+                                            "cells, ...), more than one Word document may take to read; skipped"}
+
+
+def test_the_element_limit_counts_the_elements_of_every_member(tmp_path, monkeypatch):
+    """At a limit of exactly the elements the package holds (document, styles, settings, ... counted here by lxml) it
+    is read; one fewer and it is skipped."""
+    write_docx(tmp_path / "notes.docx")
+    with zipfile.ZipFile(tmp_path / "notes.docx") as package:
+        xml = [name for name in package.namelist() if name.endswith((".xml", ".rels"))]
+        elements = sum(sum(1 for _ in etree.fromstring(package.read(name)).iter(etree.Element)) for name in xml)
+    assert len(xml) > 5 and elements > 1000  # styles.xml holds most of them
+    monkeypatch.setattr(loaders, "MAX_DOCX_ELEMENTS", elements)
+    (doc,), report = load(tmp_path)
+    assert report.issues == [] and doc.text.startswith("Before the table")
+    monkeypatch.setattr(loaders, "MAX_DOCX_ELEMENTS", elements - 1)
+    docs, report = load(tmp_path)
+    assert docs == [] and reasons(report)["notes.docx"].startswith(f"the .docx holds more than {elements - 1:,} XML")
+
+
+def test_a_cell_merged_down_a_long_table_is_read_once_without_walking_up_the_rows(tmp_path):
+    """Column 1 is one cell merged down 1500 rows (w:vMerge), column 2 a value per row. python-docx's row.cells finds a
+    continued cell's text by walking up the rows, recursively: the file is 40 kB, and that took 35 s for 1000 rows and
+    then hit Python's recursion limit."""
+    write_docx(tmp_path / "notes.docx")
+    rows = [b'<w:tr><w:tc><w:tcPr><w:vMerge w:val="restart"/></w:tcPr><w:p><w:r><w:t>merged</w:t></w:r></w:p></w:tc>'
+            b"<w:tc><w:p><w:r><w:t>r0</w:t></w:r></w:p></w:tc></w:tr>"]
+    rows += [b"<w:tr><w:tc><w:tcPr><w:vMerge/></w:tcPr><w:p/></w:tc><w:tc><w:p><w:r><w:t>r%d</w:t></w:r></w:p></w:tc></w:tr>"
+             % n for n in range(1, 1500)]
+    table = b"<w:tbl><w:tblGrid><w:gridCol/><w:gridCol/></w:tblGrid>%s</w:tbl>" % b"".join(rows)
+    (tmp_path / "notes.docx").write_bytes(
+        rezipped((tmp_path / "notes.docx").read_bytes(), "word/document.xml", WORD_BODY % table))
+    (doc,), report = load(tmp_path)
+    assert report.issues == [] and doc.text == "\n".join(["merged | r0"] + [f"r{n}" for n in range(1, 1500)])
+
+
+def test_files_past_a_limit_of_the_parsers_say_which_limit_not_how_to_lift_it(tmp_path):
+    """Tables nested 300 deep pass libxml2's 256 levels (whose message suggests its XML_PARSE_HUGE option); a list of
+    100,001 pages (one page object listed again and again: 600 kB) passes pypdf's 100,000 items an array."""
+    write_docx(tmp_path / "nested.docx")
+    nested = b"<w:p><w:r><w:t>deep</w:t></w:r></w:p>"
+    for _ in range(300):
+        nested = b"<w:tbl><w:tr><w:tc>%s</w:tc></w:tr></w:tbl><w:p/>" % nested
+    (tmp_path / "nested.docx").write_bytes(
+        rezipped((tmp_path / "nested.docx").read_bytes(), "word/document.xml", WORD_BODY % nested))
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 3 0 R >> >> >>"
+    (tmp_path / "long.pdf").write_bytes(pdf_file([
+        b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count 100001 >>" % b" ".join([b"5 0 R"] * 100_001),
+        HELVETICA, _stream(b"BT /F1 11 Tf 60 760 Td (bees) Tj ET"), page]))
+    docs, report = load(tmp_path)
+    assert docs == [] and reasons(report) == {
+        "nested.docx": "the document nests too deeply to read: more than 256 levels (tables inside tables, most likely)",
+        "long.pdf": "the PDF reader (pypdf) stops at one of its safety limits: an array in the file (its list of pages, "
+                    "most likely) holds more than 100,000 items"}
 
 
 # -- page numbers through the store, the CLI and the app ---------------------------------------------------------
