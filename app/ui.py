@@ -189,7 +189,7 @@ def load_searcher(directory: str, sha: str, model: str | None) -> Searcher:
     """
     manifest = read_manifest(directory)
     name = model if model is not None else model_name_for(manifest)
-    encoder = load_encoder(name, tuple(manifest["representations"]), manifest["chunking"]["max_tokens"])
+    encoder = load_encoder(name, tuple(manifest.representations), manifest.chunking.max_tokens)
     return Searcher(directory, encoder)
 
 

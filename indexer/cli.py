@@ -27,9 +27,8 @@ from .loaders import LoadReport, SourceError, format_bytes, load_queries, open_b
 from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
-from .store import StoreError, is_index, read_manifest
+from .store import Manifest, StoreError, is_index, read_manifest
 from .text import describe_surrogate, is_blank
-from . import vector_index
 from .vector_index import INDEX_TYPES, IndexSpec
 
 DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
@@ -101,38 +100,35 @@ def format_summary(s: BuildSummary, show: int = 10, *, update: bool = False) -> 
     return "\n".join(lines)
 
 
-def format_info(manifest: dict, directory: Path) -> str:
-    model, chunking, counts = manifest.get("model", {}), manifest.get("chunking", {}), manifest.get("counts", {})
-    pooler = manifest.get("pooler_check", {})
+def format_info(manifest: Manifest, directory: Path) -> str:
+    model, chunking, counts = manifest.model, manifest.chunking, manifest.counts
     lines = [
         f"index:          {directory}",
-        f"created:        {manifest.get('created_at')}  (format {manifest.get('format_version')}, indexer {manifest.get('indexer_version')})",
-        f"model:          {model.get('name')}  [{model.get('source')}]  {model.get('architecture')}, dim {model.get('dim')}",
-        f"weights sha256: {model.get('weights_sha256')}",
-        f"fingerprint:    {model.get('fingerprint', 'none (built before fingerprints: rebuild to record one)')}  "
+        f"created:        {manifest.created_at}  (format {manifest.format_version}, indexer {manifest.indexer_version})",
+        f"model:          {model.name}  [{model.source}]  {model.architecture}, dim {model.dim}",
+        f"weights sha256: {model.weights_sha256}",
+        f"fingerprint:    {model.fingerprint or 'none (built before fingerprints: rebuild to record one)'}  "
         f"(weights, config and tokenizer files)",
-        f"tokenizer:      {manifest.get('tokenizer')}",
-        f"pooler:         {pooler.get('status')} — {pooler.get('note')}",
-        f"chunking:       {chunking.get('max_tokens')} tokens per chunk (special tokens included), overlap {chunking.get('overlap')}",
-        f"documents:      {counts.get('documents')}",
-        f"chunks:         {counts.get('chunks')}",
-        f"vectors:        L2-normalised float32, {manifest.get('metric')}",
-        f"vector index:   {vector_index.describe(manifest.get('vector_index'))}",
+        f"tokenizer:      {model.tokenizer}",
+        f"pooler:         {model.pooler} — {model.pooler_note}",
+        f"chunking:       {chunking.max_tokens} tokens per chunk (special tokens included), overlap {chunking.overlap}",
+        f"documents:      {counts.documents}",
+        f"chunks:         {counts.chunks}",
+        f"vectors:        L2-normalised float32, {manifest.metric}",
+        f"vector index:   {manifest.vector_index.label}",
         "representations:",
     ]
-    files = manifest.get("files", {})
-    reps = manifest.get("representations", {})
+    reps = manifest.representations
     width = max((len(r) for r in reps), default=7)
     for r, spec in reps.items():
-        f = files.get(spec.get("file"), {})
-        lines.append(f"  {r:<{width}} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({format_bytes(f.get('bytes', 0))})")
-        if spec.get("transform"):
+        listed = manifest.files.get(spec.file)
+        size = format_bytes(listed.bytes if listed else 0)
+        lines.append(f"  {r:<{width}} dim {spec.dim}, {spec.index_type}, {spec.file} ({size})")
+        if spec.transform is not None:
             lines.append(f"  {'':<{width}} {describe_transform(spec, str(directory))}")
-    source = manifest.get("source", {})
-    lines.append(f"source:         {source.get('path')} ({source.get('format')})")
-    build = manifest.get("build", {})
-    lines.append(f"build:          {build.get('seconds')} s, {build.get('skipped_records')} records skipped")
-    if pooler.get("status") == "missing" and "pooled" in poolings_of(reps):
+    lines.append(f"source:         {manifest.source.path} ({manifest.source.format})")
+    lines.append(f"build:          {manifest.build.seconds} s, {manifest.build.skipped_records} records skipped")
+    if model.pooler == "missing" and "pooled" in poolings_of(reps):
         lines.insert(0, "WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
     return "\n".join(lines)
 
@@ -247,7 +243,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
     result = refit(args.index, args.representations)
     manifest = read_manifest(args.index)
     print(f"published {result.generation}: {result.note}, in {time.perf_counter() - started:.1f} s (nothing re-embedded); "
-          f"representations: {', '.join(manifest['representations'])}")
+          f"representations: {', '.join(manifest.representations)}")
     return 0
 
 
@@ -262,7 +258,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.index)
     directory = Path(args.index).resolve()
     if args.json:
-        print(json.dumps({"directory": str(directory)} | manifest, ensure_ascii=False, indent=2))
+        print(json.dumps({"directory": str(directory)} | manifest.to_dict(), ensure_ascii=False, indent=2))
     else:
         print(format_info(manifest, directory))
     return 0

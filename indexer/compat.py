@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Literal, Mapping, Sequence, get_args
 if TYPE_CHECKING:  # only for annotations: this module needs no model code
     from .encoder import Encoder
 
-from .store import stored_dims
+from .config import ModelInfo
+from .store import Manifest
 
 log = logging.getLogger("indexer.compat")
 
@@ -23,7 +24,7 @@ PURPOSES: tuple[str, ...] = get_args(Purpose)
 
 
 def compatibility_problems(
-    manifest: Mapping, encoder: "Encoder", purpose: Purpose, representations: Sequence[str] | None = None
+    manifest: Manifest, encoder: "Encoder", purpose: Purpose, representations: Sequence[str] | None = None
 ) -> list[str]:
     """What stops `encoder` from serving `purpose` on the index `manifest` describes (empty: nothing).
 
@@ -42,18 +43,18 @@ def compatibility_problems(
     who = "the searcher" if purpose == "search" else "this run"
     info = encoder.info
     problems = []
-    model_problem = _model_problem(manifest.get("model", {}), encoder, purpose, who)
+    model_problem = _model_problem(manifest.model, encoder, purpose, who)
     if model_problem:
         problems.append(model_problem)
-    built_max = manifest.get("chunking", {}).get("max_tokens")
+    built_max = manifest.chunking.max_tokens
     if built_max != encoder.max_tokens and purpose != "fit":
         problems.append(f"the index was built with a max length of {built_max} tokens, {who}'s is {encoder.max_tokens}")
-    held = manifest.get("representations", {})
-    for p, dim in stored_dims(manifest).items():  # the poolings' vectors; a transform may change a representation's
+    for p, dim in manifest.poolings.items():  # the poolings' vectors; a transform may change a representation's
         if dim != info.dim:
             problems.append(f"`{p}` vectors have dimension {dim}, the model produces {info.dim}")
     if purpose == "fit":
         return problems
+    held = manifest.representations
     computed = tuple(encoder.representations)
     if purpose == "add":
         if set(held) != set(computed):
@@ -72,13 +73,13 @@ def compatibility_problems(
     return problems
 
 
-def _model_problem(built: Mapping, encoder: "Encoder", purpose: Purpose, who: str) -> str | None:
+def _model_problem(built: ModelInfo, encoder: "Encoder", purpose: Purpose, who: str) -> str | None:
     """Why the index's model is not the encoder's; for an index from before fingerprints, per purpose."""
     info = encoder.info
-    if "fingerprint" not in built:  # written before the fingerprint covered config and tokenizer
-        if built.get("weights_sha256") != info.weights_sha256:
+    if built.fingerprint is None:  # written before the fingerprint covered config and tokenizer
+        if built.weights_sha256 != info.weights_sha256:
             return (
-                f"the index was built with model {built.get('name')!r} (weights sha256 {str(built.get('weights_sha256'))[:12]}…), "
+                f"the index was built with model {built.name!r} (weights sha256 {built.weights_sha256[:12]}…), "
                 f"but {who} uses {info.name!r} (weights sha256 {info.weights_sha256[:12]}…)"
             )
         legacy = ("the index predates model fingerprints: only its weights can be checked, not its config or tokenizer "
@@ -87,13 +88,12 @@ def _model_problem(built: Mapping, encoder: "Encoder", purpose: Purpose, who: st
             log.warning("WARNING: %s", legacy)
             return None
         return legacy  # reuse rebuilds it; add would mix vectors of two possibly different models
-    if built.get("fingerprint") == info.fingerprint:
+    if built.fingerprint == info.fingerprint:
         return None
-    built_files = built.get("files")
-    differing = _differences(built_files, info.files) if isinstance(built_files, Mapping) else []
+    differing = _differences(built.files, info.files) if built.files is not None else []
     detail = f": they differ in {', '.join(differing)}" if differing else ""
     return (
-        f"the index was built with model {built.get('name')!r} (fingerprint {str(built.get('fingerprint'))[:12]}…), "
+        f"the index was built with model {built.name!r} (fingerprint {built.fingerprint[:12]}…), "
         f"but {who} uses {info.name!r} (fingerprint {info.fingerprint[:12]}…){detail}"
     )
 

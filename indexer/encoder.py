@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
@@ -24,7 +24,9 @@ import torch
 
 from . import transforms
 from .chunking import SLICE_CHARS
-from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations, poolings_of
+from .config import (
+    BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, ModelInfo, PoolerStatus, parse_representations, poolings_of,
+)
 from .files import sha256_file
 from .pooling import cls_pool, first_last_pool, l2_normalize, max_pool, mean_pool
 
@@ -69,32 +71,9 @@ IDENTITY_FILES = (
     "sentence_bert_config.json",
 )
 
-PoolerStatus = Literal["loaded", "missing", "absent"]
-
 
 class ModelError(Exception):
     """The model cannot be used: bad checksum, no safetensors weights, no pooler, unreachable hub."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Where a model came from and what it can produce; recorded in every manifest."""
-
-    name: str  # what the user named (or the bundled model's hub id)
-    source: Literal["bundled", "local", "hub"]
-    location: str  # directory the files were read from
-    weights_sha256: str  # shown to users; identity is `fingerprint`
-    fingerprint: str  # sha256 over `files`: weights, config and tokenizer together
-    files: dict[str, str]  # sha256 of each file that determines the vectors (see IDENTITY_FILES)
-    pooler: PoolerStatus
-    pooler_note: str
-    tokenizer: str
-    max_tokens: int  # the model's own sequence limit, special tokens included
-    dim: int
-    architecture: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,13 @@ from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .config import parse_representation
 from .transforms import principal_axes
 
 NEGATIVES_PER_QUERY = 20  # unjudged non-relevant documents per query in the similarity histograms, random or hard
 
 if TYPE_CHECKING:  # numpy-only module: the store and the searcher are only passed in
     from .search import Searcher
-    from .store import IndexReader
+    from .store import IndexReader, Manifest, RepresentationRecord
 
 
 def anisotropy(vectors: np.ndarray, *, pairs: int = 5000, seed: int = 0) -> float:
@@ -222,19 +221,18 @@ def query_points(
     return out
 
 
-def describe_transform(spec: Mapping, directory: str | None = None) -> str:
+def describe_transform(spec: RepresentationRecord, directory: str | None = None) -> str:
     """A representation's transform in words (its manifest entry `spec`): what, fitted on what, kept or refitted."""
-    record = spec.get("transform")
+    record = spec.transform
     if record is None:
         return "none"
-    when = "at this generation" if record.get("refitted") else "kept fixed since by add, delete and repair"
-    return (f"{record.get('kind')}{record.get('param') or ''} of `{spec.get('pooling')}` ({record.get('dim_in')} -> "
-            f"{spec.get('dim')} dims), fitted on {record.get('fitted_on_chunks')} chunks in {record.get('fitted_in')}, "
+    when = "at this generation" if record.refitted else "kept fixed since by add, delete and repair"
+    return (f"{record.kind}{record.param or ''} of `{spec.pooling}` ({record.dim_in} -> "
+            f"{spec.dim} dims), fitted on {record.fitted_on_chunks} chunks in {record.fitted_in}, "
             f"{when}; `python -m indexer refit{' ' + directory if directory else ''}` fits it again")
 
 
-def describe_representations(manifest: Mapping) -> list[dict]:
+def describe_representations(manifest: Manifest) -> list[dict]:
     """One row per representation of an index manifest: its pooling, dimension and transform, in words."""
-    return [{"representation": r, "pooling": spec.get("pooling") or parse_representation(r).pooling,
-             "dimension": spec.get("dim"), "transform": describe_transform(spec)}
-            for r, spec in manifest.get("representations", {}).items()]
+    return [{"representation": r, "pooling": spec.pooling, "dimension": spec.dim, "transform": describe_transform(spec)}
+            for r, spec in manifest.representations.items()]

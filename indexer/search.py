@@ -10,11 +10,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS
+from .config import DEFAULT_BATCH_SIZE
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
 from .encoder import Encoder
-from .store import IndexReader, StoreError, generation_id
+from .store import IndexReader, Manifest, StoreError, generation_id
 from .text import describe_surrogate, is_blank
 from .transforms import represent
 
@@ -74,14 +74,14 @@ def rank_documents(
     return [(doc, cid, score) for doc, (score, cid) in ranked[:k]]
 
 
-def model_name_for(manifest: Mapping) -> str | None:
+def model_name_for(manifest: Manifest) -> str | None:
     """The `--model` value that loads the model an index was built with."""
-    model = manifest.get("model", {})
-    return {"bundled": None, "local": model.get("location"), "hub": model.get("name")}.get(model.get("source"), model.get("name"))
+    model = manifest.model
+    return {"bundled": None, "local": model.location}.get(model.source, model.name)
 
 
 def encoder_for(
-    manifest: Mapping,
+    manifest: Manifest,
     model: str | None = None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -95,12 +95,12 @@ def encoder_for(
     """
     encoder = Encoder.load(
         model_name_for(manifest) if model is None else model,
-        representations=tuple(manifest.get("representations", {})) or DEFAULT_REPRESENTATIONS,
+        representations=tuple(manifest.representations),
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
     )
-    built_max = manifest.get("chunking", {}).get("max_tokens")
-    if isinstance(built_max, int) and built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
+    built_max = manifest.chunking.max_tokens
+    if built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
         encoder = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.representations,
                           batch_size=batch_size, max_tokens=built_max)
     return encoder
@@ -184,7 +184,7 @@ class Searcher:
         return self.index
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         return self.index.manifest
 
     def search(self, query: str, k: int = 10) -> SearchResult:

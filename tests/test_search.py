@@ -1,6 +1,7 @@
 """Document rankings from chunk hits, end-to-end search on a tiny model, manifest mismatches refused."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -159,7 +160,7 @@ def test_one_rule_for_representations_by_purpose(tiny_index):
             for p in compatibility_problems(manifest, two, "add")] == [True]
     assert compatibility_problems(manifest, encoder, "add") == []
 
-    fewer = manifest | {"representations": {r: s for r, s in manifest["representations"].items() if r != "cls"}}
+    fewer = replace(manifest, representations={r: s for r, s in manifest.representations.items() if r != "cls"})
     assert compatibility_problems(fewer, encoder, "search") == []  # computing more than needed costs, nothing else
     assert compatibility_problems(fewer, encoder, "reuse") == ["the index has no `cls` representation"]
     assert compatibility_problems(fewer, encoder, "search", ("cls",)) == ["the index has no `cls` representation"]
@@ -171,7 +172,7 @@ def test_one_rule_for_representations_by_purpose(tiny_index):
 def test_an_index_from_before_fingerprints_is_searched_with_a_warning_but_not_reused_or_added_to(tiny_index, tiny_bert_other, caplog):
     directory, encoder = tiny_index
     manifest = read_manifest(directory)
-    legacy = manifest | {"model": {k: v for k, v in manifest["model"].items() if k not in ("fingerprint", "files")}}
+    legacy = replace(manifest, model=replace(manifest.model, fingerprint=None, files=None))
     with caplog.at_level(logging.WARNING, logger="indexer.compat"):
         assert compatibility_problems(legacy, encoder, "search") == []
     assert "predates model fingerprints" in caplog.text and "rebuild" in caplog.text
