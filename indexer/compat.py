@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Mapping, Sequence, get_args
 if TYPE_CHECKING:  # only for annotations: this module needs no model code
     from .encoder import Encoder
 
-from .config import ModelInfo
+from .config import ModelInfo, poolings_of
 from .store import Manifest
 
 log = logging.getLogger("indexer.compat")
@@ -30,13 +30,14 @@ def compatibility_problems(
 
     Always: the same model (weights, config and tokenizer files) and vector dimension; for every
     purpose but `fit` (which only needs the same vector space), the same max length.
-    Representations, by purpose:
-    - search: the index holds the wanted ones (`representations`, default all of the index's) and
-      the encoder computes them;
-    - reuse: the index holds at least the wanted ones (default the encoder's); extra ones are fine,
-      the search is then restricted to the wanted ones;
-    - add: the encoder computes exactly the index's, since every new chunk needs a vector in each;
-    - fit: not checked (the caller asks for the poolings it needs).
+    Representations, one rule for every purpose: each representation the work needs must be held by the
+    index and computable by the encoder, that is, the encoder computes its pooling (a transform is the
+    index's own, fitted on the stored vectors). What an encoder computes beyond that is not used. The
+    representations needed, by purpose:
+    - search: those searched (`representations`, default all of the index's);
+    - reuse: those wanted (`representations`, default the encoder's); the index may hold more;
+    - add: all of the index's, since every new chunk needs a vector in each (`representations` is ignored);
+    - fit: none (the caller asks for the poolings it needs).
     """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; valid: {', '.join(PURPOSES)}")
@@ -54,22 +55,18 @@ def compatibility_problems(
             problems.append(f"`{p}` vectors have dimension {dim}, the model produces {info.dim}")
     if purpose == "fit":
         return problems
-    held = manifest.representations
-    computed = tuple(encoder.representations)
+    held = tuple(manifest.representations)
     if purpose == "add":
-        if set(held) != set(computed):
-            problems.append(
-                f"the index holds {_names(held)} vectors, but this run computes {_names(computed)}: "
-                "a new document needs a vector in every representation of the index"
-            )
-        return problems
-    wanted = tuple(representations) if representations else (tuple(held) if purpose == "search" else computed)
-    missing = [r for r in wanted if r not in held]
+        needed = held
+    else:
+        needed = tuple(representations) if representations else (held if purpose == "search" else tuple(encoder.representations))
+    missing = [r for r in needed if r not in held]
     if missing:
         problems.append(f"the index has no {_names(missing)} representation")
-    not_computed = [r for r in wanted if r not in computed and r in held]
+    not_computed = [p for p in poolings_of([r for r in needed if r in held]) if p not in encoder.poolings]
     if not_computed:
-        problems.append(f"the encoder does not compute {_names(not_computed)}")
+        why = ": a new document needs a vector in every representation of the index" if purpose == "add" else ""
+        problems.append(f"the encoder does not compute {_names(not_computed)}{why}")
     return problems
 
 

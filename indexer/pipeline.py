@@ -205,8 +205,12 @@ def _ingest(
     incremental: bool,
     on_progress: Callable[[int, int | None], None] | None,
     on_stage: StageCallback | None = None,
+    poolings: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Chunk, embed and stage documents batch by batch; each batch commits with the count of records consumed.
+
+    The vectors of `poolings` (default: all the encoder computes) are stored: adding to an index stores only
+    those the index keeps, whatever else the encoder computes.
 
     Batches are cut at the same record positions on a resumed run as on an uninterrupted one,
     so a resumed build ends with exactly the same chunks and vectors.
@@ -252,7 +256,7 @@ def _ingest(
                 continue
             kept.append(doc)
         encode_pending()
-        vectors = {r: np.concatenate([p[r] for p in parts]) for r in parts[0]} if parts else None
+        vectors = {r: np.concatenate([p[r] for p in parts]) for r in poolings or parts[0]} if parts else None
         parts.clear()
         consumed += len(batch)
         try:
@@ -446,7 +450,8 @@ def add_documents(
         with logging_redirect_tqdm(), tqdm(
             total=estimate_documents(source, fmt), unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress)
+            stats = _ingest(staging, documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress,
+                            poolings=tuple(manifest.poolings))
         docs, chunks = staging.counts()
         seconds = time.perf_counter() - started
         update = {
