@@ -17,7 +17,8 @@ import streamlit as st
 from indexer import compare, explore
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
-from indexer.search import Searcher, model_name_for
+from indexer.config import DEFAULT_BATCH_SIZE
+from indexer.search import Searcher, encoder_for
 from indexer.store import StoreError, is_index, read_manifest, read_pointer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,9 +177,12 @@ def shown_text(text: str, *paths: str | Path) -> str:
 # -- cached resources ------------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens: int | None) -> Encoder:
-    """One shared encoder per model, representations and max length (None: the model's own)."""
-    return Encoder.load(model, representations=representations, max_tokens=max_tokens)
+def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens: int | None = None, *,
+                 batch_size: int = DEFAULT_BATCH_SIZE, trust_remote_code: bool = False) -> Encoder:
+    """One shared encoder per model, representations and max length (None: the model's own): Encoder.load's
+    arguments, so that search.encoder_for can load with it."""
+    return Encoder.load(model, representations=tuple(representations), max_tokens=max_tokens, batch_size=batch_size,
+                        trust_remote_code=trust_remote_code)
 
 
 @st.cache_resource(show_spinner="Opening the index…", max_entries=8)
@@ -187,10 +191,7 @@ def load_searcher(directory: str, sha: str, model: str | None) -> Searcher:
 
     The searcher itself switches to a newly published generation before its next query.
     """
-    manifest = read_manifest(directory)
-    name = model if model is not None else model_name_for(manifest)
-    encoder = load_encoder(name, tuple(manifest.representations), manifest.chunking.max_tokens)
-    return Searcher(directory, encoder)
+    return Searcher(directory, encoder_for(read_manifest(directory), model, load=load_encoder))
 
 
 def searcher_or_stop() -> Searcher:

@@ -167,7 +167,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size)
+    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     summary = add_documents(
         args.index, args.source, encoder, format=args.format, id_column=args.id_column,
         title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
@@ -231,11 +231,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _searcher(args: argparse.Namespace) -> Searcher:
-    encoder = None
-    if args.model is not None:  # at the index's own max length, so that its own model is accepted
-        encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
-    return Searcher(args.index, encoder)
+def _searcher(args: argparse.Namespace, representations: Sequence[str] | None = None) -> Searcher:
+    """The searcher of --index with --model (default: the index's own) and --trust-remote-code."""
+    encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
+    return Searcher(args.index, encoder, representations=representations)
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
@@ -323,7 +322,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE "
                               "(or --index alone, for an index built from a BEIR folder: the labelled set kept with it)")
         # the representations asked for, each of which the index must serve (default: all it serves)
-        searcher = Searcher(args.index, representations=args.representations and parse_representations(args.representations))
+        searcher = _searcher(args, args.representations and parse_representations(args.representations))
         if kept:
             queries_file, qrels_file, name = _kept_labels(searcher, args.split)
         else:
@@ -581,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("index", type=Path, help="index directory")
     a.add_argument("source", help="folder, JSONL, CSV/TSV or BEIR dataset")
     a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
+    a.add_argument("--trust-remote-code", action="store_true", help="allow the index's hub model its own Python code (off by default)")
     a.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"])
     a.add_argument("--id-column", default=None)
     a.add_argument("--title-column", default="title")
@@ -652,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sts: take transforms (+whiten, +abtt) from this index instead of fitting them on the STS sentences")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2)")
+    model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2); with --index alone: "
+                     "model to encode the queries with (default: the index's own); must match the index")
     e.set_defaults(func=cmd_evaluate)
 
     bn = sub.add_parser("bench", help="speed against sentence-transformers, machine limit, latency and memory")

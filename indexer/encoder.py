@@ -251,6 +251,14 @@ class Encoder:
         self._lock = threading.Lock()
         self.exact_at_word_boundaries = _exact_at_word_boundaries(tokenizer)
 
+    def with_max_tokens(self, max_tokens: int) -> "Encoder":
+        """The same loaded model at another max length (ValueError beyond the model's own); it shares the tokenizer
+        and its lock, so both encoders may be used from any thread."""
+        other = Encoder(self.model, self.tokenizer, self.info, representations=self.representations,
+                        batch_size=self.batch_size, max_tokens=max_tokens)
+        other._lock = self._lock
+        return other
+
     @classmethod
     def load(
         cls,

@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -86,14 +86,16 @@ def encoder_for(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     trust_remote_code: bool = False,
+    load: Callable[..., Encoder] = Encoder.load,
 ) -> Encoder:
     """The encoder for an index: its own model (or `model`), its representations and its max length.
 
-    The index's max length is taken whenever the model allows it, so that naming the index's own model
-    is accepted whatever `--max-tokens` the index was built with; whether the model really is the
-    index's is left to `compatibility_problems`, which says what differs.
+    The one place that makes it, for the CLI, the app and evaluation. The index's max length is taken
+    whenever the model allows it, so that naming the index's own model is accepted whatever `--max-tokens`
+    the index was built with; whether the model really is the index's is left to `compatibility_problems`,
+    which says what differs. `load` takes Encoder.load's arguments (the app passes its cached loader).
     """
-    encoder = Encoder.load(
+    encoder = load(
         model_name_for(manifest) if model is None else model,
         representations=tuple(manifest.representations),
         batch_size=batch_size,
@@ -101,8 +103,7 @@ def encoder_for(
     )
     built_max = manifest.chunking.max_tokens
     if built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
-        encoder = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.representations,
-                          batch_size=batch_size, max_tokens=built_max)
+        encoder = encoder.with_max_tokens(built_max)
     return encoder
 
 
