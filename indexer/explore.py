@@ -152,10 +152,11 @@ def relevance_similarities(
 
     if negatives not in ("random", "hard"):
         raise ValueError(f"negatives must be 'random' or 'hard', got {negatives!r}")
-    index = searcher.current()
+    served = searcher.served()  # the generation and the encoder that fits it, together
+    index = served.index
     qids = [q for q in qrels if q in queries][:limit]
     texts = [queries[q] for q in qids]
-    encoded = represent(searcher.encoder.encode_texts(texts), representations, index.transforms)
+    encoded = represent(served.encoder.encode_texts(texts), representations, index.transforms)
     hard = hard_negatives(searcher, qids, texts, qrels, hard_per_query) if negatives == "hard" and qids else None
     pool = set(extra_docs) if hard is None else {d for per_query in hard.values() for ds in per_query.values() for d in ds}
     chunks = index.chunk_ids_by_doc({d for q in qids for d in qrels[q]} | pool)
@@ -209,8 +210,9 @@ def query_points(
     from .transforms import represent
 
     result = searcher.search(query, k)
-    index = searcher.current()
-    encoded = represent(searcher.encoder.encode_texts([query]), list(representations), index.transforms)
+    served = searcher.served()
+    index = served.index
+    encoded = represent(served.encoder.encode_texts([query]), list(representations), index.transforms)
     chunks = index.chunk_ids_by_doc({h.doc_id for r in representations for h in result.results[r]})
     out = {}
     for r in representations:

@@ -13,8 +13,8 @@ import numpy as np
 from .config import DEFAULT_BATCH_SIZE
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
-from .encoder import Encoder
-from .store import IndexReader, Manifest, StoreError, generation_id
+from .encoder import Encoder, ModelError
+from .store import IndexReader, Manifest, StoreError, read_pointer
 from .text import describe_surrogate, is_blank
 from .transforms import represent
 
@@ -128,11 +128,25 @@ def query_cut(encoder: Encoder, query: str) -> str | None:
             f"so only its first {encoder.window} tokens were searched")
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a query is served with, taken together: one generation of the index, an encoder that fits it, and the
+    representations searched."""
+
+    index: IndexReader
+    encoder: Encoder
+    representations: tuple[str, ...]
+
+
 class Searcher:
-    """A verified index and the encoder that matches it.
+    """A verified index and the encoder that matches it; safe to share between threads (the app holds one per index).
 
     Before each query it checks whether a writer has published a new generation and, if so,
     switches to it (after the same checks); a query is always served from one generation.
+    `encoder` serves every generation (one it does not fit is not switched to). Without it, `make_encoder`
+    (default: `encoder_for`, the index's own model) makes the encoder for the first generation, and again for a
+    later one that the encoder in use does not fit (a rebuild with another model, length or representations).
+    `representations` are those searched (default: all of each generation's).
     """
 
     def __init__(
@@ -141,48 +155,74 @@ class Searcher:
         encoder: Encoder | None = None,
         *,
         representations: Sequence[str] | None = None,
+        make_encoder: Callable[[Manifest], Encoder] | None = None,
     ) -> None:
         self.directory = Path(index_dir)
-        index = IndexReader(index_dir)
-        manifest = index.manifest
-        wanted = tuple(representations or index.representations)
-        if encoder is None:
-            encoder = encoder_for(manifest)
-        self.encoder = encoder
-        self.representations = wanted
-        self._check(index)
-        self.index = index
+        self._wanted = tuple(representations) if representations else None
+        self._make_encoder = make_encoder if make_encoder is not None or encoder is not None else encoder_for
+        self._served = self._serve(IndexReader(index_dir), encoder)
         self._refresh = threading.Lock()
+        self._refused: dict | None = None  # the CURRENT pointer of a generation that could not be served
 
-    def _check(self, index: IndexReader) -> None:
-        problems = compatibility_problems(index.manifest, self.encoder, "search", self.representations)
+    def _serve(self, index: IndexReader, encoder: Encoder | None) -> Served:
+        """`index` with `encoder`, or with a new one from `make_encoder` when it does not fit; IndexMismatchError
+        (the index closed) when neither does."""
+        representations = self._wanted or index.representations
+        try:
+            problems = None if encoder is None else compatibility_problems(index.manifest, encoder, "search", representations)
+            if (encoder is None or problems) and self._make_encoder is not None:
+                encoder = self._make_encoder(index.manifest)
+                problems = compatibility_problems(index.manifest, encoder, "search", representations)
+        except BaseException:
+            index.close()
+            raise
         if problems:
             index.close()
-            info = self.encoder.info
+            info = encoder.info
             raise IndexMismatchError(
                 f"cannot search {index.directory} with this model: " + "; ".join(problems) + ". "
                 f"Rebuild the index for this model: python -m indexer build SOURCE --index {index.directory} "
                 f"--overwrite --model {info.name if info.source != 'local' else info.location}"
             )
+        return Served(index, encoder, representations)
+
+    def served(self) -> Served:
+        """The newest published generation with its encoder (the one in use if it cannot be served)."""
+        served = self._served
+        try:
+            latest = read_pointer(self.directory)
+        except StoreError:
+            return served
+        # the manifest's checksum, not the generation's name: a folder deleted and built again restarts the names
+        if latest["manifest_sha256"] != served.index.manifest_sha256 and latest != self._refused:
+            with self._refresh:
+                served = self._served
+                if latest["manifest_sha256"] != served.index.manifest_sha256 and latest != self._refused:
+                    try:
+                        self._served = self._serve(IndexReader(self.directory), served.encoder)
+                    except (StoreError, ModelError, ValueError, OSError) as exc:
+                        # a published generation never changes: it is not tried again before CURRENT changes
+                        self._refused = latest
+                        log.warning("keeping %s: the new generation cannot be served (%s)", served.index.generation, exc)
+                        return served
+                    # the old reader is left to the garbage collector: other threads may still be using it
+        return self._served
 
     def current(self) -> IndexReader:
         """The newest published generation (the one in use if it cannot be opened)."""
-        try:
-            latest = generation_id(self.directory)
-        except StoreError:
-            return self.index
-        if latest != self.index.generation:
-            with self._refresh:
-                if latest != self.index.generation:
-                    try:
-                        index = IndexReader(self.directory)
-                        self._check(index)
-                    except StoreError as exc:
-                        log.warning("keeping %s: the new generation cannot be served (%s)", self.index.generation, exc)
-                        return self.index
-                    # the old reader is left to the garbage collector: other threads may still be using it
-                    self.index = index
-        return self.index
+        return self.served().index
+
+    @property
+    def index(self) -> IndexReader:
+        return self._served.index
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._served.encoder
+
+    @property
+    def representations(self) -> tuple[str, ...]:
+        return self._served.representations
 
     @property
     def manifest(self) -> Manifest:
@@ -193,8 +233,9 @@ class Searcher:
         problem = query_problem(query)
         if problem is not None:
             raise ValueError(problem)
-        index = self.current()
-        rankings = self.rank_many([query], k, index=index)  # one query: encoded on QUERY_THREADS
+        served = self.served()
+        index = served.index
+        rankings = self.rank_many([query], k, served=served)  # one query: encoded on QUERY_THREADS
         rows = index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})
         return SearchResult(
             query,
@@ -215,7 +256,7 @@ class Searcher:
         k: int,
         *,
         exclude: Sequence[str | None] | None = None,
-        index: IndexReader | None = None,
+        served: Served | None = None,
     ) -> dict[str, list[list[tuple[str, int, float]]]]:
         """(doc_id, best chunk id, score) of the k best documents per query and representation.
 
@@ -224,11 +265,12 @@ class Searcher:
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        index = index or self.current()
+        served = served or self.served()
+        index = served.index
         # the index's transforms map the query's poolings as they mapped the documents'
-        vectors = represent(self.encoder.encode_texts(list(queries)), self.representations, index.transforms)
+        vectors = represent(served.encoder.encode_texts(list(queries)), served.representations, index.transforms)
         exclude = list(exclude) if exclude is not None else [None] * len(queries)
-        return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in self.representations}
+        return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in served.representations}
 
     @staticmethod
     def _rank_batch(
