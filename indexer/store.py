@@ -35,7 +35,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, Union
 
 import faiss
 import numpy as np
@@ -283,12 +283,8 @@ class Manifest:
             )
         _check_names(where, data)
         chunking = data.get("chunking")
-        try:
-            chunks = _record(ChunkingConfig, chunking, f"{where}: 'chunking'")
-            spec = IndexSpec.from_dict(data.get("vector_index"))
-        except (TypeError, ValueError) as exc:
-            setting = "vector_index" if "chunks" in locals() else "chunking"
-            raise StoreError(f"{where} has invalid {setting} settings: {exc}") from exc
+        chunks = _settings(where, "chunking", lambda: _record(ChunkingConfig, chunking, f"{where}: 'chunking'"))
+        spec = _settings(where, "vector_index", lambda: IndexSpec.from_dict(data.get("vector_index")))
         updates = data.get("updates")
         if not isinstance(updates, list) or not all(isinstance(u, dict) for u in updates):
             raise StoreError(f"{where} is corrupted: 'updates' must be a list of objects")
@@ -319,6 +315,14 @@ class Manifest:
             ) for r, spec in reps.items()},
             files={name: _record(FileRecord, f, f"{where}: the checksum of {name}") for name, f in data["files"].items()},
         )
+
+
+def _settings(where: str | Path, name: str, make: Callable[[], Any]) -> Any:
+    """Settings that their own class checks (ValueError naming the value), or a StoreError naming them."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{where} has invalid {name} settings: {exc}") from exc
 
 
 def _without_none(record: dict, keep: Sequence[str] = ()) -> dict:

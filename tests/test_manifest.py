@@ -138,6 +138,7 @@ def test_another_format_version_is_refused_naming_it_and_the_one_read(tmp_path, 
         with pytest.raises(StoreError, match=re.escape(f"manifest.json has {says}")):
             read(directory)
     assert says in verify(directory)[0][0]
+    capsys.readouterr()  # what loading the model printed
     for command in (["info", str(directory)], ["search", str(directory), "bees"]):
         assert main(command) == 2
         err = capsys.readouterr().err
@@ -168,6 +169,7 @@ def test_a_malformed_record_is_refused_naming_the_field(tmp_path, tiny_bert, sma
     resign(directory, edit)
     with pytest.raises(StoreError, match=says):
         IndexReader(directory)
+    capsys.readouterr()
     assert main(["info", str(directory)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
