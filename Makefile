@@ -22,7 +22,7 @@ APP_ARGS ?=
 
 # The Streamlit app on the sample index: open http://localhost:$(PORT)
 run: $(INDEX)/CURRENT
-	$(PY) -m streamlit run app/streamlit_app.py --server.address $(HOST) --server.port $(PORT) -- --index $(INDEX) $(APP_ARGS)
+	$(PY) -m indexer app --index $(INDEX) --host $(HOST) --port $(PORT) $(APP_ARGS)
 
 # The same in a terminal: both rankings for sample queries, then your own
 demo: $(INDEX)/CURRENT

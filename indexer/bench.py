@@ -263,15 +263,16 @@ _PEAK_CHILD = (
 
 
 def _peak_of_build(source: Path, index: Path, model: str | None, *, cwd: Path | None = None, extra: Sequence[str] = ()) -> dict:
-    """Peak resident memory (MB) and wall seconds of `python -m indexer build` in a fresh process."""
+    """Peak resident memory (bytes) and wall seconds of `python -m indexer build` in a fresh process."""
     args = ["build", str(source), "--index", str(index), *extra] + (["--model", model] if model else [])
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _PEAK_CHILD, *args], capture_output=True, text=True,
                           cwd=cwd or Path(__file__).resolve().parent.parent, env=dict(os.environ))
     if done.returncode != 0:
         raise RuntimeError(f"build of {source.name} failed: {done.stderr[-500:]}")
-    peak_kb = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_KB")))
-    return {"peak_rss_mb": peak_kb / 1024, "seconds": time.perf_counter() - started, "stderr": done.stderr}
+    # ru_maxrss counts KiB on Linux; reports carry bytes, shown by loaders.format_bytes like every size
+    peak_kib = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_KB")))
+    return {"peak_rss_bytes": peak_kib * 1024, "seconds": time.perf_counter() - started, "stderr": done.stderr}
 
 
 def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | None) -> list[dict]:
@@ -286,7 +287,7 @@ def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | N
                 for i in range(n):
                     f.write(json.dumps({"_id": str(i), "text": texts[i % len(texts)] + (f" ({i // len(texts)})" if i >= len(texts) else "")}) + "\n")
             row = _peak_of_build(source, Path(tmp) / f"ix-{n}", model, extra=["--no-progress"])
-            out.append({"docs": n, "peak_rss_mb": row["peak_rss_mb"], "vectors_mb": n * 2 * 384 * 4 / 2**20,
+            out.append({"docs": n, "peak_rss_bytes": row["peak_rss_bytes"], "vectors_bytes": n * 2 * 384 * 4,
                         "seconds": row["seconds"]})
     return out
 
@@ -313,7 +314,7 @@ def document_peak_memory(texts: Sequence[str], sizes_mb: Sequence[float], model:
             source.write_text(json.dumps({"_id": "long", "text": long_document(texts, int(mb * 10**6))}) + "\n", encoding="utf-8")
             row = _peak_of_build(source, Path(tmp) / f"ix-{mb}", model, cwd=cwd)
             during = {line for line in re.split(r"[\r\n]", row["stderr"]) if " 0/1 " in line and "tokens=" in line}
-            out.append({"document_mb": mb, "peak_rss_mb": row["peak_rss_mb"], "seconds": row["seconds"],
+            out.append({"document_mb": mb, "peak_rss_bytes": row["peak_rss_bytes"], "seconds": row["seconds"],
                         "progress_updates": len(during)})
             source.unlink()
     return out

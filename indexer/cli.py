@@ -1,4 +1,5 @@
-"""Command line: `python -m indexer build | search | info | demo`. Parses arguments, calls the library, prints."""
+"""Command line: `pooling-lab` or `python -m indexer` build | search | info | app | demo …. Parses arguments, calls
+the library, prints."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, parse_representations, poolings_of
+from .config import (DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, SAMPLE_INDEX, SAMPLE_SOURCE,
+                     parse_representations, poolings_of)
 from .encoder import Encoder, ModelError
 from .evaluation import (
     GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
@@ -23,16 +25,15 @@ from .evaluation import (
 )
 from .explore import describe_transform
 from .files import unwritable_dir
-from .loaders import LoadReport, SourceError, format_bytes, load_queries, open_beir
+from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
 from .store import Manifest, StoreError, is_index, read_manifest
+from .app.serve import DEFAULT_PORT, LOOPBACK, add_app_arguments
 from .text import describe_surrogate, is_blank
 from .vector_index import INDEX_TYPES, IndexSpec
 
-DEMO_SOURCE = Path(__file__).resolve().parent.parent / "data" / "sample"
-DEMO_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "sample"
 EXIT_USAGE = 2  # bad input the user can fix: missing path, unknown format, mismatched index
 EXIT_INTERNAL = 1  # an unexpected fault of the program (one line; -v shows the traceback)
 
@@ -61,7 +62,7 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
             hits = result.results[r]
             if i < len(hits):
                 h = hits[i]
-                label = _clean(f"{h.doc_id}  {h.title or h.text}")
+                label = _clean(f"{h.doc_id}{'' if h.page is None else f' · page {h.page}'}  {h.title or h.text}")
                 cells.append(f"{_cut(label, text_w):<{text_w}} {h.score:>7.3f}")
             else:
                 cells.append(" " * col)
@@ -490,11 +491,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
-        print(f"  build of {row['docs']:>6} documents: peak RSS {row['peak_rss_mb']:.0f} MB (vectors {row['vectors_mb']:.0f} MB)")
+        print(f"  build of {row['docs']:>6} documents: peak RSS {format_bytes(row['peak_rss_bytes'])} "
+              f"(vectors {format_bytes(row['vectors_bytes'])})")
     for row in report.get("memory_document", []):
-        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.0f} s, "
+        print(f"  build of one {row['document_mb']:g} MB document: peak RSS {format_bytes(row['peak_rss_bytes'])}, {row['seconds']:.0f} s, "
               f"progress bar moved {row['progress_updates']} times during it")
     return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the Streamlit app until interrupted (what `make run` starts)."""
+    from .app.serve import LOOPBACK_NAMES, app_argv, streamlit_command
+
+    if not is_index(args.index):
+        print(f"note: {args.index} is not an index yet; build one (python -m indexer build SOURCE --index {args.index})"
+              + (" or upload files on the Index page" if args.allow_build else ""), file=sys.stderr)
+    if args.host not in LOOPBACK_NAMES:
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the app (it has no login)",
+              file=sys.stderr)
+    cmd = streamlit_command(app_argv(args), address=args.host, port=args.port, headless=args.headless)
+    sys.stdout.flush(), sys.stderr.flush()
+    # Streamlit takes this process's place: a signal to it (Ctrl-C, a service manager's SIGTERM) stops the
+    # server itself, with nothing left behind
+    os.execv(cmd[0], cmd)
+    return 0  # pragma: no cover  (execv does not return)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -535,9 +555,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {_clean(message)} (see: {self.prog} --help)\n")
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, not {value!r}")
+    return port
+
+
+def _host(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the host is empty; give an address such as 127.0.0.1")
+    return value.strip()
+
+
+def _program_name() -> str:
+    """How the user called us, for usage lines: the console script or `python -m indexer`."""
+    return "pooling-lab" if Path(sys.argv[0]).name == "pooling-lab" else "python -m indexer"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m indexer",
+        prog=_program_name(),
         description="Index documents with a BERT-family model and compare what each representation (pooled, mean, cls, "
                     "max, first_last, and transforms such as pooled+whiten) retrieves.",
     )
@@ -558,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ef-search", type=int, default=d.ef_search, help=f"hnsw: search effort, more = better recall (default {d.ef_search})")
 
     b = sub.add_parser("build", help="index a folder, JSONL, CSV or BEIR dataset")
-    b.add_argument("source", help="folder of .txt/.md/.html, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")
+    b.add_argument("source", help="folder of .txt/.md/.html/.pdf/.docx, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")
     b.add_argument("--index", required=True, type=Path, help="index directory to create")
     model_options(b, "embedded all-MiniLM-L6-v2 by default; or a local model directory, or a Hugging Face model id (downloaded)")
     b.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk incl. special tokens (default: the model's limit, 256 for all-MiniLM-L6-v2)")
@@ -567,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
                    help=f"comma-separated: poolings ({', '.join(POOLINGS)}), each optionally with a transform fitted on the "
                         f"collection (+whiten, +whitenK, +abttD), e.g. pooled,mean,max,pooled+whiten (default {','.join(DEFAULT_REPRESENTATIONS)})")
-    b.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"], help="source format (default: detected)")
+    b.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detected)")
     b.add_argument("--id-column", default=None, help="CSV: id column (default: _id, id or doc_id; else row numbers)")
     b.add_argument("--title-column", default="title", help="CSV: title column (default title, optional)")
     b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
@@ -581,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("source", help="folder, JSONL, CSV/TSV or BEIR dataset")
     a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
     a.add_argument("--trust-remote-code", action="store_true", help="allow the index's hub model its own Python code (off by default)")
-    a.add_argument("--format", default="auto", choices=["auto", "folder", "jsonl", "csv", "beir"])
+    a.add_argument("--format", default="auto", choices=FORMATS)
     a.add_argument("--id-column", default=None)
     a.add_argument("--title-column", default="title")
     a.add_argument("--text-column", default="text")
@@ -657,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     bn = sub.add_parser("bench", help="speed against sentence-transformers, machine limit, latency and memory")
-    bn.add_argument("--data", type=Path, default=DEMO_SOURCE, help="collection whose texts are encoded (default data/sample)")
+    bn.add_argument("--data", type=Path, default=SAMPLE_SOURCE, help="collection whose texts are encoded (default data/sample)")
     bn.add_argument("--docs", type=int, default=None, help="number of documents (texts repeated to reach it)")
     bn.add_argument("--runs", type=int, default=3, help="runs of each system; the median is reported (default 3)")
     bn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -675,9 +716,17 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
     bn.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="terminal demo on the sample collection (what `make run` starts)")
-    d.add_argument("--index", type=Path, default=DEMO_INDEX, help=f"demo index (default {DEMO_INDEX})")
-    d.add_argument("--source", type=Path, default=DEMO_SOURCE, help="collection to build it from if missing")
+    ap = sub.add_parser("app", help="serve the Streamlit app (what `make run` starts): rankings side by side in a browser")
+    add_app_arguments(ap)
+    ap.add_argument("--host", type=_host, default=LOOPBACK,
+                    help=f"address to listen on (default {LOOPBACK}: this machine only; 0.0.0.0 opens it to the network)")
+    ap.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port, 1-65535 (default {DEFAULT_PORT})")
+    ap.add_argument("--headless", action="store_true", help="do not open a browser window")
+    ap.set_defaults(func=cmd_app)
+
+    d = sub.add_parser("demo", help="terminal demo on the sample collection (`make demo`)")
+    d.add_argument("--index", type=Path, default=SAMPLE_INDEX, help=f"demo index (default {SAMPLE_INDEX})")
+    d.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="collection to build it from if missing")
     d.add_argument("-k", type=int, default=5)
     d.add_argument("-n", type=int, default=3, help="sample queries to show (default 3)")
     model_options(d, "model for a missing demo index (default: embedded all-MiniLM-L6-v2)")

@@ -7,12 +7,12 @@ asks `compatibility_problems` with its purpose, so that no two places can disagr
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence, get_args
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 if TYPE_CHECKING:  # only for annotations: this module needs no model code
     from .encoder import Encoder
 
-from .config import ModelInfo, poolings_of
+from .config import ModelInfo, poolings_of, require_one_of
 from .store import Manifest
 
 log = logging.getLogger("indexer.compat")
@@ -20,7 +20,6 @@ log = logging.getLogger("indexer.compat")
 #: search: query an index; reuse: take a cached index instead of building one; add: write new vectors into it;
 #: fit: take an index's vectors (or its fitted transforms) to map vectors of this encoder (evaluate --sts --fit-on).
 Purpose = Literal["search", "reuse", "add", "fit"]
-PURPOSES: tuple[str, ...] = get_args(Purpose)
 
 
 def compatibility_problems(
@@ -39,8 +38,7 @@ def compatibility_problems(
     - add: all of the index's, since every new chunk needs a vector in each (`representations` is ignored);
     - fit: none (the caller asks for the poolings it needs).
     """
-    if purpose not in PURPOSES:
-        raise ValueError(f"unknown purpose {purpose!r}; valid: {', '.join(PURPOSES)}")
+    require_one_of(purpose, Purpose, "purpose")
     who = "the searcher" if purpose == "search" else "this run"
     info = encoder.info
     problems = []

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping, get_args
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args
+
+#: The demo collection and its index, relative to the folder the command runs in (the checkout's root for
+#: `make run`, `make demo` and the app's default): one home for the CLI's demo and bench and the app.
+SAMPLE_SOURCE = Path("data") / "sample"
+SAMPLE_INDEX = Path("indexes") / "sample"
 
 Pooling = Literal["pooled", "mean", "cls", "max", "first_last"]
 #: How token vectors become one vector, each computed from the same forward pass (see pooling.py).
@@ -20,13 +26,22 @@ DEFAULT_REPRESENTATIONS: tuple[str, ...] = ("pooled", "mean")
 #: by `+` (`mean`, `first_last`, `pooled+whiten128`). A name becomes part of a file name
 #: (`<name>.faiss`), so a name read from a manifest is checked against this before any path is built.
 REPRESENTATION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\+[a-z0-9_]{1,32}){0,3}")
-_TRANSFORM = re.compile(r"(whiten|abtt)([1-9][0-9]{0,4})?")
+_TRANSFORM = re.compile(rf"({'|'.join(TRANSFORMS)})([1-9][0-9]{{0,4}})?")
 #: The valid forms, for messages that refuse a name.
 REPRESENTATION_FORMS = (
     f"POOLING or POOLING+TRANSFORM, where POOLING is one of {', '.join(POOLINGS)} and TRANSFORM is "
     "whiten (BERT-whitening, all dimensions), whitenK (keep K dimensions, e.g. whiten128) or abttD "
     "(all-but-the-top: remove the top D principal directions, e.g. abtt3)"
 )
+
+
+def require_one_of(value: Any, choices: Any, what: str) -> Any:
+    """`value` when it is one of `choices` (a `Literal` type, or the values themselves); else ValueError naming
+    the value and the valid ones: "unknown index type 'ivf'; valid: flat, hnsw". The one check of a Literal choice."""
+    valid = get_args(choices) or tuple(choices)
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class ChunkingConfig:
 
 
 PoolerStatus = Literal["loaded", "missing", "absent"]
+ModelSource = Literal["bundled", "local", "hub"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +140,7 @@ class ModelInfo:
     `fingerprint` and `files` are None only in the record of an index built before fingerprints."""
 
     name: str  # what the user named (or the bundled model's hub id)
-    source: Literal["bundled", "local", "hub"]
+    source: ModelSource
     location: str  # directory the files were read from
     weights_sha256: str  # shown to users; identity is `fingerprint`
     fingerprint: str | None = None  # sha256 over `files`: weights, config and tokenizer together

@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ import torch
 from . import transforms
 from .chunking import SLICE_CHARS
 from .config import (
-    BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, ModelInfo, PoolerStatus, parse_representations, poolings_of,
+    BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, ModelInfo, ModelSource, PoolerStatus, parse_representations,
+    poolings_of,
 )
 from .files import sha256_file
 from .pooling import cls_pool, first_last_pool, l2_normalize, max_pool, mean_pool
@@ -143,7 +144,7 @@ def fingerprint(files: Mapping[str, str]) -> str:
     return hashlib.sha256("".join(f"{n}:{d}\n" for n, d in sorted(files.items())).encode()).hexdigest()
 
 
-def resolve_model(name: str | None) -> tuple[str, Literal["bundled", "local", "hub"], Path]:
+def resolve_model(name: str | None) -> tuple[str, ModelSource, Path]:
     """Map a `--model` value to (display name, source kind, local directory).
 
     The hub is contacted only when the user names a model that is neither the embedded default

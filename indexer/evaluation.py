@@ -7,7 +7,8 @@ more than one pair is tested; none with one representation), and RRF of the rank
 
 Metrics come from pytrec_eval (trec_eval's own C code), the library BEIR and MTEB score with, so the numbers are comparable with theirs and with any tool that reads the
 TREC run files written beside the report. Ties within a run are broken as trec_eval breaks
-them (by descending document id), so every tool scoring those files gets the same numbers.
+them (by descending document id, ranking.trec_order), so every tool scoring those files gets the same
+numbers, and the Searcher orders its rankings by the same rule.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import unicodedata
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Callable, Container, Mapping, Sequence
-from urllib.parse import quote, unquote
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .explore import geometry
 from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
+from .ranking import encode_trec_id, trec_order
 from .search import query_problem
 from .store import Manifest, kept_labels
+from .text import STOP_WORDS
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
@@ -120,12 +121,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    """(doc, score) best first, ties by descending doc id as written in a run file (encode_trec_id):
-    the order trec_eval ranks that run file in."""
-    return sorted(sorted(docs.items(), key=lambda item: encode_trec_id(item[0]), reverse=True), key=lambda item: -item[1])
-
-
 def rrf(runs: Sequence[Run], *, k: int = RRF_K, depth: int = DEPTH) -> Run:
     """Reciprocal-rank fusion: a document scores sum(1 / (k + rank)) over the runs that retrieved it."""
     fused: Run = {}
@@ -141,7 +136,7 @@ def bm25_run(
     documents: Sequence[tuple[str, str]], queries: Mapping[str, str], *, depth: int = DEPTH,
     exclude_identical: bool = True,
 ) -> Run:
-    """BM25 (bm25s, Lucene variant, English stop words and Snowball stemming) over (doc_id, text) pairs."""
+    """BM25 (bm25s, Lucene variant, text.STOP_WORDS and Snowball stemming) over (doc_id, text) pairs."""
     import bm25s
     import Stemmer
 
@@ -150,9 +145,10 @@ def bm25_run(
     stemmer = Stemmer.Stemmer("english")
     ids = [d for d, _ in documents]
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([t for _, t in documents], stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    stopwords = sorted(STOP_WORDS)
+    retriever.index(bm25s.tokenize([t for _, t in documents], stopwords=stopwords, stemmer=stemmer, show_progress=False), show_progress=False)
     qids = list(queries)
-    tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=stopwords, stemmer=stemmer, return_ids=False, show_progress=False)
     k = min(len(ids), depth + 1)
     hits, scores = retriever.retrieve(tokens, k=k, show_progress=False)
     run: Run = {}
@@ -162,21 +158,6 @@ def bm25_run(
             ranked.pop(q, None)
         run[q] = dict(list(ranked.items())[:depth])
     return run
-
-
-def encode_trec_id(text: str) -> str:
-    """An id as one token of a TREC run file, whose fields are separated by whitespace.
-
-    '%', whitespace (every character `str.split` splits on) and control characters become %XX of
-    their UTF-8 bytes, as in a URL: `notes/bee keeping.md` is written `notes/bee%20keeping.md`.
-    Ids without any of them are written unchanged; `decode_trec_id` reverses it exactly.
-    """
-    return "".join(quote(ch, safe="") if ch == "%" or ch.isspace() or unicodedata.category(ch) == "Cc" else ch for ch in text)
-
-
-def decode_trec_id(token: str) -> str:
-    """The id that `encode_trec_id` wrote as `token`."""
-    return unquote(token, errors="strict")
 
 
 def trec_run_lines(run: Run, tag: str):
@@ -592,11 +573,14 @@ def labelled_sets(manifest: Manifest, directory: str | Path | None = None) -> li
             for split, path in dataset.qrels.items()]
 
 
-def load_labels(queries_file: str | Path, qrels_file: str | Path, doc_ids: Container[str]) -> tuple[dict[str, str], Qrels, list[LoadIssue]]:
-    """Queries and judgements, with bad lines and unknown query or document ids reported and skipped."""
+def load_labels(
+    queries: str | Path | Mapping[str, str], qrels: str | Path | Mapping[str, Mapping[str, int]], doc_ids: Container[str],
+) -> tuple[dict[str, str], Qrels, list[LoadIssue]]:
+    """Queries and judgements (files, or mappings from memory), with bad lines and unknown query or document ids
+    reported and skipped."""
     report = LoadReport()
-    queries = load_queries(queries_file, report)
-    qrels = load_qrels(qrels_file, report, known_queries=queries, known_documents=doc_ids)
+    queries = load_queries(queries, report)
+    qrels = load_qrels(qrels, report, known_queries=queries, known_documents=doc_ids)
     return queries, qrels, report.issues
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 
+from .config import require_one_of
 from .transforms import principal_axes
 
 NEGATIVES_PER_QUERY = 20  # unjudged non-relevant documents per query in the similarity histograms, random or hard
+#: Which unjudged documents make the non-relevant pairs of the similarity histograms (relevance_similarities).
+Negatives = Literal["random", "hard"]
+NEGATIVES: tuple[str, ...] = get_args(Negatives)
 
 if TYPE_CHECKING:  # numpy-only module: the store and the searcher are only passed in
     from .search import Searcher
@@ -141,7 +145,7 @@ def relevance_similarities(
     *,
     extra_docs: Sequence[str] = (),
     limit: int = 200,
-    negatives: Literal["random", "hard"] = "random",
+    negatives: Negatives = "random",
     hard_per_query: int = NEGATIVES_PER_QUERY,
 ) -> dict[str, dict[str, list[float]]]:
     """`judged_similarities` per representation for up to `limit` judged queries, the queries
@@ -150,8 +154,7 @@ def relevance_similarities(
     `hard_per_query` top-ranked documents not judged relevant (`hard_negatives`)."""
     from .transforms import represent
 
-    if negatives not in ("random", "hard"):
-        raise ValueError(f"negatives must be 'random' or 'hard', got {negatives!r}")
+    require_one_of(negatives, Negatives, "kind of negatives")
     served = searcher.served()  # the generation and the encoder that fits it, together
     index = served.index
     qids = [q for q in qrels if q in queries][:limit]

@@ -3,39 +3,59 @@
 A bad record is reported through a ``LoadReport`` and skipped, so one broken
 line never costs the rest of the collection; only a source that is unusable as
 a whole (missing path, unknown format, missing column) raises ``SourceError``.
+
+A folder holds text, Markdown, HTML, PDF and Word (.docx) files. A PDF's text is
+extracted page by page (pypdf), and where each page starts is kept in the
+document's metadata (``text.PAGE_STARTS``) so that a hit can name its page; a
+.docx gives its paragraphs and table rows in document order (python-docx). An
+encrypted, damaged or image-only file is a reported skip like any bad record.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import logging
+import math
 import os
 import re
 import stat
 from collections import deque
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from lxml import etree
 
-from .text import describe_surrogate, is_blank, lone_surrogate
+from .config import require_one_of
+from .text import PAGE_STARTS, content_head, describe_surrogate, is_blank, lone_surrogate, replace_surrogates
 
 __all__ = [
-    "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "SourceError",
-    "detect_format", "folder_entries", "iter_documents", "load_qrels", "load_queries", "open_beir",
+    "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "MAX_DOCUMENT_BYTES", "RECORDS",
+    "SourceError", "detect_format", "folder_entries", "iter_documents", "iter_records", "load_qrels", "load_queries",
+    "open_beir",
 ]
 
 logger = logging.getLogger("indexer.loaders")
 
 Format = Literal["auto", "folder", "jsonl", "csv", "beir"]
 SourceFormat = Literal["folder", "jsonl", "csv", "beir"]
+#: Records handed over from memory (Index.build, Index.add) have no path: this names them in messages
+#: ("records:3: text field 'text' is empty", counting from 1) and is their format in the manifest.
+RECORDS = "records"
+#: The largest document text kept, in UTF-8 bytes; larger ones are skipped with a message.
+MAX_DOCUMENT_BYTES = 50_000_000
+FORMATS: tuple[str, ...] = get_args(Format)
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
+PDF_SUFFIXES = frozenset({".pdf"})
+WORD_SUFFIXES = frozenset({".docx"})
+#: Every extension a folder source reads; files with any other are counted as ignored.
+FOLDER_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | WORD_SUFFIXES
 _INVISIBLE = ["script", "style", "noscript", "template", "head", "title"]
 _BLOCKS = [
     "address", "article", "aside", "blockquote", "br", "caption", "dd", "details", "div",
@@ -64,7 +84,7 @@ class Document:
     @property
     def content(self) -> str:
         """Text that gets embedded: title and text joined by a space (BEIR/MTEB convention)."""
-        return f"{self.title} {self.text}" if self.title else self.text
+        return content_head(self.title) + self.text
 
 
 @dataclass(frozen=True)
@@ -126,9 +146,11 @@ def detect_format(path: Path) -> SourceFormat:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
+    if suffix in FOLDER_SUFFIXES:
+        raise SourceError(f"{path}: a {suffix} file is read as part of a folder source; pass the folder that holds it")
     raise SourceError(
         f"{path}: unsupported format {suffix or '(no extension)'!r}; supported: a folder of "
-        ".txt/.md/.markdown/.html/.htm files, a BEIR folder with corpus.jsonl, .jsonl/.ndjson, .csv/.tsv"
+        ".txt/.md/.markdown/.html/.htm/.pdf/.docx files, a BEIR folder with corpus.jsonl, .jsonl/.ndjson, .csv/.tsv"
     )
 
 
@@ -140,7 +162,7 @@ def iter_documents(
     id_column: str | None = None,
     title_column: str | None = "title",
     text_column: str = "text",
-    max_document_bytes: int = 50_000_000,
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> Iterator[Document]:
     """Stream the documents of a collection; bad records go to ``report`` and are skipped.
 
@@ -148,8 +170,7 @@ def iter_documents(
     ``SourceError``); records are read lazily as the returned generator is consumed.
     The column names apply to CSV headers and to JSONL/BEIR fields alike.
     """
-    if format not in get_args(Format):
-        raise ValueError(f"format {format!r} is not supported; choose one of {list(get_args(Format))}")
+    require_one_of(format, Format, "format")
     if max_document_bytes <= 0:
         raise ValueError(f"max_document_bytes must be positive, got {max_document_bytes!r}")
     path = Path(path)
@@ -166,8 +187,60 @@ def iter_documents(
     return _checked(records, report, max_document_bytes)
 
 
+def iter_records(
+    records: Iterable[Mapping[str, Any] | Document],
+    report: LoadReport,
+    *,
+    id_column: str | None = None,
+    title_column: str | None = "title",
+    text_column: str = "text",
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
+) -> Iterator[Document]:
+    """Records from memory, dicts shaped like a JSONL line or Documents, with the checks a JSONL line gets
+    and those shared by every format; a bad record is reported as ``records:N`` (N counting from 1)."""
+    if isinstance(records, (str, bytes, Mapping, Document)) or not isinstance(records, Iterable):
+        raise ValueError(f"records must be a list or an iterator of dicts or Documents, not a {type(records).__name__}")
+    if hasattr(records, "columns") and hasattr(records, "to_dict"):  # a DataFrame iterates over its column names
+        raise ValueError("records must be a list or an iterator of dicts or Documents; for a DataFrame, pass "
+                         "df.to_dict('records')")
+    if max_document_bytes <= 0:
+        raise ValueError(f"max_document_bytes must be positive, got {max_document_bytes!r}")
+    columns = _Columns(id_column, title_column, text_column)
+    return _checked(_read_records(records, report, columns), report, max_document_bytes)
+
+
+def _read_records(records: Iterable[Any], report: LoadReport, columns: _Columns) -> Iterator[tuple[Document, str, int]]:
+    for n, record in enumerate(records, 1):
+        if isinstance(record, Document):  # its fields, checked like any record's
+            if not isinstance(record.metadata, Mapping):
+                report.skip(RECORDS, n, f"a Document's metadata must be a dict, got {type(record.metadata).__name__}")
+                continue
+            obj: Any = {"_id": record.doc_id, "title": record.title, "text": record.text, "metadata": dict(record.metadata)}
+            shape = _Columns(None, "title", "text")
+        else:
+            obj, shape = record, columns
+        if not isinstance(obj, Mapping):
+            report.skip(RECORDS, n, f"expected a dict or a Document, got {type(obj).__name__}")
+            continue
+        try:  # the round trip a JSONL line makes: tuples become lists, anything else that JSON cannot hold is named
+            obj = json.loads(json.dumps(obj))
+        except RecursionError:
+            report.skip(RECORDS, n, f"nested more than {MAX_JSON_DEPTH} levels deep")
+            continue
+        except (TypeError, ValueError) as exc:
+            report.skip(RECORDS, n, f"not JSON data: {exc}")
+            continue
+        if problem := _json_problem(obj):
+            report.skip(RECORDS, n, problem)
+            continue
+        try:
+            yield _record(obj, f"{RECORDS}:{n}", shape), RECORDS, n
+        except _Skip as exc:
+            report.skip(RECORDS, n, str(exc))
+
+
 def _checked(
-    records: Iterator[tuple[Document, Path, int | None]], report: LoadReport, max_bytes: int
+    records: Iterator[tuple[Document, Path | str, int | None]], report: LoadReport, max_bytes: int
 ) -> Iterator[Document]:
     """Apply the checks shared by all formats: size limit and duplicate ids."""
     seen: dict[str, str] = {}
@@ -273,7 +346,7 @@ def folder_entries(root: Path) -> Iterator[FolderEntry | int]:
         ignored = 0
         for name in sorted(n for n in filenames if not n.startswith(".")):
             path = Path(dirpath, name)
-            if path.suffix.lower() not in TEXT_SUFFIXES | HTML_SUFFIXES:
+            if path.suffix.lower() not in FOLDER_SUFFIXES:
                 ignored += 1
             elif reason := _bad_name(name, "file name"):
                 yield FolderEntry(path, "", skip=reason)
@@ -338,6 +411,14 @@ def _read_file(entry: FolderEntry, report: LoadReport, max_bytes: int) -> Docume
     if isinstance(data, str):
         report.skip(entry.shown, None, data)
         return None
+    suffix = path.suffix.lower()
+    if suffix in PDF_SUFFIXES | WORD_SUFFIXES:
+        try:
+            text, metadata = _pdf_text(data, max_bytes) if suffix in PDF_SUFFIXES else (_docx_text(data, max_bytes), {})
+        except _Skip as exc:
+            report.skip(entry.shown, None, str(exc))
+            return None
+        return Document(doc_id=entry.doc_id, text=text, metadata=metadata, source=str(path))
     if b"\x00" in data[:8192]:
         report.skip(entry.shown, None, "binary file, skipped")
         return None
@@ -417,6 +498,124 @@ def _html_text(markup: str) -> tuple[str, str]:
     return parser.close()
 
 
+# -- PDF and Word ------------------------------------------------------------------------
+
+#: First bytes of an OLE compound file: what Word writes for a password-protected document (and an old .doc).
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+#: Between two pages of a PDF's text, and between two blocks (paragraph, table) of a Word document's.
+_BLOCK_BREAK = "\n\n"
+
+
+def _problem(exc: BaseException) -> str:
+    """A parser's exception as a short line (its message, else its kind): never a traceback."""
+    text = " ".join(str(exc).split()).strip("'\"")
+    return (text or type(exc).__name__)[:200]
+
+
+def _pdf_text(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """A PDF's text, page by page, and its metadata: where each page starts in that text (`PAGE_STARTS`).
+
+    Extraction stops as soon as the text passes `max_bytes` (the bound of every document), so a huge PDF
+    never has all its text in memory. Raises _Skip for an encrypted, damaged or image-only file.
+    """
+    if b"%PDF-" not in data[:1024]:  # the header may follow up to 1 kB of other bytes
+        raise _Skip("not a PDF file: it has no %PDF- header")
+    import pypdf
+
+    # pypdf logs every repair of a damaged file ("EOF marker not found") as a warning that names no file;
+    # what matters reaches the user as this file's skip reason instead.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    parts: list[str] = []
+    starts: list[int] = []
+    length = size = 0
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:  # an empty user password opens PDFs that only restrict printing or copying
+                opened = reader.decrypt("")
+            except pypdf.errors.DependencyError:  # AES, which pypdf decrypts only with the `cryptography` package
+                opened = pypdf.PasswordType.NOT_DECRYPTED
+            if opened == pypdf.PasswordType.NOT_DECRYPTED:
+                raise _Skip("encrypted PDF: it needs a password to open; save an unencrypted copy to index it")
+        pages = len(reader.pages)
+        for number, page in enumerate(reader.pages, 1):
+            text = replace_surrogates(page.extract_text() or "").strip()
+            # an empty page starts where the next page's text will (text.page_at relies on it)
+            starts.append(length + (len(_BLOCK_BREAK) if parts else 0))
+            if is_blank(text):
+                continue
+            size += len(text.encode()) + (len(_BLOCK_BREAK) if parts else 0)
+            if size > max_bytes:
+                raise _Skip(f"text is larger than the {format_bytes(max_bytes)} limit: extraction stopped at page "
+                            f"{number} of {pages}")
+            length = starts[-1] + len(text)
+            parts.append(text)
+    except _Skip:
+        raise
+    except Exception as exc:  # pypdf raises many kinds on a damaged file (PdfReadError, KeyError, ValueError, ...)
+        raise _Skip(f"damaged PDF, cannot be read: {_problem(exc)}") from None
+    if not pages:
+        raise _Skip("the PDF has no pages")
+    if not parts:
+        raise _Skip(f"no text layer: its {pages} page{'s' if pages > 1 else ''} hold no extractable text "
+                    "(a scanned or image-only PDF; run OCR on it to index it)")
+    return _BLOCK_BREAK.join(parts), {PAGE_STARTS: starts}
+
+
+def _docx_text(data: bytes, max_bytes: int) -> str:
+    """A Word document's paragraphs and table rows, in document order (blocks apart by a blank line).
+
+    The unpacked size of the package is checked against `max_bytes` before it is parsed (a small
+    .docx can unpack to gigabytes). Raises _Skip for an encrypted, damaged or empty file.
+    """
+    import zipfile
+
+    if data.startswith(_OLE_MAGIC):
+        raise _Skip("not a .docx package: an encrypted (password-protected) Word document, or an old .doc file; "
+                    "save an unencrypted .docx copy to index it")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
+            unpacked = sum(info.file_size for info in package.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+    if unpacked > max_bytes:
+        raise _Skip(f"the .docx unpacks to {format_bytes(unpacked)}, more than the {format_bytes(max_bytes)} limit")
+    import docx
+
+    try:
+        text = _BLOCK_BREAK.join(_docx_blocks(docx.Document(io.BytesIO(data))))
+    except Exception as exc:  # python-docx and lxml raise many kinds on a damaged package
+        raise _Skip(f"damaged .docx, cannot be read: {_problem(exc)}") from None
+    if is_blank(text):
+        raise _Skip("empty document")
+    return text
+
+
+def _docx_blocks(container: Any) -> Iterator[str]:
+    """The text of each non-empty paragraph and table of a Word document body (or table cell), in order: a table
+    is one line per row, its cells apart by " | " (a merged cell's text once)."""
+    from docx.table import Table
+
+    for block in container.iter_inner_content():
+        if isinstance(block, Table):
+            seen: set = set()
+            rows = []
+            for row in block.rows:
+                cells = []
+                for cell in row.cells:
+                    if cell._tc in seen:  # a merged cell is listed once per grid cell it spans
+                        continue
+                    seen.add(cell._tc)
+                    if text := " ".join(" ".join(_docx_blocks(cell)).split()):
+                        cells.append(text)
+                if cells:
+                    rows.append(" | ".join(cells))
+            if rows:
+                yield "\n".join(rows)
+        elif not is_blank(text := block.text):
+            yield text
+
+
 # -- line-based formats ------------------------------------------------------------------
 
 
@@ -481,6 +680,8 @@ def _json_problem(obj: dict[str, Any]) -> str | None:
         if isinstance(value, str):
             if reason := describe_surrogate(value, f"field {where!r}"):
                 return reason
+        elif isinstance(value, float) and not math.isfinite(value):  # Python's json reads them; JSON has none
+            return f"field {where!r} is {value}, which JSON cannot hold"
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 return f"field {where!r} is nested more than {MAX_JSON_DEPTH} levels deep"
@@ -660,38 +861,54 @@ def open_beir(path: str | Path) -> BeirDataset:
     return BeirDataset(root, corpus, queries if queries.is_file() else None, qrels)
 
 
-def load_queries(path: str | Path, report: LoadReport) -> dict[str, str]:
-    """Read BEIR queries.jsonl ({"_id", "text"}) into {query id: text}."""
-    path = require_path(path)
+def load_queries(source: str | Path | Mapping[str, str], report: LoadReport) -> dict[str, str]:
+    """Read BEIR queries.jsonl ({"_id", "text"}), or take {query id: text} from memory (checked the same way,
+    bad ones reported as ``records:N``), into {query id: text}."""
+    if isinstance(source, Mapping):
+        rows: Iterator[tuple[Document, Any, int]] = _read_records(
+            [{"_id": qid, "text": text} for qid, text in source.items()], report, _Columns(None, None, "text"))
+    else:
+        path = require_path(source)
+        rows = _read_jsonl(path, report, _Columns(None, None, "text"))
     queries: dict[str, str] = {}
-    for lineno, obj in json_objects(path, report):
-        try:
-            query = _record(obj, f"{path}:{lineno}", _Columns(None, None, "text"))
-        except _Skip as exc:
-            report.skip(path, lineno, str(exc))
-            continue
+    for query, where, line in rows:
         if query.doc_id in queries:
-            report.skip(path, lineno, f"duplicate query id {query.doc_id!r}")
+            report.skip(where, line, f"duplicate query id {query.doc_id!r}")
         else:
             queries[query.doc_id] = query.text
     return queries
 
 
 def load_qrels(
-    path: str | Path,
+    source: str | Path | Mapping[str, Mapping[str, int]],
     report: LoadReport,
     *,
     known_queries: Container[str] | None = None,
     known_documents: Container[str] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Read a BEIR qrels TSV ("query-id corpus-id score") into {query id: {doc id: grade}}.
+    """Read a BEIR qrels TSV ("query-id corpus-id score"), or take {query id: {doc id: grade}} from memory
+    (checked the same way, the n-th judgement reported as ``records:N``), into {query id: {doc id: grade}}.
 
-    Grades are ASCII integers from -1000 to 1000 (GRADE_RANGE); any other score is reported.
+    Grades are integers from -1000 to 1000 (GRADE_RANGE); any other score is reported.
     With `known_queries` / `known_documents`, a judgement naming an id outside them is
     reported with its line and skipped.
     """
-    path = require_path(path)
     qrels: dict[str, dict[str, int]] = {}
+    if isinstance(source, Mapping):
+        judgements = ((qid, did, grade) for qid, judged in source.items()
+                      for did, grade in (judged.items() if isinstance(judged, Mapping) else [(None, judged)]))
+        for n, (qid, did, grade) in enumerate(judgements, 1):
+            qid, did = (str(i) if isinstance(i, int) and not isinstance(i, bool) else i for i in (qid, did))  # as _as_id
+            if did is None:
+                report.skip(RECORDS, n, f"the judgements of query {qid!r} must be a mapping {{document id: grade}}, "
+                                        f"got {type(grade).__name__}")
+            elif not isinstance(qid, str) or not isinstance(did, str):
+                report.skip(RECORDS, n, "query and document ids must be text or whole numbers, as {query id: {document id: grade}}")
+            else:  # a grade from memory must read as one written in a file would
+                score = str(grade) if isinstance(grade, int) and not isinstance(grade, bool) else repr(grade)
+                _judge(qrels, report, RECORDS, n, qid, did, score, known_queries, known_documents)
+        return qrels
+    path = require_path(source)
     for lineno, text, error in numbered_lines(path):
         fields = [f.strip() for f in text.rstrip("\r\n").split("\t")]
         if error:
@@ -701,28 +918,30 @@ def load_qrels(
         elif len(fields) != 3:
             reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
             report.skip(path, lineno, reason)
-        elif is_blank(fields[0]) or is_blank(fields[1]):
-            report.skip(path, lineno, "empty query-id or corpus-id")
         else:
-            grade = _grade(fields[2])
-            if grade is None:
-                report.skip(
-                    path, lineno,
-                    f"score must be an integer from {GRADE_RANGE.start} to {GRADE_RANGE.stop - 1}, got {fields[2]!r}",
-                )
-                continue
-            if known_queries is not None and fields[0] not in known_queries:
-                report.skip(path, lineno, f"unknown query id {fields[0]!r} (not in the queries file)")
-                continue
-            if known_documents is not None and fields[1] not in known_documents:
-                report.skip(path, lineno, f"unknown document id {fields[1]!r} (not in the index)")
-                continue
-            judged = qrels.setdefault(fields[0], {})
-            if fields[1] in judged:
-                report.skip(path, lineno, f"duplicate judgement for ({fields[0]!r}, {fields[1]!r})")
-            else:
-                judged[fields[1]] = grade
+            _judge(qrels, report, path, lineno, *fields, known_queries, known_documents)
     return qrels
+
+
+def _judge(
+    qrels: dict[str, dict[str, int]], report: LoadReport, where: str | Path, line: int, qid: str, did: str, score: str,
+    known_queries: Container[str] | None, known_documents: Container[str] | None,
+) -> None:
+    """One judgement into `qrels`, or its reason to `report`: the checks of every qrels line."""
+    if is_blank(qid) or is_blank(did):
+        report.skip(where, line, "empty query-id or corpus-id")
+        return
+    grade = _grade(score)
+    if grade is None:
+        report.skip(where, line, f"score must be an integer from {GRADE_RANGE.start} to {GRADE_RANGE.stop - 1}, got {score!r}")
+    elif known_queries is not None and qid not in known_queries:
+        report.skip(where, line, f"unknown query id {qid!r} (not in the queries file)")
+    elif known_documents is not None and did not in known_documents:
+        report.skip(where, line, f"unknown document id {did!r} (not in the index)")
+    elif did in qrels.setdefault(qid, {}):
+        report.skip(where, line, f"duplicate judgement for ({qid!r}, {did!r})")
+    else:
+        qrels[qid][did] = grade
 
 
 def _grade(text: str) -> int | None:

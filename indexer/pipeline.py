@@ -11,10 +11,11 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field, replace
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,7 +26,8 @@ from .chunking import chunk_document, first_slice
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
 from .loaders import (
-    Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents, open_beir,
+    RECORDS, Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents,
+    iter_records, open_beir,
 )
 from .text import lone_surrogate
 from .files import sha256_file
@@ -34,7 +36,7 @@ from .staging import LOCK, STAGING, Staging, WriterLock, base_state, publish
 from .vector_index import IndexSpec
 from .store import (
     CURRENT, GENERATION, METADATA, SPLIT_NAME, BuildRecord, LabelFiles, Manifest, SourceRecord, StoreError, content_sha256,
-    is_index, kept_labels, load_transforms, read_manifest, verified_file,
+    in_batches, is_index, kept_labels, load_transforms, read_manifest, verified_file,
 )
 
 log = logging.getLogger("indexer.pipeline")
@@ -306,14 +308,62 @@ def beir_labels(source: Path) -> LabelFiles | None:
     return LabelFiles(dataset.root.resolve().name, dataset.queries, splits)
 
 
-def _load_source(source: Path, format: str, **columns) -> tuple[str, LoadReport, Iterator[Document]]:
-    fmt = detect_format(source) if format == "auto" else format
+#: What build_index and add_documents read: a path (folder, JSONL, CSV/TSV, BEIR folder), or records from memory
+#: (dicts shaped like a JSONL line, or Documents; a list, or an iterator read once).
+Source = Union[str, Path, Iterable[Union[Mapping[str, Any], Document]]]
+
+
+@dataclass
+class _Opened:
+    """A source opened for one build or add."""
+
+    name: str  # its absolute path, or RECORDS
+    format: str
+    report: LoadReport
+    documents: Iterator[Document]
+    fingerprint: str  # equal fingerprints, equal content: what lets a killed run resume
+    estimate: int | None  # records, for the progress bar's total
+    path: Path | None = None
+
+
+def records_fingerprint(records: Sequence[Any]) -> str | None:
+    """sha256 of a list of records as JSON (repr for what JSON cannot hold): the same list resumes a killed build.
+    None when a record has no stable text form (its build then cannot resume)."""
+    digest = hashlib.sha256()
+    for record in records:
+        value = asdict(record) if isinstance(record, Document) else record
+        try:
+            line = json.dumps(value, sort_keys=True, default=repr)
+        except (TypeError, ValueError, RecursionError):
+            try:
+                line = repr(value)
+            except (ValueError, RecursionError):  # e.g. an integer of more digits than Python prints
+                return None
+        digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
+    return "records:" + digest.hexdigest()
+
+
+def _open_source(source: Source, format: str, **columns) -> _Opened:
     report = LoadReport()
-    return fmt, report, iter_documents(source, report, format=fmt, **columns)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        _text_paths(source=path)
+        fmt = detect_format(path) if format == "auto" else format
+        documents = iter_documents(path, report, format=fmt, **columns)
+        return _Opened(str(path.resolve()), fmt, report, documents, source_fingerprint(path, fmt),
+                       estimate_documents(path, fmt), path)
+    if format not in ("auto", RECORDS):
+        raise ValueError(f"format {format!r} names a kind of file; records from memory take format 'auto' or {RECORDS!r}")
+    documents = iter_records(source, report, **columns)  # checks that it is a collection of records
+    # a list can be read again: a killed build resumes when given the same list; an iterator is read once,
+    # so nothing can resume from it and no later run matches this one
+    fingerprint = records_fingerprint(source) if isinstance(source, Sequence) else None
+    return _Opened(RECORDS, RECORDS, report, documents, fingerprint or f"once:{uuid.uuid4().hex}",
+                   len(source) if isinstance(source, Sequence) else None)
 
 
 def build_index(
-    source: str | Path,
+    source: Source,
     index_dir: str | Path,
     encoder: Encoder,
     *,
@@ -331,31 +381,33 @@ def build_index(
     """Index every readable document of `source` into `index_dir`; bad records are reported and skipped.
 
     Nothing is published unless the whole build succeeds; an existing index stays until then.
-    A build that was killed resumes where it stopped when called again with the same arguments.
+    A build that was killed resumes where it stopped when called again with the same arguments (records from
+    memory: the same list; an iterator cannot be read again, so its build starts over).
     `on_progress(documents_done, estimated_total)` is called after every batch; `on_stage` names the step too
     (see StageCallback: the app's bar).
     `vector_index` chooses exact (`flat`, the default) or approximate (`hnsw`) FAISS indexes.
     """
-    source, index_dir = Path(source), Path(index_dir).resolve()
-    _text_paths(source=source, index=index_dir)
+    index_dir = Path(index_dir).resolve()
+    _text_paths(index=index_dir)
     spec = vector_index or IndexSpec()
     chunking = ChunkingConfig(max_tokens=encoder.max_tokens, overlap=overlap)
     columns = {"id_column": id_column, "title_column": title_column, "text_column": text_column}
-    fmt, report, documents = _load_source(source, format, **columns)
+    opened = _open_source(source, format, **columns)
+    fmt, report = opened.format, opened.report
     _check_target(index_dir)
     started = time.perf_counter()
     info = encoder.info
     dims = {p: info.dim for p in encoder.poolings}
-    with WriterLock(index_dir, f"build {source}", create=True):
+    with WriterLock(index_dir, f"build {opened.name}", create=True):
         try:
             _, old = base_state(index_dir)
         except StoreError:
             if not overwrite:
                 raise
             old = None  # a damaged index is what --overwrite replaces
-        fingerprint = source_fingerprint(source, fmt)
+        fingerprint = opened.fingerprint
         command = {
-            "op": "build", "source": str(source.resolve()), "fingerprint": fingerprint, "format": fmt,
+            "op": "build", "source": opened.name, "fingerprint": fingerprint, "format": fmt,
             "columns": columns, "model": info.fingerprint, "chunking": chunking.to_dict(), "dims": dims,
             "representations": list(encoder.representations),
         }
@@ -376,16 +428,16 @@ def build_index(
         staging = Staging(index_dir, signature, next_chunk_id=old.next_chunk_id if old else 0)
         resumed_at = staging.consumed
         if resumed_at:
-            log.warning("resuming an interrupted build of %s after %d records", source, resumed_at)
+            log.warning("resuming an interrupted build of %s after %d records", opened.name, resumed_at)
         with logging_redirect_tqdm(), tqdm(
-            total=estimate_documents(source, fmt), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
+            total=opened.estimate, unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, documents, encoder, chunking.overlap, report, bar, incremental=False,
+            stats = _ingest(staging, opened.documents, encoder, chunking.overlap, report, bar, incremental=False,
                             on_progress=on_progress, on_stage=on_stage)
         docs, chunks = staging.counts()
         if docs == 0:
             staging.remove()
-            raise BuildError(f"no document could be indexed from {source} ({report.skipped} records skipped); nothing was written")
+            raise BuildError(f"no document could be indexed from {opened.name} ({report.skipped} records skipped); nothing was written")
         if on_stage is not None:
             on_stage("publishing", docs, docs)
         seconds = time.perf_counter() - started
@@ -395,11 +447,11 @@ def build_index(
             chunking=chunking,
             content_tokens_per_chunk=encoder.window,
             vector_index=spec,
-            source=SourceRecord(str(source.resolve()), fmt, fingerprint),
+            source=SourceRecord(opened.name, fmt, fingerprint),
             build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha),
         )
         generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations,
-                             labels=beir_labels(source) if fmt == "beir" else None)
+                             labels=beir_labels(opened.path) if fmt == "beir" else None)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=docs)
 
@@ -412,7 +464,7 @@ def _summary_of_published(index_dir: Path, started: float, report: LoadReport) -
 
 def add_documents(
     index_dir: str | Path,
-    source: str | Path,
+    source: Source,
     encoder: Encoder,
     *,
     format: str = "auto",
@@ -424,17 +476,18 @@ def add_documents(
 ) -> BuildSummary:
     """Index new documents of `source` and re-embed those whose content changed; unchanged ones are skipped.
 
-    All representations and the metadata change together, in one new generation.
+    All representations and the metadata change together, in one new generation. Resumes like build_index.
     """
-    source, index_dir = Path(source), Path(index_dir).resolve()
-    _text_paths(source=source, index=index_dir)
+    index_dir = Path(index_dir).resolve()
+    _text_paths(index=index_dir)
     columns = {"id_column": id_column, "title_column": title_column, "text_column": text_column}
-    fmt, report, documents = _load_source(source, format, **columns)
+    opened = _open_source(source, format, **columns)
+    fmt, report = opened.format, opened.report
     started = time.perf_counter()
-    with WriterLock(index_dir, f"add {source}"):
+    with WriterLock(index_dir, f"add {opened.name}"):
         gen_dir, manifest = base_state(index_dir)
         if manifest is None:
-            raise StoreError(f"{index_dir} has no index to add to; create it with `python -m indexer build {source} --index {index_dir}`")
+            raise StoreError(f"{index_dir} has no index to add to; create it with `python -m indexer build {opened.name} --index {index_dir}`")
         problems = compatibility_problems(manifest, encoder, "add")
         if problems:
             raise StoreError(f"cannot add to {index_dir} with this model: " + "; ".join(problems))
@@ -442,20 +495,20 @@ def add_documents(
         fixed = load_transforms(gen_dir, manifest)  # checked before any work
         labels = kept_labels(gen_dir, manifest)
         signature = {
-            "op": "add", "source": str(source.resolve()), "fingerprint": source_fingerprint(source, fmt), "format": fmt,
+            "op": "add", "source": opened.name, "fingerprint": opened.fingerprint, "format": fmt,
             "columns": columns, "base": manifest.generation,
         }
         staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest.next_chunk_id)
         resumed_at = staging.consumed
         with logging_redirect_tqdm(), tqdm(
-            total=estimate_documents(source, fmt), unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
+            total=opened.estimate, unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress,
+            stats = _ingest(staging, opened.documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress,
                             poolings=tuple(manifest.poolings))
         docs, chunks = staging.counts()
         seconds = time.perf_counter() - started
         update = {
-            "op": "add", "source": str(source.resolve()), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "op": "add", "source": opened.name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
         }
         # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again)
@@ -471,9 +524,8 @@ def _any_present(gen_dir: Path, manifest: Manifest, doc_ids: list[str]) -> bool:
     verified_file(gen_dir, METADATA, manifest.files)
     db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
     try:
-        for i in range(0, len(doc_ids), 900):
-            part = doc_ids[i : i + 900]
-            if db.execute(f"SELECT 1 FROM documents WHERE doc_id IN ({','.join('?' * len(part))}) LIMIT 1", part).fetchone():
+        for part, marks in in_batches(doc_ids):
+            if db.execute(f"SELECT 1 FROM documents WHERE doc_id IN ({marks}) LIMIT 1", part).fetchone():
                 return True
         return False
     except sqlite3.DatabaseError as exc:
@@ -488,6 +540,8 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
     When none of the ids is in the index, nothing is published (no new generation).
     """
     index_dir = Path(index_dir).resolve()
+    if isinstance(doc_ids, (str, bytes)) or not all(isinstance(i, str) for i in doc_ids):  # "12" is not ["1", "2"]
+        raise ValueError(f"document ids must be a list of strings, got {doc_ids!r:.80}")
     wanted = sorted(set(doc_ids))
     if not wanted:
         raise ValueError("no document id given")

@@ -14,6 +14,7 @@ from .config import DEFAULT_BATCH_SIZE
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
 from .encoder import Encoder, ModelError
+from .ranking import trec_order
 from .store import IndexReader, Manifest, StoreError, read_pointer
 from .text import describe_surrogate, is_blank
 from .transforms import represent
@@ -35,6 +36,7 @@ class Hit:
     chunk_id: int
     text: str
     score: float
+    page: int | None = None  # the page of a PDF its best chunk starts on (None: a document without pages)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,9 +59,10 @@ class SearchResult:
 def rank_documents(
     scores: Sequence[float], chunk_ids: Sequence[int], chunk_doc: Mapping[int, str], k: int
 ) -> list[tuple[str, int, float]]:
-    """(doc_id, best chunk id, score) of the k best documents; a document scores as its best chunk.
+    """(doc_id, best chunk id, score) of the k best documents; a document scores as its best chunk (of equal
+    chunks, the lowest id).
 
-    Ties are broken by chunk id so that rankings are deterministic.
+    Documents of equal score are in ranking.trec_order, the order the evaluation's runs are scored in.
     """
     best: dict[str, tuple[float, int]] = {}
     for score, cid in zip(scores, chunk_ids):
@@ -70,8 +73,8 @@ def rank_documents(
         key = (-float(score), cid)
         if doc not in best or key < (-best[doc][0], best[doc][1]):
             best[doc] = (float(score), cid)
-    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1]))
-    return [(doc, cid, score) for doc, (score, cid) in ranked[:k]]
+    ranked = trec_order({doc: score for doc, (score, _) in best.items()})
+    return [(doc, best[doc][1], score) for doc, score in ranked[:k]]
 
 
 def model_name_for(manifest: Manifest) -> str | None:
@@ -242,7 +245,8 @@ class Searcher:
             k,
             {
                 r: [
-                    Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score)
+                    Hit(rank=i + 1, doc_id=doc, title=rows[cid].title, chunk_id=cid, text=rows[cid].text, score=score,
+                        page=rows[cid].page)
                     for i, (doc, cid, score) in enumerate(ranked[0])
                 ]
                 for r, ranked in rankings.items()
@@ -263,8 +267,8 @@ class Searcher:
         Queries are encoded together, once. `exclude[i]` names a document to leave out of query
         i's ranking (BEIR's convention of ignoring a document whose id is the query's).
         """
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a whole number, at least 1, got {k!r}")
         served = served or self.served()
         index = served.index
         # the index's transforms map the query's poolings as they mapped the documents'
@@ -286,10 +290,12 @@ class Searcher:
             unfilled = []
             for row, q in enumerate(pending):
                 ranked = [h for h in rank_documents(scores[row], ids[row], chunk_doc, k + 1) if h[0] != exclude[q]][:k]
-                if len(ranked) >= k or n >= total:
+                # complete when no chunk left unfetched can tie the k-th document: equal scores are ordered by document
+                # id, so a tie that runs past the hits fetched must be fetched whole to be ordered as the metrics order it
+                if n >= total or (len(ranked) >= k and float(scores[row][-1]) < ranked[-1][2]):
                     results[q] = ranked
                 else:
-                    unfilled.append(q)  # many hits were chunks of the same documents: fetch more
+                    unfilled.append(q)  # many hits were chunks of the same documents, or tied with the k-th: fetch more
             pending, n = unfilled, min(total, n * 4)
         return results
 

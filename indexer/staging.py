@@ -34,8 +34,8 @@ from .config import parse_representation
 from .files import atomic_write_bytes, copy_file, fsync_dir, sha256_file
 from .store import (
     CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, Counts, FileRecord, LabelFiles, Manifest,
-    RepresentationRecord, StoreError, TransformRecord, content_sha256, faiss_file, is_index, open_generation, read_pointer,
-    read_vectors, transform_file,
+    RepresentationRecord, StoreError, TransformRecord, content_sha256, faiss_file, in_batches, is_index, open_generation,
+    read_pointer, read_vectors, transform_file,
 )
 from .transforms import Transform
 
@@ -297,11 +297,8 @@ class Staging:
 
     def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         out = {}
-        for i in range(0, len(doc_ids), 900):
-            part = list(doc_ids[i : i + 900])
-            out.update(self.db.execute(
-                f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({','.join('?' * len(part))})", part
-            ).fetchall())
+        for part, marks in in_batches(doc_ids):
+            out.update(self.db.execute(f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({marks})", part).fetchall())
         return out
 
     def counts(self) -> tuple[int, int]:
@@ -349,9 +346,7 @@ class Staging:
 
     def _delete(self, doc_ids: list[str]) -> int:
         removed = 0
-        for i in range(0, len(doc_ids), 900):
-            part = doc_ids[i : i + 900]
-            marks = ",".join("?" * len(part))
+        for part, marks in in_batches(doc_ids):
             self.db.execute(f"DELETE FROM vectors WHERE chunk_id IN (SELECT chunk_id FROM chunks WHERE doc_id IN ({marks}))", part)
             self.db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", part)
             removed += self.db.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", part).rowcount

@@ -43,6 +43,7 @@ import numpy as np
 from . import __version__, vector_index
 from .config import POOLINGS, REPRESENTATION_NAME, ChunkingConfig, ModelInfo, parse_representation
 from .files import sha256_file
+from .text import PAGE_STARTS, content_head, page_at
 from .transforms import Transform
 from .vector_index import IndexSpec
 
@@ -393,6 +394,7 @@ class ChunkHit:
     position: int
     text: str
     title: str
+    page: int | None = None  # the page of a paged document (PDF) the chunk starts on
 
 
 @dataclass(frozen=True)
@@ -646,6 +648,21 @@ def load_transforms(gen_dir: Path, manifest: Manifest) -> dict[str, Transform]:
     return out
 
 
+#: Ids bound in one SQLite statement at most: under SQLite's limit on bound parameters (999 before
+#: SQLite 3.32, and a build of SQLite may set it that low), whatever the number of ids asked for.
+SQL_VARIABLES = 900
+
+
+def in_batches(ids: Iterable) -> Iterator[tuple[list, str]]:
+    """`ids` in parts of at most SQL_VARIABLES, each with its placeholders for `IN (…)`: `(part, "?,?,?")`.
+
+    The one home of this rule: every query on a list of ids goes through it."""
+    ids = list(ids)
+    for i in range(0, len(ids), SQL_VARIABLES):
+        part = ids[i : i + SQL_VARIABLES]
+        yield part, ",".join("?" * len(part))
+
+
 def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The chunk ids an index holds, sorted."""
     return np.sort(faiss.vector_to_array(index.id_map))
@@ -741,13 +758,19 @@ class IndexReader:
         return {cid: doc for cid, doc in self._query("SELECT chunk_id, doc_id FROM chunks WHERE chunk_id IN ({})", ids)}
 
     def chunks(self, chunk_ids: Iterable[int]) -> dict[int, ChunkHit]:
-        """Chunk rows with their document's title, keyed by chunk id."""
+        """Chunk rows with their document's title, and page where the document has pages, keyed by chunk id."""
+        pages = f"'$.{PAGE_STARTS}'"
         rows = self._query(
-            "SELECT c.chunk_id, c.doc_id, c.position, c.text, d.title FROM chunks c "
-            "JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({})",
+            "SELECT c.chunk_id, c.doc_id, c.position, c.text, d.title, c.char_start, "
+            # metadata stored before NaN was refused at load may not be JSON to SQLite: no page, not an error
+            f"CASE WHEN json_valid(d.metadata) THEN CASE WHEN json_type(d.metadata, {pages}) = 'array' "
+            f"THEN json_extract(d.metadata, {pages}) END END "
+            "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({})",
             [int(i) for i in chunk_ids],
         )
-        return {r[0]: ChunkHit(*r) for r in rows}
+        # char_start counts in the embedded content (title, a space, text); the page starts count in the text
+        return {r[0]: ChunkHit(*r[:5], page=None if r[6] is None else page_at(json.loads(r[6]), r[5] - len(content_head(r[4]))))
+                for r in rows}
 
     def chunk_places(self, chunk_ids: Iterable[int]) -> dict[int, ChunkPlace]:
         """Where each chunk lies in its document: "chunk 2 of 5" beside a hit, and the span to mark in the whole text."""
@@ -767,7 +790,7 @@ class IndexReader:
         if row is None:
             return None
         title, n_text = row
-        head = f"{title} " if title else ""
+        head = content_head(title)
         total = len(head) + n_text
         start, end = max(0, start), min(end, total)
         if start >= end:
@@ -822,9 +845,8 @@ class IndexReader:
     def _query(self, sql: str, ids: list) -> list[tuple]:
         out: list[tuple] = []
         with self._lock:
-            for i in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-                part = ids[i : i + 900]
-                out.extend(self.db.execute(sql.format(",".join("?" * len(part))), part).fetchall())
+            for part, marks in in_batches(ids):
+                out.extend(self.db.execute(sql.format(marks), part).fetchall())
         return out
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from typing import Literal, Mapping, get_args
 import faiss
 import numpy as np
 
+from .config import require_one_of
+
 IndexType = Literal["flat", "hnsw"]
 INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 
@@ -30,8 +32,7 @@ class IndexSpec:
     ef_search: int = 1024
 
     def __post_init__(self) -> None:
-        if self.type not in INDEX_TYPES:
-            raise ValueError(f"unknown index type {self.type!r}; valid: {', '.join(INDEX_TYPES)}")
+        require_one_of(self.type, IndexType, "index type")
         for name, low in (("m", 2), ("ef_construction", 1), ("ef_search", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -69,7 +69,7 @@ def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1"
     `address=None` leaves the listening address to the project's .streamlit/config.toml; `app_args` go to the
     app's own arguments (e.g. `--allow-build`).
     """
-    from app.serve import ServeError, serving
+    from indexer.app.serve import ServeError, serving
 
     try:
         with serving(index_dir, log, address=address, app_args=app_args) as (url, port):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.ui import WORD_JOINER
+from indexer.app.serve import APP as APP_SCRIPT
+from indexer.app.ui import WORD_JOINER
 from conftest import FIVE, ROOT, TINY_DOCS
 from indexer.compare import rank_biased_overlap
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations
@@ -16,7 +17,7 @@ from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader, generation_id
 
-APP = str(ROOT / "app" / "streamlit_app.py")
+APP = str(APP_SCRIPT)
 JUDGED_QUERY = "why does my homemade bread come out flat and heavy"  # q08 of data/sample
 
 
@@ -251,9 +252,10 @@ def unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text).replace(WORD_JOINER, "")
 
 
-HIT_CAPTION = re.compile(r"`([^`]+)` · (.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|rank \d+|not in top \d+))?(?: · chunk \d+ of \d+)?")
+HIT_CAPTION = re.compile(r"`([^`]+)` · (.+?) · score \S+(?: · in (\S+): (↑\d+|↓\d+|=|rank \d+|not in top \d+))?(?: · chunk \d+ of \d+)?"
+                         r"(?: · page (\d+))?")
 #: A hit is one Markdown block: rank and title, then this line in small grey type (column, document, score, place in
-#: the baseline, chunk), then the matched text.
+#: the baseline, chunk, page of a PDF), then the matched text.
 HIT_LINE = re.compile(r"^:small\[:gray\[(.*)\]\]$", re.MULTILINE)
 
 
@@ -421,7 +423,7 @@ def test_a_query_with_a_lone_surrogate_is_a_message(tiny_index):
 
 
 def test_escaped_text_keeps_no_autolink_literal_but_reads_the_same():
-    from app.ui import WORD_JOINER, escape_markdown, highlight
+    from indexer.app.ui import WORD_JOINER, escape_markdown, highlight
 
     text = "see http://a.example/x, HTTPS://b.example, www.c.example and d@e.example"
     for shown in (escape_markdown(text), highlight(text, "see example")):

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import pytest
 from streamlit import config
 
-from app import build, ui
+from indexer.app import build, ui
 from conftest import ROOT
 from indexer.encoder import Encoder
+from indexer.loaders import format_bytes
 from indexer.store import is_index, read_manifest
 from test_app import app, texts, unescape
 
@@ -68,8 +69,8 @@ def test_building_is_off_without_allow_build_even_if_the_session_says_otherwise(
 def test_make_run_passes_app_args_to_the_app():
     shown = subprocess.run(["make", "-n", "-W", "indexes/sample/CURRENT", "run", "APP_ARGS=--allow-build"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
-    line = next(l for l in shown.splitlines() if "streamlit run" in l)
-    assert line.split(" -- ")[1].split() == ["--index", "indexes/sample", "--allow-build"]
+    line = next(line for line in shown.splitlines() if "-m indexer app" in line).split()
+    assert line[line.index("app") + 1:] == ["--index", "indexes/sample", "--host", "127.0.0.1", "--port", "8501", "--allow-build"]
 
 
 def test_the_form_states_its_limits_and_offers_no_replace(tiny_index, tmp_path, allow_build):
@@ -128,7 +129,7 @@ def test_upload_checks_name_each_limit(monkeypatch):
     monkeypatch.setattr(ui, "BUILD_MAX_FILES", 2)
     assert build.upload_problem([Upload(f"{i}.txt", b"x") for i in range(3)]) == "3 files were uploaded; a build takes at most 2."
     big = Upload("big.txt", b"x" * (ui.UPLOAD_LIMIT_MB * 1_000_000 + 1))
-    assert build.upload_problem([big]) == f"“big.txt” holds {big.size / 1e6:.1f} MB; a file may hold at most {ui.UPLOAD_LIMIT_MB} MB."
+    assert build.upload_problem([big]) == f"“big.txt” holds {format_bytes(big.size)}; a file may hold at most {ui.UPLOAD_LIMIT_MB} MB."
     monkeypatch.setattr(ui, "BUILD_MAX_TOTAL_MB", 1)
     halves = [Upload("a.txt", b"x" * 600_000), Upload("b.txt", b"x" * 600_000)]
     assert build.upload_problem(halves) == "The files hold 1.2 MB together; a build takes at most 1 MB."

@@ -10,7 +10,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from app import explain, ui
+from indexer.app import explain, ui
 from indexer import evaluation
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
@@ -346,7 +346,7 @@ def test_hard_negatives_are_each_representations_top_ranked_non_relevant_documen
             non += [cosine[d] for d, g in qrels[q].items() if g <= 0] + [cosine[d] for d in hard if d not in qrels[q]]
         assert sorted(got[r]["relevant"]) == pytest.approx(sorted(relevant), abs=1e-5)
         assert sorted(got[r]["non-relevant"]) == pytest.approx(sorted(non), abs=1e-5)
-    with pytest.raises(ValueError, match="'random' or 'hard'"):
+    with pytest.raises(ValueError, match="unknown kind of negatives 'easy'; valid: random, hard"):
         relevance_similarities(searcher, queries, qrels, ["mean"], negatives="easy")
 
 

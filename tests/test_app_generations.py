@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from app import ui
+from indexer.app import ui
 from indexer.cli import main
 from indexer.encoder import Encoder
 from indexer.search import Searcher

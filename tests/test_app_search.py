@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import explain
+from indexer.app import explain
 from conftest import SAMPLE, WORDS
 from indexer.compare import MISSED_LISTED, rank_biased_overlap
 from indexer.encoder import Encoder

@@ -38,7 +38,8 @@ def test_build_search_info_round_trip(tmp_path, small_jsonl, build_args, capsys)
     assert set(result["results"]) == {"pooled", "mean"}
     for hits in result["results"].values():
         assert [h["rank"] for h in hits] == [1, 2, 3]
-        assert all(set(h) == {"rank", "doc_id", "title", "chunk_id", "text", "score"} for h in hits)
+        assert all(set(h) == {"rank", "doc_id", "title", "chunk_id", "text", "score", "page"} for h in hits)
+        assert all(h["page"] is None for h in hits)  # documents without pages (a PDF's are in test_documents.py)
 
     code, out, _ = run(capsys, "search", tmp_path / "ix", "bees and honey", "-k", "3")
     assert code == 0 and "pooled" in out and "mean" in out and "in both top-3" in out
@@ -206,6 +207,35 @@ def test_usage_errors_are_one_line(capsys):
         main(["search"])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "(see: python -m indexer search --help)" in err
+
+
+def test_choices_come_from_their_literal_types_and_a_wrong_one_is_named_with_the_valid_ones(tmp_path):
+    """Allowed values are taken from the Literal types (typing.get_args), by the CLI as by the library, and a wrong
+    value raises ValueError naming it and the valid ones, from one check (config.require_one_of; issue 13, item 4)."""
+    import argparse
+    from typing import get_args
+
+    from indexer.cli import build_parser
+    from indexer.compat import Purpose, compatibility_problems
+    from indexer.explore import Negatives, relevance_similarities
+    from indexer.loaders import Format, LoadReport, iter_documents
+    from indexer.vector_index import IndexSpec, IndexType
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    offered = {(name, option): tuple(action.choices) for name, sub in commands.choices.items()
+               for action in sub._actions if action.choices is not None for option in action.option_strings}
+    assert offered == {(c, "--format"): get_args(Format) for c in ("build", "add")} | {
+        (c, "--index-type"): get_args(IndexType) for c in ("build", "convert", "bench")}
+    refused = {
+        ("index type", "ivf", IndexType): lambda: IndexSpec(type="ivf"),
+        ("format", "pdf", Format): lambda: iter_documents(tmp_path, LoadReport(), format="pdf"),
+        ("purpose", "serve", Purpose): lambda: compatibility_problems({}, None, "serve"),
+        ("kind of negatives", "easy", Negatives): lambda: relevance_similarities(None, {}, {}, [], negatives="easy"),
+    }
+    for (what, value, choices), call in refused.items():
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == f"unknown {what} {value!r}; valid: {', '.join(get_args(choices))}"
 
 
 def test_search_with_the_indexs_own_model_accepts_its_max_tokens(tmp_path, small_jsonl, build_args, tiny_bert, capsys):

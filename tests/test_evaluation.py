@@ -10,11 +10,11 @@ import pytest
 
 from conftest import MSMARCO, SAMPLE
 from indexer.cli import main
-from indexer.evaluation import (
-    METRIC_NAMES, bm25_run, decode_trec_id, encode_trec_id, evaluate, paired_comparison, per_query_metrics, rrf,
-    trec_order, write_trec_run,
-)
+from indexer.encoder import Encoder
+from indexer.evaluation import METRIC_NAMES, bm25_run, evaluate, paired_comparison, per_query_metrics, rrf, write_trec_run
 from indexer.loaders import LoadReport, load_qrels, load_queries
+from indexer.pipeline import build_index
+from indexer.ranking import decode_trec_id, encode_trec_id, trec_order
 from indexer.search import Searcher
 
 LOG2 = math.log2
@@ -59,6 +59,30 @@ def test_ties_follow_trec_eval_descending_doc_id():
     assert per_query_metrics({"q": {"a": 1.0, "c": 1.0}}, qrels)["q"]["mrr@10"] == 0.5  # c ranks first
 
 
+def test_equal_scores_rank_alike_in_the_searcher_and_in_the_evaluation(tmp_path, tiny_bert):
+    """One tie rule (ranking.trec_order: descending document id as a run file writes it, trec_eval's) for the
+    Searcher's rankings and the evaluation's runs (issue 13, item 4): the app shows documents of equal score in the
+    order the metrics score them, also when the tie runs past the hits fetched for a short ranking."""
+    import pytrec_eval
+
+    # one text, so every document scores the same; "z x" is written "z%20x", after "z!" ('%' > '!'), though "z x" < "z!"
+    ids = [f"d{i:02d}" for i in range(20)] + ["z x", "z!"]  # added last: highest chunk ids
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"_id": d, "text": "bees make honey"}) + "\n" for d in ids))
+    build_index(tmp_path / "docs.jsonl", tmp_path / "ix", Encoder.load(str(tiny_bert)), progress=False)
+    searcher = Searcher(tmp_path / "ix", representations=["mean"])
+    shown = searcher.search("honey", k=2).results["mean"]  # fetches 18 of the 22 chunks first
+    assert len({h.score for h in searcher.search("honey", k=len(ids)).results["mean"]}) == 1
+    assert [h.doc_id for h in shown] == ["z x", "z!"]
+    result = evaluate(searcher, {"q": "honey"}, {"q": {"z!": 1}}, dataset="ties", progress=False, out_dir=tmp_path / "out")
+    lines = (tmp_path / "out" / "mean.run").read_text(encoding="utf-8").splitlines()
+    assert [decode_trec_id(line.split()[2]) for line in lines[:2]] == [h.doc_id for h in shown]
+    with open(tmp_path / "out" / "mean.run", encoding="utf-8") as f:
+        reference = pytrec_eval.RelevanceEvaluator({"q": {"z!": 1}}, {"recip_rank", "ndcg_cut.10"}).evaluate(pytrec_eval.parse_run(f))
+    metrics = result.per_query["mean"]["q"]
+    assert metrics["mrr@10"] == reference["q"]["recip_rank"] == 1 / 2  # z! is second, as the app shows it
+    assert metrics["ndcg@10"] == pytest.approx(reference["q"]["ndcg_cut_10"])
+
+
 # -- significance ----------------------------------------------------------------------------------
 
 def test_paired_tests_on_a_hand_computed_case():
@@ -90,6 +114,22 @@ def test_bm25_ranks_term_matches_and_skips_documents_without_query_terms():
     assert list(run["q1"]) == ["d1"]  # q1 itself is ignored (identical id), d2 has no query term
     assert run["q2"] == {}
     assert list(bm25_run(docs, {"q1": "honey"}, exclude_identical=False)["q1"])[0] == "q1"
+
+
+def test_bm25_and_the_highlighting_share_one_list_of_stop_words():
+    """A word the BM25 baseline ignores is not highlighted in the app, and a word it matches is: one list,
+    text.STOP_WORDS (issue 13, item 4). Tried on every word of the two lists it replaced (scikit-learn's, once the
+    highlighting's, and bm25s's), of more than two letters (the highlighting skips shorter words)."""
+    from bm25s.stopwords import STOPWORDS_EN
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from indexer.app.ui import highlight
+
+    words = sorted(w for w in {*ENGLISH_STOP_WORDS, *STOPWORDS_EN, "honey"} if len(w) > 2)
+    run = bm25_run([(f"doc {w}", w) for w in words], {w: w for w in words})
+    matched = {w for w in words if run[w]}
+    assert {"honey", "what", "which"} <= matched and not matched & {"the", "and", "with"}
+    assert {w for w in words if "**" in highlight(w, w)} == matched
 
 
 def test_trec_run_file_format(tmp_path):

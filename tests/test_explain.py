@@ -2,7 +2,7 @@
 
 import pytest
 
-from app import explain
+from indexer.app import explain
 from indexer.config import POOLINGS, TRANSFORMS
 
 

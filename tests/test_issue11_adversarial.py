@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import build_random, random_corpus
+from indexer.app.serve import APP as APP_SCRIPT
 from indexer.encoder import Encoder
 from indexer.evaluation import holm
 from indexer.integrity import refit, verify
@@ -278,7 +279,7 @@ def test_app_error_about_a_crafted_manifest_renders_no_link(built):
 
     rewrite_manifest(built, rename)
     for page in ("search", "index"):
-        at = AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=120)
+        at = AppTest.from_file(str(APP_SCRIPT), default_timeout=120)
         at.session_state["index_dir"] = str(built)
         at.run()
         if page == "index":

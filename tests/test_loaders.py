@@ -17,6 +17,7 @@ from indexer.loaders import (
     LoadReport,
     SourceError,
     detect_format,
+    format_bytes,
     iter_documents,
     load_qrels,
     load_queries,
@@ -75,7 +76,7 @@ def test_detect_format(tmp_path):
     (tmp_path / "beir").mkdir()
     (tmp_path / "beir" / "corpus.jsonl").write_text("")
     (tmp_path / "plain").mkdir()
-    for name in ("a.jsonl", "b.NDJSON", "c.csv", "d.tsv", "e.pdf"):
+    for name in ("a.jsonl", "b.NDJSON", "c.csv", "d.tsv", "e.odt", "f.pdf"):
         (tmp_path / name).write_text("")
     assert detect_format(tmp_path / "beir") == "beir"
     assert detect_format(tmp_path / "plain") == "folder"
@@ -83,8 +84,10 @@ def test_detect_format(tmp_path):
     assert detect_format(tmp_path / "b.NDJSON") == "jsonl"
     assert detect_format(tmp_path / "c.csv") == "csv"
     assert detect_format(tmp_path / "d.tsv") == "csv"
-    with pytest.raises(SourceError, match=r"e\.pdf.*\.jsonl.*\.csv"):
-        detect_format(tmp_path / "e.pdf")
+    with pytest.raises(SourceError, match=r"e\.odt.*\.pdf/\.docx.*\.jsonl.*\.csv"):
+        detect_format(tmp_path / "e.odt")
+    with pytest.raises(SourceError, match=r"f\.pdf: a \.pdf file is read as part of a folder source"):
+        detect_format(tmp_path / "f.pdf")
 
 
 def test_missing_path_is_source_error(tmp_path):
@@ -101,7 +104,7 @@ def test_unknown_format_is_source_error(tmp_path):
 
 
 def test_invalid_format_argument_lists_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"'xml'.*'auto'.*'folder'.*'jsonl'.*'csv'.*'beir'"):
+    with pytest.raises(ValueError, match=r"unknown format 'xml'; valid: auto, folder, jsonl, csv, beir$"):
         iter_documents(tmp_path, LoadReport(), format="xml")  # type: ignore[arg-type]
 
 
@@ -133,7 +136,7 @@ def test_folder_happy_path(tmp_path):
     (tmp_path / "sub" / "c.markdown").write_text("more", "utf-8")
     (tmp_path / "sub" / "deeper" / "d.TXT").write_text("deep", "utf-8")
     (tmp_path / "sub" / "image.png").write_bytes(b"\x89PNG")
-    (tmp_path / "notes.pdf").write_bytes(b"%PDF")
+    (tmp_path / "notes.odt").write_bytes(b"PK")
     (tmp_path / ".hidden.txt").write_text("secret", "utf-8")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD.txt").write_text("ref", "utf-8")
@@ -215,6 +218,23 @@ def test_folder_oversize_file(tmp_path):
     issue = only_issue(report)
     assert issue.path == str(tmp_path / "big.txt") and issue.line is None
     assert issue.reason == "file is 2.5 kB, larger than the 1 kB limit"
+
+
+def test_sizes_are_shown_in_decimal_units_by_one_function(monkeypatch):
+    """One convention for every size a message shows, SI (1 kB = 1000 bytes), from one function (format_bytes): a
+    binary mebibyte is 1.05 MB, in the app's upload limits as in the loaders' (issue 13, item 4)."""
+    from types import SimpleNamespace
+
+    from indexer.app import build, ui
+
+    assert [format_bytes(n) for n in (999, 1000, 1024, 2**20, 1_044_381_696)] == [
+        "999 bytes", "1 kB", "1.02 kB", "1.05 MB", "1.04 GB"]
+    monkeypatch.setattr(ui, "UPLOAD_LIMIT_MB", 1)
+    monkeypatch.setattr(ui, "BUILD_MAX_TOTAL_MB", 1)
+    mebibyte = SimpleNamespace(name="a.txt", size=2**20)
+    assert build.upload_problem([mebibyte]) == "“a.txt” holds 1.05 MB; a file may hold at most 1 MB."
+    monkeypatch.setattr(ui, "UPLOAD_LIMIT_MB", 2)
+    assert build.upload_problem([mebibyte]) == "The files hold 1.05 MB together; a build takes at most 1 MB."
 
 
 def test_folder_symlink_loop_is_not_followed(tmp_path):

@@ -22,10 +22,10 @@ def test_document_scores_are_their_best_chunk():
     assert ranked == [("a", 2, 0.9), ("b", 1, 0.8), ("c", 3, 0.1)]
 
 
-def test_ties_break_by_chunk_id_and_faiss_padding_is_ignored():
-    chunk_doc = {5: "x", 3: "y", 1: "z"}
-    ranked = rank_documents([0.5, 0.5, 0.5, -3.4e38], [5, 3, 1, -1], chunk_doc, k=2)
-    assert ranked == [("z", 1, 0.5), ("y", 3, 0.5)]
+def test_ties_break_by_descending_document_id_and_faiss_padding_is_ignored():
+    chunk_doc = {5: "z", 3: "y", 1: "x", 0: "z"}
+    ranked = rank_documents([0.5, 0.5, 0.5, 0.5, -3.4e38], [1, 3, 5, 0, -1], chunk_doc, k=2)
+    assert ranked == [("z", 0, 0.5), ("y", 3, 0.5)]  # trec_eval's order (ranking.trec_order); of z's equal chunks, the first
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""How the app is served: `streamlit run` with the project's own configuration listens on loopback only."""
+"""How the app is served: `pooling-lab app`, `make run` and a bare `streamlit run` of the app listen on loopback only."""
 
 import os
 import socket
@@ -7,6 +7,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, running_app
+from indexer.app.serve import app_argv, streamlit_command
+from indexer.cli import build_parser
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -30,15 +32,38 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux's /proc/net/tcp to see listening sockets")
-def test_the_app_listens_on_loopback_only_by_default(sample_index, tmp_path):
-    """No --server.address: the project's .streamlit/config.toml decides (what `make run` relies on)."""
+def test_the_app_listens_on_loopback_only_by_default(sample_index, tmp_path, monkeypatch):
+    """No --server.address, started from another folder: the .streamlit/config.toml beside the app's script decides
+    (what a bare `streamlit run` of an installed app relies on)."""
+    monkeypatch.chdir(tmp_path)
     with running_app(sample_index[0], tmp_path / "server.log", address=None) as (_, port):
         assert listening_addresses(port) == {"127.0.0.1"}
 
 
 def test_make_run_binds_the_host_it_is_given():
-    """`make run` passes HOST (default 127.0.0.1) as the server address; checked without starting anything."""
+    """`make run` passes HOST (default 127.0.0.1) to `python -m indexer app`; checked without starting anything."""
     dry = subprocess.run(["make", "-n", "-o", "indexes/sample/CURRENT", "run"], cwd=ROOT, capture_output=True, text=True)
-    assert "--server.address 127.0.0.1" in dry.stdout, dry.stdout + dry.stderr
+    assert "-m indexer app" in dry.stdout and "--host 127.0.0.1" in dry.stdout, dry.stdout + dry.stderr
     exposed = subprocess.run(["make", "-n", "-o", "indexes/sample/CURRENT", "run", "HOST=0.0.0.0"], cwd=ROOT, capture_output=True, text=True)
-    assert "--server.address 0.0.0.0" in exposed.stdout
+    assert "--host 0.0.0.0" in exposed.stdout
+
+
+def test_the_app_command_hands_its_host_to_streamlit():
+    """`pooling-lab app` gives Streamlit the loopback address unless told otherwise, and the app its own options."""
+    args = build_parser().parse_args(["app", "--index", "x", "--allow-build"])
+    command = streamlit_command(app_argv(args), address=args.host, port=args.port)
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert command[command.index("--") + 1:] == ["--index", "x", "--allow-build"]
+    args = build_parser().parse_args(["app", "--host", "0.0.0.0", "--model", "m"])
+    command = streamlit_command(app_argv(args), address=args.host, port=args.port)
+    assert command[command.index("--server.address") + 1] == "0.0.0.0"
+    assert command[command.index("--") + 1:] == ["--index", "indexes/sample", "--model", "m"]
+
+
+@pytest.mark.parametrize("option, value, said", [("--port", "70000", "1 to 65535"), ("--port", "-1", "1 to 65535"),
+                                                 ("--port", "http", "1 to 65535"), ("--host", " ", "host is empty")])
+def test_the_app_command_refuses_a_port_or_host_it_cannot_listen_on(option, value, said, capsys):
+    """One line from the parser, not Streamlit's 50-line traceback from bind()."""
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["app", option, value])
+    assert stopped.value.code == 2 and said in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sqlite3
 
 import numpy as np
 import pytest
@@ -9,10 +10,11 @@ import pytest
 from indexer.chunking import Chunk
 from indexer.config import ChunkingConfig, ModelInfo
 from indexer.loaders import Document
+from indexer.pipeline import delete_documents
 from indexer.staging import Staging, WriterLock, publish
 from indexer.store import (
-    CURRENT, MANIFEST, METADATA, BuildRecord, Counts, FileRecord, IndexReader, Manifest, SourceRecord, StoreError,
-    generation_id, read_manifest,
+    CURRENT, MANIFEST, METADATA, SQL_VARIABLES, BuildRecord, Counts, FileRecord, IndexReader, Manifest, SourceRecord,
+    StoreError, generation_id, read_manifest,
 )
 from indexer.vector_index import IndexSpec
 
@@ -71,6 +73,28 @@ def test_same_chunk_ids_and_metadata_in_every_representation(tmp_path):
     assert reader.manifest.counts == Counts(documents=50, chunks=150)
     for r in ("pooled", "mean"):
         np.testing.assert_array_equal(reader.vectors(r, range(len(chunks))), vectors[r])
+
+
+def test_lists_of_ids_longer_than_sqlites_variable_limit_are_bound_in_parts(tmp_path, monkeypatch):
+    """Every `IN (…)` over a list of ids goes through store.in_batches (issue 13, item 4): with SQLite's limit on
+    bound parameters lowered to SQL_VARIABLES on every connection, the reader's lookups and a delete (which checks,
+    hashes and removes the ids) still handle twice as many ids."""
+    connect = sqlite3.connect
+
+    def limited(*args, **kwargs):
+        db = connect(*args, **kwargs)
+        db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, SQL_VARIABLES)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", limited)
+    n = 2 * SQL_VARIABLES + 1
+    docs, _, _ = write_index(tmp_path / "ix", n_docs=n, chunks_per_doc=1, d=4)
+    reader = IndexReader(tmp_path / "ix")
+    assert reader.chunk_docs(range(n)) == {i: d.doc_id for i, d in enumerate(docs)}
+    assert reader.titles([d.doc_id for d in docs]) == {d.doc_id: d.title for d in docs}
+    reader.close()
+    summary = delete_documents(tmp_path / "ix", [d.doc_id for d in docs[1:]] + ["not-there"])
+    assert (len(summary.removed), summary.missing, summary.documents) == (n - 1, ["not-there"], 1)
 
 
 def test_layout_pointer_and_manifest(tmp_path):

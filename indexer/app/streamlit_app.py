@@ -1,4 +1,4 @@
-"""Pooling Lab app: `streamlit run app/streamlit_app.py -- --index DIR [--model M] [--allow-build]`.
+"""Pooling Lab app: `pooling-lab app [--index DIR] [--model M] [--allow-build]` (indexer/app/serve.py starts it).
 
 A router only: it settles which index this browser session uses and hands over to the pages.
 """
@@ -7,22 +7,18 @@ import argparse
 import sys
 from pathlib import Path
 
-# `streamlit run` puts app/ on the path, not the repository root that holds `indexer` and `app`.
-ROOT = Path(__file__).resolve().parent.parent
+# `streamlit run` puts this file's folder on the path; from a checkout, the folder that holds `indexer` must be
+# there too (an installed package is importable already).
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
 
-from app import ui  # noqa: E402
-from app.ui import DEFAULT_INDEX  # noqa: E402
+from indexer.app import ui  # noqa: E402
+from indexer.app.serve import add_app_arguments  # noqa: E402
 
-parser = argparse.ArgumentParser(prog="streamlit run app/streamlit_app.py --")
-parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index directory to open first")
-parser.add_argument("--indexes", type=Path, default=None, help="folder of indexes to list and build into (default: the index's parent)")
-parser.add_argument("--model", default=None, help="search every index with this model (default: each index's own)")
-parser.add_argument("--allow-build", action="store_true",
-                    help="let visitors build new indexes from uploaded files on the Index page (off by default)")
+parser = add_app_arguments(argparse.ArgumentParser(prog="pooling-lab app"))
 args, _ = parser.parse_known_args(sys.argv[1:])
 
 st.set_page_config(page_title="Pooling Lab", page_icon="🔎", layout="wide")

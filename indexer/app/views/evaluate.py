@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import explain, ui
+from indexer.app import explain, ui
 from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representation, parse_representations
 from indexer.encoder import ModelError
 from indexer.evaluation import (

@@ -8,7 +8,7 @@ import re
 
 import streamlit as st
 
-from app import explain, ui
+from indexer.app import explain, ui
 from indexer.compare import AGREEMENT_DEPTH, MISSED_LISTED, SEARCH_DEPTH, against_baseline, missed_relevant
 from indexer.evaluation import per_query_metrics
 from indexer.search import query_cut, query_problem
@@ -266,7 +266,8 @@ def search_view(searcher) -> None:
                 badge = ""
             meta = (f"`{r}` · {ui.escape_markdown(hit.doc_id)} · score {hit.score:.3f}"
                     + (f" · in {baseline}: {against.movement(hit.doc_id, hit.rank, shown=k)}" if against is not None else "")
-                    + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else ""))
+                    + (f" · chunk {place.position + 1} of {place.n_chunks}" if place is not None else "")
+                    + (f" · page {hit.page}" if hit.page is not None else ""))
             column.markdown(hit_markdown(hit, meta, badge, query))
 
     if judged:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import build, ui
+from indexer.app import build, ui
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations, poolings_of
 from indexer.encoder import ModelError
 from indexer.explore import describe_representations
@@ -71,7 +71,7 @@ st.header("Build a new index")
 if not st.session_state.get("allow_build"):
     st.info(
         "Building from the browser is off. Start the app with `make run APP_ARGS=--allow-build` "
-        "(or `streamlit run app/streamlit_app.py -- --allow-build`) to turn it on; then anyone who can open this "
+        "(or `pooling-lab app --allow-build`) to turn it on; then anyone who can open this "
         "page can add indexes (never replace one). From a terminal: `python -m indexer build SOURCE --index DIR`."
     )
     st.stop()
@@ -85,13 +85,14 @@ if (built := st.session_state.pop("_built", None)) is not None:  # kept across t
     st.page_link("views/search.py", label="Search the new index", icon=":material/search:")
 
 st.caption(
-    f"Upload text, Markdown or HTML files (indexed as a folder), or one JSONL / CSV / TSV file; files that cannot be "
-    f"read are listed and skipped. Limits: {ui.BUILD_MAX_FILES} files, {ui.UPLOAD_LIMIT_MB} MB per file and "
+    f"Upload text, Markdown, HTML, PDF or Word (.docx) files (indexed as a folder), or one JSONL / CSV / TSV file; "
+    f"files that cannot be read (an encrypted or scanned PDF, say) are listed and skipped. "
+    f"Limits: {ui.BUILD_MAX_FILES} files, {ui.UPLOAD_LIMIT_MB} MB per file and "
     f"{ui.BUILD_MAX_TOTAL_MB} MB in all, {ui.BUILD_MAX_SECONDS // 60} minutes of building, and "
     f"{ui.BUILD_MAX_CONCURRENT} build at a time on this server. A new index needs a new name: the app never replaces one."
 )
 uploads = st.file_uploader(
-    "Documents", accept_multiple_files=True, type=["txt", "md", "markdown", "html", "htm", "jsonl", "csv", "tsv"],
+    "Documents", accept_multiple_files=True, type=build.UPLOAD_TYPES,
     max_upload_size=ui.UPLOAD_LIMIT_MB,
 )
 st.session_state.setdefault("build_name", "my-documents")

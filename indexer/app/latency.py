@@ -1,6 +1,6 @@
 """How fast the app feels, measured in a real browser (Playwright with Debian's Chromium):
 
-    python -m app.latency --index DIR [--queries 15] [--json]
+    python -m indexer.app.latency --index DIR [--queries 15] [--json]
 
 Starts the app as `make run` does on DIR, then times, from the browser's side:
 - first page load: a new visitor opening the Search page until it is drawn and idle (the first visitor after
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.serve import serving
+from indexer.app.serve import serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -127,7 +127,7 @@ def measure(index_dir: Path, n_queries: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.latency", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m indexer.app.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, required=True, help="an index built from a BEIR dataset (labelled queries)")
     parser.add_argument("--queries", type=int, default=15, help="labelled queries to time (default 15)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -1,5 +1,5 @@
 """Building an index from the browser: the checks of an upload and of a name, and a build that stays within the
-limits of app/ui.py and leaves nothing behind when it fails.
+limits of ui.py and leaves nothing behind when it fails.
 
 The app only ever writes into a folder it has just created for the build (claimed with an exclusive mkdir), so it
 never replaces or deletes an index it did not create; a build that fails for any reason removes that folder, so
@@ -18,15 +18,18 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from app import ui
+from indexer.app import ui
 from indexer.encoder import Encoder
+from indexer.loaders import FOLDER_SUFFIXES, format_bytes
 from indexer.pipeline import BuildSummary, build_index
 
 #: An index name: one plain folder name.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Files read as one collection of records (one such file per build); any other upload is one document.
 RECORD_SUFFIXES = (".jsonl", ".csv", ".tsv")
-MB = 1_000_000
+#: What the uploader takes: the files a folder source reads, and the record files.
+UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in FOLDER_SUFFIXES.union(RECORD_SUFFIXES))
+MB = 1_000_000  # the limits of ui.py are in decimal megabytes, as format_bytes shows sizes
 
 
 class Refused(Exception):
@@ -77,13 +80,13 @@ def upload_problem(uploads: Sequence) -> str | None:
             return f"Two uploaded files are named “{name}”; rename one, so that neither replaces the other."
         seen.add(name)
         if upload.size > ui.UPLOAD_LIMIT_MB * MB:
-            return f"“{name}” holds {upload.size / MB:.1f} MB; a file may hold at most {ui.UPLOAD_LIMIT_MB} MB."
+            return f"“{name}” holds {format_bytes(upload.size)}; a file may hold at most {format_bytes(ui.UPLOAD_LIMIT_MB * MB)}."
     total = sum(u.size for u in uploads)
     if total > ui.BUILD_MAX_TOTAL_MB * MB:
-        return f"The files hold {total / MB:.1f} MB together; a build takes at most {ui.BUILD_MAX_TOTAL_MB} MB."
+        return f"The files hold {format_bytes(total)} together; a build takes at most {format_bytes(ui.BUILD_MAX_TOTAL_MB * MB)}."
     records = [u for u in uploads if Path(u.name).suffix.lower() in RECORD_SUFFIXES]
     if records and len(uploads) > 1:
-        return "Upload either one JSONL / CSV / TSV file, or any number of text, Markdown and HTML files — not both."
+        return "Upload either one JSONL / CSV / TSV file, or any number of text, Markdown, HTML, PDF and Word files — not both."
     return None
 
 

@@ -15,17 +15,16 @@ from typing import Callable, Mapping, Sequence
 import streamlit as st
 
 from indexer import compare, explore
+from indexer.config import DEFAULT_BATCH_SIZE, SAMPLE_INDEX
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
-from indexer.config import DEFAULT_BATCH_SIZE
 from indexer.search import Searcher, encoder_for
 from indexer.store import StoreError, is_index
+from indexer.text import STOP_WORDS
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INDEX = ROOT / "indexes" / "sample"
 
-# -- what one build from the browser may take (app/build.py enforces them; the Index page states them) ------
-UPLOAD_LIMIT_MB = 50  # per file; also .streamlit/config.toml's server.maxUploadSize, the server's own cap
+# -- what one build from the browser may take (build.py enforces them; the Index page states them) ------
+UPLOAD_LIMIT_MB = 50  # per file; also the app's .streamlit/config.toml server.maxUploadSize, the server's own cap
 BUILD_MAX_FILES = 200  # files per build
 BUILD_MAX_TOTAL_MB = 100  # all files of one build together
 BUILD_MAX_CONCURRENT = 1  # builds running at once, across every session of this server
@@ -35,7 +34,7 @@ BUILD_MAX_SECONDS = 600  # a build still running after this is stopped (checked 
 # -- which index --------------------------------------------------------------------------------------
 
 def index_dir() -> Path:
-    return Path(st.session_state.get("index_dir") or DEFAULT_INDEX)
+    return Path(st.session_state.get("index_dir") or SAMPLE_INDEX)
 
 
 def index_root() -> Path:
@@ -374,10 +373,9 @@ def escape_markdown(text: str) -> str:
 
 
 def highlight(text: str, query: str) -> str:
-    """Escaped text with the query's words (stop words aside) in bold, for st.markdown."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    words = {w for w in re.findall(r"\w+", query.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
+    """Escaped text with the query's words (stop words aside: text.STOP_WORDS, which BM25 ignores too) in bold,
+    for st.markdown."""
+    words = {w for w in re.findall(r"\w+", query.lower()) if len(w) > 2 and w not in STOP_WORDS}
     if not words:
         return escape_markdown(text)
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\w*", re.IGNORECASE)

@@ -5,15 +5,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import explain, ui
-from indexer.explore import MAP_MINIMUM, NEGATIVES_PER_QUERY, densities, query_points
+from indexer.app import explain, ui
+from indexer.explore import MAP_MINIMUM, NEGATIVES, NEGATIVES_PER_QUERY, densities, query_points
 from indexer.search import query_problem
 
 #: px of a chart in all. Streamlit's theme spends ~80 px on the axes, more on a title or a legend above or below,
 #: so the histograms have neither (the column's heading and a caption say what they show): ~240 px of plot in Chromium.
 HEIGHT = 320
 COLOURS = {"relevant": "#2a9d8f", "non-relevant": "#e76f51"}
-NEGATIVES = {"random": "random unjudged", "hard": "hard (top-ranked, not relevant)"}
+#: How each kind of negatives (explore.NEGATIVES) is named on the page.
+NEGATIVE_LABELS = {"random": "random unjudged", "hard": "hard (top-ranked, not relevant)"}
 #: What each point on the map is, and its colour.
 KINDS = {
     "document": "#9ec9e2", "query": "#000000", "hit": "#f4a261", "hit: relevant": "#2a9d8f",
@@ -100,7 +101,7 @@ problems = ui.restore_from_url({
     "reps": ("shown", ui.pick_of(everyone)),
     "set": ("explore_set", ui.one_of(sets, "labelled query set")),
     "doc": ("explore_doc", ui.one_of(sample["doc_ids"], "document in the map's sample")),
-    "negatives": ("explore_negatives", ui.one_of(list(NEGATIVES), "kind of negatives")),
+    "negatives": ("explore_negatives", ui.one_of(NEGATIVES, "kind of negatives")),
     "q": ("query", searchable),  # the Search page's query, placed on the map
 })
 if st.session_state.get("shown") != before:
@@ -136,14 +137,14 @@ else:
     left, right = st.columns([2, 3])
     name = left.selectbox("Labelled query set", sets, key="explore_set")
     st.session_state.setdefault("explore_negatives", "random")
-    negatives = right.radio("Non-relevant pairs", list(NEGATIVES), format_func=NEGATIVES.get, horizontal=True,
+    negatives = right.radio("Non-relevant pairs", NEGATIVES, format_func=NEGATIVE_LABELS.get, horizontal=True,
                             key="explore_negatives", help=explain.GLOSSARY["negatives"])
     sims = ui.relevance_similarities(directory, sha, name, tuple(reps), negatives, tuple(sample["doc_ids"]))
     for col, r in zip(st.columns(len(reps)), reps):
         col.markdown(f"**`{r}`**")
         col.altair_chart(histogram(densities(sims[r])))
     st.caption(f"Green: relevant pairs (judged ≥ 1). Orange: non-relevant pairs, judged 0 plus {NEGATIVES_PER_QUERY} "
-               f"{NEGATIVES[negatives]} documents per query. A document scores as its best chunk. "
+               f"{NEGATIVE_LABELS[negatives]} documents per query. A document scores as its best chunk. "
                + explain.GLOSSARY["densities"])
 
 st.subheader("2-D map (PCA) of the same documents in each space")
