@@ -20,6 +20,7 @@ from .evaluation import Evaluation, evaluate, load_labels
 from .loaders import Format
 from .pipeline import BuildSummary, DeleteSummary, Source, add_documents, build_index, delete_documents
 from .search import Hit, Searcher, encoder_for
+from .store import Manifest
 from .vector_index import IndexSpec, IndexType
 
 
@@ -105,8 +106,8 @@ class Index:
         return tuple(self._searcher.representations)
 
     @property
-    def manifest(self) -> Mapping:
-        """The manifest of the generation served now (model, chunking, counts, checksums)."""
+    def manifest(self) -> Manifest:
+        """The manifest of the generation served now (model, chunking, counts, checksums): store.Manifest."""
         return self._searcher.current().manifest
 
     def search(self, query: str, k: int = 10) -> dict[str, list[Hit]]:

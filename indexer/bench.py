@@ -128,9 +128,12 @@ def synthetic_vectors(fit: tuple[np.ndarray, np.ndarray], n: int, rng: np.random
 def synthetic_index(directory: Path, encoder, texts: Sequence[str], fits: dict, n: int, *, seed: int = 0, batch: int = 20_000) -> None:
     """A real index directory of `n` one-chunk documents (texts repeated) with synthetic vectors, written
     through the same staging and publish path as `build`, so that a query reads a real metadata store."""
+    from . import __version__
     from .chunking import Chunk
+    from .config import ChunkingConfig
     from .loaders import Document
     from .staging import Staging, publish
+    from .store import BuildRecord, Manifest, SourceRecord
 
     rng = np.random.default_rng(seed)
     staging = Staging(directory, {"op": "bench", "n": n, "seed": seed})
@@ -140,8 +143,9 @@ def synthetic_index(directory: Path, encoder, texts: Sequence[str], fits: dict, 
         chunks = [Chunk(d.doc_id, 0, d.text, 0, len(d.text), ()) for d in docs]
         staging.apply(documents=docs, chunks=chunks, vectors={r: synthetic_vectors(fit, len(docs), rng) for r, fit in fits.items()})
     info = encoder.info
-    manifest = {"model": info.to_dict(), "chunking": {"max_tokens": encoder.max_tokens}, "normalized": True,
-                "metric": "inner_product", "source": {"path": "synthetic", "format": "synthetic"}, "updates": []}
+    manifest = Manifest(indexer_version=__version__, model=info, chunking=ChunkingConfig(encoder.max_tokens),
+                        content_tokens_per_chunk=encoder.window, source=SourceRecord("synthetic", "synthetic", ""),
+                        build=BuildRecord(0.0, 0, 0))
     publish(directory, staging, manifest, {r: info.dim for r in fits})
 
 
@@ -195,7 +199,7 @@ def scale_benchmark(
                 convert(directory, spec)
                 index = searcher.current()  # the searcher switches to the new generation
                 row["index_type"] = spec.to_dict()
-                row["build_s"] = {r: index.manifest["representations"][r]["build_seconds"] for r in encoder.representations}
+                row["build_s"] = {r: index.manifest.representations[r].build_seconds for r in encoder.representations}
                 row["approximate"] = _percentiles(_timed(lambda q: searcher.search(q, k), queries))
                 row["recall_at_k"] = {r: recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}
                 sweep = []

@@ -29,10 +29,9 @@ from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_querie
 from .integrity import convert, refit, repair, verify
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import SearchResult, Searcher, encoder_for
-from .store import StoreError, is_index, read_manifest
+from .store import Manifest, StoreError, is_index, read_manifest
 from .app.serve import DEFAULT_PORT, LOOPBACK, add_app_arguments
 from .text import describe_surrogate, is_blank
-from . import vector_index
 from .vector_index import INDEX_TYPES, IndexSpec
 
 EXIT_USAGE = 2  # bad input the user can fix: missing path, unknown format, mismatched index
@@ -102,38 +101,35 @@ def format_summary(s: BuildSummary, show: int = 10, *, update: bool = False) -> 
     return "\n".join(lines)
 
 
-def format_info(manifest: dict, directory: Path) -> str:
-    model, chunking, counts = manifest.get("model", {}), manifest.get("chunking", {}), manifest.get("counts", {})
-    pooler = manifest.get("pooler_check", {})
+def format_info(manifest: Manifest, directory: Path) -> str:
+    model, chunking, counts = manifest.model, manifest.chunking, manifest.counts
     lines = [
         f"index:          {directory}",
-        f"created:        {manifest.get('created_at')}  (format {manifest.get('format_version')}, indexer {manifest.get('indexer_version')})",
-        f"model:          {model.get('name')}  [{model.get('source')}]  {model.get('architecture')}, dim {model.get('dim')}",
-        f"weights sha256: {model.get('weights_sha256')}",
-        f"fingerprint:    {model.get('fingerprint', 'none (built before fingerprints: rebuild to record one)')}  "
+        f"created:        {manifest.created_at}  (format {manifest.format_version}, indexer {manifest.indexer_version})",
+        f"model:          {model.name}  [{model.source}]  {model.architecture}, dim {model.dim}",
+        f"weights sha256: {model.weights_sha256}",
+        f"fingerprint:    {model.fingerprint or 'none (built before fingerprints: rebuild to record one)'}  "
         f"(weights, config and tokenizer files)",
-        f"tokenizer:      {manifest.get('tokenizer')}",
-        f"pooler:         {pooler.get('status')} — {pooler.get('note')}",
-        f"chunking:       {chunking.get('max_tokens')} tokens per chunk (special tokens included), overlap {chunking.get('overlap')}",
-        f"documents:      {counts.get('documents')}",
-        f"chunks:         {counts.get('chunks')}",
-        f"vectors:        L2-normalised float32, {manifest.get('metric')}",
-        f"vector index:   {vector_index.describe(manifest.get('vector_index'))}",
+        f"tokenizer:      {model.tokenizer}",
+        f"pooler:         {model.pooler} — {model.pooler_note}",
+        f"chunking:       {chunking.max_tokens} tokens per chunk (special tokens included), overlap {chunking.overlap}",
+        f"documents:      {counts.documents}",
+        f"chunks:         {counts.chunks}",
+        f"vectors:        L2-normalised float32, {manifest.metric}",
+        f"vector index:   {manifest.vector_index.label}",
         "representations:",
     ]
-    files = manifest.get("files", {})
-    reps = manifest.get("representations", {})
+    reps = manifest.representations
     width = max((len(r) for r in reps), default=7)
     for r, spec in reps.items():
-        f = files.get(spec.get("file"), {})
-        lines.append(f"  {r:<{width}} dim {spec.get('dim')}, {spec.get('index_type')}, {spec.get('file')} ({format_bytes(f.get('bytes', 0))})")
-        if spec.get("transform"):
+        listed = manifest.files.get(spec.file)
+        size = format_bytes(listed.bytes if listed else 0)
+        lines.append(f"  {r:<{width}} dim {spec.dim}, {spec.index_type}, {spec.file} ({size})")
+        if spec.transform is not None:
             lines.append(f"  {'':<{width}} {describe_transform(spec, str(directory))}")
-    source = manifest.get("source", {})
-    lines.append(f"source:         {source.get('path')} ({source.get('format')})")
-    build = manifest.get("build", {})
-    lines.append(f"build:          {build.get('seconds')} s, {build.get('skipped_records')} records skipped")
-    if pooler.get("status") == "missing" and "pooled" in poolings_of(reps):
+    lines.append(f"source:         {manifest.source.path} ({manifest.source.format})")
+    lines.append(f"build:          {manifest.build.seconds} s, {manifest.build.skipped_records} records skipped")
+    if model.pooler == "missing" and "pooled" in poolings_of(reps):
         lines.insert(0, "WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
     return "\n".join(lines)
 
@@ -172,7 +168,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size)
+    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     summary = add_documents(
         args.index, args.source, encoder, format=args.format, id_column=args.id_column,
         title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
@@ -236,11 +232,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _searcher(args: argparse.Namespace) -> Searcher:
-    encoder = None
-    if args.model is not None:  # at the index's own max length, so that its own model is accepted
-        encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
-    return Searcher(args.index, encoder)
+def _searcher(args: argparse.Namespace, representations: Sequence[str] | None = None) -> Searcher:
+    """The searcher of --index with --model (default: the index's own) and --trust-remote-code."""
+    encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
+    return Searcher(args.index, encoder, representations=representations)
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
@@ -248,7 +243,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
     result = refit(args.index, args.representations)
     manifest = read_manifest(args.index)
     print(f"published {result.generation}: {result.note}, in {time.perf_counter() - started:.1f} s (nothing re-embedded); "
-          f"representations: {', '.join(manifest['representations'])}")
+          f"representations: {', '.join(manifest.representations)}")
     return 0
 
 
@@ -263,7 +258,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.index)
     directory = Path(args.index).resolve()
     if args.json:
-        print(json.dumps({"directory": str(directory)} | manifest, ensure_ascii=False, indent=2))
+        print(json.dumps({"directory": str(directory)} | manifest.to_dict(), ensure_ascii=False, indent=2))
     else:
         print(format_info(manifest, directory))
     return 0
@@ -328,7 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SourceError("evaluate needs --beir DATASET_DIR, or --index DIR with --queries FILE and --qrels FILE "
                               "(or --index alone, for an index built from a BEIR folder: the labelled set kept with it)")
         # the representations asked for, each of which the index must serve (default: all it serves)
-        searcher = Searcher(args.index, representations=args.representations and parse_representations(args.representations))
+        searcher = _searcher(args, args.representations and parse_representations(args.representations))
         if kept:
             queries_file, qrels_file, name = _kept_labels(searcher, args.split)
         else:
@@ -626,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("index", type=Path, help="index directory")
     a.add_argument("source", help="folder, JSONL, CSV/TSV or BEIR dataset")
     a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
+    a.add_argument("--trust-remote-code", action="store_true", help="allow the index's hub model its own Python code (off by default)")
     a.add_argument("--format", default="auto", choices=FORMATS)
     a.add_argument("--id-column", default=None)
     a.add_argument("--title-column", default="title")
@@ -697,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sts: take transforms (+whiten, +abtt) from this index instead of fitting them on the STS sentences")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2)")
+    model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2); with --index alone: "
+                     "model to encode the queries with (default: the index's own); must match the index")
     e.set_defaults(func=cmd_evaluate)
 
     bn = sub.add_parser("bench", help="speed against sentence-transformers, machine limit, latency and memory")

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 if TYPE_CHECKING:  # only for annotations: this module needs no model code
     from .encoder import Encoder
 
-from .config import require_one_of
-from .store import stored_dims
+from .config import ModelInfo, poolings_of, require_one_of
+from .store import Manifest
 
 log = logging.getLogger("indexer.compat")
 
@@ -23,61 +23,58 @@ Purpose = Literal["search", "reuse", "add", "fit"]
 
 
 def compatibility_problems(
-    manifest: Mapping, encoder: "Encoder", purpose: Purpose, representations: Sequence[str] | None = None
+    manifest: Manifest, encoder: "Encoder", purpose: Purpose, representations: Sequence[str] | None = None
 ) -> list[str]:
     """What stops `encoder` from serving `purpose` on the index `manifest` describes (empty: nothing).
 
     Always: the same model (weights, config and tokenizer files) and vector dimension; for every
     purpose but `fit` (which only needs the same vector space), the same max length.
-    Representations, by purpose:
-    - search: the index holds the wanted ones (`representations`, default all of the index's) and
-      the encoder computes them;
-    - reuse: the index holds at least the wanted ones (default the encoder's); extra ones are fine,
-      the search is then restricted to the wanted ones;
-    - add: the encoder computes exactly the index's, since every new chunk needs a vector in each;
-    - fit: not checked (the caller asks for the poolings it needs).
+    Representations, one rule for every purpose: each representation the work needs must be held by the
+    index and computable by the encoder, that is, the encoder computes its pooling (a transform is the
+    index's own, fitted on the stored vectors). What an encoder computes beyond that is not used. The
+    representations needed, by purpose:
+    - search: those searched (`representations`, default all of the index's);
+    - reuse: those wanted (`representations`, default the encoder's); the index may hold more;
+    - add: all of the index's, since every new chunk needs a vector in each (`representations` is ignored);
+    - fit: none (the caller asks for the poolings it needs).
     """
     require_one_of(purpose, Purpose, "purpose")
     who = "the searcher" if purpose == "search" else "this run"
     info = encoder.info
     problems = []
-    model_problem = _model_problem(manifest.get("model", {}), encoder, purpose, who)
+    model_problem = _model_problem(manifest.model, encoder, purpose, who)
     if model_problem:
         problems.append(model_problem)
-    built_max = manifest.get("chunking", {}).get("max_tokens")
+    built_max = manifest.chunking.max_tokens
     if built_max != encoder.max_tokens and purpose != "fit":
         problems.append(f"the index was built with a max length of {built_max} tokens, {who}'s is {encoder.max_tokens}")
-    held = manifest.get("representations", {})
-    for p, dim in stored_dims(manifest).items():  # the poolings' vectors; a transform may change a representation's
+    for p, dim in manifest.poolings.items():  # the poolings' vectors; a transform may change a representation's
         if dim != info.dim:
             problems.append(f"`{p}` vectors have dimension {dim}, the model produces {info.dim}")
     if purpose == "fit":
         return problems
-    computed = tuple(encoder.representations)
+    held = tuple(manifest.representations)
     if purpose == "add":
-        if set(held) != set(computed):
-            problems.append(
-                f"the index holds {_names(held)} vectors, but this run computes {_names(computed)}: "
-                "a new document needs a vector in every representation of the index"
-            )
-        return problems
-    wanted = tuple(representations) if representations else (tuple(held) if purpose == "search" else computed)
-    missing = [r for r in wanted if r not in held]
+        needed = held
+    else:
+        needed = tuple(representations) if representations else (held if purpose == "search" else tuple(encoder.representations))
+    missing = [r for r in needed if r not in held]
     if missing:
         problems.append(f"the index has no {_names(missing)} representation")
-    not_computed = [r for r in wanted if r not in computed and r in held]
+    not_computed = [p for p in poolings_of([r for r in needed if r in held]) if p not in encoder.poolings]
     if not_computed:
-        problems.append(f"the encoder does not compute {_names(not_computed)}")
+        why = ": a new document needs a vector in every representation of the index" if purpose == "add" else ""
+        problems.append(f"the encoder does not compute {_names(not_computed)}{why}")
     return problems
 
 
-def _model_problem(built: Mapping, encoder: "Encoder", purpose: Purpose, who: str) -> str | None:
+def _model_problem(built: ModelInfo, encoder: "Encoder", purpose: Purpose, who: str) -> str | None:
     """Why the index's model is not the encoder's; for an index from before fingerprints, per purpose."""
     info = encoder.info
-    if "fingerprint" not in built:  # written before the fingerprint covered config and tokenizer
-        if built.get("weights_sha256") != info.weights_sha256:
+    if built.fingerprint is None:  # written before the fingerprint covered config and tokenizer
+        if built.weights_sha256 != info.weights_sha256:
             return (
-                f"the index was built with model {built.get('name')!r} (weights sha256 {str(built.get('weights_sha256'))[:12]}…), "
+                f"the index was built with model {built.name!r} (weights sha256 {built.weights_sha256[:12]}…), "
                 f"but {who} uses {info.name!r} (weights sha256 {info.weights_sha256[:12]}…)"
             )
         legacy = ("the index predates model fingerprints: only its weights can be checked, not its config or tokenizer "
@@ -86,13 +83,12 @@ def _model_problem(built: Mapping, encoder: "Encoder", purpose: Purpose, who: st
             log.warning("WARNING: %s", legacy)
             return None
         return legacy  # reuse rebuilds it; add would mix vectors of two possibly different models
-    if built.get("fingerprint") == info.fingerprint:
+    if built.fingerprint == info.fingerprint:
         return None
-    built_files = built.get("files")
-    differing = _differences(built_files, info.files) if isinstance(built_files, Mapping) else []
+    differing = _differences(built.files, info.files) if built.files is not None else []
     detail = f": they differ in {', '.join(differing)}" if differing else ""
     return (
-        f"the index was built with model {built.get('name')!r} (fingerprint {str(built.get('fingerprint'))[:12]}…), "
+        f"the index was built with model {built.name!r} (fingerprint {built.fingerprint[:12]}…), "
         f"but {who} uses {info.name!r} (fingerprint {info.fingerprint[:12]}…){detail}"
     )
 

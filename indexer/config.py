@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Mapping, get_args
 
 #: The demo collection and its index, relative to the folder the command runs in (the checkout's root for
 #: `make run`, `make demo` and the app's default): one home for the CLI's demo and bench and the app.
@@ -127,3 +127,31 @@ class ChunkingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PoolerStatus = Literal["loaded", "missing", "absent"]
+ModelSource = Literal["bundled", "local", "hub"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """Where a model came from and what it can produce; recorded in every manifest (encoder.py fills it in).
+
+    `fingerprint` and `files` are None only in the record of an index built before fingerprints."""
+
+    name: str  # what the user named (or the bundled model's hub id)
+    source: ModelSource
+    location: str  # directory the files were read from
+    weights_sha256: str  # shown to users; identity is `fingerprint`
+    fingerprint: str | None = None  # sha256 over `files`: weights, config and tokenizer together
+    files: Mapping[str, str] | None = None  # sha256 of each file that determines the vectors (see encoder.IDENTITY_FILES)
+    pooler: PoolerStatus
+    pooler_note: str
+    tokenizer: str
+    max_tokens: int  # the model's own sequence limit, special tokens included
+    dim: int
+    architecture: str
+
+    def to_dict(self) -> dict:
+        """The manifest's "model" record (an index's record from before fingerprints stays without them)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("fingerprint", "files")}

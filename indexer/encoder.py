@@ -15,16 +15,19 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import transforms
 from .chunking import SLICE_CHARS
-from .config import BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, parse_representations, poolings_of
+from .config import (
+    BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, ModelInfo, ModelSource, PoolerStatus, parse_representations,
+    poolings_of,
+)
 from .files import sha256_file
 from .pooling import cls_pool, first_last_pool, l2_normalize, max_pool, mean_pool
 
@@ -69,33 +72,9 @@ IDENTITY_FILES = (
     "sentence_bert_config.json",
 )
 
-PoolerStatus = Literal["loaded", "missing", "absent"]
-ModelSource = Literal["bundled", "local", "hub"]
-
 
 class ModelError(Exception):
     """The model cannot be used: bad checksum, no safetensors weights, no pooler, unreachable hub."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Where a model came from and what it can produce; recorded in every manifest."""
-
-    name: str  # what the user named (or the bundled model's hub id)
-    source: ModelSource
-    location: str  # directory the files were read from
-    weights_sha256: str  # shown to users; identity is `fingerprint`
-    fingerprint: str  # sha256 over `files`: weights, config and tokenizer together
-    files: dict[str, str]  # sha256 of each file that determines the vectors (see IDENTITY_FILES)
-    pooler: PoolerStatus
-    pooler_note: str
-    tokenizer: str
-    max_tokens: int  # the model's own sequence limit, special tokens included
-    dim: int
-    architecture: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -272,6 +251,14 @@ class Encoder:
         # Fast tokenizers are not safe to call from several threads at once (the app shares one).
         self._lock = threading.Lock()
         self.exact_at_word_boundaries = _exact_at_word_boundaries(tokenizer)
+
+    def with_max_tokens(self, max_tokens: int) -> "Encoder":
+        """The same loaded model at another max length (ValueError beyond the model's own); it shares the tokenizer
+        and its lock, so both encoders may be used from any thread."""
+        other = Encoder(self.model, self.tokenizer, self.info, representations=self.representations,
+                        batch_size=self.batch_size, max_tokens=max_tokens)
+        other._lock = self._lock
+        return other
 
     @classmethod
     def load(

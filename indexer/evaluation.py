@@ -28,7 +28,7 @@ from .explore import geometry
 from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
 from .ranking import encode_trec_id, trec_order
 from .search import query_problem
-from .store import kept_labels
+from .store import Manifest, kept_labels
 from .text import STOP_WORDS
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
@@ -551,21 +551,20 @@ class LabelledSet:
     split: str = ""
 
 
-def labelled_sets(manifest: Mapping, directory: str | Path | None = None) -> list[LabelledSet]:
+def labelled_sets(manifest: Manifest, directory: str | Path | None = None) -> list[LabelledSet]:
     """The labelled query sets of the BEIR dataset an index was built from (none for other sources).
 
     An index keeps a copy of them (store.kept_labels): read from index `directory`, checked against the
     manifest (StoreError if damaged), so a moved or deleted source folder changes nothing. Indexes built
     before copies were kept, or a call without `directory`, read the source folder named in the manifest.
     """
-    if directory is not None and manifest.get("labels") is not None:
-        kept = kept_labels(Path(directory) / manifest["generation"], manifest)
+    if directory is not None and manifest.labels is not None:
+        kept = kept_labels(Path(directory) / manifest.generation, manifest)
         return [LabelledSet(f"{kept.name} · {split}", kept.queries, path, kept.name, split) for split, path in kept.qrels.items()]
-    source = manifest.get("source", {})
-    if source.get("format") != "beir":
+    if manifest.source.format != "beir":
         return []
     try:
-        dataset = open_beir(source.get("path", ""))
+        dataset = open_beir(manifest.source.path)
     except SourceError:
         return []
     if dataset.queries is None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 
-from .config import parse_representation, require_one_of
+from .config import require_one_of
 from .transforms import principal_axes
 
 NEGATIVES_PER_QUERY = 20  # unjudged non-relevant documents per query in the similarity histograms, random or hard
@@ -16,7 +16,7 @@ NEGATIVES: tuple[str, ...] = get_args(Negatives)
 
 if TYPE_CHECKING:  # numpy-only module: the store and the searcher are only passed in
     from .search import Searcher
-    from .store import IndexReader
+    from .store import IndexReader, Manifest, RepresentationRecord
 
 
 def anisotropy(vectors: np.ndarray, *, pairs: int = 5000, seed: int = 0) -> float:
@@ -155,10 +155,11 @@ def relevance_similarities(
     from .transforms import represent
 
     require_one_of(negatives, Negatives, "kind of negatives")
-    index = searcher.current()
+    served = searcher.served()  # the generation and the encoder that fits it, together
+    index = served.index
     qids = [q for q in qrels if q in queries][:limit]
     texts = [queries[q] for q in qids]
-    encoded = represent(searcher.encoder.encode_texts(texts), representations, index.transforms)
+    encoded = represent(served.encoder.encode_texts(texts), representations, index.transforms)
     hard = hard_negatives(searcher, qids, texts, qrels, hard_per_query) if negatives == "hard" and qids else None
     pool = set(extra_docs) if hard is None else {d for per_query in hard.values() for ds in per_query.values() for d in ds}
     chunks = index.chunk_ids_by_doc({d for q in qids for d in qrels[q]} | pool)
@@ -212,8 +213,9 @@ def query_points(
     from .transforms import represent
 
     result = searcher.search(query, k)
-    index = searcher.current()
-    encoded = represent(searcher.encoder.encode_texts([query]), list(representations), index.transforms)
+    served = searcher.served()
+    index = served.index
+    encoded = represent(served.encoder.encode_texts([query]), list(representations), index.transforms)
     chunks = index.chunk_ids_by_doc({h.doc_id for r in representations for h in result.results[r]})
     out = {}
     for r in representations:
@@ -224,19 +226,18 @@ def query_points(
     return out
 
 
-def describe_transform(spec: Mapping, directory: str | None = None) -> str:
+def describe_transform(spec: RepresentationRecord, directory: str | None = None) -> str:
     """A representation's transform in words (its manifest entry `spec`): what, fitted on what, kept or refitted."""
-    record = spec.get("transform")
+    record = spec.transform
     if record is None:
         return "none"
-    when = "at this generation" if record.get("refitted") else "kept fixed since by add, delete and repair"
-    return (f"{record.get('kind')}{record.get('param') or ''} of `{spec.get('pooling')}` ({record.get('dim_in')} -> "
-            f"{spec.get('dim')} dims), fitted on {record.get('fitted_on_chunks')} chunks in {record.get('fitted_in')}, "
+    when = "at this generation" if record.refitted else "kept fixed since by add, delete and repair"
+    return (f"{record.kind}{record.param or ''} of `{spec.pooling}` ({record.dim_in} -> "
+            f"{spec.dim} dims), fitted on {record.fitted_on_chunks} chunks in {record.fitted_in}, "
             f"{when}; `python -m indexer refit{' ' + directory if directory else ''}` fits it again")
 
 
-def describe_representations(manifest: Mapping) -> list[dict]:
+def describe_representations(manifest: Manifest) -> list[dict]:
     """One row per representation of an index manifest: its pooling, dimension and transform, in words."""
-    return [{"representation": r, "pooling": spec.get("pooling") or parse_representation(r).pooling,
-             "dimension": spec.get("dim"), "transform": describe_transform(spec)}
-            for r, spec in manifest.get("representations", {}).items()]
+    return [{"representation": r, "pooling": spec.pooling, "dimension": spec.dim, "transform": describe_transform(spec)}
+            for r, spec in manifest.representations.items()]

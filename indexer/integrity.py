@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -14,13 +14,11 @@ import faiss
 import numpy as np
 
 from .files import atomic_write_bytes
-from .staging import (
-    STAGING, Staging, WriterLock, generations, manifest_base, manifest_dims, publish, recover, write_failed,
-)
+from .staging import STAGING, Staging, WriterLock, generations, publish, recover, write_failed
 from .config import parse_representation, parse_representations, poolings_of
 from .store import (
-    CURRENT, METADATA, StoreError, chunk_ids, faiss_ids, kept_labels, load_faiss, load_manifest, load_transforms,
-    open_generation, read_pointer, read_vectors, repair_hint, stored_dims, verified_file,
+    CURRENT, METADATA, Manifest, StoreError, chunk_ids, faiss_ids, kept_labels, load_faiss, load_manifest, load_transforms,
+    open_generation, read_pointer, read_vectors, repair_hint, verified_file,
 )
 from .transforms import TransformError, check_dimensions
 from .vector_index import IndexSpec
@@ -43,16 +41,16 @@ def verify(directory: str | Path) -> tuple[list[str], list[str]]:
         gen_dir, manifest = open_generation(directory)
     except StoreError as exc:
         return [str(exc)], notes
-    notes.append(f"generation {gen_dir.name}, created {manifest.get('created_at')}")
+    notes.append(f"generation {gen_dir.name}, created {manifest.created_at}")
     return verify_generation(gen_dir, manifest), notes
 
 
-def verify_generation(gen_dir: Path, manifest: dict) -> list[str]:
+def verify_generation(gen_dir: Path, manifest: Manifest) -> list[str]:
     """Problems of one generation, checked against its own (already validated) manifest."""
     problems: list[str] = []
-    files = manifest["files"]
+    files = manifest.files
     indexes = {}
-    for r in manifest.get("representations", {}):
+    for r in manifest.representations:
         try:
             indexes[r] = load_faiss(gen_dir, manifest, r)
         except (StoreError, KeyError) as exc:
@@ -81,19 +79,17 @@ def verify_generation(gen_dir: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, indexes: dict, fitted: dict | None) -> list[str]:
+def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: Manifest, indexes: dict, fitted: dict | None) -> list[str]:
     problems = []
     result = db.execute("PRAGMA integrity_check").fetchone()[0]
     if result != "ok":
         problems.append(f"{gen_dir / METADATA} fails SQLite's integrity check: {result}")
     docs = db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
     stored_ids = chunk_ids(db)
-    counts = manifest.get("counts", {})
-    if not isinstance(counts, dict):
-        counts = {}
-    if (docs, len(stored_ids)) != (counts.get("documents"), counts.get("chunks")):
+    counts = manifest.counts
+    if (docs, len(stored_ids)) != (counts.documents, counts.chunks):
         problems.append(f"the metadata store holds {docs} documents and {len(stored_ids)} chunks; the manifest says "
-                        f"{counts.get('documents')} and {counts.get('chunks')}")
+                        f"{counts.documents} and {counts.chunks}")
     orphans = db.execute("SELECT COUNT(*) FROM chunks WHERE doc_id NOT IN (SELECT doc_id FROM documents)").fetchone()[0]
     if orphans:
         problems.append(f"{orphans} chunks belong to no document")
@@ -102,11 +98,11 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: dict, index
     ).fetchone()[0]
     if wrong:
         problems.append(f"{wrong} documents record a chunk count that differs from their chunks")
-    next_id = manifest.get("next_chunk_id")
-    if not isinstance(next_id, int) or (len(stored_ids) and stored_ids.max() >= next_id):
+    next_id = manifest.next_chunk_id
+    if len(stored_ids) and stored_ids.max() >= next_id:
         problems.append(f"chunk id {stored_ids.max() if len(stored_ids) else None} is not below the manifest's next_chunk_id {next_id!r}")
     vectors = {}  # the stored vectors of each pooling (the vectors table keys them by pooling)
-    for pooling, dim in stored_dims(manifest).items():
+    for pooling, dim in manifest.poolings.items():
         try:
             _, vectors[pooling] = read_vectors(db, pooling, dim, gen_dir / METADATA)
         except StoreError as exc:
@@ -230,14 +226,14 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
     except StoreError as exc:
         raise StoreError(f"cannot {op} {directory}: {exc}") from exc
     try:
-        verified_file(gen_dir, METADATA, manifest["files"])
+        verified_file(gen_dir, METADATA, manifest.files)
     except StoreError as exc:
         raise StoreError(
             f"cannot {op} {directory}: its metadata store, the source of the vectors, is damaged ({exc}). "
             f"Rebuild it with `python -m indexer build SOURCE --index {directory} --overwrite`"
         ) from exc
-    dims = manifest_dims(manifest)
-    wanted = list(representations or manifest["representations"])
+    dims = manifest.poolings
+    wanted = list(representations or manifest.representations)
     missing = [p for p in poolings_of(wanted) if p not in dims]
     if missing:
         raise StoreError(
@@ -249,7 +245,7 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
             check_dimensions(r, dims[parse_representation(r).pooling])
         except TransformError as exc:
             raise StoreError(f"cannot {op} {directory}: {exc}") from None
-    chunks = manifest["counts"]["chunks"]
+    chunks = manifest.counts.chunks
     fitted_now = [r for r in wanted if parse_representation(r).transform] if op == "refit" else []
     if fitted_now and chunks < 2:  # before the staging copy, which a fit that cannot succeed would leave behind
         raise StoreError(f"cannot {op} {directory}: it holds {chunks} chunk(s), and `{fitted_now[0]}` is fitted on at least 2; "
@@ -280,14 +276,12 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
         labels = None
         note += f"; its labelled set was damaged and is no longer kept ({exc}): evaluation reads the source folder again"
     staging = Staging(directory, {"op": op, "base": pointer["generation"], "spec": spec and spec.to_dict(), "representations": wanted},
-                      base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
-    base = manifest_base(manifest)
+                      base=gen_dir, next_chunk_id=manifest.next_chunk_id)
     update = {"op": op, "from": pointer["generation"]}
     if spec is not None:
         update["vector_index"] = spec.to_dict()
-        base["vector_index"] = spec.to_dict()
     if op == "refit":
         update["representations"] = wanted
-    base["updates"] = list(base.get("updates", [])) + [update]
+    base = replace(manifest, vector_index=spec or manifest.vector_index, updates=(*manifest.updates, update))
     generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed, labels=labels)
     return Repaired(generation, True, note)

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
@@ -32,13 +32,11 @@ from .loaders import (
 from .text import lone_surrogate
 from .files import sha256_file
 from .compat import compatibility_problems
-from .staging import (
-    LOCK, STAGING, Staging, WriterLock, base_state, manifest_base, manifest_dims, publish,
-)
+from .staging import LOCK, STAGING, Staging, WriterLock, base_state, publish
 from .vector_index import IndexSpec
 from .store import (
-    CURRENT, GENERATION, METADATA, SPLIT_NAME, LabelFiles, StoreError, content_sha256, in_batches, is_index, kept_labels,
-    load_transforms, read_manifest, verified_file,
+    CURRENT, GENERATION, METADATA, SPLIT_NAME, BuildRecord, LabelFiles, Manifest, SourceRecord, StoreError, content_sha256,
+    in_batches, is_index, kept_labels, load_transforms, read_manifest, verified_file,
 )
 
 log = logging.getLogger("indexer.pipeline")
@@ -136,14 +134,14 @@ def index_matches(index_dir: Path, encoder: Encoder, source: Path, *, overlap: i
     except StoreError as exc:
         return str(exc)
     fmt = detect_format(source)
-    built = manifest.get("source", {})
+    built = manifest.source
     problems = compatibility_problems(manifest, encoder, "reuse")
-    if manifest.get("chunking", {}).get("overlap") != overlap:
-        problems.append(f"it was built with an overlap of {manifest.get('chunking', {}).get('overlap')} tokens, not {overlap}")
-    if manifest.get("updates"):
+    if manifest.chunking.overlap != overlap:
+        problems.append(f"it was built with an overlap of {manifest.chunking.overlap} tokens, not {overlap}")
+    if manifest.updates:
         problems.append("it was updated with `add` or `delete` after it was built")
-    if built.get("path") != str(source.resolve()) or built.get("sha256") != source_fingerprint(source, fmt):
-        problems.append(f"it was built from {built.get('path')} as it was then, not from {source.resolve()} as it is now")
+    if built.path != str(source.resolve()) or built.sha256 != source_fingerprint(source, fmt):
+        problems.append(f"it was built from {built.path} as it was then, not from {source.resolve()} as it is now")
     return "; ".join(problems) or None
 
 
@@ -209,8 +207,12 @@ def _ingest(
     incremental: bool,
     on_progress: Callable[[int, int | None], None] | None,
     on_stage: StageCallback | None = None,
+    poolings: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Chunk, embed and stage documents batch by batch; each batch commits with the count of records consumed.
+
+    The vectors of `poolings` (default: all the encoder computes) are stored: adding to an index stores only
+    those the index keeps, whatever else the encoder computes.
 
     Batches are cut at the same record positions on a resumed run as on an uninterrupted one,
     so a resumed build ends with exactly the same chunks and vectors.
@@ -256,7 +258,7 @@ def _ingest(
                 continue
             kept.append(doc)
         encode_pending()
-        vectors = {r: np.concatenate([p[r] for p in parts]) for r in parts[0]} if parts else None
+        vectors = {r: np.concatenate([p[r] for p in parts]) for r in poolings or parts[0]} if parts else None
         parts.clear()
         consumed += len(batch)
         try:
@@ -410,10 +412,10 @@ def build_index(
             "representations": list(encoder.representations),
         }
         command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
-        signature = command | {"base": old["generation"] if old else None}
+        signature = command | {"base": old.generation if old else None}
         resumable = Staging.pending(index_dir, signature)
-        same = old is not None and old.get("build", {}).get("command_sha256") == command_sha and not old.get("updates")
-        if same and not resumable and IndexSpec.from_dict(old.get("vector_index")) == spec:
+        same = old is not None and old.build.command_sha256 == command_sha and not old.updates
+        if same and not resumable and old.vector_index == spec:
             # killed after publishing, or simply run twice: the index is already what this command builds
             return _summary_of_published(index_dir, started, report)
         if old is not None and not overwrite and not resumable:
@@ -423,7 +425,7 @@ def build_index(
                 f"index {index_dir} already exists; pass --overwrite to replace it "
                 f"(the existing index is kept until the new one is complete), or `add` to update it{hint}"
             )
-        staging = Staging(index_dir, signature, next_chunk_id=old["next_chunk_id"] if old else 0)
+        staging = Staging(index_dir, signature, next_chunk_id=old.next_chunk_id if old else 0)
         resumed_at = staging.consumed
         if resumed_at:
             log.warning("resuming an interrupted build of %s after %d records", opened.name, resumed_at)
@@ -439,20 +441,15 @@ def build_index(
         if on_stage is not None:
             on_stage("publishing", docs, docs)
         seconds = time.perf_counter() - started
-        manifest = {
-            "indexer_version": __version__,
-            "model": info.to_dict(),
-            "pooler_check": {"status": info.pooler, "note": info.pooler_note},
-            "tokenizer": info.tokenizer,
-            "chunking": chunking.to_dict() | {"content_tokens_per_chunk": encoder.window},
-            "normalized": True,
-            "metric": "inner_product",
-            "vector_index": spec.to_dict(),
-            "source": {"path": opened.name, "format": fmt, "sha256": fingerprint},
-            "build": {"seconds": round(seconds, 3), "skipped_records": report.skipped, "ignored_files": report.ignored_files,
-                      "command_sha256": command_sha},
-            "updates": [],
-        }
+        manifest = Manifest(
+            indexer_version=__version__,
+            model=info,
+            chunking=chunking,
+            content_tokens_per_chunk=encoder.window,
+            vector_index=spec,
+            source=SourceRecord(opened.name, fmt, fingerprint),
+            build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha),
+        )
         generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations,
                              labels=beir_labels(opened.path) if fmt == "beir" else None)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
@@ -461,9 +458,8 @@ def build_index(
 
 def _summary_of_published(index_dir: Path, started: float, report: LoadReport) -> BuildSummary:
     manifest = read_manifest(index_dir)
-    counts = manifest["counts"]
-    return BuildSummary(index_dir, counts["documents"], counts["chunks"], 0, time.perf_counter() - started,
-                        report.ignored_files, report.issues, generation=manifest["generation"], already_complete=True)
+    return BuildSummary(index_dir, manifest.counts.documents, manifest.counts.chunks, 0, time.perf_counter() - started,
+                        report.ignored_files, report.issues, generation=manifest.generation, already_complete=True)
 
 
 def add_documents(
@@ -495,38 +491,37 @@ def add_documents(
         problems = compatibility_problems(manifest, encoder, "add")
         if problems:
             raise StoreError(f"cannot add to {index_dir} with this model: " + "; ".join(problems))
-        overlap = manifest["chunking"]["overlap"]
-        dims = manifest_dims(manifest)
+        overlap = manifest.chunking.overlap
         fixed = load_transforms(gen_dir, manifest)  # checked before any work
         labels = kept_labels(gen_dir, manifest)
         signature = {
             "op": "add", "source": opened.name, "fingerprint": opened.fingerprint, "format": fmt,
-            "columns": columns, "base": manifest["generation"],
+            "columns": columns, "base": manifest.generation,
         }
-        staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
+        staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest.next_chunk_id)
         resumed_at = staging.consumed
         with logging_redirect_tqdm(), tqdm(
             total=opened.estimate, unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, opened.documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress)
+            stats = _ingest(staging, opened.documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress,
+                            poolings=tuple(manifest.poolings))
         docs, chunks = staging.counts()
         seconds = time.perf_counter() - started
-        base = manifest_base(manifest)
-        base["updates"] = list(base.get("updates", [])) + [{
+        update = {
             "op": "add", "source": opened.name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
-        }]
+        }
         # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again)
-        generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
-                             fixed=fixed, labels=labels)
+        generation = publish(index_dir, staging, replace(manifest, updates=(*manifest.updates, update)), manifest.poolings,
+                             representations=list(manifest.representations), fixed=fixed, labels=labels)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])
 
 
-def _any_present(gen_dir: Path, manifest: dict, doc_ids: list[str]) -> bool:
+def _any_present(gen_dir: Path, manifest: Manifest, doc_ids: list[str]) -> bool:
     """Whether a published generation holds any of the documents (its metadata store verified first, then read-only)."""
-    verified_file(gen_dir, METADATA, manifest["files"])
+    verified_file(gen_dir, METADATA, manifest.files)
     db = sqlite3.connect(f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         for part, marks in in_batches(doc_ids):
@@ -555,19 +550,15 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         if manifest is None:
             raise StoreError(f"{index_dir} has no index to delete from")
         if not _any_present(gen_dir, manifest, wanted):
-            return DeleteSummary(index_dir, [], wanted, manifest["counts"]["documents"], manifest["generation"])
-        dims = manifest_dims(manifest)
+            return DeleteSummary(index_dir, [], wanted, manifest.counts.documents, manifest.generation)
         fixed = load_transforms(gen_dir, manifest)  # checked before any work
         labels = kept_labels(gen_dir, manifest)
-        signature = {"op": "delete", "ids": wanted, "base": manifest["generation"]}
-        staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest["next_chunk_id"])
+        signature = {"op": "delete", "ids": wanted, "base": manifest.generation}
+        staging = Staging(index_dir, signature, base=gen_dir, next_chunk_id=manifest.next_chunk_id)
         present = set(staging.content_hashes(wanted))
         staging.delete(wanted)
-        base = manifest_base(manifest)
-        base["updates"] = list(base.get("updates", [])) + [{
-            "op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present),
-        }]
+        update = {"op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present)}
         docs, _ = staging.counts()
-        generation = publish(index_dir, staging, base, dims, representations=list(manifest["representations"]),
-                             fixed=fixed, labels=labels)
+        generation = publish(index_dir, staging, replace(manifest, updates=(*manifest.updates, update)), manifest.poolings,
+                             representations=list(manifest.representations), fixed=fixed, labels=labels)
     return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

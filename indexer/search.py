@@ -6,16 +6,16 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS
+from .config import DEFAULT_BATCH_SIZE
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
-from .encoder import Encoder
+from .encoder import Encoder, ModelError
 from .ranking import trec_order
-from .store import IndexReader, StoreError, generation_id
+from .store import IndexReader, Manifest, StoreError, read_pointer
 from .text import describe_surrogate, is_blank
 from .transforms import represent
 
@@ -77,35 +77,36 @@ def rank_documents(
     return [(doc, best[doc][1], score) for doc, score in ranked[:k]]
 
 
-def model_name_for(manifest: Mapping) -> str | None:
+def model_name_for(manifest: Manifest) -> str | None:
     """The `--model` value that loads the model an index was built with."""
-    model = manifest.get("model", {})
-    return {"bundled": None, "local": model.get("location"), "hub": model.get("name")}.get(model.get("source"), model.get("name"))
+    model = manifest.model
+    return {"bundled": None, "local": model.location}.get(model.source, model.name)
 
 
 def encoder_for(
-    manifest: Mapping,
+    manifest: Manifest,
     model: str | None = None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     trust_remote_code: bool = False,
+    load: Callable[..., Encoder] = Encoder.load,
 ) -> Encoder:
     """The encoder for an index: its own model (or `model`), its representations and its max length.
 
-    The index's max length is taken whenever the model allows it, so that naming the index's own model
-    is accepted whatever `--max-tokens` the index was built with; whether the model really is the
-    index's is left to `compatibility_problems`, which says what differs.
+    The one place that makes it, for the CLI, the app and evaluation. The index's max length is taken
+    whenever the model allows it, so that naming the index's own model is accepted whatever `--max-tokens`
+    the index was built with; whether the model really is the index's is left to `compatibility_problems`,
+    which says what differs. `load` takes Encoder.load's arguments (the app passes its cached loader).
     """
-    encoder = Encoder.load(
+    encoder = load(
         model_name_for(manifest) if model is None else model,
-        representations=tuple(manifest.get("representations", {})) or DEFAULT_REPRESENTATIONS,
+        representations=tuple(manifest.representations),
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
     )
-    built_max = manifest.get("chunking", {}).get("max_tokens")
-    if isinstance(built_max, int) and built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
-        encoder = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.representations,
-                          batch_size=batch_size, max_tokens=built_max)
+    built_max = manifest.chunking.max_tokens
+    if built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
+        encoder = encoder.with_max_tokens(built_max)
     return encoder
 
 
@@ -130,11 +131,25 @@ def query_cut(encoder: Encoder, query: str) -> str | None:
             f"so only its first {encoder.window} tokens were searched")
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a query is served with, taken together: one generation of the index, an encoder that fits it, and the
+    representations searched."""
+
+    index: IndexReader
+    encoder: Encoder
+    representations: tuple[str, ...]
+
+
 class Searcher:
-    """A verified index and the encoder that matches it.
+    """A verified index and the encoder that matches it; safe to share between threads (the app holds one per index).
 
     Before each query it checks whether a writer has published a new generation and, if so,
     switches to it (after the same checks); a query is always served from one generation.
+    `encoder` serves every generation (one it does not fit is not switched to). Without it, `make_encoder`
+    (default: `encoder_for`, the index's own model) makes the encoder for the first generation, and again for a
+    later one that the encoder in use does not fit (a rebuild with another model, length or representations).
+    `representations` are those searched (default: all of each generation's).
     """
 
     def __init__(
@@ -143,51 +158,77 @@ class Searcher:
         encoder: Encoder | None = None,
         *,
         representations: Sequence[str] | None = None,
+        make_encoder: Callable[[Manifest], Encoder] | None = None,
     ) -> None:
         self.directory = Path(index_dir)
-        index = IndexReader(index_dir)
-        manifest = index.manifest
-        wanted = tuple(representations or index.representations)
-        if encoder is None:
-            encoder = encoder_for(manifest)
-        self.encoder = encoder
-        self.representations = wanted
-        self._check(index)
-        self.index = index
+        self._wanted = tuple(representations) if representations else None
+        self._make_encoder = make_encoder if make_encoder is not None or encoder is not None else encoder_for
+        self._served = self._serve(IndexReader(index_dir), encoder)
         self._refresh = threading.Lock()
+        self._refused: dict | None = None  # the CURRENT pointer of a generation that could not be served
 
-    def _check(self, index: IndexReader) -> None:
-        problems = compatibility_problems(index.manifest, self.encoder, "search", self.representations)
+    def _serve(self, index: IndexReader, encoder: Encoder | None) -> Served:
+        """`index` with `encoder`, or with a new one from `make_encoder` when it does not fit; IndexMismatchError
+        (the index closed) when neither does."""
+        representations = self._wanted or index.representations
+        try:
+            problems = None if encoder is None else compatibility_problems(index.manifest, encoder, "search", representations)
+            if (encoder is None or problems) and self._make_encoder is not None:
+                encoder = self._make_encoder(index.manifest)
+                problems = compatibility_problems(index.manifest, encoder, "search", representations)
+        except BaseException:
+            index.close()
+            raise
         if problems:
             index.close()
-            info = self.encoder.info
+            info = encoder.info
             raise IndexMismatchError(
                 f"cannot search {index.directory} with this model: " + "; ".join(problems) + ". "
                 f"Rebuild the index for this model: python -m indexer build SOURCE --index {index.directory} "
                 f"--overwrite --model {info.name if info.source != 'local' else info.location}"
             )
+        return Served(index, encoder, representations)
+
+    def served(self) -> Served:
+        """The newest published generation with its encoder (the one in use if it cannot be served)."""
+        served = self._served
+        try:
+            latest = read_pointer(self.directory)
+        except StoreError:
+            return served
+        # the manifest's checksum, not the generation's name: a folder deleted and built again restarts the names
+        if latest["manifest_sha256"] != served.index.manifest_sha256 and latest != self._refused:
+            with self._refresh:
+                served = self._served
+                if latest["manifest_sha256"] != served.index.manifest_sha256 and latest != self._refused:
+                    try:
+                        self._served = self._serve(IndexReader(self.directory), served.encoder)
+                    except (StoreError, ModelError, ValueError, OSError) as exc:
+                        # a published generation never changes: it is not tried again before CURRENT changes
+                        self._refused = latest
+                        log.warning("keeping %s: the new generation cannot be served (%s)", served.index.generation, exc)
+                        return served
+                    # the old reader is left to the garbage collector: other threads may still be using it
+        return self._served
 
     def current(self) -> IndexReader:
         """The newest published generation (the one in use if it cannot be opened)."""
-        try:
-            latest = generation_id(self.directory)
-        except StoreError:
-            return self.index
-        if latest != self.index.generation:
-            with self._refresh:
-                if latest != self.index.generation:
-                    try:
-                        index = IndexReader(self.directory)
-                        self._check(index)
-                    except StoreError as exc:
-                        log.warning("keeping %s: the new generation cannot be served (%s)", self.index.generation, exc)
-                        return self.index
-                    # the old reader is left to the garbage collector: other threads may still be using it
-                    self.index = index
-        return self.index
+        return self.served().index
 
     @property
-    def manifest(self) -> dict:
+    def index(self) -> IndexReader:
+        return self._served.index
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._served.encoder
+
+    @property
+    def representations(self) -> tuple[str, ...]:
+        return self._served.representations
+
+    @property
+    def manifest(self) -> Manifest:
         return self.index.manifest
 
     def search(self, query: str, k: int = 10) -> SearchResult:
@@ -195,8 +236,9 @@ class Searcher:
         problem = query_problem(query)
         if problem is not None:
             raise ValueError(problem)
-        index = self.current()
-        rankings = self.rank_many([query], k, index=index)  # one query: encoded on QUERY_THREADS
+        served = self.served()
+        index = served.index
+        rankings = self.rank_many([query], k, served=served)  # one query: encoded on QUERY_THREADS
         rows = index.chunks({cid for ranked in rankings.values() for _, cid, _ in ranked[0]})
         return SearchResult(
             query,
@@ -218,7 +260,7 @@ class Searcher:
         k: int,
         *,
         exclude: Sequence[str | None] | None = None,
-        index: IndexReader | None = None,
+        served: Served | None = None,
     ) -> dict[str, list[list[tuple[str, int, float]]]]:
         """(doc_id, best chunk id, score) of the k best documents per query and representation.
 
@@ -227,11 +269,12 @@ class Searcher:
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a whole number, at least 1, got {k!r}")
-        index = index or self.current()
+        served = served or self.served()
+        index = served.index
         # the index's transforms map the query's poolings as they mapped the documents'
-        vectors = represent(self.encoder.encode_texts(list(queries)), self.representations, index.transforms)
+        vectors = represent(served.encoder.encode_texts(list(queries)), served.representations, index.transforms)
         exclude = list(exclude) if exclude is not None else [None] * len(queries)
-        return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in self.representations}
+        return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in served.representations}
 
     @staticmethod
     def _rank_batch(

@@ -33,11 +33,11 @@ from . import transforms, vector_index
 from .config import parse_representation
 from .files import atomic_write_bytes, copy_file, fsync_dir, sha256_file
 from .store import (
-    CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, LabelFiles, StoreError, content_sha256, faiss_file,
-    in_batches, is_index, open_generation, read_pointer, read_vectors, stored_dims, transform_file,
+    CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, Counts, FileRecord, LabelFiles, Manifest,
+    RepresentationRecord, StoreError, TransformRecord, content_sha256, faiss_file, in_batches, is_index, open_generation,
+    read_pointer, read_vectors, transform_file,
 )
 from .transforms import Transform
-from .vector_index import IndexSpec
 
 log = logging.getLogger("indexer.staging")
 
@@ -385,7 +385,7 @@ class Staging:
 def publish(
     directory: Path,
     staging: Staging,
-    manifest: Mapping,
+    manifest: Manifest,
     dims: Mapping[str, int],
     *,
     representations: Sequence[str] | None = None,
@@ -393,6 +393,9 @@ def publish(
     labels: LabelFiles | None = None,
 ) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
+
+    `manifest` describes the index (what a build records, or the previous generation's manifest with its
+    `updates` extended); what it says of the generation itself (counts, representations, files…) is written here.
 
     `dims` are the stored poolings' dimensions ({pooling: 384}); `representations` the FAISS indexes
     to build from them (default: the poolings themselves). A representation with a transform uses
@@ -415,7 +418,7 @@ def publish(
     try:
         tmp.mkdir()
         files = {}
-        spec = IndexSpec.from_dict(manifest.get("vector_index"))
+        spec = manifest.vector_index
         built = {}
         written = []
         by_pooling: dict[str, list[str]] = {}
@@ -424,7 +427,7 @@ def publish(
         for pooling, names in by_pooling.items():  # each pooling's vectors are read once
             ids, stored = staging.load_vectors(pooling, dims[pooling])
             for r in names:
-                entry: dict = {"pooling": pooling}
+                record = None
                 if parse_representation(r).transform is None:
                     matrix = stored
                 else:
@@ -438,11 +441,11 @@ def publish(
                     matrix = transform.apply(stored)
                     atomic_write_bytes(tmp / transform_file(r), transform.to_bytes())
                     written.append(transform_file(r))
-                    entry["transform"] = {
-                        "kind": transform.kind, "param": transform.param, "file": transform_file(r),
-                        "dim_in": transform.dim_in, "fitted_on_chunks": transform.fitted_on,
-                        "fitted_in": transform.fitted_in, "refitted": transform.fitted_in == generation,
-                    }
+                    record = TransformRecord(
+                        transform.kind, transform.param, transform_file(r), dim_in=transform.dim_in,
+                        fitted_on_chunks=transform.fitted_on, fitted_in=transform.fitted_in,
+                        refitted=transform.fitted_in == generation,
+                    )
                 dim = int(matrix.shape[1])
                 index, seconds = vector_index.build_timed(spec, ids, matrix)
                 del matrix  # the index holds its own copy
@@ -451,8 +454,8 @@ def publish(
                 atomic_write_bytes(tmp / faiss_file(r), data)
                 written.append(faiss_file(r))
                 del data
-                built[r] = {"dim": dim, "file": faiss_file(r),
-                            "index_type": f"{spec.type}-ip", "build_seconds": round(seconds, 3)} | entry
+                built[r] = RepresentationRecord(dim, faiss_file(r), pooling, index_type=f"{spec.type}-ip",
+                                                build_seconds=round(seconds, 3), transform=record)
             del ids, stored
         crash_point("faiss-written")
         for name, source in (labels.kept_files() if labels else {}).items():
@@ -461,24 +464,20 @@ def publish(
         staging.export(tmp / METADATA)
         crash_point("metadata-written")
         for name in written + [METADATA]:
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-        docs, chunks = staging.counts()
-        full = dict(manifest)
-        full.pop("labels", None)
-        if labels is not None:
-            full["labels"] = labels.record()
-        full.update(
+            files[name] = FileRecord((tmp / name).stat().st_size, sha256_file(tmp / name))
+        full = dataclasses.replace(
+            manifest,
+            labels=labels.record() if labels is not None else None,
             format_version=FORMAT_VERSION,
             generation=generation,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            counts={"documents": docs, "chunks": chunks},
+            counts=Counts(*staging.counts()),
             next_chunk_id=staging.next_chunk_id,
-            vector_index=spec.to_dict(),
-            poolings={p: {"dim": dims[p]} for p in by_pooling},
+            poolings={p: dims[p] for p in by_pooling},
             representations={r: built[r] for r in representations},
             files=files,
         )
-        data = (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode()
+        data = (json.dumps(full.to_dict(), indent=2, ensure_ascii=False) + "\n").encode()
         atomic_write_bytes(tmp / MANIFEST, data)
         fsync_dir(tmp)
         crash_point("manifest-written")
@@ -517,18 +516,7 @@ def prune(directory: Path, current: str, keep: int = KEEP_GENERATIONS) -> list[s
     return removed
 
 
-def manifest_dims(manifest: Mapping) -> dict[str, int]:
-    """{pooling: dimension} of the vectors a published manifest's metadata store keeps (see store.stored_dims)."""
-    return stored_dims(manifest)
-
-
-def manifest_base(manifest: Mapping) -> dict:
-    """A published manifest without what `publish` recomputes: the starting point of the next one."""
-    generated = {"format_version", "generation", "created_at", "counts", "next_chunk_id", "poolings", "representations", "files"}
-    return {k: v for k, v in manifest.items() if k not in generated}
-
-
-def base_state(directory: Path) -> tuple[Path | None, dict | None]:
+def base_state(directory: Path) -> tuple[Path | None, Manifest | None]:
     """(generation directory, manifest) of the published generation, or (None, None) for a new index."""
     if not is_index(directory):
         found = generations(directory) if directory.is_dir() else []

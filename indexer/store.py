@@ -24,26 +24,32 @@ FAISS loads many corrupted files without complaint. This module never imports to
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import hashlib
 import json
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, Union
 
 import faiss
 import numpy as np
 
-from . import vector_index
-from .config import POOLINGS, REPRESENTATION_NAME, parse_representation
+from . import __version__, vector_index
+from .config import POOLINGS, REPRESENTATION_NAME, ChunkingConfig, ModelInfo, parse_representation
 from .files import sha256_file
 from .text import PAGE_STARTS, content_head, page_at
 from .transforms import Transform
 from .vector_index import IndexSpec
 
+#: The manifest format this indexer writes, and those it reads (an index of any other is refused, see Manifest).
 FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (2,)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 METADATA = "metadata.sqlite"
@@ -99,9 +105,9 @@ class LabelFiles:
     queries: Path
     qrels: dict[str, Path]
 
-    def record(self) -> dict:
+    def record(self) -> "LabelsRecord":
         """The manifest's "labels" record of this set once kept in a generation."""
-        return {"name": self.name, "queries": LABELS_QUERIES, "qrels": {s: labels_qrels_file(s) for s in self.qrels}}
+        return LabelsRecord(self.name, LABELS_QUERIES, {s: labels_qrels_file(s) for s in self.qrels})
 
     def kept_files(self) -> dict[str, Path]:
         """{file name in a generation: where it is copied from}."""
@@ -121,19 +127,258 @@ def transform_file(representation: str) -> str:
     return f"{representation}.transform.safetensors"
 
 
-def stored_dims(manifest: Mapping) -> dict[str, int]:
-    """{pooling: dimension} of the vectors the metadata store keeps per chunk (the FAISS files are built from
-    them). Manifests from before transforms list only plain representations, which are their poolings."""
-    poolings = manifest.get("poolings")
-    if isinstance(poolings, Mapping):
-        return {p: spec["dim"] for p, spec in poolings.items()}
-    return {r: spec["dim"] for r, spec in manifest["representations"].items()}
-
-
 #: Bytes a transform file may hold beyond its tensors (safetensors' JSON header names two small tensors).
 _SAFETENSORS_HEADER = 4096
 #: A file name inside a generation: one plain component, never hidden, `..` or a path.
 _PLAIN_FILE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_+.-]{0,127}")
+
+
+# -- the manifest: one typed record, read and written only here ------------------------------------------
+
+@dataclass(frozen=True)
+class FileRecord:
+    """Size and sha256 of a file of a generation: checked before the file is read."""
+
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TransformRecord:
+    """A representation's fitted transform: its kind and parameter (as in the name), its file, and where it was
+    fitted. The last four are None in records written before they were kept."""
+
+    kind: str
+    param: int | None
+    file: str
+    dim_in: int | None = None
+    fitted_on_chunks: int | None = None
+    fitted_in: str | None = None
+    refitted: bool | None = None  # fitted at the generation that holds it (else kept fixed by add, delete, repair)
+
+    def to_dict(self) -> dict:
+        return _without_none(dataclasses.asdict(self), keep=("param",))
+
+
+@dataclass(frozen=True)
+class RepresentationRecord:
+    """One representation of an index: its FAISS file and vector dimension, the pooling it is computed from and its
+    transform, if any. `build_seconds` is None in records written before it was kept."""
+
+    dim: int
+    file: str
+    pooling: str
+    index_type: str = "flat-ip"
+    build_seconds: float | None = None
+    transform: TransformRecord | None = None
+
+    def to_dict(self) -> dict:
+        record = {"dim": self.dim, "file": self.file, "index_type": self.index_type, "build_seconds": self.build_seconds,
+                  "pooling": self.pooling, "transform": self.transform and self.transform.to_dict()}
+        return _without_none(record)
+
+
+@dataclass(frozen=True)
+class Counts:
+    documents: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """What an index was built from: a path, its format, and its fingerprint then (pipeline.source_fingerprint)."""
+
+    path: str
+    format: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """How the build went; `command_sha256` (None before it was kept) lets the same build run twice do nothing."""
+
+    seconds: float
+    skipped_records: int
+    ignored_files: int
+    command_sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return _without_none(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class LabelsRecord:
+    """The labelled set a generation keeps (LabelFiles.record): the dataset's name, its queries file and each
+    split's qrels file, all inside the generation."""
+
+    name: str
+    queries: str
+    qrels: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A generation's manifest.json: what the index was built with, what it holds and every file's checksum.
+
+    The one reader and writer of that JSON (`from_dict`, `to_dict`); the rest of the code reads these fields.
+    A writer describes the index (the first block of fields); `staging.publish` fills in the rest. Mappings are
+    read-only by convention, as the whole record is.
+    """
+
+    indexer_version: str
+    model: ModelInfo  # the manifest's "pooler_check" and "tokenizer" records repeat three of its fields
+    chunking: ChunkingConfig
+    content_tokens_per_chunk: int  # the window between the model's special tokens (recorded inside "chunking")
+    normalized: bool = True
+    metric: str = "inner_product"
+    vector_index: IndexSpec = IndexSpec()  # absent from manifests written before it was a choice: flat
+    source: SourceRecord
+    build: BuildRecord
+    updates: tuple[Mapping[str, Any], ...] = ()  # one record per add, delete, repair, convert or refit since the build
+    labels: LabelsRecord | None = None
+    # written by staging.publish
+    format_version: int = FORMAT_VERSION
+    generation: str = ""
+    created_at: str = ""
+    counts: Counts = Counts(0, 0)
+    next_chunk_id: int = 0
+    poolings: Mapping[str, int] = field(default_factory=dict)  # {pooling: dimension} of the vectors the metadata store keeps
+    representations: Mapping[str, RepresentationRecord] = field(default_factory=dict)
+    files: Mapping[str, FileRecord] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON object of manifest.json, keys in the order the writer has always used."""
+        chunking = self.chunking.to_dict() | {"content_tokens_per_chunk": self.content_tokens_per_chunk}
+        out = {
+            "indexer_version": self.indexer_version, "model": self.model.to_dict(),
+            "pooler_check": {"status": self.model.pooler, "note": self.model.pooler_note},
+            "tokenizer": self.model.tokenizer, "chunking": chunking, "normalized": self.normalized, "metric": self.metric,
+            "vector_index": self.vector_index.to_dict(), "source": dataclasses.asdict(self.source),
+            "build": self.build.to_dict(), "updates": [dict(u) for u in self.updates],
+        }
+        if self.labels is not None:
+            out["labels"] = dataclasses.asdict(self.labels)
+        return out | {
+            "format_version": self.format_version, "generation": self.generation, "created_at": self.created_at,
+            "counts": dataclasses.asdict(self.counts), "next_chunk_id": self.next_chunk_id,
+            "poolings": {p: {"dim": d} for p, d in self.poolings.items()},
+            "representations": {r: spec.to_dict() for r, spec in self.representations.items()},
+            "files": {name: dataclasses.asdict(f) for name, f in self.files.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | Path = MANIFEST) -> "Manifest":
+        """The manifest of a JSON object read from `where` (named in messages): StoreError if it is of a format
+        version this indexer does not read, or not a valid manifest. Names and file names in it are checked, so
+        they are safe to join into paths."""
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            raise StoreError(f"{where} is corrupted: no 'files' table")
+        version = data.get("format_version")
+        if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
+            readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+            newer = type(version) is int and version > max(READABLE_FORMAT_VERSIONS)
+            raise StoreError(
+                f"{where} has format version {version!r}; this indexer ({__version__}) reads format version {readable}. "
+                + ("The index was written by a newer indexer: upgrade pooling-lab to read it, or rebuild it with this one."
+                   if newer else "Rebuild the index (`python -m indexer build SOURCE --index DIR --overwrite`).")
+            )
+        _check_names(where, data)
+        chunking = data.get("chunking")
+        chunks = _settings(where, "chunking", lambda: _record(ChunkingConfig, chunking, f"{where}: 'chunking'"))
+        spec = _settings(where, "vector_index", lambda: IndexSpec.from_dict(data.get("vector_index")))
+        updates = data.get("updates")
+        if not isinstance(updates, list) or not all(isinstance(u, dict) for u in updates):
+            raise StoreError(f"{where} is corrupted: 'updates' must be a list of objects")
+        reps = data["representations"]  # _check_names checked the names, files, dims, poolings and transforms
+        return cls(
+            indexer_version=_field(data, "indexer_version", str, where),
+            model=_record(ModelInfo, data.get("model"), f"{where}: 'model'"),
+            chunking=chunks,
+            content_tokens_per_chunk=_field(chunking, "content_tokens_per_chunk", int, f"{where}: 'chunking'"),
+            normalized=_field(data, "normalized", bool, where),
+            metric=_field(data, "metric", str, where),
+            vector_index=spec,
+            source=_record(SourceRecord, data.get("source"), f"{where}: 'source'"),
+            build=_record(BuildRecord, data.get("build"), f"{where}: 'build'"),
+            updates=tuple(updates),
+            labels=None if data.get("labels") is None else _record(LabelsRecord, data["labels"], f"{where}: 'labels'"),
+            format_version=version,
+            generation=_field(data, "generation", str, where),
+            created_at=_field(data, "created_at", str, where),
+            counts=_record(Counts, data.get("counts"), f"{where}: 'counts'"),
+            next_chunk_id=_field(data, "next_chunk_id", int, where),
+            # manifests written before transforms list only plain representations, which are their poolings
+            poolings={p: v["dim"] for p, v in data.get("poolings", reps).items()},
+            representations={r: _record(
+                RepresentationRecord, spec, f"{where}: representation `{r}`", pooling=parse_representation(r).pooling,
+                transform=None if spec.get("transform") is None
+                else _record(TransformRecord, spec["transform"], f"{where}: the transform of `{r}`"),
+            ) for r, spec in reps.items()},
+            files={name: _record(FileRecord, f, f"{where}: the checksum of {name}") for name, f in data["files"].items()},
+        )
+
+
+def _settings(where: str | Path, name: str, make: Callable[[], Any]) -> Any:
+    """Settings that their own class checks (ValueError naming the value), or a StoreError naming them."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{where} has invalid {name} settings: {exc}") from exc
+
+
+def _without_none(record: dict, keep: Sequence[str] = ()) -> dict:
+    """A record without its unset (None) optional entries, as older manifests were written."""
+    return {k: v for k, v in record.items() if v is not None or k in keep}
+
+
+def _field(data: Mapping, key: str, kind: type, where: str | Path) -> Any:
+    """`data[key]`, which must be of type `kind` (JSON's true is not an int here)."""
+    if key not in data:
+        raise StoreError(f"{where} is corrupted: it has no {key!r}")
+    value = data[key]
+    if not _is(value, kind):
+        raise StoreError(f"{where} is corrupted: {key!r} is {value!r}, not of type {_type_name(kind)}")
+    return value
+
+
+def _record(cls: type, data: Any, where: str, **given: Any):
+    """An instance of the record dataclass `cls` from a JSON object: each field not `given` is read from it (present
+    unless it has a default, and of its declared type); other keys are ignored."""
+    if not isinstance(data, dict):
+        raise StoreError(f"{where} is corrupted: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise StoreError(f"{where} is corrupted: it has no {f.name!r}")
+            continue
+        if not _is(data[f.name], hints[f.name]):
+            raise StoreError(f"{where} is corrupted: {f.name!r} is {data[f.name]!r}, not of type {_type_name(hints[f.name])}")
+        values[f.name] = data[f.name]
+    return cls(**values)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether a JSON value is of a record's declared type (str, int, float, bool, None, Literal, unions, mappings)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and all(_is(k, args[0]) and _is(v, args[1]) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return type(value) in (int, float)
+    return type(value) is hint  # str, int, bool: JSON's true is not an int
 
 
 def content_sha256(content: str) -> str:
@@ -204,7 +449,7 @@ def generation_id(directory: str | Path) -> str:
     return read_pointer(directory)["generation"]
 
 
-def load_manifest(gen_dir: Path, expected_sha: str | None) -> tuple[dict, str]:
+def load_manifest(gen_dir: Path, expected_sha: str | None) -> tuple[Manifest, str]:
     """(manifest, its sha256) of a generation, checked against `expected_sha` (CURRENT's) unless None,
     and validated: names and file names from it are safe to join into paths."""
     path = gen_dir / MANIFEST
@@ -218,15 +463,10 @@ def load_manifest(gen_dir: Path, expected_sha: str | None) -> tuple[dict, str]:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path} is corrupted: {exc}") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise StoreError(f"{path} is corrupted: no 'files' table")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path} has format version {manifest.get('format_version')!r}; this indexer reads version {FORMAT_VERSION}. Rebuild the index.")
-    _check_names(path, manifest)
-    return manifest, digest
+    return Manifest.from_dict(manifest, path), digest
 
 
-def _check_names(path: Path, manifest: dict) -> None:
+def _check_names(path: str | Path, manifest: dict) -> None:
     """Refuse a manifest whose representation or file names could point outside its generation."""
     reps = manifest.get("representations")
     if not isinstance(reps, dict) or not reps:
@@ -276,7 +516,7 @@ def _check_names(path: Path, manifest: dict) -> None:
     _check_labels(path, manifest)
 
 
-def _check_labels(path: Path, manifest: dict) -> None:
+def _check_labels(path: str | Path, manifest: dict) -> None:
     """Refuse a "labels" record that names files other than the kept labelled set's, or files without a checksum."""
     record = manifest.get("labels")
     if record is None:
@@ -284,41 +524,46 @@ def _check_labels(path: Path, manifest: dict) -> None:
     qrels = record.get("qrels") if isinstance(record, dict) else None
     if (not isinstance(record.get("name") if isinstance(record, dict) else None, str) or not isinstance(qrels, dict)
             or not all(isinstance(s, str) and SPLIT_NAME.fullmatch(s) for s in qrels)
-            or record != LabelFiles(record["name"], Path(), dict.fromkeys(qrels, Path())).record()):
+            or record != dataclasses.asdict(LabelFiles(record["name"], Path(), dict.fromkeys(qrels, Path())).record())):
         raise StoreError(f"{path}: 'labels' must name the dataset, {LABELS_QUERIES} and one labels.qrels.SPLIT.tsv per split")
     for name in [LABELS_QUERIES, *qrels.values()]:
         if name not in manifest["files"]:
             raise StoreError(f"{path} has no checksum for {name}, a file of its labelled set")
 
 
-def open_generation(directory: str | Path) -> tuple[Path, dict]:
+def open_generation(directory: str | Path) -> tuple[Path, Manifest]:
     """(generation directory, verified manifest) of the published generation."""
+    return _published(directory)[:2]
+
+
+def _published(directory: str | Path) -> tuple[Path, Manifest, str]:
+    """(generation directory, verified manifest, its sha256) of the published generation."""
     directory = Path(directory)
     for _ in range(5):  # a generation can be pruned between reading CURRENT and opening it
         pointer = read_pointer(directory)
         gen_dir = directory / pointer["generation"]
         if gen_dir.is_dir():
-            return gen_dir, load_manifest(gen_dir, pointer["manifest_sha256"])[0]
+            return gen_dir, *load_manifest(gen_dir, pointer["manifest_sha256"])
     raise StoreError(f"{directory / CURRENT} names {pointer['generation']}, which does not exist; {repair_hint(directory)}")
 
 
-def read_manifest(directory: str | Path) -> dict:
+def read_manifest(directory: str | Path) -> Manifest:
     """The published generation's manifest, checked against CURRENT."""
     return open_generation(directory)[1]
 
 
-def kept_labels(gen_dir: Path, manifest: Mapping) -> LabelFiles | None:
+def kept_labels(gen_dir: Path, manifest: Manifest) -> LabelFiles | None:
     """The labelled set a generation keeps, each file checked against the manifest (StoreError if one is damaged);
     None when it keeps none (built from another kind of source, or before labelled sets were kept)."""
-    record = manifest.get("labels")
+    record = manifest.labels
     if record is None:
         return None
-    for name in [record["queries"], *record["qrels"].values()]:
-        verified_file(gen_dir, name, manifest["files"])
-    return LabelFiles(record["name"], gen_dir / record["queries"], {s: gen_dir / f for s, f in record["qrels"].items()})
+    for name in [record.queries, *record.qrels.values()]:
+        verified_file(gen_dir, name, manifest.files)
+    return LabelFiles(record.name, gen_dir / record.queries, {s: gen_dir / f for s, f in record.qrels.items()})
 
 
-def verified_bytes(gen_dir: Path, name: str, files: Mapping) -> bytes:
+def verified_bytes(gen_dir: Path, name: str, files: Mapping[str, FileRecord]) -> bytes:
     """A file's bytes after checking its size and sha256 against the manifest."""
     path, expected = _listed(gen_dir, name, files)
     data = path.read_bytes()
@@ -326,28 +571,28 @@ def verified_bytes(gen_dir: Path, name: str, files: Mapping) -> bytes:
     return data
 
 
-def verified_file(gen_dir: Path, name: str, files: Mapping) -> None:
+def verified_file(gen_dir: Path, name: str, files: Mapping[str, FileRecord]) -> None:
     """Check a file's size and sha256 against the manifest without reading it into memory."""
     path, expected = _listed(gen_dir, name, files)
     _check(path, path.stat().st_size, sha256_file(path), expected)
 
 
-def _listed(gen_dir: Path, name: str, files: Mapping) -> tuple[Path, Mapping]:
+def _listed(gen_dir: Path, name: str, files: Mapping[str, FileRecord]) -> tuple[Path, FileRecord]:
     if not _PLAIN_FILE.fullmatch(name):
         raise StoreError(f"{gen_dir / MANIFEST}: file name {name!r} is not a plain file name inside the generation")
     expected = files.get(name)
-    if not isinstance(expected, Mapping):
+    if expected is None:
         raise StoreError(f"{gen_dir / MANIFEST} has no checksum for {name}")
     if not (gen_dir / name).is_file():
         raise StoreError(f"{gen_dir / name} is missing (listed in {MANIFEST}); the index is incomplete")
     return gen_dir / name, expected
 
 
-def _check(path: Path, size: int, digest: str, expected: Mapping) -> None:
-    if size != expected.get("bytes") or digest != expected.get("sha256"):
+def _check(path: Path, size: int, digest: str, expected: FileRecord) -> None:
+    if size != expected.bytes or digest != expected.sha256:
         raise StoreError(
             f"{path} is corrupted: size {size} / sha256 {digest[:16]}… do not match the manifest "
-            f"({expected.get('bytes')} / {str(expected.get('sha256'))[:16]}…); refusing to serve it — "
+            f"({expected.bytes} / {expected.sha256[:16]}…); refusing to serve it — "
             f"`python -m indexer repair {path.parent.parent}` rebuilds FAISS files from the metadata store"
         )
 
@@ -369,45 +614,36 @@ def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: Ind
     return index
 
 
-def index_spec(gen_dir: Path, manifest: Mapping) -> IndexSpec:
-    """The manifest's vector index settings (a clear error if they are not valid)."""
-    try:
-        return IndexSpec.from_dict(manifest.get("vector_index"))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{gen_dir / MANIFEST} has invalid vector_index settings: {exc}") from exc
-
-
-def load_faiss(gen_dir: Path, manifest: Mapping, representation: str) -> faiss.Index:
+def load_faiss(gen_dir: Path, manifest: Manifest, representation: str) -> faiss.Index:
     """One representation's FAISS index, after its checksum, dimension and type are checked."""
-    spec = manifest["representations"][representation]
-    data = verified_bytes(gen_dir, spec["file"], manifest["files"])
-    return deserialize_faiss(gen_dir, spec["file"], data, spec.get("dim"), index_spec(gen_dir, manifest))
+    spec = manifest.representations[representation]
+    data = verified_bytes(gen_dir, spec.file, manifest.files)
+    return deserialize_faiss(gen_dir, spec.file, data, spec.dim, manifest.vector_index)
 
 
-def load_transforms(gen_dir: Path, manifest: Mapping) -> dict[str, Transform]:
+def load_transforms(gen_dir: Path, manifest: Manifest) -> dict[str, Transform]:
     """The fitted transform of each representation that has one, after its checksum and shape are checked."""
     out = {}
-    dims = stored_dims(manifest)
-    for name, spec in manifest["representations"].items():
-        record = spec.get("transform")
+    dims = manifest.poolings
+    for name, spec in manifest.representations.items():
+        record = spec.transform
         if record is None:
             continue
-        pooling = parse_representation(name).pooling
-        path = gen_dir / record["file"]
+        pooling = spec.pooling
+        path = gen_dir / record.file
         # a transform is two float32 tensors and a short header: refuse a larger file before reading it
-        limit = 4 * dims.get(pooling, 0) * (spec["dim"] + 1) + _SAFETENSORS_HEADER
+        limit = 4 * dims.get(pooling, 0) * (spec.dim + 1) + _SAFETENSORS_HEADER
         if path.is_file() and path.stat().st_size > limit:
             raise StoreError(f"{path} is {path.stat().st_size} bytes; a transform from `{pooling}` ({dims.get(pooling)} dims) "
-                             f"to `{name}` ({spec['dim']} dims) takes at most {limit}")
-        data = verified_bytes(gen_dir, record["file"], manifest["files"])
+                             f"to `{name}` ({spec.dim} dims) takes at most {limit}")
+        data = verified_bytes(gen_dir, record.file, manifest.files)
         try:
-            transform = Transform.from_bytes(data, record["kind"], record["param"], record.get("fitted_on_chunks", 0),
-                                             record.get("fitted_in", ""))
+            transform = Transform.from_bytes(data, record.kind, record.param, record.fitted_on_chunks or 0, record.fitted_in or "")
         except ValueError as exc:
-            raise StoreError(f"{gen_dir / record['file']} cannot be read: {exc}") from exc
-        if (transform.dim_in, transform.dim) != (dims.get(pooling), spec["dim"]):
-            raise StoreError(f"{gen_dir / record['file']} maps {transform.dim_in} to {transform.dim} dimensions; the manifest "
-                             f"says `{pooling}` has {dims.get(pooling)} and `{name}` {spec['dim']}")
+            raise StoreError(f"{gen_dir / record.file} cannot be read: {exc}") from exc
+        if (transform.dim_in, transform.dim) != (dims.get(pooling), spec.dim):
+            raise StoreError(f"{gen_dir / record.file} maps {transform.dim_in} to {transform.dim} dimensions; the manifest "
+                             f"says `{pooling}` has {dims.get(pooling)} and `{name}` {spec.dim}")
         out[name] = transform
     return out
 
@@ -470,11 +706,10 @@ class IndexReader:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).resolve()
-        gen_dir, self.manifest = open_generation(self.directory)
+        gen_dir, self.manifest, self.manifest_sha256 = _published(self.directory)
         self.generation = gen_dir.name
-        files = self.manifest["files"]
-        self.spec = index_spec(gen_dir, self.manifest)
-        self.indexes = {r: load_faiss(gen_dir, self.manifest, r) for r in self.manifest["representations"]}
+        files = self.manifest.files
+        self.indexes = {r: load_faiss(gen_dir, self.manifest, r) for r in self.manifest.representations}
         #: fitted transforms of the representations that have one, applied to queries as to documents
         self.transforms = load_transforms(gen_dir, self.manifest)
         verified_file(gen_dir, METADATA, files)
@@ -483,7 +718,7 @@ class IndexReader:
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._lock = threading.Lock()
         counts = {i.ntotal for i in self.indexes.values()}
-        expected = self.manifest.get("counts", {}).get("chunks")
+        expected = self.manifest.counts.chunks
         if counts != {expected}:
             self.db.close()
             raise StoreError(f"{gen_dir}: FAISS files hold {sorted(counts)} vectors, the manifest says {expected} chunks")
@@ -505,11 +740,11 @@ class IndexReader:
 
     @property
     def n_chunks(self) -> int:
-        return int(self.manifest["counts"]["chunks"])
+        return self.manifest.counts.chunks
 
     @property
     def n_documents(self) -> int:
-        return int(self.manifest["counts"]["documents"])
+        return self.manifest.counts.documents
 
     def search(self, representation: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner-product search: (scores, chunk ids), each of shape (len(queries), n)."""

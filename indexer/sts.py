@@ -387,7 +387,7 @@ def _fit_on_sentences(wanted, by_pooling) -> tuple[dict[str, Transform], dict[st
 def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, Transform], dict[str, dict]]:
     """Transforms of an index: its own fitted one of the same name, else fitted on its stored vectors of the pooling."""
     from .compat import compatibility_problems
-    from .store import IndexReader, StoreError, is_index, read_vectors, stored_dims
+    from .store import IndexReader, StoreError, is_index, read_vectors
 
     if not is_index(directory):
         raise SourceError(f"--fit-on {printable_path(directory)}: not an index directory")
@@ -397,7 +397,7 @@ def _transforms_from_index(wanted, encoder, directory: Path) -> tuple[dict[str, 
         problems = compatibility_problems(reader.manifest, encoder, "fit")
         if problems:
             raise ValueError(f"cannot fit on index {printable_path(reader.directory)}: {problems[0]}")
-        dims, stored = stored_dims(reader.manifest), {}
+        dims, stored = reader.manifest.poolings, {}
         transforms, fits = {}, {}
         for r in wanted:
             pooling = parse_representation(r).pooling

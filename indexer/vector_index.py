@@ -60,14 +60,6 @@ class IndexSpec:
         return f"hnsw (approximate: M={self.m}, efConstruction={self.ef_construction}, efSearch={self.ef_search})"
 
 
-def describe(settings: Mapping | None) -> str:
-    """The label of a manifest's `vector_index` value, or why it is not valid."""
-    try:
-        return IndexSpec.from_dict(settings).label
-    except (TypeError, ValueError) as exc:
-        return f"invalid settings ({exc})"
-
-
 def build(spec: IndexSpec, ids: np.ndarray, matrix: np.ndarray) -> faiss.Index:
     """A FAISS index of `spec`'s type over the unit vectors `matrix`, keyed by `ids`."""
     dim = matrix.shape[1]

@@ -83,7 +83,7 @@ def test_documents_and_iterators_are_sources_and_add_updates_by_content(tmp_path
         summary = index.add([Document("d0", "document number 0 about topic 0", title="T0"),   # unchanged
                              {"_id": "d1", "text": "a changed text"}, {"_id": "new", "text": "a new one"}])
         assert (summary.unchanged, summary.updated, summary.added) == (1, 1, 1)
-        assert index.manifest["counts"]["documents"] == 7
+        assert index.manifest.counts.documents == 7
         assert "new" in {h.doc_id for h in index.search("a new one", k=7)["mean"]}  # served at once
         assert index.delete(["new"]).removed == ["new"]
         assert "new" not in {h.doc_id for h in index.search("a new one", k=7)["mean"]}
@@ -174,7 +174,7 @@ def test_what_a_review_found_is_refused_or_skipped_with_a_reason(tmp_path, tiny_
         (4, "field 'rating' is nan, which JSON cannot hold"), (5, "a Document's metadata must be a dict, got NoneType")]
     with pytest.raises(ValueError, match="list of strings"):
         index.delete("12")
-    assert index.manifest["counts"]["documents"] == 3
+    assert index.manifest.counts.documents == 3
     assert {h.doc_id for h in index.search("twelve", k=3)["mean"]} == {"1", "2", "12"}
     for k in (2.5, "3", True, None):
         with pytest.raises(ValueError, match="whole number"):

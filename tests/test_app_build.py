@@ -208,7 +208,7 @@ def test_a_failed_build_leaves_nothing_and_the_name_builds_right_after(failure, 
     at = index_page(tiny_index, tmp_path)
     upload_and_build(at, {"a.txt": b"the bees make honey"}, "again", tiny_bert)
     assert not at.exception and not at.error, texts(at.error)
-    assert is_index(tmp_path / "again") and read_manifest(tmp_path / "again")["counts"]["documents"] == 1
+    assert is_index(tmp_path / "again") and read_manifest(tmp_path / "again").counts.documents == 1
 
 
 # -- item 18: stages on the bar; the page and sidebar switch to the new index -----------------------------------
@@ -247,7 +247,7 @@ def test_after_a_build_the_sidebar_and_the_page_switch_to_the_new_index(tiny_ind
 @pytest.mark.parametrize("bound, shown", [("127.0.0.1", True), ("0.0.0.0", False)])
 def test_local_paths_are_shown_only_on_loopback(bound, shown, tiny_index, tiny_bert, tmp_path, allow_build, address):
     address(bound)
-    source = read_manifest(tiny_index)["source"]["path"]
+    source = read_manifest(tiny_index).source.path
     at = index_page(tiny_index, tmp_path)
     assert not at.exception
     assert unescape(at.table[0].value.loc["source", "value"]) == (source if shown else "docs.jsonl")

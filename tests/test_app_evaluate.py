@@ -250,7 +250,7 @@ def test_evaluate_page_downloads_the_table_the_report_and_the_run_files(labelled
     # the JSON report is the CLI's --json dict for the same evaluation (the index path aside: shown as visitors may see it)
     from indexer.cli import main
 
-    queries_file, qrels_file = (IndexReader(directory).manifest["source"]["path"] + p for p in ("/queries.jsonl", "/qrels/test.tsv"))
+    queries_file, qrels_file = (IndexReader(directory).manifest.source.path + p for p in ("/queries.jsonl", "/qrels/test.tsv"))
     capsys.readouterr()
     main(["evaluate", "--index", str(directory), "--queries", queries_file, "--qrels", qrels_file, "--fuse", "mean,bm25",
           "--json", "--no-progress", "--out", str(directory.parent / "out")])

@@ -55,7 +55,7 @@ def test_search_in_a_real_browser_shows_both_rankings(server, sample_index, tmp_
             for name in ("pooled", "mean"):
                 page.locator("h3", has_text=name).wait_for(timeout=60_000)
             # the index keeps three representations; the first two are shown, the first one is the baseline
-            assert len(read_manifest(sample_index[0])["representations"]) == 3
+            assert len(read_manifest(sample_index[0]).representations) == 3
             # the page renders column by column: wait until both columns have their ten hits
             page.wait_for_function(
                 f"n => {HIT_LINES}.length >= 10 * n",

@@ -28,7 +28,7 @@ def test_build_search_info_round_trip(tmp_path, small_jsonl, build_args, capsys)
     code, out, _ = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args)
     assert code == 0
     manifest = read_manifest(tmp_path / "ix")
-    assert f"indexed 8 documents into {manifest['counts']['chunks']} chunks" in out
+    assert f"indexed 8 documents into {manifest.counts.chunks} chunks" in out
     assert "skipped records: 0" in out
 
     code, out, _ = run(capsys, "search", tmp_path / "ix", "bees and honey", "-k", "3", "--json")
@@ -46,7 +46,8 @@ def test_build_search_info_round_trip(tmp_path, small_jsonl, build_args, capsys)
 
     code, out, _ = run(capsys, "info", tmp_path / "ix", "--json")
     info = json.loads(out)
-    assert info["counts"] == manifest["counts"] and info["model"]["weights_sha256"] == manifest["model"]["weights_sha256"]
+    assert info == {"directory": str((tmp_path / "ix").resolve())} | manifest.to_dict()
+    assert info["counts"]["chunks"] == manifest.counts.chunks and info["model"]["weights_sha256"] == manifest.model.weights_sha256
     assert info["pooler_check"]["status"] == "loaded"
     assert info["chunking"]["max_tokens"] == 12 and info["chunking"]["overlap"] == 2
     code, out, _ = run(capsys, "info", tmp_path / "ix")
@@ -93,7 +94,7 @@ def test_existing_index_needs_overwrite(tmp_path, small_jsonl, build_args, capsy
     code, _, err = run(capsys, "build", other, "--index", tmp_path / "ix", *build_args)
     assert code == 2 and "already exists; pass --overwrite" in err
     assert run(capsys, "build", other, "--index", tmp_path / "ix", *build_args, "--overwrite")[0] == 0
-    assert read_manifest(tmp_path / "ix")["counts"]["documents"] == 1
+    assert read_manifest(tmp_path / "ix").counts.documents == 1
 
 
 def test_search_with_another_model_is_refused(tmp_path, small_jsonl, build_args, tiny_bert_other, capsys):
@@ -141,7 +142,7 @@ def test_missing_pooler_weights_are_recorded_and_shown_by_info(tmp_path, small_j
     model = make_tiny_bert(tmp_path / "nopooler", with_pooler=False)
     args = ["--model", model, "--max-tokens", "12", "--overlap", "2", "--no-progress"]
     assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *args)[0] == 0
-    assert read_manifest(tmp_path / "ix")["pooler_check"]["status"] == "missing"
+    assert read_manifest(tmp_path / "ix").model.pooler == "missing"
     code, out, _ = run(capsys, "info", tmp_path / "ix")
     assert code == 0 and out.startswith("WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
 
@@ -269,10 +270,10 @@ def test_evaluate_beir_reuses_a_cached_index_with_an_extra_representation(tmp_pa
     data, cached = tiny_beir(tmp_path / "beir", small_jsonl), tmp_path / "cached"
     model = ["--model", tiny_bert, "--no-progress"]
     assert run(capsys, "build", data, "--index", cached, "--representations", "pooled,mean,cls", *model)[0] == 0
-    generation = read_manifest(cached)["generation"]
+    generation = read_manifest(cached).generation
     code, out, err = run(capsys, "evaluate", "--beir", data, "--index", cached, "--json", "--out", tmp_path / "o1", *model)
     assert code == 0, err
-    assert f"reusing the index at {cached}" in err and read_manifest(cached)["generation"] == generation
+    assert f"reusing the index at {cached}" in err and read_manifest(cached).generation == generation
     reused = json.loads(out)
     assert {"pooled", "mean"} <= set(reused["metrics"]) and "cls" not in reused["metrics"]
     # independent: the same evaluation over an index built with exactly pooled and mean
@@ -299,14 +300,14 @@ def test_transformed_representations_info_and_refit(tmp_path, small_jsonl, build
     code, _, err = run(capsys, "build", small_jsonl, "--index", ix, *build_args, "--representations", "mean,max+abtt1")
     assert code == 0, err
     manifest = read_manifest(ix)
-    chunks = manifest["counts"]["chunks"]
+    chunks = manifest.counts.chunks
     code, out, _ = run(capsys, "info", ix)
     assert code == 0
-    assert f"abtt1 of `max` (32 -> 32 dims), fitted on {chunks} chunks in {manifest['generation']}, at this generation" in out
+    assert f"abtt1 of `max` (32 -> 32 dims), fitted on {chunks} chunks in {manifest.generation}, at this generation" in out
     code, out, _ = run(capsys, "refit", ix, "--representations", "mean,mean+whiten4")
     assert code == 0 and "representations: mean, mean+whiten4" in out
     refitted = read_manifest(ix)
-    assert refitted["generation"] != manifest["generation"] and refitted["representations"]["mean+whiten4"]["dim"] == 4
+    assert refitted.generation != manifest.generation and refitted.representations["mean+whiten4"].dim == 4
     code, _, err = run(capsys, "refit", ix, "--representations", "mean+whiten0")
     assert code == 2 and err.count("\n") == 1 and "whitenK (keep K dimensions" in err
     code, _, err = run(capsys, "refit", ix, "--representations", "cls")

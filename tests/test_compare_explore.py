@@ -117,11 +117,17 @@ def test_cli_table_compares_every_column_with_the_first():
 
 
 def test_describe_representations_in_words():
-    manifest = {"representations": {
-        "mean": {"pooling": "mean", "dim": 384},
-        "pooled+whiten128": {"pooling": "pooled", "dim": 128, "transform": {
-            "kind": "whiten", "param": 128, "dim_in": 384, "fitted_on_chunks": 5000, "fitted_in": "gen-000003", "refitted": False}},
-    }}
+    from dataclasses import replace
+
+    from indexer.store import RepresentationRecord, TransformRecord
+    from test_store import described
+
+    manifest = replace(described(), representations={
+        "mean": RepresentationRecord(384, "mean.faiss", "mean"),
+        "pooled+whiten128": RepresentationRecord(128, "pooled+whiten128.faiss", "pooled", transform=TransformRecord(
+            "whiten", 128, "pooled+whiten128.transform.safetensors", dim_in=384, fitted_on_chunks=5000, fitted_in="gen-000003",
+            refitted=False)),
+    })
     rows = describe_representations(manifest)
     assert [(r["representation"], r["pooling"], r["dimension"]) for r in rows] == [("mean", "mean", 384), ("pooled+whiten128", "pooled", 128)]
     assert rows[0]["transform"] == "none"

@@ -220,7 +220,7 @@ def test_corruption_matrix_is_always_refused(tmp_path, tiny_bert, small_jsonl, c
     encoder = Encoder.load(str(tiny_bert), max_tokens=32)
     pristine = tmp_path / "pristine"
     build_index(small_jsonl, pristine, encoder, overlap=4, progress=False)
-    gen = read_manifest(pristine)["generation"]
+    gen = read_manifest(pristine).generation
     targets = [CURRENT] + [f"{gen}/{name}" for name in ("manifest.json", "pooled.faiss", "mean.faiss", METADATA)]
     refused = cases = 0
     for name in targets:
@@ -248,7 +248,7 @@ def test_flipped_faiss_byte_is_refused_then_repaired(tmp_path, tiny_bert, small_
     encoder = Encoder.load(str(tiny_bert), max_tokens=32)
     build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
     before = snapshot(tmp_path / "ix")
-    path = tmp_path / "ix" / read_manifest(tmp_path / "ix")["generation"] / "mean.faiss"
+    path = tmp_path / "ix" / read_manifest(tmp_path / "ix").generation / "mean.faiss"
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0x10
     path.write_bytes(bytes(data))
@@ -265,7 +265,7 @@ def test_flipped_faiss_byte_is_refused_then_repaired(tmp_path, tiny_bert, small_
 def test_repair_refuses_when_the_metadata_store_is_damaged(tmp_path, tiny_bert, small_jsonl):
     encoder = Encoder.load(str(tiny_bert), max_tokens=32)
     build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
-    path = tmp_path / "ix" / read_manifest(tmp_path / "ix")["generation"] / METADATA
+    path = tmp_path / "ix" / read_manifest(tmp_path / "ix").generation / METADATA
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(StoreError, match="metadata store, the source of the vectors, is damaged.*--overwrite"):
         repair(tmp_path / "ix")
@@ -358,10 +358,10 @@ def test_concurrent_searches_while_generations_are_published(tmp_path, tiny_bert
     for g in range(1, 9):  # each generation replaces every document, so a stale hit would show
         src = tmp_path / f"g{g}.jsonl"
         src.write_text(f'{{"_id": "g{g}-a", "text": "bees honey"}}\n{{"_id": "g{g}-b", "text": "bread yeast"}}\n', encoding="utf-8")
-        previous = read_manifest(tmp_path / "ix")["generation"]
+        previous = read_manifest(tmp_path / "ix").generation
         add_documents(tmp_path / "ix", src, encoder, progress=False)
         delete_documents(tmp_path / "ix", [f"g{g - 1}-a", f"g{g - 1}-b"])
-        current = read_manifest(tmp_path / "ix")["generation"]
+        current = read_manifest(tmp_path / "ix").generation
         docs_of[current] = {f"g{g}-a", f"g{g}-b"}
         docs_of.setdefault(f"gen-{int(previous[4:]) + 1:06d}", {f"g{g - 1}-a", f"g{g - 1}-b", f"g{g}-a", f"g{g}-b"})
         time.sleep(0.05)
@@ -480,7 +480,7 @@ def small_index(directory: Path) -> Path:
 
 
 def generation_sizes(directory: Path) -> dict:
-    gen_dir = directory / read_manifest(directory)["generation"]
+    gen_dir = directory / read_manifest(directory).generation
     return {p.name: p.stat().st_size for p in gen_dir.iterdir()}
 
 

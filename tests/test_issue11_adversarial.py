@@ -55,7 +55,7 @@ def test_verify_passes_an_index_whose_documents_were_all_deleted(built):
     doc_ids = sorted(IndexReader(built).doc_ids())
     delete_documents(built, doc_ids)
     reader = IndexReader(built)
-    assert reader.n_chunks == 0 and reader.manifest["representations"]["pooled+whiten4"]["dim"] == 4
+    assert reader.n_chunks == 0 and reader.manifest.representations["pooled+whiten4"].dim == 4
     assert verify(built)[0] == []
 
 

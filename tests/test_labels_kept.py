@@ -13,7 +13,7 @@ from indexer.encoder import Encoder
 from indexer.evaluation import labelled_sets, load_labels
 from indexer.integrity import convert, refit, repair, verify
 from indexer.pipeline import add_documents, build_index, delete_documents
-from indexer.store import StoreError, generation_id, read_manifest
+from indexer.store import FileRecord, StoreError, generation_id, read_manifest
 from indexer.vector_index import IndexSpec
 
 DOCS = {
@@ -67,13 +67,13 @@ def expected(labels) -> dict[str, tuple[bytes, bytes]]:
 def test_the_build_copies_the_labelled_set_with_size_and_sha256_in_the_manifest(built):
     directory, labels = built
     manifest = read_manifest(directory)
-    files = manifest["files"]
+    files = manifest.files
     copies = {"labels.queries.jsonl": labels["queries.jsonl"], "labels.qrels.test.tsv": labels["qrels/test.tsv"],
               "labels.qrels.dev.tsv": labels["qrels/dev.tsv"]}
     for name, data in copies.items():
-        assert files[name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        assert (directory / manifest["generation"] / name).read_bytes() == data
-    assert manifest["labels"]["name"] == "beir-src"
+        assert files[name] == FileRecord(len(data), hashlib.sha256(data).hexdigest())
+        assert (directory / manifest.generation / name).read_bytes() == data
+    assert manifest.labels.name == "beir-src"
 
 
 def test_a_deleted_source_folder_still_gives_the_labelled_queries(built):
@@ -125,7 +125,7 @@ def test_every_later_generation_keeps_the_labels(built, tmp_path, encoder):
 def test_a_corrupted_copy_is_reported_by_verify_and_refused(built):
     directory, _ = built
     manifest = read_manifest(directory)
-    copy = directory / manifest["generation"] / "labels.qrels.test.tsv"
+    copy = directory / manifest.generation / "labels.qrels.test.tsv"
     copy.write_bytes(copy.read_bytes().replace(b"\t2\n", b"\t3\n"))  # same size, other grade
     problems, _ = verify(directory)
     assert len(problems) == 1 and f"{copy} is corrupted" in problems[0]
@@ -133,7 +133,7 @@ def test_a_corrupted_copy_is_reported_by_verify_and_refused(built):
         labelled_sets(manifest, directory)
     repaired = repair(directory)  # repair drops the damaged set rather than serving it
     assert "labelled set was damaged and is no longer kept" in repaired.note
-    assert "labels" not in read_manifest(directory) and verify(directory)[0] == []
+    assert read_manifest(directory).labels is None and verify(directory)[0] == []
 
 
 def test_an_index_without_a_kept_copy_reads_the_source_folder(tmp_path, encoder, monkeypatch):
@@ -141,7 +141,7 @@ def test_an_index_without_a_kept_copy_reads_the_source_folder(tmp_path, encoder,
     monkeypatch.setattr(pipeline, "beir_labels", lambda _: None)  # as indexes built before copies were kept
     build_index(source, tmp_path / "ix", encoder, overlap=4, progress=False)
     manifest = read_manifest(tmp_path / "ix")
-    assert "labels" not in manifest and not any(f.startswith("labels.") for f in manifest["files"])
+    assert manifest.labels is None and not any(f.startswith("labels.") for f in manifest.files)
     sets = labelled_sets(manifest, tmp_path / "ix")
     assert sorted(s.qrels for s in sets) == sorted(source / "qrels" / f"{s}.tsv" for s in QRELS)
 
@@ -149,7 +149,7 @@ def test_an_index_without_a_kept_copy_reads_the_source_folder(tmp_path, encoder,
 def test_other_sources_keep_no_labels(tmp_path, encoder, small_jsonl):
     build_index(small_jsonl, tmp_path / "ix", encoder, overlap=4, progress=False)
     manifest = read_manifest(tmp_path / "ix")
-    assert "labels" not in manifest and labelled_sets(manifest, tmp_path / "ix") == []
+    assert manifest.labels is None and labelled_sets(manifest, tmp_path / "ix") == []
 
 
 # -- the app's Evaluate page on an index whose source folder is gone ------------------------------------------
@@ -175,7 +175,7 @@ def test_the_evaluate_page_works_after_the_source_folder_is_deleted(built):
 
 def test_the_evaluate_page_reports_a_corrupted_copy(built):
     directory, _ = built
-    copy = directory / read_manifest(directory)["generation"] / "labels.queries.jsonl"
+    copy = directory / read_manifest(directory).generation / "labels.queries.jsonl"
     copy.write_bytes(copy.read_bytes()[:-1])
     at = evaluate_page(directory)
     assert not at.exception

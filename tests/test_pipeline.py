@@ -70,7 +70,7 @@ def test_interrupted_rebuild_keeps_the_existing_index(tmp_path, encoder, small_j
     assert read_manifest(tmp_path / "ix") == before
     assert IndexReader(tmp_path / "ix").n_documents == 8
     # no temporary generation is left in the index directory; the staging area stays, so the same command resumes
-    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == [CURRENT, before["generation"], STAGING, LOCK]
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == [CURRENT, before.generation, STAGING, LOCK]
 
 
 def test_overlap_larger_than_half_a_chunk_is_refused(tmp_path, encoder, small_jsonl):

@@ -5,8 +5,11 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import edited_copy, relu_one_layer, swap_bees_and_honey
+from conftest import build_random, edited_copy, relu_one_layer, swap_bees_and_honey
+from dataclasses import replace
+
 from indexer.compat import compatibility_problems
+from indexer.config import parse_representation, parse_representations, poolings_of
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
 from indexer.search import IndexMismatchError, Searcher, encoder_for, rank_documents
@@ -140,38 +143,74 @@ def test_same_weights_with_another_config_or_tokenizer_is_refused_naming_the_fil
         assert [p for p in compatibility_problems(manifest, other, purpose) if f"differ in {name}" in p]
 
 
-def with_representations(encoder, representations):
-    """The same loaded model computing other representations."""
-    return Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=representations, max_tokens=encoder.max_tokens)
+class Computing:
+    """An encoder as compatibility_problems sees it: the index's model, computing `representations`."""
+
+    def __init__(self, manifest, representations):
+        self.info, self.max_tokens = manifest.model, manifest.chunking.max_tokens
+        self.representations = parse_representations(representations)
+        self.poolings = poolings_of(self.representations)
 
 
-def test_one_rule_for_representations_by_purpose(tiny_index):
-    directory, encoder = tiny_index  # the index holds pooled, mean and cls
+HELD = {"pooled": 16, "mean": 16, "mean+whiten": 8}  # stored poolings: pooled and mean
+
+
+@pytest.mark.parametrize("purpose, computed, wanted, problems", [
+    # search: the representations searched (default all the index holds); a transform is the index's own
+    ("search", "pooled,mean", None, []),
+    ("search", "mean", None, ["the encoder does not compute `pooled`"]),
+    ("search", "mean", "mean,mean+whiten", []),
+    ("search", "pooled,mean,cls", "cls", ["the index has no `cls` representation"]),
+    # reuse: those wanted (default the encoder's); the index may hold more
+    ("reuse", "mean", None, []),
+    ("reuse", "mean,mean+whiten", None, []),
+    ("reuse", "mean,cls", None, ["the index has no `cls` representation"]),
+    # add: every representation the index holds, whatever is asked; computing more is fine
+    ("add", "pooled,mean,cls", None, []),
+    ("add", "mean,mean+whiten", None,
+     ["the encoder does not compute `pooled`: a new document needs a vector in every representation of the index"]),
+    ("add", "mean", "mean", ["the encoder does not compute `pooled`: a new document needs a vector in every representation of the index"]),
+    # fit: the same model and vector space only
+    ("fit", "cls", None, []),
+])
+def test_one_rule_for_representations_by_purpose(purpose, computed, wanted, problems):
+    """Needed representations must be held by the index and their poolings computed by the encoder; only which are
+    needed depends on the purpose."""
+    from indexer.store import RepresentationRecord
+    from test_store import described
+
+    manifest = replace(described(), poolings={"pooled": 16, "mean": 16}, representations={
+        r: RepresentationRecord(d, f"{r}.faiss", parse_representation(r).pooling) for r, d in HELD.items()})
+    wanted = wanted and parse_representations(wanted)
+    assert compatibility_problems(manifest, Computing(manifest, computed), purpose, wanted) == problems
+    with pytest.raises(ValueError, match="unknown purpose 'serve'; valid: search, reuse, add, fit"):
+        compatibility_problems(manifest, Computing(manifest, computed), "serve")
+
+
+def test_adding_with_an_encoder_that_computes_more_stores_only_the_indexs_poolings(tiny_index, tmp_path):
+    import sqlite3
+
+    from indexer.integrity import verify
+    from indexer.pipeline import add_documents
+
+    _, encoder = tiny_index  # computes pooled, mean and cls
+    two = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=("mean", "mean+whiten4"), max_tokens=12)
+    directory = tmp_path / "two"
+    build_random(directory, two, 12)
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"_id": "fresh", "text": "bees and honey"}\n', encoding="utf-8")
+    add_documents(directory, more, encoder, progress=False)  # computes pooled, mean and cls
     manifest = read_manifest(directory)
-    two = with_representations(encoder, ("pooled", "mean"))
-    # search: the encoder must compute what is searched, and the index hold it
-    assert compatibility_problems(manifest, two, "search") == ["the encoder does not compute `cls`"]
-    assert compatibility_problems(manifest, two, "search", ("pooled", "mean")) == []
-    # reuse: an index holding more than wanted is fine
-    assert compatibility_problems(manifest, two, "reuse") == []
-    # add: every new chunk needs a vector in each of the index's representations
-    assert ["holds `pooled`, `mean`, `cls` vectors, but this run computes `pooled`, `mean`" in p
-            for p in compatibility_problems(manifest, two, "add")] == [True]
-    assert compatibility_problems(manifest, encoder, "add") == []
-
-    fewer = manifest | {"representations": {r: s for r, s in manifest["representations"].items() if r != "cls"}}
-    assert compatibility_problems(fewer, encoder, "search") == []  # computing more than needed costs, nothing else
-    assert compatibility_problems(fewer, encoder, "reuse") == ["the index has no `cls` representation"]
-    assert compatibility_problems(fewer, encoder, "search", ("cls",)) == ["the index has no `cls` representation"]
-    assert len(compatibility_problems(fewer, encoder, "add")) == 1
-    with pytest.raises(ValueError, match="unknown purpose"):
-        compatibility_problems(manifest, encoder, "serve")
+    db = sqlite3.connect(directory / manifest.generation / "metadata.sqlite")
+    assert {r for (r,) in db.execute("SELECT DISTINCT representation FROM vectors")} == {"mean"} == set(manifest.poolings)
+    db.close()
+    assert verify(directory)[0] == [] and "fresh" in IndexReader(directory).doc_ids()
 
 
 def test_an_index_from_before_fingerprints_is_searched_with_a_warning_but_not_reused_or_added_to(tiny_index, tiny_bert_other, caplog):
     directory, encoder = tiny_index
     manifest = read_manifest(directory)
-    legacy = manifest | {"model": {k: v for k, v in manifest["model"].items() if k not in ("fingerprint", "files")}}
+    legacy = replace(manifest, model=replace(manifest.model, fingerprint=None, files=None))
     with caplog.at_level(logging.WARNING, logger="indexer.compat"):
         assert compatibility_problems(legacy, encoder, "search") == []
     assert "predates model fingerprints" in caplog.text and "rebuild" in caplog.text

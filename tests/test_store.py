@@ -8,15 +8,28 @@ import numpy as np
 import pytest
 
 from indexer.chunking import Chunk
+from indexer.config import ChunkingConfig, ModelInfo
 from indexer.loaders import Document
 from indexer.pipeline import delete_documents
 from indexer.staging import Staging, WriterLock, publish
-from indexer.store import CURRENT, MANIFEST, METADATA, SQL_VARIABLES, IndexReader, StoreError, generation_id, read_manifest
+from indexer.store import (
+    CURRENT, MANIFEST, METADATA, SQL_VARIABLES, BuildRecord, Counts, FileRecord, IndexReader, Manifest, SourceRecord,
+    StoreError, generation_id, read_manifest,
+)
+from indexer.vector_index import IndexSpec
 
 
 def unit(rng, n, d):
     v = rng.standard_normal((n, d)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def described(d=16, vector_index=None) -> Manifest:
+    """What a build records, for an index of random vectors written without a model."""
+    model = ModelInfo(name="test", source="local", location="/nowhere", weights_sha256="0" * 64, fingerprint="1" * 64,
+                      files={}, pooler="loaded", pooler_note="", tokenizer="test", max_tokens=16, dim=d, architecture="none")
+    return Manifest(indexer_version="test", model=model, chunking=ChunkingConfig(16), content_tokens_per_chunk=14,
+                    vector_index=vector_index or IndexSpec(), source=SourceRecord("random", "test", ""), build=BuildRecord(0.0, 0, 0))
 
 
 def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0, vector_index=None, ids=None):
@@ -33,10 +46,7 @@ def write_index(directory, n_docs=50, chunks_per_doc=3, d=16, seed=0, vector_ind
         split = half * chunks_per_doc
         staging.apply(documents=docs[:half], chunks=chunks[:split], vectors={r: v[:split] for r, v in vectors.items()}, consumed=half)
         staging.apply(documents=docs[half:], chunks=chunks[split:], vectors={r: v[split:] for r, v in vectors.items()}, consumed=n_docs)
-        manifest = {"model": {"name": "test"}, "chunking": {"max_tokens": 16}}
-        if vector_index is not None:
-            manifest["vector_index"] = vector_index
-        publish(directory, staging, manifest, {"pooled": d, "mean": d})
+        publish(directory, staging, described(d, vector_index), {"pooled": d, "mean": d})
     return docs, chunks, vectors
 
 
@@ -60,7 +70,7 @@ def test_same_chunk_ids_and_metadata_in_every_representation(tmp_path):
         (c.doc_id, c.position, c.text) for c in chunks
     ]
     assert rows[4].title == "T1"
-    assert reader.manifest["counts"] == {"documents": 50, "chunks": 150}
+    assert reader.manifest.counts == Counts(documents=50, chunks=150)
     for r in ("pooled", "mean"):
         np.testing.assert_array_equal(reader.vectors(r, range(len(chunks))), vectors[r])
 
@@ -92,13 +102,14 @@ def test_layout_pointer_and_manifest(tmp_path):
     directory = tmp_path / "ix"
     pointer = json.loads((directory / CURRENT).read_text())
     assert pointer["generation"] == "gen-000001" == generation_id(directory)
-    manifest = read_manifest(directory)
+    manifest = json.loads((directory / "gen-000001" / MANIFEST).read_text())
     assert set(manifest["files"]) == {"pooled.faiss", "mean.faiss", METADATA}
     assert manifest["representations"]["mean"] == {"dim": 16, "file": "mean.faiss", "index_type": "flat-ip", "pooling": "mean",
                                                    "build_seconds": manifest["representations"]["mean"]["build_seconds"]}
     assert manifest["poolings"] == {"pooled": {"dim": 16}, "mean": {"dim": 16}}
     assert manifest["vector_index"] == {"type": "flat"}
     assert manifest["format_version"] == 2 and manifest["next_chunk_id"] == 150
+    assert read_manifest(directory) == Manifest.from_dict(manifest)
     assert sorted(p.name for p in directory.iterdir()) == [CURRENT, "gen-000001", "writer.lock"]  # staging removed
 
 
@@ -278,7 +289,7 @@ def test_a_manifest_file_name_outside_the_generation_is_never_joined(tmp_path):
     (tmp_path / "outside.faiss").write_bytes(b"x")
     for name in ["../../outside.faiss", "../outside.faiss", "/etc/passwd", "..", "sub/mean.faiss", ".hidden"]:
         with pytest.raises(StoreError, match="is not a plain file name inside the generation"):
-            verified_bytes(gen_dir, name, {name: {"bytes": 1, "sha256": "0" * 64}})
+            verified_bytes(gen_dir, name, {name: FileRecord(1, "0" * 64)})
 
 
 # -- a damaged CURRENT (issue 10, item 8) ------------------------------------------------------------------

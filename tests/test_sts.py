@@ -351,8 +351,8 @@ def test_a_stored_transform_reports_the_chunks_it_was_fitted_on(tmp_path, tiny_b
     index_encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "mean+whiten"))
     add_documents(directory, more, index_encoder, progress=False)
     manifest = read_manifest(directory)
-    fitted = manifest["representations"]["mean+whiten"]["transform"]["fitted_on_chunks"]
-    assert manifest["counts"]["chunks"] > fitted
+    fitted = manifest.representations["mean+whiten"].transform.fitted_on_chunks
+    assert manifest.counts.chunks > fitted
     result = evaluate_sts(read_sts(write_tsv(tmp_path / "p.tsv")), index_encoder, "mean+whiten", fit_on=directory,
                           resamples=10, progress=False)
     assert result.fits["mean+whiten"]["chunks"] == fitted

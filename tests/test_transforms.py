@@ -150,7 +150,7 @@ def test_five_poolings_and_transforms_from_one_forward_pass_per_batch(tmp_path, 
     assert len(calls) == -(-summary.chunks // 16)  # one forward pass per batch of 16 chunks, whatever the representations
     reader = IndexReader(tmp_path / "ix")
     assert reader.representations == parse_representations(REPS)
-    assert set(reader.manifest["poolings"]) == {"pooled", "mean", "max", "first_last"}
+    assert set(reader.manifest.poolings) == {"pooled", "mean", "max", "first_last"}
 
 
 def test_index_vectors_are_the_transform_of_the_stored_pooling_and_queries_get_the_same_map(built, encoder):
@@ -176,7 +176,7 @@ def test_index_vectors_are_the_transform_of_the_stored_pooling_and_queries_get_t
     hits = searcher.search(query, k=5).results["mean+whiten"]
     assert [h.doc_id for h in hits] == expected
     np.testing.assert_allclose([h.score for h in hits], [best[d] for d in expected], atol=1e-5)
-    assert q.shape == (1, reader.manifest["representations"]["mean+whiten"]["dim"])
+    assert q.shape == (1, reader.manifest.representations["mean+whiten"].dim)
 
 
 def test_add_keeps_transforms_fixed_and_refit_fits_them_again(built, encoder, tmp_path):
@@ -188,9 +188,9 @@ def test_add_keeps_transforms_fixed_and_refit_fits_them_again(built, encoder, tm
     assert reader.n_documents == 130
     for name, t in reader.transforms.items():
         np.testing.assert_array_equal(t.matrix, old[name].matrix)  # the same map for old and new documents
-        record = after["representations"][name]["transform"]
-        assert record["fitted_in"] == before["generation"] and record["refitted"] is False
-        assert record["fitted_on_chunks"] == before["counts"]["chunks"]
+        record = after.representations[name].transform
+        assert record.fitted_in == before.generation and record.refitted is False
+        assert record.fitted_on_chunks == before.counts.chunks
         ids, vectors = stored(reader, name.split("+")[0])
         np.testing.assert_allclose(reader.vectors(name, ids), old[name].apply(vectors), atol=1e-6)
     assert verify(built)[0] == []
@@ -198,13 +198,13 @@ def test_add_keeps_transforms_fixed_and_refit_fits_them_again(built, encoder, tm
     result = refit(built)
     refitted = read_manifest(built)
     reader = IndexReader(built)
-    assert result.generation == refitted["generation"]
+    assert result.generation == refitted.generation
     for name, t in reader.transforms.items():
-        assert refitted["representations"][name]["transform"]["fitted_on_chunks"] == reader.n_chunks
-        assert refitted["representations"][name]["transform"]["fitted_in"] == refitted["generation"]
+        assert refitted.representations[name].transform.fitted_on_chunks == reader.n_chunks
+        assert refitted.representations[name].transform.fitted_in == refitted.generation
         ids, vectors = stored(reader, name.split("+")[0])
         np.testing.assert_allclose(t.matrix, fit(name, vectors).matrix, atol=1e-5)
-    assert refitted["updates"][-1]["op"] == "refit"
+    assert refitted.updates[-1]["op"] == "refit"
 
 
 def test_refit_can_add_a_representation_of_a_stored_pooling_but_not_of_another(built, caplog):
@@ -213,7 +213,7 @@ def test_refit_can_add_a_representation_of_a_stored_pooling_but_not_of_another(b
     assert "no representation uses `pooled`, `first_last` any more: it is dropped" in caplog.text
     reader = IndexReader(built)
     assert reader.representations == ("mean", "max+whiten8")
-    assert reader.manifest["representations"]["max+whiten8"]["dim"] == 8
+    assert reader.manifest.representations["max+whiten8"].dim == 8
     assert verify(built)[0] == []
     with pytest.raises(StoreError, match="stores no `cls` vectors"):
         refit(built, ["cls+whiten"])

@@ -74,18 +74,18 @@ def test_hnsw_recall_grows_with_ef_search():
 
 def test_manifest_records_the_type_and_settings_and_readers_apply_them(tmp_path):
     spec = IndexSpec(type="hnsw", m=12, ef_construction=30, ef_search=77)
-    _, _, vectors = write_index(tmp_path / "ix", vector_index=spec.to_dict())
+    _, _, vectors = write_index(tmp_path / "ix", vector_index=spec)
     manifest = read_manifest(tmp_path / "ix")
-    assert manifest["vector_index"] == {"type": "hnsw", "m": 12, "ef_construction": 30, "ef_search": 77}
-    assert {r: s["index_type"] for r, s in manifest["representations"].items()} == {"pooled": "hnsw-ip", "mean": "hnsw-ip"}
-    assert all(s["build_seconds"] >= 0 for s in manifest["representations"].values())
+    assert manifest.vector_index == IndexSpec(type="hnsw", m=12, ef_construction=30, ef_search=77)
+    assert {r: s.index_type for r, s in manifest.representations.items()} == {"pooled": "hnsw-ip", "mean": "hnsw-ip"}
+    assert all(s.build_seconds >= 0 for s in manifest.representations.values())
     reader = IndexReader(tmp_path / "ix")
     import faiss
 
     for index in reader.indexes.values():
         hnsw = faiss.downcast_index(index.index).hnsw
         assert (hnsw.efSearch, hnsw.efConstruction) == (77, 30)
-    assert verify(tmp_path / "ix") == ([], [f"generation {manifest['generation']}, created {manifest['created_at']}"])
+    assert verify(tmp_path / "ix") == ([], [f"generation {manifest.generation}, created {manifest.created_at}"])
 
 
 def test_a_file_of_another_type_than_the_manifest_says_is_refused(tmp_path):
@@ -118,7 +118,7 @@ def test_convert_switches_type_without_re_embedding_and_back(tmp_path):
     exact = {r: before.search(r, queries, 10) for r in ("pooled", "mean")}
     convert(directory, IndexSpec(type="hnsw", ef_search=512))
     manifest = read_manifest(directory)
-    assert manifest["vector_index"]["type"] == "hnsw" and manifest["updates"][-1]["op"] == "convert"
+    assert manifest.vector_index.type == "hnsw" and manifest.updates[-1]["op"] == "convert"
     after = IndexReader(directory)
     for r in ("pooled", "mean"):
         np.testing.assert_array_equal(after.vectors(r, range(len(chunks))), vectors[r])  # the very same vectors
@@ -127,7 +127,7 @@ def test_convert_switches_type_without_re_embedding_and_back(tmp_path):
         np.testing.assert_allclose(scores, exact[r][0], atol=1e-6)
     assert verify(directory)[0] == []
     convert(directory, IndexSpec())
-    assert read_manifest(directory)["vector_index"] == {"type": "flat"}
+    assert read_manifest(directory).vector_index == IndexSpec()
     assert verify(directory)[0] == []
 
 
@@ -135,8 +135,8 @@ def test_hnsw_build_add_delete_keep_the_type_and_match_flat_rankings(tmp_path, t
     spec = IndexSpec(type="hnsw", m=8, ef_construction=40, ef_search=200)
     build_index(small_jsonl, tmp_path / "h", tiny_encoder, progress=False, vector_index=spec)
     build_index(small_jsonl, tmp_path / "f", tiny_encoder, progress=False)
-    assert read_manifest(tmp_path / "h")["vector_index"] == spec.to_dict()
-    assert read_manifest(tmp_path / "f")["vector_index"] == {"type": "flat"}
+    assert read_manifest(tmp_path / "h").vector_index == spec
+    assert read_manifest(tmp_path / "f").vector_index == IndexSpec()
     for query in ("honey from the hive", "bread in the oven", "a comet in the sky"):
         h = Searcher(tmp_path / "h", tiny_encoder).search(query, 5)
         f = Searcher(tmp_path / "f", tiny_encoder).search(query, 5)
@@ -146,7 +146,7 @@ def test_hnsw_build_add_delete_keep_the_type_and_match_flat_rankings(tmp_path, t
     add_documents(tmp_path / "h", more, tiny_encoder, progress=False)
     delete_documents(tmp_path / "h", ["bee-1"])
     manifest = read_manifest(tmp_path / "h")
-    assert manifest["vector_index"] == spec.to_dict() and manifest["counts"]["documents"] == 8
+    assert manifest.vector_index == spec and manifest.counts.documents == 8
     assert verify(tmp_path / "h")[0] == []
 
 

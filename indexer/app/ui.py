@@ -15,11 +15,11 @@ from typing import Callable, Mapping, Sequence
 import streamlit as st
 
 from indexer import compare, explore
-from indexer.config import SAMPLE_INDEX
+from indexer.config import DEFAULT_BATCH_SIZE, SAMPLE_INDEX
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
-from indexer.search import Searcher, model_name_for
-from indexer.store import StoreError, is_index, read_manifest, read_pointer
+from indexer.search import Searcher, encoder_for
+from indexer.store import StoreError, is_index
 from indexer.text import STOP_WORDS
 
 
@@ -50,11 +50,6 @@ def available_indexes() -> list[Path]:
     if is_index(current) and current not in [p.resolve() for p in found]:
         found.insert(0, current)
     return found
-
-
-def manifest_sha(directory: Path) -> str:
-    """Identity of an index's published generation: a new generation gets new cache entries."""
-    return read_pointer(directory)["manifest_sha256"]
 
 
 # -- state in the URL (permalinks) --------------------------------------------------------------------
@@ -176,21 +171,21 @@ def shown_text(text: str, *paths: str | Path) -> str:
 # -- cached resources ------------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens: int | None) -> Encoder:
-    """One shared encoder per model, representations and max length (None: the model's own)."""
-    return Encoder.load(model, representations=representations, max_tokens=max_tokens)
+def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens: int | None = None, *,
+                 batch_size: int = DEFAULT_BATCH_SIZE, trust_remote_code: bool = False) -> Encoder:
+    """One shared encoder per model, representations and max length (None: the model's own): Encoder.load's
+    arguments, so that search.encoder_for can load with it."""
+    return Encoder.load(model, representations=tuple(representations), max_tokens=max_tokens, batch_size=batch_size,
+                        trust_remote_code=trust_remote_code)
 
 
 @st.cache_resource(show_spinner="Opening the index…", max_entries=8)
-def load_searcher(directory: str, sha: str, model: str | None) -> Searcher:
-    """A verified index and its encoder; `model` overrides the index's own (then it must match).
-
-    The searcher itself switches to a newly published generation before its next query.
-    """
-    manifest = read_manifest(directory)
-    name = model if model is not None else model_name_for(manifest)
-    encoder = load_encoder(name, tuple(manifest["representations"]), manifest["chunking"]["max_tokens"])
-    return Searcher(directory, encoder)
+def load_searcher(directory: str, model: str | None) -> Searcher:
+    """The one searcher of an index directory, shared by every session; `model` overrides the index's own (then it
+    must match). It switches to a newly published generation itself before its next query, taking a new encoder
+    when the generation needs another (search.encoder_for, with the shared model loader), so that one copy of the
+    index is held whatever is published."""
+    return Searcher(directory, make_encoder=lambda manifest: encoder_for(manifest, model, load=load_encoder))
 
 
 def searcher_or_stop() -> Searcher:
@@ -203,7 +198,9 @@ def searcher_or_stop() -> Searcher:
         )
         st.stop()
     try:
-        return load_searcher(str(directory.resolve()), manifest_sha(directory), st.session_state.get("model"))
+        searcher = load_searcher(str(directory.resolve()), st.session_state.get("model"))
+        searcher.current()  # a newly published generation, before the page reads the index
+        return searcher
     except (StoreError, ModelError, ValueError, OSError) as exc:
         # a manifest's text is not Markdown
         st.error(f"Cannot open the index `{shown_path(directory)}`: {escape_markdown(shown_text(str(exc), directory))}")
@@ -213,7 +210,7 @@ def searcher_or_stop() -> Searcher:
 @st.cache_data(show_spinner=False, max_entries=16)
 def labels(directory: str, sha: str, name: str) -> tuple[dict[str, str], dict[str, dict[str, int]], list[str]]:
     """Queries, judgements and skipped-line messages of one labelled set of an index."""
-    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    searcher = load_searcher(directory, st.session_state.get("model"))
     chosen = next(s for s in labelled_sets(searcher.manifest, searcher.index.directory) if s.name == name)
     queries, qrels, issues = load_labels(chosen.queries, chosen.qrels, searcher.index.doc_ids())
     return queries, qrels, [shown_text(str(i), directory) for i in issues]  # each names its file
@@ -234,7 +231,7 @@ def judgements_for(searcher: Searcher, query: str) -> tuple[str, dict[str, int]]
     wanted = " ".join(query.lower().split())
     directory = str(searcher.index.directory)
     for labelled in labelled_sets_of(searcher):
-        queries, qrels, _ = labels(directory, manifest_sha(searcher.index.directory), labelled.name)
+        queries, qrels, _ = labels(directory, searcher.index.manifest_sha256, labelled.name)
         for qid, text in queries.items():
             if qid in qrels and " ".join(text.lower().split()) == wanted:
                 return qid, qrels[qid]
@@ -244,7 +241,7 @@ def judgements_for(searcher: Searcher, query: str) -> tuple[str, dict[str, int]]
 @st.cache_data(show_spinner="Sampling documents…", max_entries=8)
 def document_sample(directory: str, sha: str, limit: int = 1500) -> dict:
     """explore.document_sample of the index, for all its representations (cached per generation)."""
-    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    searcher = load_searcher(directory, st.session_state.get("model"))
     return explore.document_sample(searcher.index, searcher.representations, limit=limit)
 
 
@@ -295,7 +292,7 @@ def session_evaluations() -> EvaluationCache:
 def relevance_similarities(directory: str, sha: str, name: str, representations: tuple[str, ...], negatives: str,
                            extra_docs: tuple[str, ...] = ()) -> dict:
     """explore.relevance_similarities on one labelled set of the index (cached per generation and choice)."""
-    searcher = load_searcher(directory, sha, st.session_state.get("model"))
+    searcher = load_searcher(directory, st.session_state.get("model"))
     queries, qrels, _ = labels(directory, sha, name)
     return explore.relevance_similarities(searcher, queries, qrels, list(representations), extra_docs=extra_docs,
                                           negatives=negatives)

@@ -186,7 +186,7 @@ problems += ui.restore_from_url({
 for problem in problems:
     st.warning(ui.escape_markdown(problem))  # the values come from the link: shown literally
 
-directory, sha = str(searcher.index.directory), ui.manifest_sha(searcher.index.directory)
+directory, sha = str(searcher.index.directory), searcher.index.manifest_sha256
 if not sets:
     st.info(
         "This index has no labelled queries: it was not built from a BEIR dataset with `queries.jsonl` "

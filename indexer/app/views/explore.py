@@ -92,7 +92,7 @@ def map_chart(points: pd.DataFrame) -> alt.Chart:
 
 st.title("Explore")
 searcher = ui.searcher_or_stop()
-directory, sha = str(searcher.index.directory), ui.manifest_sha(searcher.index.directory)
+directory, sha = str(searcher.index.directory), searcher.index.manifest_sha256
 sample = ui.document_sample(directory, sha)
 everyone = list(searcher.representations)
 sets = [s.name for s in ui.labelled_sets_of(searcher)]

@@ -9,22 +9,21 @@ import pandas as pd
 import streamlit as st
 
 from indexer.app import build, ui
-from indexer import vector_index
 from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations, poolings_of
 from indexer.encoder import ModelError
 from indexer.explore import describe_representations
 from indexer.loaders import SourceError
 from indexer.pipeline import BuildError
-from indexer.store import StoreError, read_manifest
+from indexer.store import Manifest, StoreError, read_manifest
 
 st.title("Indexes")
 
 
-def labels_kept(manifest: dict) -> str:
+def labels_kept(manifest: Manifest) -> str:
     """Which labelled queries an index keeps (the splits of its BEIR folder, copied at build time)."""
-    if "labels" in manifest:
-        return f"kept with the index: {', '.join(manifest['labels']['qrels'])}"
-    if manifest.get("source", {}).get("format") == "beir":
+    if manifest.labels is not None:
+        return f"kept with the index: {', '.join(manifest.labels.qrels)}"
+    if manifest.source.format == "beir":
         return "read from the source folder (the index was built before labelled sets were kept)"
     return "none (not built from a BEIR folder)"
 
@@ -38,22 +37,22 @@ for directory in indexes:
     except StoreError as exc:
         st.warning(f"`{ui.shown_path(directory)}`: {ui.escape_markdown(ui.shown_text(str(exc), directory))}")
         continue
-    model, counts, pooler = manifest.get("model", {}), manifest.get("counts", {}), manifest.get("pooler_check", {})
+    model, counts = manifest.model, manifest.counts
     current = directory.resolve() == ui.index_dir().resolve()
-    title = ui.escape_markdown(f"{directory.name} — {counts.get('documents')} documents, {model.get('name')}")  # folder and manifest text
+    title = ui.escape_markdown(f"{directory.name} — {counts.documents} documents, {model.name}")  # folder and manifest text
     with st.expander(f"{'● ' if current else ''}{title}", expanded=current):
-        source = manifest.get("source", {}).get("path")
+        source = manifest.source.path
         st.table(
             pd.DataFrame(
                 {
-                    "model": f"{model.get('name')} ({model.get('source')})",
-                    "weights sha256": model.get("weights_sha256"),
-                    "pooler check": f"{pooler.get('status')}: {pooler.get('note')}",
-                    "chunking": f"{manifest.get('chunking', {}).get('max_tokens')} tokens, overlap {manifest.get('chunking', {}).get('overlap')}",
-                    "representations": ", ".join(manifest.get("representations", {})),
-                    "vector index": vector_index.describe(manifest.get("vector_index")),
-                    "documents / chunks": f"{counts.get('documents')} / {counts.get('chunks')}",
-                    "created": manifest.get("created_at"),
+                    "model": f"{model.name} ({model.source})",
+                    "weights sha256": model.weights_sha256,
+                    "pooler check": f"{model.pooler}: {model.pooler_note}",
+                    "chunking": f"{manifest.chunking.max_tokens} tokens, overlap {manifest.chunking.overlap}",
+                    "representations": ", ".join(manifest.representations),
+                    "vector index": manifest.vector_index.label,
+                    "documents / chunks": f"{counts.documents} / {counts.chunks}",
+                    "created": manifest.created_at,
                     "source": ui.shown_path(source) if source else None,
                     "labelled queries": labels_kept(manifest),
                 }.items(),
@@ -62,7 +61,7 @@ for directory in indexes:
         )
         # st.table wraps long cells (and reads Markdown: every cell is escaped, shown as written)
         st.table(pd.DataFrame(describe_representations(manifest)).map(lambda v: ui.escape_markdown(str(v))).set_index("representation"))
-        if pooler.get("status") == "missing" and "pooled" in poolings_of(manifest.get("representations", {})):
+        if model.pooler == "missing" and "pooled" in poolings_of(manifest.representations):
             st.warning("`pooled` vectors of this index come from a randomly initialised pooler.")
         if not current and st.button("Use this index", key=f"use:{directory}"):
             st.session_state["index_dir"] = str(directory)

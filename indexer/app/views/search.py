@@ -145,9 +145,10 @@ def show_document(index, hit, place) -> None:
 def search_view(searcher) -> None:
     """Everything below the page's title: a new query, k or pick reruns only this part, so the browser redraws
     the results and nothing else (the sidebar, title and any message about the link stay as they are)."""
-    current = searcher.current()  # a newly published generation, before its counts are shown
+    served = searcher.served()  # a newly published generation (with its encoder), before its counts are shown
+    current = served.index
     st.caption(f"{current.n_documents} documents, {current.n_chunks} chunks · model "
-               f"`{searcher.encoder.info.name}` · {explain.GLOSSARY['cosine']}")
+               f"`{served.encoder.info.name}` · {explain.GLOSSARY['cosine']}")
     # Streamlit drops a widget's value when another page runs: coming back, the boxes start from what this page
     # last showed (a link or another page that set them first wins)
     for widget, kept in KEPT_ACROSS_PAGES.items():
