@@ -756,7 +756,8 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     _robust_output()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    # force: a second call in one process (tests, notebooks) writes to the stderr of now, not of the first call
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", force=True)
     try:
         from transformers.utils import logging as hf_logging
 

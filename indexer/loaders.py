@@ -788,8 +788,9 @@ def json_objects(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[str
             yield lineno, obj
 
 
-def _json_problem(obj: dict[str, Any]) -> str | None:
-    """Why a parsed record cannot be stored (too deep, a lone surrogate in a key or string), or None.
+def _json_problem(obj: dict[str, Any], *, stored: bool = False) -> str | None:
+    """Why a parsed record cannot be kept (too deep, a lone surrogate in a key or string), or None. `stored`: it
+    becomes a document's metadata, which SQLite's JSON functions read, so NaN and Infinity are refused too.
 
     Walks the record without recursion, so depth is only limited by MAX_JSON_DEPTH.
     """
@@ -799,7 +800,7 @@ def _json_problem(obj: dict[str, Any]) -> str | None:
         if isinstance(value, str):
             if reason := describe_surrogate(value, f"field {where!r}"):
                 return reason
-        elif isinstance(value, float) and not math.isfinite(value):  # Python's json reads them; JSON has none
+        elif stored and isinstance(value, float) and not math.isfinite(value):  # Python's json reads them; JSON has none
             return f"field {where!r} is {value}, which JSON cannot hold"
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
@@ -842,6 +843,8 @@ def _record(obj: dict[str, Any], source: str, columns: _Columns) -> Document:
     metadata = {k: v for k, v in obj.items() if k not in (id_key, columns.text, columns.title)}
     if isinstance(metadata.get("metadata"), dict):  # nested metadata: merged, top-level keys win
         metadata = {**metadata.pop("metadata"), **metadata}
+    if problem := _json_problem(metadata, stored=True):
+        raise _Skip(problem)
     return Document(doc_id=doc_id, text=text, title=title, metadata=metadata, source=source)
 
 

@@ -126,6 +126,20 @@ def swap_bees_and_honey(text: str) -> str:
     return json.dumps(tokenizer)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def app_config():
+    """The settings of the app's own .streamlit/config.toml for AppTest, which reads only the current folder's
+    (streamlit run reads the one beside the script): the loopback address decides whether paths are shown."""
+    import tomllib
+
+    from streamlit import config
+
+    from indexer.app.serve import APP
+
+    settings = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    config.set_option("server.address", settings["server"]["address"])
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

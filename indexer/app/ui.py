@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 import streamlit as st
 
 from indexer import compare, explore
+from indexer.app.serve import LOOPBACK_NAMES
 from indexer.config import DEFAULT_BATCH_SIZE, SAMPLE_INDEX
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
@@ -139,13 +140,9 @@ def index_from_url() -> str | None:
 
 # -- local paths -----------------------------------------------------------------------------------------
 
-#: Addresses that only this machine can reach: local paths are shown only when the app listens on one of them.
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
 def paths_shown() -> bool:
     """Whether this machine's file paths may be shown: only when the app is bound to loopback."""
-    return str(st.get_option("server.address") or "").strip() in LOOPBACK
+    return str(st.get_option("server.address") or "").strip() in LOOPBACK_NAMES
 
 
 def shown_path(path: str | Path) -> str:
