@@ -1,6 +1,7 @@
 # Pooling Lab — the two commands of the README:
 #   make run    set everything up and start the app on the embedded model and data/sample/
 #   make test   set up what the tests need and run them
+#   (make lint  the linter, as CI runs it before the tests)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,7 +19,7 @@ HOST   ?= 127.0.0.1
 # Extra arguments for the app, e.g. APP_ARGS=--allow-build to let visitors build indexes from uploads.
 APP_ARGS ?=
 
-.PHONY: run demo test fuzz install index clean constraints
+.PHONY: run demo test lint fuzz install index clean constraints
 
 # The Streamlit app on the sample index: open http://localhost:$(PORT)
 run: $(INDEX)/CURRENT
@@ -30,6 +31,10 @@ demo: $(INDEX)/CURRENT
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff (pinned in requirements-dev.txt; its rules in pyproject.toml). .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(PY) -m ruff check indexer tests
 
 # The fuzz tests at length (make test runs a few examples of each): FUZZ_EXAMPLES inputs per test;
 # each fuzz module prints its count of inputs tried and crashes at the end.

@@ -173,9 +173,9 @@ def scale_benchmark(
     """Per size: end-to-end query latency (encode once + search every representation + read the hits'
     metadata, through `Searcher`) over a synthetic index; with an `hnsw` spec also its build time,
     latency and recall@k against exact search, over a sweep of efSearch values."""
+    from . import vector_index
     from .integrity import convert
     from .search import Searcher
-    from . import vector_index
 
     for n in sizes:
         positive("sizes", n)
@@ -194,19 +194,19 @@ def scale_benchmark(
             qvecs = encoder.encode_texts(list(queries))
             truth = {r: searcher.index.search(r, qvecs[r], k)[1] for r in encoder.representations}
             row["encode_only"] = _percentiles(_timed(lambda q: encoder.encode_texts([q]), queries))
-            row["exact"] = _percentiles(_timed(lambda q: searcher.search(q, k), queries))
+            row["exact"] = _percentiles(_timed(lambda q, s=searcher: s.search(q, k), queries))
             if spec is not None and spec.type != "flat":
                 convert(directory, spec)
                 index = searcher.current()  # the searcher switches to the new generation
                 row["index_type"] = spec.to_dict()
                 row["build_s"] = {r: index.manifest.representations[r].build_seconds for r in encoder.representations}
-                row["approximate"] = _percentiles(_timed(lambda q: searcher.search(q, k), queries))
+                row["approximate"] = _percentiles(_timed(lambda q, s=searcher: s.search(q, k), queries))
                 row["recall_at_k"] = {r: recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}
                 sweep = []
                 for ef in sorted(set(ef_sweep) | {spec.ef_search}):
                     for faiss_index in index.indexes.values():
                         vector_index.configure(faiss_index, spec, ef_search=ef)
-                    per_query = _timed(lambda j: [index.search(r, qvecs[r][j : j + 1], k) for r in encoder.representations],
+                    per_query = _timed(lambda j, ix=index, qv=qvecs: [ix.search(r, qv[r][j : j + 1], k) for r in encoder.representations],
                                        range(len(queries)))
                     sweep.append({"ef_search": ef, "search_p50_ms": 1000 * float(np.percentile(per_query, 50)),
                                   **{f"recall_{r}": recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}})

@@ -220,7 +220,7 @@ def chunk_document(
         reuse = [exact_at_word_boundaries and len(slices) == 1 and buffer.at_word_boundaries(s, e) for s, e in windows]
         retokenised = iter(tokenize([content[cs:ce] for (cs, ce), r in zip(spans, reuse) if not r]) if not all(reuse) else [])
         own = [buffer.ids[s:e].tolist() if r else next(retokenised).ids for (s, e), r in zip(windows, reuse)]
-        for (s, e), (cs, ce), ids in zip(windows, spans, own):
+        for (cs, ce), ids in zip(spans, own):
             if owed is not None:
                 for chunk in _fill(doc_id, content, owed[0], min(owed[1], cs), tokenize, window, position):
                     yield chunk

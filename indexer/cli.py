@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import logging
+import os
 import shutil
 import sys
 import time
@@ -16,21 +16,54 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import (DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_REPRESENTATIONS, POOLINGS, SAMPLE_INDEX, SAMPLE_SOURCE,
-                     parse_representations, poolings_of)
+from .app.serve import DEFAULT_PORT, LOOPBACK, add_app_arguments
+from .config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_OVERLAP,
+    DEFAULT_REPRESENTATIONS,
+    POOLINGS,
+    SAMPLE_INDEX,
+    SAMPLE_SOURCE,
+    parse_representations,
+    poolings_of,
+)
 from .encoder import Encoder, ModelError
 from .evaluation import (
-    GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, Evaluation, check_choices, evaluate, format_geometry, format_p,
-    fusion_line, labelled_sets, load_labels, pair_name, write_artifacts,
+    GEOMETRY_LABELS,
+    GEOMETRY_NOTE,
+    METRIC_NAMES,
+    Evaluation,
+    check_choices,
+    evaluate,
+    format_geometry,
+    format_p,
+    fusion_line,
+    labelled_sets,
+    load_labels,
+    pair_name,
+    write_artifacts,
 )
 from .explore import describe_transform
 from .files import unwritable_dir
-from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .integrity import convert, refit, repair, verify
-from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
-from .search import SearchResult, Searcher, encoder_for
+from .loaders import (
+    FORMATS,
+    LoadReport,
+    SourceError,
+    format_bytes,
+    load_queries,
+    open_beir,
+)
+from .pipeline import (
+    BuildError,
+    BuildSummary,
+    add_documents,
+    build_index,
+    delete_documents,
+    index_matches,
+)
+from .search import Searcher, SearchResult, encoder_for
 from .store import Manifest, StoreError, is_index, read_manifest
-from .app.serve import DEFAULT_PORT, LOOPBACK, add_app_arguments
 from .text import describe_surrogate, is_blank
 from .vector_index import INDEX_TYPES, IndexSpec
 
@@ -67,7 +100,9 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
             else:
                 cells.append(" " * col)
         lines.append(f"{i + 1:>3}  " + " │ ".join(cells))
-    from .compare import against_baseline  # imported here: keeps this edit local to the function
+    from .compare import (
+        against_baseline,  # imported here: keeps this edit local to the function
+    )
 
     # every column against the first one (compare.against_baseline, as the app's columns)
     agreement = against_baseline({r: [h.doc_id for h in hits] for r, hits in result.results.items()}, k=result.k)
@@ -425,7 +460,16 @@ def _document_sizes(value: str) -> list[float]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import build_peak_memory, document_peak_memory, encode_benchmark, parse_sizes, positive, queries_of, scale_benchmark, texts_of
+    from .bench import (
+        build_peak_memory,
+        document_peak_memory,
+        encode_benchmark,
+        parse_sizes,
+        positive,
+        queries_of,
+        scale_benchmark,
+        texts_of,
+    )
 
     # every count and size is checked before any work, so a typo costs nothing
     for option, value in (("--docs", args.docs), ("--runs", args.runs), ("--batch-size", args.batch_size), ("--queries", args.queries)):
@@ -756,8 +800,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     _robust_output()
     args = build_parser().parse_args(argv)
-    # force: a second call in one process (tests, notebooks) writes to the stderr of now, not of the first call
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", force=True)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         from transformers.utils import logging as hf_logging
 

@@ -25,7 +25,13 @@ import torch
 from . import transforms
 from .chunking import SLICE_CHARS
 from .config import (
-    BUNDLED_MODEL, DEFAULT_BATCH_SIZE, DEFAULT_REPRESENTATIONS, ModelInfo, ModelSource, PoolerStatus, parse_representations,
+    BUNDLED_MODEL,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_REPRESENTATIONS,
+    ModelInfo,
+    ModelSource,
+    PoolerStatus,
+    parse_representations,
     poolings_of,
 )
 from .files import sha256_file

@@ -13,12 +13,33 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from .files import atomic_write_bytes
-from .staging import STAGING, Staging, WriterLock, generations, publish, recover, write_failed
 from .config import parse_representation, parse_representations, poolings_of
+from .files import atomic_write_bytes
+from .staging import (
+    STAGING,
+    Staging,
+    WriterLock,
+    generations,
+    publish,
+    recover,
+    write_failed,
+)
 from .store import (
-    CURRENT, METADATA, Manifest, StoreError, chunk_ids, faiss_ids, kept_labels, load_faiss, load_manifest, load_transforms,
-    open_generation, read_pointer, read_vectors, repair_hint, verified_file,
+    CURRENT,
+    METADATA,
+    Manifest,
+    StoreError,
+    chunk_ids,
+    faiss_ids,
+    kept_labels,
+    load_faiss,
+    load_manifest,
+    load_transforms,
+    open_generation,
+    read_pointer,
+    read_vectors,
+    repair_hint,
+    verified_file,
 )
 from .transforms import TransformError, check_dimensions
 from .vector_index import IndexSpec

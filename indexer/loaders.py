@@ -31,7 +31,14 @@ from typing import Any, Literal, get_args
 from lxml import etree
 
 from .config import require_one_of
-from .text import PAGE_STARTS, content_head, describe_surrogate, is_blank, lone_surrogate, replace_surrogates
+from .text import (
+    PAGE_STARTS,
+    content_head,
+    describe_surrogate,
+    is_blank,
+    lone_surrogate,
+    replace_surrogates,
+)
 
 __all__ = [
     "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "MAX_DOCUMENT_BYTES", "RECORDS",
@@ -271,7 +278,7 @@ def format_bytes(n: int) -> str:
     if n < 1000:
         return f"{n} bytes"
     value, unit = float(n), "bytes"
-    for unit in ("kB", "MB", "GB"):
+    for unit in ("kB", "MB", "GB"):  # noqa: B007  (the unit reached is used after the loop)
         value /= 1000
         if value < 1000:
             break

@@ -23,21 +23,44 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .chunking import chunk_document, first_slice
+from .compat import compatibility_problems
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
+from .files import sha256_file
 from .loaders import (
-    RECORDS, Document, FolderEntry, LoadIssue, LoadReport, SourceError, detect_format, folder_entries, iter_documents,
-    iter_records, open_beir,
+    RECORDS,
+    Document,
+    FolderEntry,
+    LoadIssue,
+    LoadReport,
+    SourceError,
+    detect_format,
+    folder_entries,
+    iter_documents,
+    iter_records,
+    open_beir,
+)
+from .staging import LOCK, STAGING, Staging, WriterLock, base_state, publish
+from .store import (
+    CURRENT,
+    GENERATION,
+    METADATA,
+    SPLIT_NAME,
+    BuildRecord,
+    LabelFiles,
+    Manifest,
+    SourceRecord,
+    StoreError,
+    content_sha256,
+    in_batches,
+    is_index,
+    kept_labels,
+    load_transforms,
+    read_manifest,
+    verified_file,
 )
 from .text import lone_surrogate
-from .files import sha256_file
-from .compat import compatibility_problems
-from .staging import LOCK, STAGING, Staging, WriterLock, base_state, publish
 from .vector_index import IndexSpec
-from .store import (
-    CURRENT, GENERATION, METADATA, SPLIT_NAME, BuildRecord, LabelFiles, Manifest, SourceRecord, StoreError, content_sha256,
-    in_batches, is_index, kept_labels, load_transforms, read_manifest, verified_file,
-)
 
 log = logging.getLogger("indexer.pipeline")
 
@@ -238,7 +261,7 @@ def _ingest(
         ticker.chunks = staging.next_chunk_id
         stage("embedding", consumed, total)
 
-        def encode_pending() -> None:
+        def encode_pending(pending=pending, parts=parts, chunks=chunks) -> None:  # this batch's lists
             if pending:
                 parts.append(encoder.encode_ids([c.token_ids for c in pending], on_batch=ticker.embedded))
                 chunks.extend(c.embedded() for c in pending)

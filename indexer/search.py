@@ -10,9 +10,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_BATCH_SIZE
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
+from .config import DEFAULT_BATCH_SIZE
 from .encoder import Encoder, ModelError
 from .ranking import trec_order
 from .store import IndexReader, Manifest, StoreError, read_pointer

@@ -33,9 +33,27 @@ from . import transforms, vector_index
 from .config import parse_representation
 from .files import atomic_write_bytes, copy_file, fsync_dir, sha256_file
 from .store import (
-    CURRENT, FORMAT_VERSION, GENERATION, MANIFEST, METADATA, SCHEMA, Counts, FileRecord, LabelFiles, Manifest,
-    RepresentationRecord, StoreError, TransformRecord, content_sha256, faiss_file, in_batches, is_index, open_generation,
-    read_pointer, read_vectors, transform_file,
+    CURRENT,
+    FORMAT_VERSION,
+    GENERATION,
+    MANIFEST,
+    METADATA,
+    SCHEMA,
+    Counts,
+    FileRecord,
+    LabelFiles,
+    Manifest,
+    RepresentationRecord,
+    StoreError,
+    TransformRecord,
+    content_sha256,
+    faiss_file,
+    in_batches,
+    is_index,
+    open_generation,
+    read_pointer,
+    read_vectors,
+    transform_file,
 )
 from .transforms import Transform
 

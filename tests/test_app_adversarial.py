@@ -7,7 +7,6 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-
 from indexer.app.ui import WORD_JOINER
 from indexer.pipeline import build_index
 from test_app import document_option, hit_captions, hit_heads, texts, unescape
@@ -146,7 +145,8 @@ def test_a_folder_name_holding_markdown_is_shown_literally_in_the_sidebar_and_th
 def test_direction_controls_in_a_title_or_id_cannot_reorder_the_hit_around_them(tiny_encoder, tmp_path):
     """A title holding U+202E (right-to-left override) reversed the grade badge and the id drawn after it: text from
     outside that holds a direction control is wrapped in an isolate, without a closing character of its own."""
-    from indexer.app.ui import FIRST_STRONG_ISOLATE as FSI, POP_DIRECTIONAL_ISOLATE as PDI
+    from indexer.app.ui import FIRST_STRONG_ISOLATE as FSI
+    from indexer.app.ui import POP_DIRECTIONAL_ISOLATE as PDI
 
     rows = [{"_id": f"d{i}", "title": f"\u202eevil title {i}\u2069 and more", "text": "the bees make honey in the hive"}
             for i in range(3)]

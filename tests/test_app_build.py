@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 from streamlit import config
 
-from indexer.app import build, ui
 from conftest import ROOT
+from indexer.app import build, ui
 from indexer.encoder import Encoder
 from indexer.loaders import format_bytes
 from indexer.store import is_index, read_manifest

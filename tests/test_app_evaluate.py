@@ -10,14 +10,14 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from indexer.app import explain, ui
+from conftest import MORE_DOCS
 from indexer import evaluation
+from indexer.app import explain, ui
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader
 from indexer.transforms import represent
-from conftest import MORE_DOCS
 from test_app import APP, texts
 
 QUERIES = {"qa": "bees and honey", "qb": "rain on the lake", "qc": "ride a bike on the road"}

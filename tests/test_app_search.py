@@ -9,14 +9,26 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from indexer.app import explain
 from conftest import SAMPLE, WORDS
+from indexer.app import explain
 from indexer.compare import MISSED_LISTED, rank_biased_overlap
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
 from indexer.search import Searcher
 from indexer.store import IndexReader
-from test_app import HIT_CAPTION, JUDGED_QUERY, app, document_option, expected_arrow, hit_captions, hit_heads, search, shown_columns, texts, unescape
+from test_app import (
+    HIT_CAPTION,
+    JUDGED_QUERY,
+    app,
+    document_option,
+    expected_arrow,
+    hit_captions,
+    hit_heads,
+    search,
+    shown_columns,
+    texts,
+    unescape,
+)
 
 QUERY = "bees and honey"
 

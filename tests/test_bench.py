@@ -7,7 +7,15 @@ import pytest
 
 from conftest import SAMPLE
 from indexer import bench
-from indexer.bench import fit_gaussian, flops_per_sequence, median_seconds, queries_of, recall_at, synthetic_vectors, texts_of
+from indexer.bench import (
+    fit_gaussian,
+    flops_per_sequence,
+    median_seconds,
+    queries_of,
+    recall_at,
+    synthetic_vectors,
+    texts_of,
+)
 from indexer.cli import main
 
 
@@ -82,9 +90,9 @@ def test_median_seconds_is_the_median_of_the_runs(monkeypatch):
     for durations, expected in (([5.0, 1.0, 4.0, 2.0, 3.0], 3.0), ([1.0, 10.0, 2.0, 3.0], 2.5), ([7.0], 7.0)):
         now = [100.0]
         pending = list(durations)
-        monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+        monkeypatch.setattr(bench.time, "perf_counter", lambda now=now: now[0])
 
-        def call():
+        def call(now=now, pending=pending):
             now[0] += pending.pop(0)
 
         assert median_seconds(call, len(durations)) == expected and pending == []

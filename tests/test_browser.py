@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.store import read_manifest
-
 from conftest import running_app
+from indexer.store import read_manifest
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags for a sandboxed, offline machine: no background network calls, no GPU, no setuid sandbox as root.

@@ -8,8 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import edited_copy, make_tiny_bert, make_tiny_distilbert, relu_one_layer, swap_bees_and_honey
-from indexer.encoder import IDENTITY_FILES, Encoder, ModelError, resolve_model, weights_digest
+from conftest import (
+    edited_copy,
+    make_tiny_bert,
+    make_tiny_distilbert,
+    relu_one_layer,
+    swap_bees_and_honey,
+)
+from indexer.encoder import (
+    IDENTITY_FILES,
+    Encoder,
+    ModelError,
+    resolve_model,
+    weights_digest,
+)
 
 TEXTS = [
     "the bees make honey",
@@ -27,7 +39,8 @@ def reference(encoder, text):
         out = encoder.model(**batch)
     mask = batch["attention_mask"][..., None].float()
     mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
-    norm = lambda t: torch.nn.functional.normalize(t, dim=-1)[0].numpy()
+    def norm(t):
+        return torch.nn.functional.normalize(t, dim=-1)[0].numpy()
     return {"pooled": norm(out.pooler_output), "mean": norm(mean), "cls": norm(out.last_hidden_state[:, 0])}
 
 
@@ -65,7 +78,8 @@ def test_max_and_first_last_match_an_independent_computation(tiny_bert):
         assert len(layers) == 3
         expected_max = out.last_hidden_state[0].max(dim=0).values
         expected_first_last = ((layers[1] + layers[2]) / 2)[0].mean(dim=0)
-        norm = lambda t: torch.nn.functional.normalize(t, dim=-1).numpy()
+        def norm(t):
+            return torch.nn.functional.normalize(t, dim=-1).numpy()
         np.testing.assert_allclose(vectors["max"][i], norm(expected_max), atol=1e-5)
         np.testing.assert_allclose(vectors["first_last"][i], norm(expected_first_last), atol=1e-5)
 

@@ -16,7 +16,13 @@ from indexer.encoder import Encoder
 from indexer.evaluation import holm
 from indexer.integrity import refit, verify
 from indexer.pipeline import build_index, delete_documents
-from indexer.store import CURRENT, IndexReader, StoreError, load_manifest, transform_file
+from indexer.store import (
+    CURRENT,
+    IndexReader,
+    StoreError,
+    load_manifest,
+    transform_file,
+)
 from indexer.sts import read_sts
 
 REPS = ("mean", "mean+whiten", "pooled+whiten4", "max+abtt2")
@@ -272,7 +278,6 @@ def test_a_representation_record_that_contradicts_its_name_is_refused(built, fie
 def test_app_error_about_a_crafted_manifest_renders_no_link(built):
     from streamlit.testing.v1 import AppTest
 
-    from conftest import ROOT
 
     def rename(manifest, gen_dir):
         manifest["representations"]["[evil](http://e.x)"] = manifest["representations"].pop("max+abtt2")

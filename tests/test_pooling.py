@@ -1,8 +1,7 @@
 """Pooling on small hand-built tensors with hand-computed expectations."""
 
-import torch
-
 import pytest
+import torch
 
 from indexer.pooling import cls_pool, first_last_pool, l2_normalize, max_pool, mean_pool
 

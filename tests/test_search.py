@@ -1,13 +1,12 @@
 """Document rankings from chunk hits, end-to-end search on a tiny model, manifest mismatches refused."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from conftest import build_random, edited_copy, relu_one_layer, swap_bees_and_honey
-from dataclasses import replace
-
 from indexer.compat import compatibility_problems
 from indexer.config import parse_representation, parse_representations, poolings_of
 from indexer.encoder import Encoder

@@ -13,8 +13,19 @@ from indexer.loaders import Document
 from indexer.pipeline import delete_documents
 from indexer.staging import Staging, WriterLock, publish
 from indexer.store import (
-    CURRENT, MANIFEST, METADATA, SQL_VARIABLES, BuildRecord, Counts, FileRecord, IndexReader, Manifest, SourceRecord,
-    StoreError, generation_id, read_manifest,
+    CURRENT,
+    MANIFEST,
+    METADATA,
+    SQL_VARIABLES,
+    BuildRecord,
+    Counts,
+    FileRecord,
+    IndexReader,
+    Manifest,
+    SourceRecord,
+    StoreError,
+    generation_id,
+    read_manifest,
 )
 from indexer.vector_index import IndexSpec
 

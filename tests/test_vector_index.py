@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from test_store import unit, write_index
 
 from indexer import vector_index
 from indexer.cli import main
@@ -14,6 +13,7 @@ from indexer.pipeline import add_documents, build_index, delete_documents
 from indexer.search import Searcher
 from indexer.store import CURRENT, MANIFEST, IndexReader, StoreError, read_manifest
 from indexer.vector_index import IndexSpec
+from test_store import unit, write_index
 
 
 def clustered(rng, n, d, centres=20, spread=0.3):

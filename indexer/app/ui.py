@@ -23,7 +23,6 @@ from indexer.search import Searcher, encoder_for
 from indexer.store import StoreError, is_index
 from indexer.text import STOP_WORDS
 
-
 # -- what one build from the browser may take (build.py enforces them; the Index page states them) ------
 UPLOAD_LIMIT_MB = 50  # per file; also the app's .streamlit/config.toml server.maxUploadSize, the server's own cap
 BUILD_MAX_FILES = 200  # files per build

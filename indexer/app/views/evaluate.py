@@ -10,10 +10,24 @@ import pandas as pd
 import streamlit as st
 
 from indexer.app import explain, ui
-from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representation, parse_representations
+from indexer.config import (
+    POOLINGS,
+    REPRESENTATION_FORMS,
+    parse_representation,
+    parse_representations,
+)
 from indexer.encoder import ModelError
 from indexer.evaluation import (
-    BM25, GEOMETRY_LABELS, GEOMETRY_NOTE, METRIC_NAMES, check_choices, evaluate, format_p, load_labels, pair_name, per_query_csv,
+    BM25,
+    GEOMETRY_LABELS,
+    GEOMETRY_NOTE,
+    METRIC_NAMES,
+    check_choices,
+    evaluate,
+    format_p,
+    load_labels,
+    pair_name,
+    per_query_csv,
     trec_run_lines,
 )
 from indexer.loaders import SourceError
