@@ -89,11 +89,10 @@ class Index:
     ) -> Index:
         """Open a built index with its own model (or `model`, which must match it); `representations`: the ones
         to search (default: every one it holds)."""
-        from .store import read_manifest
-
-        encoder = encoder_for(read_manifest(directory), model, trust_remote_code=trust_remote_code)
         wanted = None if representations is None else parse_representations(representations)
-        return cls(Searcher(directory, encoder, representations=wanted))
+        # the encoder is made for each generation served, so a rebuild with another model or length is followed
+        return cls(Searcher(directory, representations=wanted,
+                            make_encoder=lambda manifest: encoder_for(manifest, model, trust_remote_code=trust_remote_code)))
 
     # -- using ---------------------------------------------------------------------------------------------
 
@@ -126,6 +125,7 @@ class Index:
             title_column: str | None = "title", text_column: str = "text", progress: bool = False) -> BuildSummary:
         """Index new documents and re-embed changed ones (by content); unchanged ones are skipped. The next
         search sees them."""
+        self._searcher.current()  # the encoder of the newest generation
         self.summary = add_documents(self.directory, source, self._searcher.encoder, format=format, id_column=id_column,
                                      title_column=title_column, text_column=text_column, progress=progress)
         return self.summary

@@ -197,3 +197,14 @@ def test_judgements_from_memory_take_whole_number_ids_as_a_file_would(tmp_path, 
         report = index.evaluate({1: "one", 2: "two"}, {1: {1: 1}, 2: ["2"]})
     assert report.to_dict()["queries_evaluated"] == 1
     assert [str(i) for i in report.issues] == ["records:2: the judgements of query '2' must be a mapping {document id: grade}, got list"]
+
+
+def test_an_open_index_follows_a_rebuild_with_another_length(tmp_path, tiny_bert):
+    records = [{"_id": f"d{i}", "text": f"document {i} " + "word " * 30} for i in range(4)]
+    Index.build(records, tmp_path / "ix", model=str(tiny_bert)).close()
+    with Index.open(tmp_path / "ix") as index:
+        assert index._searcher.encoder.max_tokens == 64
+        Index.build(records, tmp_path / "ix", model=str(tiny_bert), max_tokens=16, overwrite=True).close()
+        assert set(index.search("document", k=4)["mean"][i].doc_id for i in range(4)) == {"d0", "d1", "d2", "d3"}
+        assert index._searcher.encoder.max_tokens == 16 and index.manifest.chunking.max_tokens == 16
+        assert index.add([{"_id": "new", "text": "one more"}]).added == 1
