@@ -1024,16 +1024,27 @@ def load_qrels(
     """
     qrels: dict[str, dict[str, int]] = {}
     if isinstance(source, Mapping):
-        judgements = ((qid, did, grade) for qid, judged in source.items()
-                      for did, grade in (judged.items() if isinstance(judged, Mapping) else [(None, judged)]))
-        for n, (qid, did, grade) in enumerate(judgements, 1):
-            qid, did = (str(i) if isinstance(i, int) and not isinstance(i, bool) else i for i in (qid, did))  # as _as_id
-            if did is None:
-                report.skip(RECORDS, n, f"the judgements of query {qid!r} must be a mapping {{document id: grade}}, "
-                                        f"got {type(grade).__name__}")
-            elif not isinstance(qid, str) or not isinstance(did, str):
-                report.skip(RECORDS, n, "query and document ids must be text or whole numbers, as {query id: {document id: grade}}")
-            else:  # a grade from memory must read as one written in a file would
+        n = 0  # the n-th judgement (a query whose judgements are not a mapping counts as one)
+        for qid, judged in source.items():
+            try:  # ids as a JSONL record's: text or whole numbers
+                qid, bad_query = _as_id(qid, "query id"), None
+            except _Skip as exc:
+                bad_query = str(exc)
+            if not isinstance(judged, Mapping):
+                n += 1
+                report.skip(RECORDS, n, bad_query or f"the judgements of query {qid!r} must be a mapping "
+                                                     f"{{document id: grade}}, got {type(judged).__name__}")
+                continue
+            for did, grade in judged.items():
+                n += 1
+                try:
+                    if bad_query:
+                        raise _Skip(bad_query)
+                    did = _as_id(did, "document id")
+                except _Skip as exc:
+                    report.skip(RECORDS, n, str(exc))
+                    continue
+                # a grade from memory must read as one written in a file would
                 score = str(grade) if isinstance(grade, int) and not isinstance(grade, bool) else repr(grade)
                 _judge(qrels, report, RECORDS, n, qid, did, score, known_queries, known_documents)
         return qrels

@@ -563,9 +563,11 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
     When none of the ids is in the index, nothing is published (no new generation).
     """
     index_dir = Path(index_dir).resolve()
-    if isinstance(doc_ids, (str, bytes)) or not all(isinstance(i, str) for i in doc_ids):  # "12" is not ["1", "2"]
+    # read once (an iterator is read here only); a string is one id's characters: "12" is not ["1", "2"]
+    ids = list(doc_ids) if isinstance(doc_ids, Iterable) and not isinstance(doc_ids, (str, bytes)) else None
+    if ids is None or not all(isinstance(i, str) for i in ids):
         raise ValueError(f"document ids must be a list of strings, got {doc_ids!r:.80}")
-    wanted = sorted(set(doc_ids))
+    wanted = sorted(set(ids))
     if not wanted:
         raise ValueError("no document id given")
     with WriterLock(index_dir, "delete"):

@@ -208,3 +208,12 @@ def test_an_open_index_follows_a_rebuild_with_another_length(tmp_path, tiny_bert
         assert set(index.search("document", k=4)["mean"][i].doc_id for i in range(4)) == {"d0", "d1", "d2", "d3"}
         assert index._searcher.encoder.max_tokens == 16 and index.manifest.chunking.max_tokens == 16
         assert index.add([{"_id": "new", "text": "one more"}]).added == 1
+
+
+def test_delete_takes_any_iterable_of_ids_once_and_refuses_what_is_not_one(tmp_path, tiny_bert):
+    with Index.build([{"_id": i, "text": f"text {i}"} for i in ("a", "b", "c")], tmp_path / "ix", model=str(tiny_bert)) as index:
+        assert index.delete(i for i in ("a", "zz")).removed == ["a"]  # a generator: checked and used, read once
+        for wrong in (None, 12, ["b", 3]):
+            with pytest.raises(ValueError, match="list of strings"):
+                index.delete(wrong)
+        assert index.manifest.counts.documents == 2
