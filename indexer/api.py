@@ -18,14 +18,7 @@ from .config import DEFAULT_REPRESENTATIONS, parse_representations
 from .encoder import Encoder
 from .evaluation import Evaluation, evaluate, load_labels
 from .loaders import Format
-from .pipeline import (
-    BuildSummary,
-    DeleteSummary,
-    Source,
-    add_documents,
-    build_index,
-    delete_documents,
-)
+from .pipeline import BuildSummary, DeleteSummary, Source, add_documents, build_index, delete_documents
 from .search import Hit, Searcher, encoder_for
 from .store import Manifest
 from .vector_index import IndexSpec, IndexType

@@ -46,22 +46,8 @@ from .evaluation import (
 from .explore import describe_transform
 from .files import unwritable_dir
 from .integrity import convert, refit, repair, verify
-from .loaders import (
-    FORMATS,
-    LoadReport,
-    SourceError,
-    format_bytes,
-    load_queries,
-    open_beir,
-)
-from .pipeline import (
-    BuildError,
-    BuildSummary,
-    add_documents,
-    build_index,
-    delete_documents,
-    index_matches,
-)
+from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_queries, open_beir
+from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import Searcher, SearchResult, encoder_for
 from .store import Manifest, StoreError, is_index, read_manifest
 from .text import describe_surrogate, is_blank
@@ -100,9 +86,7 @@ def format_result(result: SearchResult, width: int | None = None) -> str:
             else:
                 cells.append(" " * col)
         lines.append(f"{i + 1:>3}  " + " │ ".join(cells))
-    from .compare import (
-        against_baseline,  # imported here: keeps this edit local to the function
-    )
+    from .compare import against_baseline  # imported here: keeps this edit local to the function
 
     # every column against the first one (compare.against_baseline, as the app's columns)
     agreement = against_baseline({r: [h.doc_id for h in hits] for r, hits in result.results.items()}, k=result.k)

@@ -25,15 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .explore import geometry
-from .loaders import (
-    Document,
-    LoadIssue,
-    LoadReport,
-    SourceError,
-    load_qrels,
-    load_queries,
-    open_beir,
-)
+from .loaders import Document, LoadIssue, LoadReport, SourceError, load_qrels, load_queries, open_beir
 from .ranking import encode_trec_id, trec_order
 from .search import query_problem
 from .store import Manifest, kept_labels

@@ -15,15 +15,7 @@ import numpy as np
 
 from .config import parse_representation, parse_representations, poolings_of
 from .files import atomic_write_bytes
-from .staging import (
-    STAGING,
-    Staging,
-    WriterLock,
-    generations,
-    publish,
-    recover,
-    write_failed,
-)
+from .staging import STAGING, Staging, WriterLock, generations, publish, recover, write_failed
 from .store import (
     CURRENT,
     METADATA,

@@ -31,14 +31,7 @@ from typing import Any, Literal, get_args
 from lxml import etree
 
 from .config import require_one_of
-from .text import (
-    PAGE_STARTS,
-    content_head,
-    describe_surrogate,
-    is_blank,
-    lone_surrogate,
-    replace_surrogates,
-)
+from .text import PAGE_STARTS, content_head, describe_surrogate, is_blank, lone_surrogate, replace_surrogates
 
 __all__ = [
     "BeirDataset", "Document", "FolderEntry", "Format", "LoadIssue", "LoadReport", "MAX_DOCUMENT_BYTES", "RECORDS",

@@ -41,13 +41,7 @@ import faiss
 import numpy as np
 
 from . import __version__, vector_index
-from .config import (
-    POOLINGS,
-    REPRESENTATION_NAME,
-    ChunkingConfig,
-    ModelInfo,
-    parse_representation,
-)
+from .config import POOLINGS, REPRESENTATION_NAME, ChunkingConfig, ModelInfo, parse_representation
 from .files import sha256_file
 from .text import PAGE_STARTS, content_head, page_at
 from .transforms import Transform

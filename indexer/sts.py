@@ -27,17 +27,7 @@ from tqdm.auto import tqdm
 from .config import parse_representation, parse_representations, poolings_of
 from .evaluation import check_choices, format_p, holm, pair_name, pairs_tested
 from .explore import geometry
-from .loaders import (
-    CsvRows,
-    LoadIssue,
-    LoadReport,
-    SourceError,
-    format_bytes,
-    json_objects,
-    numbered_lines,
-    printable_path,
-    require_path,
-)
+from .loaders import CsvRows, LoadIssue, LoadReport, SourceError, format_bytes, json_objects, numbered_lines, printable_path, require_path
 from .text import describe_surrogate, is_blank
 from .transforms import Transform, TransformError, fit, represent
 

@@ -11,12 +11,7 @@ from conftest import FIVE, TINY_DOCS
 from indexer.app.serve import APP as APP_SCRIPT
 from indexer.app.ui import WORD_JOINER
 from indexer.compare import rank_biased_overlap
-from indexer.config import (
-    DEFAULT_REPRESENTATIONS,
-    POOLINGS,
-    REPRESENTATION_FORMS,
-    parse_representations,
-)
+from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations
 from indexer.encoder import Encoder
 from indexer.pipeline import build_index
 from indexer.search import Searcher

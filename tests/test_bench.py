@@ -7,15 +7,7 @@ import pytest
 
 from conftest import SAMPLE
 from indexer import bench
-from indexer.bench import (
-    fit_gaussian,
-    flops_per_sequence,
-    median_seconds,
-    queries_of,
-    recall_at,
-    synthetic_vectors,
-    texts_of,
-)
+from indexer.bench import fit_gaussian, flops_per_sequence, median_seconds, queries_of, recall_at, synthetic_vectors, texts_of
 from indexer.cli import main
 
 

@@ -7,12 +7,7 @@ import pytest
 import torch
 
 from conftest import SAMPLE
-from indexer.encoder import (
-    BUNDLED_SHA256,
-    ModelError,
-    bundled_model_dir,
-    verify_bundled,
-)
+from indexer.encoder import BUNDLED_SHA256, ModelError, bundled_model_dir, verify_bundled
 from indexer.search import Searcher
 
 TEXTS = [

@@ -4,21 +4,8 @@ import numpy as np
 import pytest
 
 from indexer.cli import format_result
-from indexer.compare import (
-    against_baseline,
-    columns_problem,
-    default_columns,
-    movement,
-    other_ranks,
-    overlap_at_k,
-    rank_biased_overlap,
-)
-from indexer.explore import (
-    anisotropy,
-    describe_representations,
-    judged_similarities,
-    pca_2d,
-)
+from indexer.compare import against_baseline, columns_problem, default_columns, movement, other_ranks, overlap_at_k, rank_biased_overlap
+from indexer.explore import anisotropy, describe_representations, judged_similarities, pca_2d
 from indexer.search import Hit, SearchResult
 
 

@@ -8,20 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (
-    edited_copy,
-    make_tiny_bert,
-    make_tiny_distilbert,
-    relu_one_layer,
-    swap_bees_and_honey,
-)
-from indexer.encoder import (
-    IDENTITY_FILES,
-    Encoder,
-    ModelError,
-    resolve_model,
-    weights_digest,
-)
+from conftest import edited_copy, make_tiny_bert, make_tiny_distilbert, relu_one_layer, swap_bees_and_honey
+from indexer.encoder import IDENTITY_FILES, Encoder, ModelError, resolve_model, weights_digest
 
 TEXTS = [
     "the bees make honey",

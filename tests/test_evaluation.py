@@ -11,15 +11,7 @@ import pytest
 from conftest import MSMARCO, SAMPLE
 from indexer.cli import main
 from indexer.encoder import Encoder
-from indexer.evaluation import (
-    METRIC_NAMES,
-    bm25_run,
-    evaluate,
-    paired_comparison,
-    per_query_metrics,
-    rrf,
-    write_trec_run,
-)
+from indexer.evaluation import METRIC_NAMES, bm25_run, evaluate, paired_comparison, per_query_metrics, rrf, write_trec_run
 from indexer.loaders import LoadReport, load_qrels, load_queries
 from indexer.pipeline import build_index
 from indexer.ranking import decode_trec_id, encode_trec_id, trec_order

@@ -26,16 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.loaders import (
-    GRADE_RANGE,
-    MAX_JSON_DEPTH,
-    Document,
-    LoadReport,
-    SourceError,
-    iter_documents,
-    load_qrels,
-    load_queries,
-)
+from indexer.loaders import GRADE_RANGE, MAX_JSON_DEPTH, Document, LoadReport, SourceError, iter_documents, load_qrels, load_queries
 from indexer.pipeline import estimate_documents, source_fingerprint
 from indexer.text import is_blank, lone_surrogate
 

@@ -16,13 +16,7 @@ from indexer.encoder import Encoder
 from indexer.evaluation import holm
 from indexer.integrity import refit, verify
 from indexer.pipeline import build_index, delete_documents
-from indexer.store import (
-    CURRENT,
-    IndexReader,
-    StoreError,
-    load_manifest,
-    transform_file,
-)
+from indexer.store import CURRENT, IndexReader, StoreError, load_manifest, transform_file
 from indexer.sts import read_sts
 
 REPS = ("mean", "mean+whiten", "pooled+whiten4", "max+abtt2")

@@ -16,14 +16,7 @@ from indexer.encoder import Encoder
 from indexer.integrity import verify
 from indexer.pipeline import add_documents, build_index, delete_documents
 from indexer.search import Searcher
-from indexer.store import (
-    CURRENT,
-    MANIFEST,
-    IndexReader,
-    Manifest,
-    StoreError,
-    read_manifest,
-)
+from indexer.store import CURRENT, MANIFEST, IndexReader, Manifest, StoreError, read_manifest
 from indexer.vector_index import IndexSpec
 
 

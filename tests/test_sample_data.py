@@ -3,13 +3,7 @@
 import collections
 
 from conftest import SAMPLE
-from indexer.loaders import (
-    LoadReport,
-    iter_documents,
-    load_qrels,
-    load_queries,
-    open_beir,
-)
+from indexer.loaders import LoadReport, iter_documents, load_qrels, load_queries, open_beir
 
 
 def test_sample_is_a_complete_beir_dataset():

@@ -19,13 +19,7 @@ from indexer.encoder import Encoder
 from indexer.integrity import refit, repair, verify
 from indexer.pipeline import add_documents, build_index
 from indexer.search import Searcher
-from indexer.store import (
-    CURRENT,
-    IndexReader,
-    StoreError,
-    read_manifest,
-    transform_file,
-)
+from indexer.store import CURRENT, IndexReader, StoreError, read_manifest, transform_file
 from indexer.transforms import Transform, TransformError, fit, represent
 
 

@@ -10,12 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from indexer.app import explain, ui
-from indexer.config import (
-    POOLINGS,
-    REPRESENTATION_FORMS,
-    parse_representation,
-    parse_representations,
-)
+from indexer.config import POOLINGS, REPRESENTATION_FORMS, parse_representation, parse_representations
 from indexer.encoder import ModelError
 from indexer.evaluation import (
     BM25,

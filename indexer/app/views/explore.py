@@ -6,13 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from indexer.app import explain, ui
-from indexer.explore import (
-    MAP_MINIMUM,
-    NEGATIVES,
-    NEGATIVES_PER_QUERY,
-    densities,
-    query_points,
-)
+from indexer.explore import MAP_MINIMUM, NEGATIVES, NEGATIVES_PER_QUERY, densities, query_points
 from indexer.search import query_problem
 
 #: px of a chart in all. Streamlit's theme spends ~80 px on the axes, more on a title or a legend above or below,

@@ -9,13 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from indexer.app import build, ui
-from indexer.config import (
-    DEFAULT_REPRESENTATIONS,
-    POOLINGS,
-    REPRESENTATION_FORMS,
-    parse_representations,
-    poolings_of,
-)
+from indexer.config import DEFAULT_REPRESENTATIONS, POOLINGS, REPRESENTATION_FORMS, parse_representations, poolings_of
 from indexer.encoder import ModelError
 from indexer.explore import describe_representations
 from indexer.loaders import SourceError

@@ -9,13 +9,7 @@ import re
 import streamlit as st
 
 from indexer.app import explain, ui
-from indexer.compare import (
-    AGREEMENT_DEPTH,
-    MISSED_LISTED,
-    SEARCH_DEPTH,
-    against_baseline,
-    missed_relevant,
-)
+from indexer.compare import AGREEMENT_DEPTH, MISSED_LISTED, SEARCH_DEPTH, against_baseline, missed_relevant
 from indexer.evaluation import per_query_metrics
 from indexer.search import query_cut, query_problem
 from indexer.text import describe_surrogate, is_blank
