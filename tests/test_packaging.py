@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 import zipfile
@@ -19,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from conftest import ROOT
-from indexer.app.serve import free_port
+from indexer.app.serve import free_port, wait_until_serving
 
 
 def pins(lines) -> dict[str, str]:
@@ -117,18 +116,11 @@ def test_pip_install_in_a_new_venv_gives_a_working_pooling_lab_command(tmp_path,
     with open(log, "wb") as out:
         server = subprocess.Popen([bin_dir / "pooling-lab", "app", "--index", str(index_dir), "--port", str(port),
                                    "--headless"], cwd=outside, env=env, stdout=out, stderr=subprocess.STDOUT)
-    health = f"http://127.0.0.1:{port}/_stcore/health"
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:  # the server's own health signal
-            try:
-                assert urllib.request.urlopen(health, timeout=2).read() == b"ok"
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-                time.sleep(0.2)
+        wait_until_serving(url, server, log)
     finally:
         server.terminate()  # what a service manager sends: the server itself must stop, not only a launcher
         server.wait(timeout=30)
     with pytest.raises(OSError):  # nothing left listening
-        urllib.request.urlopen(health, timeout=2)
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)

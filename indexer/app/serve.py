@@ -32,7 +32,7 @@ class ServeError(RuntimeError):
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
 
 
@@ -62,8 +62,23 @@ def streamlit_command(app_args: Sequence[str], *, address: str | None = LOOPBACK
     """`streamlit run` of the app. `address=None` leaves the listening address to the app's config.toml
     (loopback too); anything else is the user's explicit choice."""
     return [sys.executable, "-m", "streamlit", "run", str(APP), *(["--server.headless", "true"] if headless else []),
-            *(["--server.address", address] if address else []), "--server.port", str(port),
-            "--browser.gatherUsageStats", "false", "--", *app_args]
+            *(["--server.address", address] if address else []), "--server.port", str(port), "--", *app_args]
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, *, timeout: float = 120) -> None:
+    """Return once the server at `url` answers its own health check; ServeError with its log if the process
+    ends or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise ServeError(f"streamlit did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -79,17 +94,9 @@ def serving(index_dir: Path, log: Path, *, address: str | None = LOOPBACK, app_a
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1")))
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{LOOPBACK}:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:  # wait for the server's own health signal
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise ServeError(f"streamlit did not start:\n{log.read_text(errors='replace')}") from None
-                time.sleep(0.2)
+        wait_until_serving(url, proc, log, timeout=timeout)
         yield url, port
     finally:
         proc.terminate()
