@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .app.serve import DEFAULT_PORT, LOOPBACK, add_app_arguments
+from .app.serve import DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, add_app_arguments, app_argv, streamlit_command
 from .config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
@@ -529,8 +529,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the Streamlit app until interrupted (what `make run` starts)."""
-    from .app.serve import LOOPBACK_NAMES, app_argv, streamlit_command
-
     if not is_index(args.index):
         print(f"note: {args.index} is not an index yet; build one (python -m indexer build SOURCE --index {args.index})"
               + (" or upload files on the Index page" if args.allow_build else ""), file=sys.stderr)
