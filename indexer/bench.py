@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -318,3 +319,84 @@ def document_peak_memory(texts: Sequence[str], sizes_mb: Sequence[float], model:
                         "progress_updates": len(during)})
             source.unlink()
     return out
+
+
+def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
+    """(b) a whole `build_index` of the texts (read a JSONL file, tokenise, chunk, encode, stage, publish) against
+    (a) the encoder alone over exactly the chunks that build embeds, in the same encoder calls (one per batch of
+    the build, at most CHUNKS_PER_ENCODE chunks each). Runs alternate a and b, so that each pair shares the machine's
+    load of the moment; times are medians, and the ratio of throughputs b/a (the share of the encoder's speed a build
+    keeps) is the median of the pairs' ratios. Also: the built index's disk use per chunk."""
+    from .chunking import chunk_document, first_slice
+    from .config import default_overlap
+    from .loaders import Document
+    from .pipeline import CHARS_PER_BATCH, CHUNKS_PER_ENCODE, DOCS_PER_BATCH, _batched, build_index
+    from .store import read_manifest
+
+    texts = list(texts)
+    positive("runs", runs)
+    if not texts:
+        raise ValueError("no text to encode")
+    overlap = default_overlap(encoder.max_tokens)
+    calls: list[list[list[int]]] = []  # the token ids of each encoder call of the build, cut as the build cuts
+    for batch in _batched((Document(str(i), t) for i, t in enumerate(texts)), DOCS_PER_BATCH, CHARS_PER_BATCH):
+        ids = [c.token_ids for d, first in zip(batch, encoder.tokenize([first_slice(d.content) for d in batch]))
+               for c in chunk_document(d.doc_id, d.content, encoder.tokenize, window=encoder.window, overlap=overlap,
+                                       first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries)]
+        calls += [ids[i : i + CHUNKS_PER_ENCODE] for i in range(0, len(ids), CHUNKS_PER_ENCODE)]
+    with tempfile.TemporaryDirectory(prefix="pooling-lab-build-") as tmp:
+        source = Path(tmp) / "docs.jsonl"
+        source.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+        built = iter(range(runs))
+
+        def encoder_only() -> None:
+            for ids in calls:
+                encoder.encode_ids(ids)
+
+        def build() -> None:
+            build_index(source, Path(tmp) / f"ix-{next(built)}", encoder, progress=False)
+
+        encoder.encode_ids(calls[0])  # warm-up: first calls allocate and pick kernels
+        encoder_s, build_s = [], []
+        for _ in range(runs):
+            encoder_s.append(median_seconds(encoder_only, 1))
+            build_s.append(median_seconds(build, 1))
+        index = Path(tmp) / "ix-0"
+        disk = disk_per_chunk(index, read_manifest(index))
+    a, b = statistics.median(encoder_s), statistics.median(build_s)
+    ratios = [x / y for x, y in zip(encoder_s, build_s)]
+    return {
+        "docs": len(texts),
+        "chunks": sum(len(ids) for ids in calls),
+        "encoder_calls": len(calls),
+        "runs": runs,
+        "encoder_s": a,
+        "build_s": b,
+        "encoder_docs_per_s": len(texts) / a,
+        "build_docs_per_s": len(texts) / b,
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "disk": disk,
+    }
+
+
+def disk_per_chunk(directory: Path, manifest) -> dict:
+    """Bytes per chunk of each file of an index's generation (from the manifest's sizes, as `info` shows them), and
+    of the metadata store's parts, measured with SQLite's dbstat: the stored vectors (their table and its index)
+    per pooling, and the rest (documents, chunk texts)."""
+    from .store import METADATA, bytes_per_chunk
+
+    chunks = manifest.counts.chunks
+    db = sqlite3.connect(f"{(directory / manifest.generation / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        pages = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
+    finally:
+        db.close()
+    vectors = pages.pop("vectors", 0) + pages.pop("sqlite_autoindex_vectors_1", 0)
+    return {
+        "chunks": chunks,
+        "files": bytes_per_chunk(manifest),
+        "metadata_vectors_per_pooling": vectors / chunks / len(manifest.poolings),
+        "float32_vector": 4 * manifest.model.dim,
+        "metadata_rest": sum(pages.values()) / chunks,
+    }

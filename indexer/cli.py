@@ -49,7 +49,7 @@ from .integrity import convert, refit, repair, verify
 from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import Searcher, SearchResult, encoder_for
-from .store import Manifest, StoreError, is_index, read_manifest
+from .store import METADATA, Manifest, StoreError, bytes_per_chunk, is_index, read_manifest
 from .text import describe_surrogate, is_blank
 from .vector_index import INDEX_TYPES, IndexSpec
 
@@ -140,12 +140,21 @@ def format_info(manifest: Manifest, directory: Path) -> str:
     ]
     reps = manifest.representations
     width = max((len(r) for r in reps), default=7)
+    per_chunk = bytes_per_chunk(manifest)
     for r, spec in reps.items():
         listed = manifest.files.get(spec.file)
         size = format_bytes(listed.bytes if listed else 0)
-        lines.append(f"  {r:<{width}} dim {spec.dim}, {spec.index_type}, {spec.file} ({size})")
+        lines.append(f"  {r:<{width}} dim {spec.dim}, {spec.index_type}, {spec.file} ({size}, "
+                     f"{format_bytes(round(per_chunk.get(spec.file, 0)))} per chunk)")
         if spec.transform is not None:
             lines.append(f"  {'':<{width}} {describe_transform(spec, str(directory))}")
+    if METADATA in manifest.files:
+        stored = ", ".join(f"{p} {format_bytes(4 * d)}" for p, d in manifest.poolings.items())
+        lines.append(f"metadata:       {METADATA} ({format_bytes(manifest.files[METADATA].bytes)}, "
+                     f"{format_bytes(round(per_chunk[METADATA]))} per chunk: texts, and each chunk's vectors again as "
+                     f"float32: {stored})")
+    lines.append(f"disk:           {format_bytes(round(sum(per_chunk.values())))} per chunk "
+                 f"({format_bytes(sum(f.bytes for f in manifest.files.values()))} in {len(manifest.files)} files)")
     lines.append(f"source:         {manifest.source.path} ({manifest.source.format})")
     lines.append(f"build:          {manifest.build.seconds} s, {manifest.build.skipped_records} records skipped")
     if model.pooler == "missing" and "pooled" in poolings_of(reps):
@@ -445,6 +454,7 @@ def _document_sizes(value: str) -> list[float]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import (
+        build_benchmark,
         build_peak_memory,
         document_peak_memory,
         encode_benchmark,
@@ -475,6 +485,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.no_encode:
         print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
         report = encode_benchmark(texts, encoder, peer, runs=args.runs)
+    if args.build:
+        print(f"building {len(texts)} documents against the encoder alone, {args.runs} runs each …", file=sys.stderr)
+        report["build"] = build_benchmark(texts, encoder, runs=args.runs)
     if latency:
         sizes = latency
         spec = _index_spec(args)
@@ -507,6 +520,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
             f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
         )
+    if "build" in report:
+        row, disk = report["build"], report["build"]["disk"]
+        print(f"build of {row['docs']} documents ({row['chunks']} chunks, {row['encoder_calls']} encoder calls), median of {row['runs']} runs\n"
+              f"  encoder alone, the build's chunks: {row['encoder_s']:.2f} s  {row['encoder_docs_per_s']:.1f} docs/s\n"
+              f"  whole build (read, chunk, encode, stage, publish): {row['build_s']:.2f} s  {row['build_docs_per_s']:.1f} docs/s\n"
+              f"  ratio build/encoder throughput: {row['ratio']:.3f}\n"
+              f"  disk per chunk: " + ", ".join(f"{name} {format_bytes(round(b))}" for name, b in disk["files"].items())
+              + f"; total {format_bytes(round(sum(disk['files'].values())))}\n"
+              f"    in {METADATA}: vectors {format_bytes(round(disk['metadata_vectors_per_pooling']))} per pooling "
+              f"(float32 payload {format_bytes(disk['float32_vector'])}), documents and chunk texts {format_bytes(round(disk['metadata_rest']))}")
     for row in report.get("latency", []):
         print(f"  query at {row['vectors']:>9} vectors (encode + search all + metadata): exact p50 {row['exact']['p50_ms']:.1f} ms, "
               f"p95 {row['exact']['p95_ms']:.1f} ms (encoding alone p50 {row['encode_only']['p50_ms']:.1f} ms)")
@@ -731,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS),
                     help=f"what our encoder computes in its one pass per batch (default {','.join(DEFAULT_REPRESENTATIONS)}); "
                          "sentence-transformers computes mean; --latency uses their poolings")
+    bn.add_argument("--build", action="store_true",
+                    help="also time a whole build of the texts against the encoder alone over the same chunks, and its disk per chunk")
     bn.add_argument("--latency", default=None, metavar="SIZES", help="e.g. 10000,100000,1000000: query latency over synthetic vectors")
     bn.add_argument("--queries", type=int, default=200, help="queries per latency size: the collection's queries.jsonl, then the first words of documents (default 200)")
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")

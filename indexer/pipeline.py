@@ -10,11 +10,14 @@ import itertools
 import json
 import logging
 import sqlite3
+import threading
 import time
 import uuid
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .chunking import chunk_document, first_slice
+from .chunking import Chunk, chunk_document, first_slice
 from .compat import compatibility_problems
 from .config import ChunkingConfig, default_overlap
 from .encoder import Encoder
@@ -219,6 +222,108 @@ def _ours(name: str) -> bool:
     return name in (CURRENT, LOCK, STAGING) or bool(GENERATION.fullmatch(name)) or (name.startswith(".gen-") and name.endswith(".tmp"))
 
 
+@dataclass
+class _Step:
+    """One encoder call's worth of a batch, prepared by the reading thread: `chunks` to embed together (at most
+    CHUNKS_PER_ENCODE, in order). A batch's first step carries its record count and what an update removes and
+    re-embeds; its last step carries `kept`, the documents that have chunks: the batch is then committed."""
+
+    chunks: list[Chunk]
+    records: int | None = None  # on a batch's first step
+    todo: int = 0
+    remove: list[str] = field(default_factory=list)
+    kept: list[Document] | None = None  # on a batch's last step
+
+
+def _steps(batches: Iterable[list[Document]], encoder: Encoder, overlap: int, report: LoadReport,
+           base: Path | None) -> Iterator[_Step]:
+    """Tokenise and chunk batch after batch, in the order and the encoder calls a sequential build makes.
+
+    With `base` (an update), a document whose content that generation holds unchanged is not embedded again. The
+    hashes are read from the published base, not from the staging copy that the main thread is writing: ids are
+    unique within a source (loaders drop duplicates), so the batches already committed never touch the ids of a
+    later batch, and both hold the same hashes for them."""
+    db = None
+    if base is not None:  # opened in this thread, where it is used: the base generation never changes
+        db = sqlite3.connect(f"{(base / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        for batch in batches:
+            todo, remove = batch, []
+            if db is not None:
+                known: dict[str, str] = {}
+                for part, marks in in_batches([d.doc_id for d in batch]):
+                    known.update(db.execute(f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({marks})", part))
+                todo = [d for d in batch if known.get(d.doc_id) != content_sha256(d.content)]
+                remove = [d.doc_id for d in todo if d.doc_id in known]
+            step = _Step([], records=len(batch), todo=len(todo), remove=remove)
+            kept = []
+            # the first slice of every document in one tokenizer call: most documents are one slice
+            firsts = encoder.tokenize([first_slice(d.content) for d in todo])
+            for doc, first in zip(todo, firsts):
+                found = False
+                for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap,
+                                            first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries):
+                    found = True
+                    step.chunks.append(chunk)
+                    if len(step.chunks) >= CHUNKS_PER_ENCODE:  # a huge document: embedded as it is cut
+                        yield step
+                        step = _Step([])
+                if found:
+                    kept.append(doc)
+                else:
+                    report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
+            step.kept = kept
+            yield step
+    finally:
+        if db is not None:
+            db.close()
+
+
+_DONE = object()
+
+
+def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """The items of `items`, produced by a thread of their own at most `depth` items ahead of the caller.
+
+    The tokenizer and the model release the GIL, so reading, tokenising and chunking the next batch overlap with
+    encoding this one. An exception in the thread is raised here, in the caller, as it would have been in a
+    sequential loop; when the caller stops (an exception, Ctrl-C, closing this generator), the thread stops after
+    the item at hand and is joined before this generator returns: no thread outlives it.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(item)  # space is always made by the caller once it has set `stop`
+                if stop.is_set():
+                    return
+            queue.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller, which raises it)
+            queue.put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own cleanup runs in the thread that ran it
+
+    thread = threading.Thread(target=produce, name="indexer-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # free the slot the thread may be waiting for, until it sees `stop`
+            try:
+                queue.get(timeout=0.05)
+            except Empty:
+                pass
+        thread.join()
+
+
 def _ingest(
     staging: Staging,
     documents: Iterable[Document],
@@ -227,7 +332,7 @@ def _ingest(
     report: LoadReport,
     bar,
     *,
-    incremental: bool,
+    base: Path | None,
     on_progress: Callable[[int, int | None], None] | None,
     on_stage: StageCallback | None = None,
     poolings: Sequence[str] | None = None,
@@ -237,8 +342,11 @@ def _ingest(
     The vectors of `poolings` (default: all the encoder computes) are stored: adding to an index stores only
     those the index keeps, whatever else the encoder computes.
 
-    Batches are cut at the same record positions on a resumed run as on an uninterrupted one,
-    so a resumed build ends with exactly the same chunks and vectors.
+    `base`: the published generation an update (`add`) starts from; documents it holds with the same content are not
+    embedded again. None for a build: every document is embedded.
+
+    Batches are cut at the same record positions on a resumed run as on an uninterrupted one, and embedded in
+    the same encoder calls, so a resumed build ends with exactly the same chunks and vectors.
     """
     stats = {"tokens": 0, "added": 0, "updated": 0, "unchanged": 0, "processed": 0}
     consumed = staging.consumed
@@ -248,57 +356,44 @@ def _ingest(
     total = bar.total  # counted here, not by the bar, which counts nothing when it is disabled
     stage("reading", consumed, total)
     ticker.on_forward = lambda: stage("embedding", consumed, total)
-    for batch in _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH, CHARS_PER_BATCH):
-        todo, remove = batch, []
-        if incremental:  # only new documents and documents whose content changed are embedded
-            known = staging.content_hashes([d.doc_id for d in batch])
-            todo = [d for d in batch if known.get(d.doc_id) != content_sha256(d.content)]
-            remove = [d.doc_id for d in todo if d.doc_id in known]
-            stats["unchanged"] += len(batch) - len(todo)
-            stats["updated"] += len(remove)
-            stats["added"] += len(todo) - len(remove)
-        kept, chunks, parts, pending = [], [], [], []
-        ticker.chunks = staging.next_chunk_id
-        stage("embedding", consumed, total)
-
-        def encode_pending(pending=pending, parts=parts, chunks=chunks) -> None:  # this batch's lists
-            if pending:
-                parts.append(encoder.encode_ids([c.token_ids for c in pending], on_batch=ticker.embedded))
-                chunks.extend(c.embedded() for c in pending)
-                pending.clear()
-
-        # the first slice of every document in one tokenizer call: most documents are one slice
-        firsts = encoder.tokenize([first_slice(d.content) for d in todo])
-        for doc, first in zip(todo, firsts):
-            before = len(chunks) + len(pending)
-            for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap,
-                                        first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries):
-                pending.append(chunk)
-                if len(pending) >= CHUNKS_PER_ENCODE:  # a huge document: embed as it is cut
-                    encode_pending()
-            if len(chunks) + len(pending) == before:
-                report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
+    batches = _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH, CHARS_PER_BATCH)
+    # reading, tokenising and chunking run one step ahead in a thread; encoding, the store (its SQLite connection
+    # belongs to this thread) and every callback stay here, in the order of a sequential build
+    chunks, parts, records, remove = [], [], 0, []
+    with closing(_ahead(_steps(batches, encoder, overlap, report, base), depth=1)) as steps:  # closed: its thread ends here
+        for step in steps:
+            if step.records is not None:  # a batch begins
+                records, remove = step.records, step.remove
+                if base is not None:
+                    stats["unchanged"] += records - step.todo
+                    stats["updated"] += len(remove)
+                    stats["added"] += step.todo - len(remove)
+                ticker.chunks = staging.next_chunk_id
+                stage("embedding", consumed, total)
+            if step.chunks:
+                parts.append(encoder.encode_ids([c.token_ids for c in step.chunks], on_batch=ticker.embedded))
+                chunks.extend(c.embedded() for c in step.chunks)
+            if step.kept is None:
                 continue
-            kept.append(doc)
-        encode_pending()
-        vectors = {r: np.concatenate([p[r] for p in parts]) for r in poolings or parts[0]} if parts else None
-        parts.clear()
-        consumed += len(batch)
-        try:
-            staging.apply(remove=remove, documents=kept, chunks=chunks, vectors=vectors, consumed=consumed)
-        except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
-            raise StoreError(
-                f"could not write to {staging.path}: {exc}; the published index is untouched and the work done so far "
-                "resumes when the same command is run again"
-            ) from exc
-        stats["tokens"] += sum(c.n_tokens for c in chunks)
-        stats["processed"] += len(batch)
-        bar.update(len(batch))
-        ticker.chunks = staging.next_chunk_id
-        ticker.show(refresh=False)
-        if on_progress is not None:
-            on_progress(consumed, total)
-        stage("embedding", consumed, total)
+            vectors = {r: np.concatenate([p[r] for p in parts]) for r in poolings or parts[0]} if parts else None
+            parts.clear()
+            consumed += records
+            try:
+                staging.apply(remove=remove, documents=step.kept, chunks=chunks, vectors=vectors, consumed=consumed)
+            except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
+                raise StoreError(
+                    f"could not write to {staging.path}: {exc}; the published index is untouched and the work done so far "
+                    "resumes when the same command is run again"
+                ) from exc
+            stats["tokens"] += sum(c.n_tokens for c in chunks)
+            stats["processed"] += records
+            chunks = []
+            bar.update(records)
+            ticker.chunks = staging.next_chunk_id
+            ticker.show(refresh=False)
+            if on_progress is not None:
+                on_progress(consumed, total)
+            stage("embedding", consumed, total)
     bar.total = bar.n  # the total was an estimate from line or file counts
     bar.refresh()
     return stats
@@ -455,7 +550,7 @@ def build_index(
         with logging_redirect_tqdm(), tqdm(
             total=opened.estimate, unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, opened.documents, encoder, chunking.overlap, report, bar, incremental=False,
+            stats = _ingest(staging, opened.documents, encoder, chunking.overlap, report, bar, base=None,
                             on_progress=on_progress, on_stage=on_stage)
         docs, chunks = staging.counts()
         if docs == 0:
@@ -526,7 +621,7 @@ def add_documents(
         with logging_redirect_tqdm(), tqdm(
             total=opened.estimate, unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
         ) as bar:
-            stats = _ingest(staging, opened.documents, encoder, overlap, report, bar, incremental=True, on_progress=on_progress,
+            stats = _ingest(staging, opened.documents, encoder, overlap, report, bar, base=gen_dir, on_progress=on_progress,
                             poolings=tuple(manifest.poolings))
         docs, chunks = staging.counts()
         seconds = time.perf_counter() - started

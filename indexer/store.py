@@ -381,6 +381,15 @@ def _is(value: Any, hint: Any) -> bool:
     return type(value) is hint  # str, int, bool: JSON's true is not an int
 
 
+def bytes_per_chunk(manifest: Manifest) -> dict[str, float]:
+    """Disk use of a generation per chunk: each file's size from the manifest's records (what `verify` checks on disk)
+    divided by the chunk count (their sum is the whole generation's). The vectors are there twice: in each
+    representation's FAISS file and, per pooling, in the metadata store (the durable copy that repair, transforms
+    and resumes read)."""
+    chunks = max(manifest.counts.chunks, 1)
+    return {name: record.bytes / chunks for name, record in manifest.files.items()}
+
+
 def content_sha256(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 

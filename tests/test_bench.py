@@ -139,3 +139,28 @@ def test_bench_refuses_an_unknown_representation_in_one_line(capsys):
     assert main(["bench", "--representations", "mean,avg", "--no-encode"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: unknown representation 'avg'") and err.count("\n") == 1
+
+
+def test_bench_build_times_the_build_against_the_encoder_over_its_chunks(capsys, tiny_bert, monkeypatch):
+    """--build: the encoder alone is timed over exactly the chunks and encoder calls of the build it is compared with."""
+    import indexer.pipeline as pipeline
+
+    calls = []
+    real = pipeline.build_index
+
+    def counted(*args, **options):
+        summary = real(*args, **options)
+        calls.append(summary)
+        return summary
+
+    monkeypatch.setattr(pipeline, "DOCS_PER_BATCH", 8)
+    monkeypatch.setattr(pipeline, "build_index", counted)
+    assert main(["bench", "--data", str(SAMPLE), "--docs", "20", "--runs", "2", "--model", str(tiny_bert), "--no-encode",
+                 "--build", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["build"]
+    assert len(calls) == 2 and all(s.documents == 20 for s in calls)
+    assert row["chunks"] == calls[0].chunks and row["encoder_calls"] == 3 and row["docs"] == 20
+    assert len(row["ratios"]) == 2 and row["ratio"] == pytest.approx(float(np.median(row["ratios"])))
+    disk = row["disk"]
+    assert set(disk["files"]) >= {"pooled.faiss", "mean.faiss", "metadata.sqlite"}
+    assert disk["float32_vector"] == 4 * 32 and disk["metadata_vectors_per_pooling"] >= disk["float32_vector"]

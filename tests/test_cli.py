@@ -54,6 +54,24 @@ def test_build_search_info_round_trip(tmp_path, small_jsonl, build_args, capsys)
     assert code == 0 and "documents:      8" in out and "pooler:         loaded" in out
 
 
+def test_info_shows_disk_per_chunk_from_the_files_on_disk(tmp_path, small_jsonl, build_args, capsys):
+    from indexer.loaders import format_bytes
+
+    assert run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args, "--representations", "pooled,mean,mean+whiten2")[0] == 0
+    code, out, _ = run(capsys, "info", tmp_path / "ix")
+    generation = tmp_path / "ix" / read_manifest(tmp_path / "ix").generation
+    chunks = json.loads((generation / "manifest.json").read_text())["counts"]["chunks"]
+    files = [p for p in generation.iterdir() if p.name != "manifest.json"]
+    per_chunk = {p.name: format_bytes(round(p.stat().st_size / chunks)) for p in files}
+    for representation in ("pooled", "mean", "mean+whiten2"):
+        assert f"{representation}.faiss ({format_bytes((generation / f'{representation}.faiss').stat().st_size)}, " \
+               f"{per_chunk[representation + '.faiss']} per chunk)" in out
+    assert f"metadata.sqlite ({format_bytes((generation / 'metadata.sqlite').stat().st_size)}, {per_chunk['metadata.sqlite']} per chunk" in out
+    assert "float32: pooled 128 bytes, mean 128 bytes)" in out  # the tiny model's 32 dimensions, once per stored pooling
+    total = sum(p.stat().st_size for p in files)
+    assert f"disk:           {format_bytes(round(total / chunks))} per chunk ({format_bytes(total)} in {len(files)} files)" in out
+
+
 def test_skipped_records_are_named_and_counted(tmp_path, build_args, capsys):
     src = tmp_path / "docs.jsonl"
     src.write_text('{"_id": "a", "text": "the bees"}\n{"_id": broken\n{"_id": "c", "text": ""}\n{"_id": "a", "text": "again"}\n', encoding="utf-8")
