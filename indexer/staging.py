@@ -489,15 +489,16 @@ def publish(
                             raise StoreError(f"cannot publish {directory}: {exc}") from exc
                         transform = dataclasses.replace(transform, fitted_in=generation)
                     matrix = transform.apply(stored)
-                index, seconds = vector_index.build_timed(spec, ids, matrix)
+                tuning = None
+                if spec.tuned:
+                    index, tuning, seconds = vector_index.build_tuned(spec, ids, matrix)
+                else:
+                    index, seconds = vector_index.build_timed(spec, ids, matrix)
                 record = RepresentationRecord(int(matrix.shape[1]), faiss_file(r), pooling, index_type=f"{spec.type}-ip",
                                               build_seconds=round(seconds, 3), transform=transform_record(r, transform, generation))
-                if spec.tuned:
-                    started = time.perf_counter()
-                    tuning = vector_index.tune_ef_search(index, ids, matrix, spec.recall_target)
+                if tuning is not None:
                     record = dataclasses.replace(record, ef_search=tuning.ef_search, recall_at_10=tuning.recall,
-                                                 tuning_queries=tuning.queries,
-                                                 tuning_seconds=round(time.perf_counter() - started, 3))
+                                                 tuning_queries=tuning.queries, tuning_seconds=round(tuning.seconds, 3))
                 del matrix  # the index holds its own copy
                 write(r, index, record, transform)
                 del index
