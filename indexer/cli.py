@@ -553,6 +553,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             build = ", ".join(f"{r} {v:.0f} s" for r, v in row["build_s"].items())
             print(f"    {row['index_type']['type']}: p50 {row['approximate']['p50_ms']:.1f} ms, p95 {row['approximate']['p95_ms']:.1f} ms; "
                   f"recall@10 vs exact: {recall}; build {build}")
+            tuned = ", ".join(f"{r} {ef}" + (f" (sample recall {row['tuning'][r]['recall_at_10']:.3f}, tuned in "
+                                              f"{row['tuning'][r]['seconds']:.0f} s)" if r in row["tuning"] else "")
+                              for r, ef in row["ef_search"].items())
+            print(f"    efSearch: {tuned}")
+            so = row["search_only"]
+            print(f"    searches alone, all representations: p50 {so['sequential']['p50_ms']:.2f} ms one after the other, "
+                  f"{so['concurrent']['p50_ms']:.2f} ms concurrently")
+            if "add_1pct" in row:
+                add = row["add_1pct"]
+                ratios = ", ".join(f"{r} {add['structure_s'][r]:.2f} s = {add['structure_s'][r] / row['build_s'][r]:.3f} of the full build"
+                                   for r in add["structure_s"] if row["build_s"][r])
+                print(f"    add of {add['vectors']} vectors (1%): {add['wall_s']:.1f} s in all; index structures: {ratios}"
+                      + ("" if add["extended"] else " (a graph was rebuilt)"))
             for sweep in row["ef_sweep"]:
                 recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
