@@ -191,6 +191,8 @@ def test_tuned_ef_search_is_the_smallest_on_the_ladder_reaching_the_target_and_h
     # the smallest value tried whose recall on the sample reaches the target (its 97.5% lower confidence bound does)
     assert tried[tuning.ef_search][1] >= 0.95
     assert all(bound < 0.95 for ef, (_, bound) in tried.items() if ef < tuning.ef_search)
+    # doubling from EF_START, then a binary search: a value within 1/16 below the result was tried and missed
+    assert max(ef for ef in tried if ef < tuning.ef_search) >= tuning.ef_search - max(1, tuning.ef_search // 16)
     assert vector_index.ef_search_of(index) == tuning.ef_search  # left set to it
     # on queries it never saw, against numpy brute force, the tuned value reaches the target too
     found = index.search(held_out, 10)[1] - 5000
