@@ -130,24 +130,47 @@ def synthetic_index(directory: Path, encoder, texts: Sequence[str], fits: dict, 
     """A real index directory of `n` one-chunk documents (texts repeated) with synthetic vectors, written
     through the same staging and publish path as `build`, so that a query reads a real metadata store."""
     from . import __version__
-    from .chunking import Chunk
     from .config import ChunkingConfig
-    from .loaders import Document
     from .staging import Staging, publish
     from .store import BuildRecord, Manifest, SourceRecord
 
     rng = np.random.default_rng(seed)
     staging = Staging(directory, {"op": "bench", "n": n, "seed": seed})
     for start in range(0, n, batch):
-        ids = range(start, min(start + batch, n))
-        docs = [Document(f"d{i}", texts[i % len(texts)], source="synthetic") for i in ids]
-        chunks = [Chunk(d.doc_id, 0, d.text, 0, len(d.text), ()) for d in docs]
-        staging.apply(documents=docs, chunks=chunks, vectors={r: synthetic_vectors(fit, len(docs), rng) for r, fit in fits.items()})
+        _synthetic_batch(staging, texts, fits, range(start, min(start + batch, n)), rng)
     info = encoder.info
     manifest = Manifest(indexer_version=__version__, model=info, chunking=ChunkingConfig(encoder.max_tokens),
                         content_tokens_per_chunk=encoder.window, source=SourceRecord("synthetic", "synthetic", ""),
                         build=BuildRecord(0.0, 0, 0))
     publish(directory, staging, manifest, {r: info.dim for r in fits})
+
+
+def _synthetic_batch(staging, texts: Sequence[str], fits: dict, numbers: range, rng: np.random.Generator) -> None:
+    """One-chunk documents d{i} for i in `numbers`, with synthetic vectors, committed to `staging`."""
+    from .chunking import Chunk
+    from .loaders import Document
+
+    docs = [Document(f"d{i}", texts[i % len(texts)], source="synthetic") for i in numbers]
+    chunks = [Chunk(d.doc_id, 0, d.text, 0, len(d.text), ()) for d in docs]
+    staging.apply(documents=docs, chunks=chunks, vectors={r: synthetic_vectors(fit, len(docs), rng) for r, fit in fits.items()})
+
+
+def synthetic_add(directory: Path, texts: Sequence[str], fits: dict, n: int, *, seed: int = 1) -> float:
+    """Add `n` synthetic one-chunk documents to a synthetic index the way `add` does (staging from the published
+    generation, then an incremental publish); returns the wall seconds of the whole update."""
+    from dataclasses import replace
+
+    from .staging import Staging, publish
+    from .store import open_generation
+
+    started = time.perf_counter()
+    gen_dir, manifest = open_generation(directory)
+    staging = Staging(directory, {"op": "bench-add", "n": n, "seed": seed}, base=gen_dir, next_chunk_id=manifest.next_chunk_id)
+    start = manifest.next_chunk_id
+    _synthetic_batch(staging, texts, fits, range(start, start + n), np.random.default_rng(seed))
+    publish(directory, staging, replace(manifest, updates=(*manifest.updates, {"op": "add", "bench": n})), manifest.poolings,
+            incremental=True)
+    return time.perf_counter() - started
 
 
 def _percentiles(times: Sequence[float]) -> dict:
@@ -200,20 +223,44 @@ def scale_benchmark(
                 convert(directory, spec)
                 index = searcher.current()  # the searcher switches to the new generation
                 row["index_type"] = spec.to_dict()
-                row["build_s"] = {r: index.manifest.representations[r].build_seconds for r in encoder.representations}
+                records = index.manifest.representations
+                row["build_s"] = {r: records[r].build_seconds for r in encoder.representations}
+                tuned = {r: vector_index.ef_search_of(index.indexes[r]) for r in encoder.representations}
+                row["ef_search"] = tuned
+                row["tuning"] = {r: {"recall_at_10": records[r].recall_at_10, "queries": records[r].tuning_queries,
+                                     "seconds": records[r].tuning_seconds} for r in encoder.representations if records[r].ef_search}
                 row["approximate"] = _percentiles(_timed(lambda q, s=searcher: s.search(q, k), queries))
                 row["recall_at_k"] = {r: recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}
+                # the searches alone, at the tuned efSearch: one representation after the other, and concurrently
+                # (Searcher's way: one thread per representation, FAISS releasing the GIL)
+                one = {r: qvecs[r] for r in encoder.representations}
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=len(one)) as pool:
+                    row["search_only"] = {
+                        "sequential": _percentiles(_timed(lambda j, ix=index, one=one: [ix.search(r, v[j : j + 1], k) for r, v in one.items()],
+                                                          range(len(queries)))),
+                        "concurrent": _percentiles(_timed(lambda j, ix=index, one=one, pool=pool: [f.result() for f in [
+                            pool.submit(ix.search, r, v[j : j + 1], k) for r, v in one.items()]], range(len(queries)))),
+                    }
                 sweep = []
-                for ef in sorted(set(ef_sweep) | {spec.ef_search}):
+                for ef in sorted(set(ef_sweep) | {e for e in tuned.values() if e}):
                     for faiss_index in index.indexes.values():
                         vector_index.configure(faiss_index, spec, ef_search=ef)
                     per_query = _timed(lambda j, ix=index, qv=qvecs: [ix.search(r, qv[r][j : j + 1], k) for r in encoder.representations],
                                        range(len(queries)))
                     sweep.append({"ef_search": ef, "search_p50_ms": 1000 * float(np.percentile(per_query, 50)),
                                   **{f"recall_{r}": recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}})
-                for faiss_index in index.indexes.values():
-                    vector_index.configure(faiss_index, spec)
+                for r, faiss_index in index.indexes.items():
+                    vector_index.configure(faiss_index, spec, ef_search=tuned[r])
                 row["ef_sweep"] = sweep
+                if spec.type == "hnsw":  # an add of 1% extends the graphs: its cost against the full build's
+                    added = max(1, n // 100)
+                    wall = synthetic_add(directory, texts, fits, added)
+                    after = searcher.current().manifest.representations
+                    row["add_1pct"] = {"vectors": added, "wall_s": wall,
+                                       "structure_s": {r: after[r].build_seconds for r in encoder.representations},
+                                       "extended": all(after[r].built_from for r in encoder.representations)}
             searcher.close()
             out.append(row)
     return out

@@ -49,6 +49,7 @@ from .integrity import convert, refit, repair, verify
 from .loaders import FORMATS, LoadReport, SourceError, format_bytes, load_queries, open_beir
 from .pipeline import BuildError, BuildSummary, add_documents, build_index, delete_documents, index_matches
 from .search import Searcher, SearchResult, encoder_for
+from .staging import MAX_TOMBSTONE_FRACTION
 from .store import METADATA, Manifest, StoreError, bytes_per_chunk, is_index, read_manifest
 from .text import describe_surrogate, is_blank
 from .vector_index import INDEX_TYPES, IndexSpec
@@ -146,6 +147,8 @@ def format_info(manifest: Manifest, directory: Path) -> str:
         size = format_bytes(listed.bytes if listed else 0)
         lines.append(f"  {r:<{width}} dim {spec.dim}, {spec.index_type}, {spec.file} ({size}, "
                      f"{format_bytes(round(per_chunk.get(spec.file, 0)))} per chunk)")
+        if (search := describe_search(manifest, r)):
+            lines.append(f"  {'':<{width}} {search}")
         if spec.transform is not None:
             lines.append(f"  {'':<{width}} {describe_transform(spec, str(directory))}")
     if METADATA in manifest.files:
@@ -162,8 +165,41 @@ def format_info(manifest: Manifest, directory: Path) -> str:
     return "\n".join(lines)
 
 
+def describe_search(manifest: Manifest, representation: str) -> str:
+    """How a representation's approximate index is searched and was built (empty for an exact one): its efSearch
+    (tuned, with the recall it reached, or fixed) and, for a graph extended by add or delete, its tombstones."""
+    spec, record = manifest.vector_index, manifest.representations[representation]
+    if spec.type == "flat":
+        return ""
+    if record.ef_search is not None:
+        recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} of its own vectors"
+        parts = [f"efSearch {record.ef_search} (tuned to {spec.recall_target:g}{recall})"]
+    else:
+        parts = [f"efSearch {spec.ef_search} (fixed)"]
+    if record.built_from:
+        stale = record.tombstones or 0
+        parts.append(f"graph extended from {record.built_from}, {stale} tombstones (rebuilt when they pass "
+                     f"{MAX_TOMBSTONE_FRACTION:.0%} of it)")
+    return "; ".join(parts)
+
+
+def describe_update(manifest: Manifest) -> str:
+    """How an add or delete updated each FAISS index: extended from the previous generation, or built again in full."""
+    parts = []
+    for r, record in manifest.representations.items():
+        took = f" in {record.build_seconds:.2f} s" if record.build_seconds is not None else ""
+        if record.built_from:
+            stale = f", {record.tombstones} tombstones" if record.tombstones else ""
+            parts.append(f"`{r}` extended from {record.built_from}{took}{stale}")
+        else:
+            parts.append(f"`{r}` built again in full{took}")
+    return (f"FAISS indexes: {'; '.join(parts)} (an HNSW graph is rebuilt when its tombstones would pass "
+            f"{MAX_TOMBSTONE_FRACTION:.0%} of it)")
+
+
 def _index_spec(args: argparse.Namespace) -> IndexSpec:
-    return IndexSpec(type=args.index_type, m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search)
+    return IndexSpec(type=args.index_type, m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
+                     recall_target=args.recall_target)
 
 
 def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> Encoder:
@@ -202,6 +238,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
     )
     print(format_summary(summary, update=True))
+    print(describe_update(read_manifest(args.index)))
     return 0
 
 
@@ -229,6 +266,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
               f"(still {summary.generation}, {summary.documents} documents)")
         return 0
     print(f"deleted {len(summary.removed)} documents; the index now holds {summary.documents} ({summary.generation})")
+    print(describe_update(read_manifest(args.index)))
     if summary.missing:
         print(f"not in the index: {', '.join(summary.missing[:20])}" + (" …" if len(summary.missing) > 20 else ""))
     return 0
@@ -538,6 +576,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             build = ", ".join(f"{r} {v:.0f} s" for r, v in row["build_s"].items())
             print(f"    {row['index_type']['type']}: p50 {row['approximate']['p50_ms']:.1f} ms, p95 {row['approximate']['p95_ms']:.1f} ms; "
                   f"recall@10 vs exact: {recall}; build {build}")
+            tuned = ", ".join(f"{r} {ef}" + (f" (sample recall {row['tuning'][r]['recall_at_10']:.3f}, tuned in "
+                                              f"{row['tuning'][r]['seconds']:.0f} s)" if r in row["tuning"] else "")
+                              for r, ef in row["ef_search"].items())
+            print(f"    efSearch: {tuned}")
+            so = row["search_only"]
+            print(f"    searches alone, all representations: p50 {so['sequential']['p50_ms']:.2f} ms one after the other, "
+                  f"{so['concurrent']['p50_ms']:.2f} ms concurrently")
+            if "add_1pct" in row:
+                add = row["add_1pct"]
+                ratios = ", ".join(f"{r} {add['structure_s'][r]:.2f} s = {add['structure_s'][r] / row['build_s'][r]:.3f} of the full build"
+                                   for r in add["structure_s"] if row["build_s"][r])
+                print(f"    add of {add['vectors']} vectors (1%): {add['wall_s']:.1f} s in all; index structures: {ratios}"
+                      + ("" if add["extended"] else " (a graph was rebuilt)"))
             for sweep in row["ef_sweep"]:
                 recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
                 print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
@@ -645,7 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=help or "flat: exact search (default); hnsw: approximate graph search for large collections")
         p.add_argument("--hnsw-m", type=int, default=d.m, help=f"hnsw: links per vector (default {d.m})")
         p.add_argument("--ef-construction", type=int, default=d.ef_construction, help=f"hnsw: build effort (default {d.ef_construction})")
-        p.add_argument("--ef-search", type=int, default=d.ef_search, help=f"hnsw: search effort, more = better recall (default {d.ef_search})")
+        p.add_argument("--ef-search", type=int, default=None,
+                       help="hnsw: search effort, more = better recall; fixes it for every representation "
+                            "(default: tuned per representation to --recall-target at build, convert and repair)")
+        p.add_argument("--recall-target", type=float, default=d.recall_target,
+                       help=f"hnsw: recall@10 against exact search that the tuned efSearch reaches on a sample of the "
+                            f"collection's own vectors (default {d.recall_target})")
 
     b = sub.add_parser("build", help="index a folder, JSONL, CSV or BEIR dataset")
     b.add_argument("source", help="folder of .txt/.md/.html/.pdf/.docx, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")

@@ -31,6 +31,7 @@ from .store import (
     read_pointer,
     read_vectors,
     repair_hint,
+    tombstones_of,
     verified_file,
 )
 from .transforms import TransformError, check_dimensions
@@ -126,14 +127,20 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: Manifest, i
             problems.append(f"the metadata store holds {extra} `{pooling}` vectors of no chunk")
     for r, index in indexes.items():
         ids = faiss_ids(index)
-        if not np.array_equal(ids, stored_ids):
-            problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(stored_ids)} chunk ids of the metadata store")
+        record = manifest.representations[r]
+        stale = tombstones_of(ids, stored_ids, record)
+        if stale is None:
+            problems.append(f"`{r}` holds {len(ids)} vectors whose ids differ from the {len(stored_ids)} chunk ids of the metadata store"
+                            + (f" and its {record.tombstones} recorded tombstones" if record.tombstones else ""))
             continue
+        if len(stale) and stale.max() >= next_id:
+            problems.append(f"`{r}` holds tombstone id {stale.max()}, not below the manifest's next_chunk_id {next_id!r}")
         stored = vectors.get(parse_representation(r).pooling)
         if stored is None:
             continue
         in_faiss_order = faiss.vector_to_array(index.id_map)
-        served = (index.index.reconstruct_n(0, index.ntotal)[np.argsort(in_faiss_order)] if len(ids)
+        live = ~np.isin(in_faiss_order, stale)  # tombstones: vectors of chunks gone from the store, never served
+        served = (index.index.reconstruct_n(0, index.ntotal)[live][np.argsort(in_faiss_order[live])] if len(stored_ids)
                   else np.empty((0, index.d), np.float32))  # an emptied index: no rows, of the representation's width
         if parse_representation(r).transform is None:
             if not np.array_equal(stored, served):

@@ -631,7 +631,7 @@ def add_documents(
         }
         # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again)
         generation = publish(index_dir, staging, replace(manifest, updates=(*manifest.updates, update)), manifest.poolings,
-                             representations=list(manifest.representations), fixed=fixed, labels=labels)
+                             representations=list(manifest.representations), fixed=fixed, labels=labels, incremental=True)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])
@@ -680,5 +680,5 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         update = {"op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present)}
         docs, _ = staging.counts()
         generation = publish(index_dir, staging, replace(manifest, updates=(*manifest.updates, update)), manifest.poolings,
-                             representations=list(manifest.representations), fixed=fixed, labels=labels)
+                             representations=list(manifest.representations), fixed=fixed, labels=labels, incremental=True)
     return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -274,7 +275,13 @@ class Searcher:
         # the index's transforms map the query's poolings as they mapped the documents'
         vectors = represent(served.encoder.encode_texts(list(queries)), served.representations, index.transforms)
         exclude = list(exclude) if exclude is not None else [None] * len(queries)
-        return {r: self._rank_batch(index, r, vectors[r], k, exclude) for r in served.representations}
+        reps = served.representations
+        if len(reps) == 1:
+            return {reps[0]: self._rank_batch(index, reps[0], vectors[reps[0]], k, exclude)}
+        # one thread per representation: FAISS releases the GIL while it searches, so their searches overlap
+        with ThreadPoolExecutor(max_workers=len(reps), thread_name_prefix="search") as pool:
+            futures = {r: pool.submit(self._rank_batch, index, r, vectors[r], k, exclude) for r in reps}
+            return {r: future.result() for r, future in futures.items()}
 
     @staticmethod
     def _rank_batch(

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -46,10 +47,13 @@ from .store import (
     RepresentationRecord,
     StoreError,
     TransformRecord,
+    chunk_ids,
     content_sha256,
     faiss_file,
+    faiss_ids,
     in_batches,
     is_index,
+    load_faiss,
     open_generation,
     read_pointer,
     read_vectors,
@@ -378,9 +382,10 @@ class Staging:
         except sqlite3.Error as exc:
             raise write_failed(self.directory, f"write {self.path}", exc) from exc
 
-    def load_vectors(self, representation: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, vectors) of one representation, in chunk-id order; every chunk must have one."""
-        return read_vectors(self.db, representation, dim, self.path)
+    def load_vectors(self, representation: str, dim: int, *, since: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, vectors) of one representation, in chunk-id order, of the chunks whose id is at least `since`;
+        every chunk must have one."""
+        return read_vectors(self.db, representation, dim, self.path, since=since)
 
     def mark_publishing(self, generation: str) -> None:
         with self.db:
@@ -409,6 +414,7 @@ def publish(
     representations: Sequence[str] | None = None,
     fixed: Mapping[str, Transform] | None = None,
     labels: LabelFiles | None = None,
+    incremental: bool = False,
 ) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
 
@@ -421,6 +427,9 @@ def publish(
     fitted now on every stored vector of its pooling (build, refit).
     `labels` is the labelled set the generation keeps (copied in and checksummed like every file): a BEIR
     folder's at build time, the previous generation's (store.kept_labels) afterwards; None keeps none.
+    `incremental` (add, delete): `manifest` is the previous generation's, and each FAISS index is that generation's
+    copied and extended where `extend_previous` allows it (else built from scratch, as always otherwise).
+    An HNSW graph built from scratch with no fixed efSearch has it tuned (vector_index.tune_ef_search).
     A write error (full disk, permissions) before CURRENT is replaced leaves the previous
     generation published and untouched.
     """
@@ -442,10 +451,33 @@ def publish(
         by_pooling: dict[str, list[str]] = {}
         for r in representations:
             by_pooling.setdefault(parse_representation(r).pooling, []).append(r)
+        previous = (directory / manifest.generation, manifest) if incremental and manifest.generation else None
+        live = chunk_ids(staging.db) if previous else None
+
+        def write(r: str, index: faiss.Index, record: RepresentationRecord, transform: Transform | None) -> None:
+            if transform is not None:
+                atomic_write_bytes(tmp / transform_file(r), transform.to_bytes())
+                written.append(transform_file(r))
+            data = faiss.serialize_index(index)  # a numpy buffer, written without a further copy
+            atomic_write_bytes(tmp / faiss_file(r), data)
+            written.append(faiss_file(r))
+            built[r] = record
+
         for pooling, names in by_pooling.items():  # each pooling's vectors are read once
+            pending = list(names)
+            if previous is not None:
+                new_ids, new_vectors = staging.load_vectors(pooling, dims[pooling], since=previous[1].next_chunk_id)
+                for r in names:
+                    extended = extend_previous(*previous, r, live, new_ids, new_vectors, fixed.get(r), generation)
+                    if extended is not None:
+                        write(r, *extended, fixed.get(r))
+                        pending.remove(r)
+                del new_ids, new_vectors
+            if not pending:
+                continue
             ids, stored = staging.load_vectors(pooling, dims[pooling])
-            for r in names:
-                record = None
+            for r in pending:
+                transform = None
                 if parse_representation(r).transform is None:
                     matrix = stored
                 else:
@@ -457,23 +489,19 @@ def publish(
                             raise StoreError(f"cannot publish {directory}: {exc}") from exc
                         transform = dataclasses.replace(transform, fitted_in=generation)
                     matrix = transform.apply(stored)
-                    atomic_write_bytes(tmp / transform_file(r), transform.to_bytes())
-                    written.append(transform_file(r))
-                    record = TransformRecord(
-                        transform.kind, transform.param, transform_file(r), dim_in=transform.dim_in,
-                        fitted_on_chunks=transform.fitted_on, fitted_in=transform.fitted_in,
-                        refitted=transform.fitted_in == generation,
-                    )
-                dim = int(matrix.shape[1])
-                index, seconds = vector_index.build_timed(spec, ids, matrix)
+                tuning = None
+                if spec.tuned:
+                    index, tuning, seconds = vector_index.build_tuned(spec, ids, matrix)
+                else:
+                    index, seconds = vector_index.build_timed(spec, ids, matrix)
+                record = RepresentationRecord(int(matrix.shape[1]), faiss_file(r), pooling, index_type=f"{spec.type}-ip",
+                                              build_seconds=round(seconds, 3), transform=transform_record(r, transform, generation))
+                if tuning is not None:
+                    record = dataclasses.replace(record, ef_search=tuning.ef_search, recall_at_10=tuning.recall,
+                                                 tuning_queries=tuning.queries, tuning_seconds=round(tuning.seconds, 3))
                 del matrix  # the index holds its own copy
-                data = faiss.serialize_index(index)  # a numpy buffer, written without a further copy
+                write(r, index, record, transform)
                 del index
-                atomic_write_bytes(tmp / faiss_file(r), data)
-                written.append(faiss_file(r))
-                del data
-                built[r] = RepresentationRecord(dim, faiss_file(r), pooling, index_type=f"{spec.type}-ip",
-                                                build_seconds=round(seconds, 3), transform=record)
             del ids, stored
         crash_point("faiss-written")
         for name, source in (labels.kept_files() if labels else {}).items():
@@ -519,6 +547,69 @@ def publish(
     prune(directory, generation)
     crash_point("pruned")
     return generation
+
+
+#: An add or delete extends the previous generation's FAISS index unless its tombstones (chunks deleted or replaced
+#: since the last full build, left in an HNSW graph and filtered at search time) would exceed this fraction of it:
+#: then, as when the previous file cannot be used, the index is built again from the stored vectors (and an HNSW
+#: graph's efSearch tuned again).
+MAX_TOMBSTONE_FRACTION = 0.10
+
+
+def transform_record(r: str, transform: Transform | None, generation: str) -> TransformRecord | None:
+    """The manifest's record of a representation's transform in `generation` (None without one)."""
+    if transform is None:
+        return None
+    return TransformRecord(transform.kind, transform.param, transform_file(r), dim_in=transform.dim_in,
+                           fitted_on_chunks=transform.fitted_on, fitted_in=transform.fitted_in,
+                           refitted=transform.fitted_in == generation)
+
+
+def extend_previous(
+    gen_dir: Path, manifest: Manifest, r: str, live: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray,
+    transform: Transform | None, generation: str,
+) -> tuple[faiss.Index, RepresentationRecord] | None:
+    """The previous generation's FAISS index of `r` (checksum verified) with the chunks added since (`new_ids`, their
+    stored vectors, through `r`'s unchanged `transform`) for the new `generation`, and without the chunks no longer `live`: removed from a flat
+    index, left as tombstones in an HNSW graph. None when the index must be built from scratch: the previous one is
+    unusable, its transform differs, or the tombstones would exceed MAX_TOMBSTONE_FRACTION (logged)."""
+    record = manifest.representations.get(r)
+    spec = manifest.vector_index
+    if record is None or (transform is None) != (record.transform is None):
+        return None
+    if transform is not None and transform.fitted_in != (record.transform.fitted_in or ""):
+        return None
+    started = time.perf_counter()
+    try:
+        index = load_faiss(gen_dir, manifest, r)
+    except StoreError as exc:
+        log.warning("`%s`: the previous FAISS file cannot be extended (%s); building it from the stored vectors", r, exc)
+        return None
+    held = faiss_ids(index)
+    old_live = live[live < manifest.next_chunk_id]
+    if not np.isin(old_live, held, assume_unique=True).all() or (len(new_ids) and new_ids.min() < manifest.next_chunk_id):
+        log.warning("`%s`: the previous FAISS file does not hold every chunk; building it from the stored vectors", r)
+        return None
+    gone = np.setdiff1d(held, old_live, assume_unique=True)
+    tombstones = 0
+    if spec.type == "flat":
+        if len(gone):
+            index.remove_ids(faiss.IDSelectorBatch(gone))
+    else:
+        tombstones = len(gone)
+        total = len(held) + len(new_ids)
+        if tombstones > MAX_TOMBSTONE_FRACTION * total:
+            log.info("`%s`: %d tombstones would be %.0f%% of the graph (over %.0f%%): rebuilding it", r, tombstones,
+                     100 * tombstones / total, 100 * MAX_TOMBSTONE_FRACTION)
+            return None
+    if len(new_ids):
+        matrix = new_vectors if transform is None else transform.apply(new_vectors)
+        index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), np.ascontiguousarray(new_ids, dtype=np.int64))
+    seconds = time.perf_counter() - started
+    return index, dataclasses.replace(
+        record, build_seconds=round(seconds, 3), built_from=manifest.generation, tombstones=tombstones or None,
+        transform=transform_record(r, transform, generation),
+    )
 
 
 def prune(directory: Path, current: str, keep: int = KEEP_GENERATIONS) -> list[str]:

@@ -163,7 +163,14 @@ class TransformRecord:
 @dataclass(frozen=True)
 class RepresentationRecord:
     """One representation of an index: its FAISS file and vector dimension, the pooling it is computed from and its
-    transform, if any. `build_seconds` is None in records written before it was kept."""
+    transform, if any. `build_seconds` is None in records written before it was kept.
+
+    An HNSW graph records the efSearch it is searched with when it was tuned (`ef_search`, with the recall@10 it
+    reached on `tuning_queries` of the collection's own vectors, and the seconds the tuning took); None: the
+    index's fixed `vector_index.ef_search` applies. A graph extended from the previous generation's (add, delete)
+    names that generation in `built_from` (`build_seconds` then times the extension) and keeps the chunks deleted
+    or replaced since its last full build as `tombstones`: ids in the FAISS file that are in no chunk of the
+    metadata store, never returned by a search. All are omitted (None) when unset, as older manifests were written."""
 
     dim: int
     file: str
@@ -171,10 +178,18 @@ class RepresentationRecord:
     index_type: str = "flat-ip"
     build_seconds: float | None = None
     transform: TransformRecord | None = None
+    ef_search: int | None = None
+    recall_at_10: float | None = None
+    tuning_queries: int | None = None
+    tuning_seconds: float | None = None
+    built_from: str | None = None
+    tombstones: int | None = None
 
     def to_dict(self) -> dict:
         record = {"dim": self.dim, "file": self.file, "index_type": self.index_type, "build_seconds": self.build_seconds,
-                  "pooling": self.pooling, "transform": self.transform and self.transform.to_dict()}
+                  "pooling": self.pooling, "transform": self.transform and self.transform.to_dict(),
+                  "ef_search": self.ef_search, "recall_at_10": self.recall_at_10, "tuning_queries": self.tuning_queries,
+                  "tuning_seconds": self.tuning_seconds, "built_from": self.built_from, "tombstones": self.tombstones}
         return _without_none(record)
 
 
@@ -606,8 +621,9 @@ def _check(path: Path, size: int, digest: str, expected: FileRecord) -> None:
         )
 
 
-def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec):
-    """A FAISS index from verified bytes, checked against the manifest's dimension and index type."""
+def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec, *, ef_search: int | None = None):
+    """A FAISS index from verified bytes, checked against the manifest's dimension and index type, and set to search
+    with the representation's tuned `ef_search` (None: the spec's fixed one)."""
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
@@ -619,7 +635,7 @@ def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: Ind
     kind = vector_index.kind_of(index)
     if kind != spec.type:
         raise StoreError(f"{gen_dir / name} is a {kind} index, the manifest says {spec.type}")
-    vector_index.configure(index, spec)
+    vector_index.configure(index, spec, ef_search=ef_search)
     return index
 
 
@@ -627,7 +643,7 @@ def load_faiss(gen_dir: Path, manifest: Manifest, representation: str) -> faiss.
     """One representation's FAISS index, after its checksum, dimension and type are checked."""
     spec = manifest.representations[representation]
     data = verified_bytes(gen_dir, spec.file, manifest.files)
-    return deserialize_faiss(gen_dir, spec.file, data, spec.dim, manifest.vector_index)
+    return deserialize_faiss(gen_dir, spec.file, data, spec.dim, manifest.vector_index, ef_search=spec.ef_search)
 
 
 def load_transforms(gen_dir: Path, manifest: Manifest) -> dict[str, Transform]:
@@ -677,25 +693,41 @@ def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     return np.sort(faiss.vector_to_array(index.id_map))
 
 
+def tombstones_of(held: np.ndarray, stored: np.ndarray, record: RepresentationRecord) -> np.ndarray | None:
+    """The tombstones of a FAISS index: its ids (`held`, sorted) that are no chunk of the metadata store (`stored`,
+    sorted). None unless the index holds every chunk once, plus exactly the `record.tombstones` other ids the
+    manifest records (none for an index without tombstones): the one rule readers and `verify` apply."""
+    expected = record.tombstones or 0
+    if len(held) != len(stored) + expected:
+        return None
+    if not expected:
+        return held[:0] if np.array_equal(held, stored) else None
+    if np.any(np.diff(held) <= 0):  # an id held twice
+        return None
+    live = np.isin(held, stored, assume_unique=True)
+    return held[~live] if int(live.sum()) == len(stored) else None
+
+
 def chunk_ids(db: sqlite3.Connection) -> np.ndarray:
     """Every chunk id of a metadata store, sorted (one query; the ids are the table's rowids)."""
     count = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
     return np.fromiter((r[0] for r in db.execute("SELECT chunk_id FROM chunks ORDER BY chunk_id")), dtype=np.int64, count=count)
 
 
-def read_vectors(db: sqlite3.Connection, representation: str, dim: int, where: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(chunk ids, vectors) of one representation from a metadata store, in chunk-id order.
+def read_vectors(db: sqlite3.Connection, representation: str, dim: int, where: Path, *, since: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, vectors) of one representation from a metadata store, in chunk-id order; only chunks whose id is
+    at least `since` (an incremental update reads only the chunks added since the previous generation).
 
     Every chunk must have a vector of `dim` floats (else StoreError). Rows are copied one by one
     into arrays of the final size, so the peak is the vectors once.
     """
-    count = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    count = db.execute("SELECT COUNT(*) FROM chunks WHERE chunk_id >= ?", (since,)).fetchone()[0]
     ids = np.empty(count, dtype=np.int64)
     matrix = np.empty((count, dim), dtype=np.float32)
     rows = db.execute(
         "SELECT c.chunk_id, v.vector FROM chunks c LEFT JOIN vectors v "
-        "ON v.chunk_id = c.chunk_id AND v.representation = ? ORDER BY c.chunk_id",
-        (representation,),
+        "ON v.chunk_id = c.chunk_id AND v.representation = ? WHERE c.chunk_id >= ? ORDER BY c.chunk_id",
+        (representation, since),
     )
     for i, (cid, blob) in enumerate(rows):
         if blob is None:
@@ -726,22 +758,30 @@ class IndexReader:
         uri = f"{(gen_dir / METADATA).as_uri()}?mode=ro&immutable=1"
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._lock = threading.Lock()
-        counts = {i.ntotal for i in self.indexes.values()}
+        records = self.manifest.representations
+        counts = {i.ntotal - (records[r].tombstones or 0) for r, i in self.indexes.items()}
         expected = self.manifest.counts.chunks
         if counts != {expected}:
             self.db.close()
-            raise StoreError(f"{gen_dir}: FAISS files hold {sorted(counts)} vectors, the manifest says {expected} chunks")
-        # every hit must resolve to a chunk: the ids, not only their number, must be the metadata's
+            raise StoreError(f"{gen_dir}: FAISS files hold {sorted(counts)} live vectors, the manifest says {expected} chunks")
+        # every hit must resolve to a chunk: the ids, not only their number, must be the metadata's (plus the
+        # tombstones the manifest records, which searches filter out)
         try:
             stored = chunk_ids(self.db)
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise StoreError(f"{gen_dir / METADATA} cannot be read by SQLite: {exc}") from exc
+        #: tombstones of each representation that has some: never returned by `search`
+        self.excluded: dict[str, vector_index.Excluded] = {}
         for r, index in self.indexes.items():
-            if not np.array_equal(faiss_ids(index), stored):
+            stale = tombstones_of(faiss_ids(index), stored, records[r])
+            if stale is None:
                 self.db.close()
-                raise StoreError(f"{gen_dir / faiss_file(r)} holds chunk ids that differ from those of {METADATA}; "
-                                 f"`python -m indexer repair {self.directory}` rebuilds it from the metadata store")
+                raise StoreError(f"{gen_dir / faiss_file(r)} holds chunk ids that differ from those of {METADATA}"
+                                 + (f" and its {records[r].tombstones} recorded tombstones" if records[r].tombstones else "")
+                                 + f"; `python -m indexer repair {self.directory}` rebuilds it from the metadata store")
+            if len(stale):
+                self.excluded[r] = vector_index.Excluded(stale)
 
     @property
     def representations(self) -> tuple[str, ...]:
@@ -756,10 +796,11 @@ class IndexReader:
         return self.manifest.counts.documents
 
     def search(self, representation: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner-product search: (scores, chunk ids), each of shape (len(queries), n)."""
+        """Inner-product search (exact scores; exact neighbours for `flat`): (scores, chunk ids), each of shape
+        (len(queries), n). Tombstones are never returned."""
         if representation not in self.indexes:
             raise KeyError(f"index has no {representation!r}; it keeps {', '.join(self.indexes)}")
-        return self.indexes[representation].search(np.ascontiguousarray(queries, dtype=np.float32), n)
+        return vector_index.search(self.indexes[representation], queries, n, self.excluded.get(representation))
 
     def chunk_docs(self, chunk_ids: Iterable[int]) -> dict[int, str]:
         """Document id of each chunk id."""

@@ -165,3 +165,227 @@ def test_cli_build_with_hnsw_info_and_convert(tmp_path, tiny_bert, small_jsonl, 
     assert "m must be an integer of at least 2, got 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["convert", ix])  # --index-type is required
+
+
+# -- efSearch tuned per representation --------------------------------------------------------------------------
+
+def exact_top(queries, base, k=10):
+    return np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :k]
+
+
+def recall_of(found, exact):
+    return float(np.mean([len(set(f) & set(e)) / exact.shape[1] for f, e in zip(found, exact)]))
+
+
+def test_tuned_ef_search_is_the_smallest_on_the_ladder_reaching_the_target_and_holds_on_held_out_queries():
+    both = clustered(np.random.default_rng(11), 20500, 32, centres=40, spread=1.0)
+    base, held_out = both[:20000], both[20000:]  # queries of the collection's kind that the index never saw
+    spec = IndexSpec(type="hnsw", m=6, ef_construction=20)  # a sparse graph: a small efSearch misses neighbours
+    assert spec.tuned and spec.recall_target == 0.95
+    ids = np.arange(5000, 25000, dtype=np.int64)
+    index, tuning, _ = vector_index.build_tuned(spec, ids, base)
+    assert index.ntotal == 20000  # the held-out sample is in the index too
+    tried = {ef: (mean, bound) for ef, mean, bound in tuning.tried}
+    assert tried[vector_index.EF_START][0] < 0.95  # the default start does not reach it: tuning had work to do
+    assert tuning.recall == round(tried[tuning.ef_search][0], 4) and tuning.queries == vector_index.TUNING_QUERIES
+    # the smallest value tried whose recall on the sample reaches the target (its 97.5% lower confidence bound does)
+    assert tried[tuning.ef_search][1] >= 0.95
+    assert all(bound < 0.95 for ef, (_, bound) in tried.items() if ef < tuning.ef_search)
+    # doubling from EF_START, then a binary search: a value within 1/16 below the result was tried and missed
+    assert max(ef for ef in tried if ef < tuning.ef_search) >= tuning.ef_search - max(1, tuning.ef_search // 16)
+    assert vector_index.ef_search_of(index) == tuning.ef_search  # left set to it
+    # on queries it never saw, against numpy brute force, the tuned value reaches the target too
+    found = index.search(held_out, 10)[1] - 5000
+    assert recall_of(found, exact_top(held_out, base)) >= 0.95
+    vector_index.configure(index, spec, ef_search=vector_index.EF_START)
+    assert recall_of(index.search(held_out, 10)[1] - 5000, exact_top(held_out, base)) < 0.95
+
+
+def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_it(tmp_path, capsys):
+    _, _, vectors = write_index(tmp_path / "ix", n_docs=400, vector_index=IndexSpec(type="hnsw", m=4, ef_construction=8))
+    manifest = read_manifest(tmp_path / "ix")
+    assert manifest.vector_index.to_dict() == {"type": "hnsw", "m": 4, "ef_construction": 8, "recall_target": 0.95}
+    reader = IndexReader(tmp_path / "ix")
+    for r, record in manifest.representations.items():
+        again = vector_index.build_tuned(manifest.vector_index, np.arange(len(vectors[r])), vectors[r])[1]
+        assert (record.ef_search, record.recall_at_10, record.tuning_queries) == (again.ef_search, again.recall, 120)
+        assert record.recall_at_10 >= 0.95 and record.tuning_seconds >= 0
+        assert vector_index.ef_search_of(reader.indexes[r]) == record.ef_search
+    assert main(["info", str(tmp_path / "ix")]) == 0
+    out = capsys.readouterr().out
+    assert "efSearch tuned per representation to recall@10 >= 0.95" in out
+    record = manifest.representations["mean"]
+    assert f"efSearch {record.ef_search} (tuned to 0.95: recall@10 {record.recall_at_10:.3f} on 120 of its own vectors)" in out
+    # an explicit efSearch fixes it for every representation: nothing is tuned or recorded per representation
+    convert(tmp_path / "ix", IndexSpec(type="hnsw", m=4, ef_construction=8, ef_search=40))
+    fixed = IndexReader(tmp_path / "ix")
+    assert all(rec.ef_search is None and rec.recall_at_10 is None for rec in fixed.manifest.representations.values())
+    assert {vector_index.ef_search_of(i) for i in fixed.indexes.values()} == {40}
+
+
+# -- cheap updates: the previous generation's index extended, deletions as tombstones -------------------------------
+
+def update(directory, *, add=0, remove=(), seed=1, d=16):
+    """An add and/or delete through the writer path `add_documents` and `delete_documents` take (incremental publish),
+    with random vectors; returns the new documents' vectors."""
+    from dataclasses import replace
+
+    from indexer.chunking import Chunk
+    from indexer.loaders import Document
+    from indexer.staging import Staging, WriterLock, base_state, publish
+
+    rng = np.random.default_rng(seed)
+    docs = [Document(f"new-{seed}-{i}", f"text {i}", title=f"N{i}") for i in range(add)]
+    chunks = [Chunk(x.doc_id, 0, f"chunk of {x.doc_id}", 0, 4, (1, 2)) for x in docs]
+    vectors = {"pooled": unit(rng, len(chunks), d), "mean": unit(rng, len(chunks), d)}
+    with WriterLock(directory, "test"):
+        gen_dir, manifest = base_state(directory)
+        staging = Staging(directory, {"op": "test-update", "seed": seed}, base=gen_dir, next_chunk_id=manifest.next_chunk_id)
+        staging.apply(remove=list(remove), documents=docs, chunks=chunks, vectors=vectors, consumed=len(docs))
+        publish(directory, staging, replace(manifest, updates=(*manifest.updates, {"op": "test"})), manifest.poolings,
+                incremental=True)
+    return vectors
+
+
+def all_vectors(reader, r):
+    """(chunk ids, stored vectors) of every live chunk, from the metadata store."""
+    from indexer.store import read_vectors
+
+    return read_vectors(reader.db, r, 16, reader.directory)
+
+
+def test_an_incremental_hnsw_add_gives_the_top_10_of_a_rebuilt_index_and_of_brute_force(tmp_path):
+    spec = IndexSpec(type="hnsw", m=8, ef_construction=40, ef_search=2000)  # efSearch above the size: exact answers
+    write_index(tmp_path / "ix", n_docs=200, vector_index=spec)
+    before = read_manifest(tmp_path / "ix")
+    update(tmp_path / "ix", add=30)
+    after = IndexReader(tmp_path / "ix")
+    queries = unit(np.random.default_rng(5), 20, 16)
+    write_index(tmp_path / "fresh", n_docs=1, vector_index=spec)
+    for r, record in after.manifest.representations.items():
+        assert record.built_from == before.generation and record.tombstones is None and record.build_seconds >= 0
+        assert after.indexes[r].ntotal == 630
+        ids, stored = all_vectors(after, r)
+        rebuilt = vector_index.build(spec, ids, stored)
+        found = after.search(r, queries, 10)[1]
+        np.testing.assert_array_equal(found, rebuilt.search(queries, 10)[1])
+        np.testing.assert_array_equal(found, ids[exact_top(queries, stored)])
+    assert verify(tmp_path / "ix")[0] == []
+
+
+def test_an_incremental_add_keeps_the_tuned_ef_search_and_a_rebuild_tunes_it_again(tmp_path):
+    write_index(tmp_path / "ix", n_docs=300, vector_index=IndexSpec(type="hnsw", m=4, ef_construction=8))
+    tuned = {r: rec.ef_search for r, rec in read_manifest(tmp_path / "ix").representations.items()}
+    update(tmp_path / "ix", add=10)
+    reader = IndexReader(tmp_path / "ix")
+    assert {r: rec.ef_search for r, rec in reader.manifest.representations.items()} == tuned
+    assert {r: vector_index.ef_search_of(i) for r, i in reader.indexes.items()} == tuned
+    convert(tmp_path / "ix", reader.manifest.vector_index)
+    for r, rec in read_manifest(tmp_path / "ix").representations.items():
+        ids, stored = all_vectors(IndexReader(tmp_path / "ix"), r)
+        again = vector_index.build_tuned(read_manifest(tmp_path / "ix").vector_index, ids, stored)[1]
+        assert rec.built_from is None and rec.ef_search == again.ef_search and rec.tuning_queries == 91
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "flat"])
+def test_deleted_documents_never_appear_after_an_incremental_delete_nor_after_a_rebuild(tmp_path, kind):
+    spec = IndexSpec(type=kind, m=8, ef_search=64) if kind == "hnsw" else IndexSpec()
+    write_index(tmp_path / "ix", n_docs=200, vector_index=spec)
+    directory = tmp_path / "ix"
+    gone_docs = [f"doc-{i}" for i in range(0, 30, 2)]  # 15 of 200 documents: 45 of 600 chunks, under 10%
+    gone_chunks = {c for d in gone_docs for c in IndexReader(directory).chunk_ids_by_doc(gone_docs)[d]}
+    update(directory, add=5, remove=gone_docs)
+    reader = IndexReader(directory)  # a reader opened afterwards: a restart
+    queries = unit(np.random.default_rng(3), 30, 16)
+    for r, record in reader.manifest.representations.items():
+        assert record.built_from is not None
+        if kind == "hnsw":
+            assert record.tombstones == 45 and set(reader.excluded[r].ids.tolist()) == gone_chunks
+            assert reader.indexes[r].ntotal == 600 - 45 + 5 + 45
+        else:  # removed from a flat index outright
+            assert record.tombstones is None and r not in reader.excluded and reader.indexes[r].ntotal == 560
+        scores, found = reader.search(r, queries, reader.n_chunks)  # every live chunk, in order
+        assert not gone_chunks & set(found.ravel().tolist())
+        ids, stored = all_vectors(reader, r)
+        if kind == "flat":
+            np.testing.assert_array_equal(found[:, :10], ids[exact_top(queries, stored)])
+    hits = Searcher(directory, _NoEncoder(reader)).index.search("mean", queries, 50)[1]
+    assert not gone_chunks & set(hits.ravel().tolist())
+    assert verify(directory)[0] == []
+    convert(directory, spec)  # a rebuild: clean graphs, no tombstones left anywhere
+    rebuilt = IndexReader(directory)
+    for r, record in rebuilt.manifest.representations.items():
+        assert record.tombstones is None and record.built_from is None and r not in rebuilt.excluded
+        held = set(faiss_ids_of(rebuilt.indexes[r]))
+        assert not gone_chunks & held and len(held) == 560
+
+
+class _NoEncoder:
+    """Stands in for an encoder where only the reader is used (compatibility taken from the index itself)."""
+
+    def __init__(self, reader):
+        self.info = reader.manifest.model
+        self.max_tokens = reader.manifest.chunking.max_tokens
+        self.window = reader.manifest.content_tokens_per_chunk
+        self.representations = reader.representations
+        self.poolings = tuple(reader.manifest.poolings)
+
+
+def faiss_ids_of(index):
+    from indexer.store import faiss_ids
+
+    return faiss_ids(index).tolist()
+
+
+def test_tombstones_past_the_limit_rebuild_the_graph(tmp_path):
+    write_index(tmp_path / "ix", n_docs=100, vector_index=IndexSpec(type="hnsw", m=8, ef_search=64))
+    update(tmp_path / "ix", remove=[f"doc-{i}" for i in range(11)])  # 33 of 300 chunks: over 10%
+    reader = IndexReader(tmp_path / "ix")
+    for r, record in reader.manifest.representations.items():
+        assert record.built_from is None and record.tombstones is None and reader.indexes[r].ntotal == 267
+
+
+def rewrite_generation(directory, edit_manifest=None, faiss_files=None):
+    """Change a published generation's manifest or FAISS files consistently (checksums and CURRENT follow):
+    what only the id checks, not the checksums, can catch."""
+    from indexer.files import sha256_file
+
+    pointer = json.loads((directory / CURRENT).read_text())
+    gen = directory / pointer["generation"]
+    manifest = json.loads((gen / MANIFEST).read_text())
+    for name, data in (faiss_files or {}).items():
+        (gen / name).write_bytes(data)
+        manifest["files"][name] = {"bytes": len(data), "sha256": sha256_file(gen / name)}
+    if edit_manifest:
+        edit_manifest(manifest)
+    data = json.dumps(manifest).encode()
+    (gen / MANIFEST).write_bytes(data)
+    (directory / CURRENT).write_text(json.dumps(pointer | {"manifest_sha256": hashlib.sha256(data).hexdigest()}))
+
+
+def test_verify_accepts_recorded_tombstones_and_refuses_ids_that_are_neither_chunks_nor_tombstones(tmp_path):
+    import faiss
+
+    directory = tmp_path / "ix"
+    write_index(directory, n_docs=100, vector_index=IndexSpec(type="hnsw", m=8, ef_search=64))
+    update(directory, remove=["doc-1", "doc-2"])  # 6 tombstones
+    assert verify(directory)[0] == []
+    assert IndexReader(directory).manifest.representations["mean"].tombstones == 6
+    # the manifest owns up to fewer tombstones than the file holds: refused
+    rewrite_generation(directory, lambda m: m["representations"]["mean"].update(tombstones=5))
+    with pytest.raises(StoreError, match=r"FAISS files hold \[294, 295\] live vectors, the manifest says 294 chunks"):
+        IndexReader(directory)
+    assert any("`mean` holds 300 vectors whose ids differ" in p for p in verify(directory)[0])
+    rewrite_generation(directory, lambda m: m["representations"]["mean"].update(tombstones=6))
+    assert verify(directory)[0] == []
+    # as many ids as chunks + tombstones, but a chunk is missing and an unknown id stands in its place: refused
+    reader = IndexReader(directory)
+    index = faiss.deserialize_index(faiss.serialize_index(reader.indexes["mean"]))
+    live = reader.chunk_ids_by_doc(["doc-50"])["doc-50"][0]
+    id_map = faiss.vector_to_array(index.id_map)
+    id_map[id_map == live] = 10_000
+    faiss.copy_array_to_vector(id_map, index.id_map)
+    rewrite_generation(directory, faiss_files={"mean.faiss": faiss.serialize_index(index).tobytes()})
+    with pytest.raises(StoreError, match=r"mean\.faiss holds chunk ids that differ"):
+        IndexReader(directory)
+    assert any("`mean` holds 300 vectors whose ids differ" in p for p in verify(directory)[0])
