@@ -20,8 +20,10 @@ from .app.serve import DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, add_app_arguments
 from .config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
+    DEFAULT_PRECISION,
     DEFAULT_REPRESENTATIONS,
     POOLINGS,
+    PRECISIONS,
     SAMPLE_INDEX,
     SAMPLE_SOURCE,
     parse_representations,
@@ -135,6 +137,8 @@ def format_info(manifest: Manifest, directory: Path) -> str:
         f"documents:      {counts.documents}",
         f"chunks:         {counts.chunks}",
         f"vectors:        L2-normalised float32, {manifest.metric}",
+        f"precision:      {manifest.encoded_precision} "
+        + ("(the forward pass; vectors are stored as float32)" if manifest.precision else "(not recorded: built before precision was a choice)"),
         f"vector index:   {manifest.vector_index.label}",
         "representations:",
     ]
@@ -164,6 +168,7 @@ def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> E
         batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
         max_tokens=getattr(args, "max_tokens", None),
         trust_remote_code=args.trust_remote_code,
+        precision=getattr(args, "precision", None) or DEFAULT_PRECISION,
     )
 
 
@@ -187,7 +192,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                          precision=args.precision)
     summary = add_documents(
         args.index, args.source, encoder, format=args.format, id_column=args.id_column,
         title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
@@ -252,8 +258,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _searcher(args: argparse.Namespace, representations: Sequence[str] | None = None) -> Searcher:
-    """The searcher of --index with --model (default: the index's own) and --trust-remote-code."""
-    encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
+    """The searcher of --index with --model (default: the index's own), --precision (default: the index's) and
+    --trust-remote-code."""
+    encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code, precision=args.precision)
     return Searcher(args.index, encoder, representations=representations)
 
 
@@ -303,7 +310,8 @@ def _evaluate_sts(args: argparse.Namespace) -> int:
     if args.fit_on is not None and not any(parse_representation(r).transform for r in representations):
         print(f"warning: --fit-on is not used: none of {', '.join(representations)} has a transform", file=sys.stderr)
     data = read_sts(args.sts)
-    encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code)
+    encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code,
+                           precision=args.precision or DEFAULT_PRECISION)
     result = evaluate_sts(data, encoder, representations, fit_on=args.fit_on, baseline=args.baseline, progress=not args.no_progress)
     print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) if args.json else result.to_markdown())
     return 0
@@ -616,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help=default_help)
         p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own Python code (off by default)")
 
+    def precision_option(p: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
+        p.add_argument("--precision", choices=PRECISIONS, default=default,
+                       help=f"what the model computes in: fp32, bf16, or auto (bf16 where the CPU or GPU has native bf16 "
+                            f"instructions, else fp32); vectors are stored as float32 either way (default: {default_help})")
+
     def index_type_options(p: argparse.ArgumentParser, required: bool = False, default: str = "flat", help: str | None = None) -> None:
         d = IndexSpec()
         p.add_argument("--index-type", choices=INDEX_TYPES, required=required, default=None if required else default,
@@ -639,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--title-column", default="title", help="CSV: title column (default title, optional)")
     b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index (kept until the new one is complete)")
+    precision_option(b, DEFAULT_PRECISION, DEFAULT_PRECISION)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     index_type_options(b)
     b.set_defaults(func=cmd_build)
@@ -653,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--title-column", default="title")
     a.add_argument("--text-column", default="text")
     a.add_argument("--no-progress", action="store_true")
+    precision_option(a, None, "the index's; new vectors must be of the index's precision")
     a.set_defaults(func=cmd_add)
 
     rm = sub.add_parser("delete", help="remove documents by id")
@@ -688,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="documents per ranking (default 10)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     model_options(s, "model to encode the query with (default: the index's own); must match the index")
+    precision_option(s, None, "the index's, so that queries are encoded as its documents were")
     s.set_defaults(func=cmd_search)
 
     i = sub.add_parser("info", help="show an index's manifest and counts")
@@ -719,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sts: take transforms (+whiten, +abtt) from this index instead of fitting them on the STS sentences")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    precision_option(e, None, f"with --index: the index's; with --beir or --sts: {DEFAULT_PRECISION}, and a cached index of "
+                              "another precision is rebuilt")
     model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2); with --index alone: "
                      "model to encode the queries with (default: the index's own); must match the index")
     e.set_defaults(func=cmd_evaluate)

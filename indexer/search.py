@@ -12,7 +12,7 @@ import numpy as np
 
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
-from .config import DEFAULT_BATCH_SIZE
+from .config import DEFAULT_BATCH_SIZE, Precision
 from .encoder import Encoder, ModelError
 from .ranking import trec_order
 from .store import IndexReader, Manifest, StoreError, read_pointer
@@ -89,9 +89,12 @@ def encoder_for(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     trust_remote_code: bool = False,
+    precision: Precision | None = None,
     load: Callable[..., Encoder] = Encoder.load,
 ) -> Encoder:
-    """The encoder for an index: its own model (or `model`), its representations and its max length.
+    """The encoder for an index: its own model (or `model`), its representations, its max length and its precision
+    (or `precision`: None takes the index's, fp32 for an index that records none, so that queries are encoded as its
+    vectors were; a value is used as given, to compare precisions).
 
     The one place that makes it, for the CLI, the app and evaluation. The index's max length is taken
     whenever the model allows it, so that naming the index's own model is accepted whatever `--max-tokens`
@@ -103,6 +106,7 @@ def encoder_for(
         representations=tuple(manifest.representations),
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
+        precision=manifest.encoded_precision if precision is None else precision,
     )
     built_max = manifest.chunking.max_tokens
     if built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
