@@ -172,12 +172,14 @@ class Searcher:
         self._refused: dict | None = None  # the CURRENT pointer of a generation that could not be served
 
     def _serve(self, index: IndexReader, encoder: Encoder | None) -> Served:
-        """`index` with `encoder`, or with a new one from `make_encoder` when it does not fit; IndexMismatchError
-        (the index closed) when neither does."""
+        """`index` with `encoder`, or with a new one from `make_encoder` when it does not fit or is of another precision
+        than the index (rebuilt in another: `make_encoder` decides again); IndexMismatchError (the index closed) when
+        neither fits."""
         representations = self._wanted or index.representations
         try:
             problems = None if encoder is None else compatibility_problems(index.manifest, encoder, "search", representations)
-            if (encoder is None or problems) and self._make_encoder is not None:
+            other_precision = encoder is not None and encoder.precision != index.manifest.encoded_precision
+            if (encoder is None or problems or other_precision) and self._make_encoder is not None:
                 encoder = self._make_encoder(index.manifest)
                 problems = compatibility_problems(index.manifest, encoder, "search", representations)
         except BaseException:
