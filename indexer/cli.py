@@ -453,9 +453,11 @@ def _document_sizes(value: str) -> list[float]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import (
+        beir_quality,
         build_peak_memory,
         document_peak_memory,
         encode_benchmark,
+        parse_precisions,
         parse_sizes,
         positive,
         queries_of,
@@ -472,6 +474,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     sizes_mb = _document_sizes(args.memory_doc_mb) if args.memory_doc_mb else []
     representations = parse_representations(args.representations)
+    precisions = parse_precisions(args.precision)
+    if args.beir is not None:
+        open_beir(args.beir)  # a wrong folder costs no encoding
 
     from sentence_transformers import SentenceTransformer
 
@@ -482,7 +487,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report: dict = {}
     if not args.no_encode:
         print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
-        report = encode_benchmark(texts, encoder, peer, runs=args.runs)
+        report = encode_benchmark(texts, encoder, peer, runs=args.runs, precisions=precisions)
+    if args.beir is not None:
+        print(f"nDCG@10 on {args.beir} (test split), an index built at each precision …", file=sys.stderr)
+        report["beir"] = beir_quality(args.beir, encoder, precisions)
     if latency:
         sizes = latency
         spec = _index_spec(args)
@@ -512,9 +520,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{report['ours_tokens_per_s']:.0f} tokens/s  {report['gflops']:.1f} GFLOP/s\n"
             f"  {peer:<{width}}{report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
             f"{report['peer_tokens_per_s']:.0f} tokens/s  {report['peer_gflops']:.1f} GFLOP/s\n"
-            f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
+            f"  ratio ours/peer: {report['ratio']:.3f}   machine limit ({report['precision']} matmul): {report['peak_gflops']:.1f} GFLOP/s, "
             f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
         )
+        print("  per precision (ours, all representations / sentence-transformers fp32, mean only):")
+        for row in report["precisions"]:
+            cost = ", ".join(f"{p} {d['max']:.2e}/{d['mean']:.2e}" for p, d in row["cosine_distance"].items())
+            print(f"    {row['requested']:>4} = {row['precision']}: {row['ours_s']:.2f} s, ratio {row['ratio']:.3f}, "
+                  f"{row['gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of the {row['peak_gflops']:.1f} GFLOP/s "
+                  f"{row['precision']} matmul limit; cosine distance to fp32, max/mean: {cost}")
+    for row in report.get("beir", []):
+        change = ", ".join(f"{r} {v:.4f} ({row['ndcg_at_10_change'][r]:+.4f})" for r, v in row["ndcg_at_10"].items())
+        print(f"  nDCG@10 on {row['dataset']} ({row['split']}), {row['requested']} = {row['precision']} "
+              f"(change vs fp32): {change}")
     for row in report.get("latency", []):
         print(f"  query at {row['vectors']:>9} vectors (encode + search all + metadata): exact p50 {row['exact']['p50_ms']:.1f} ms, "
               f"p95 {row['exact']['p95_ms']:.1f} ms (encoding alone p50 {row['encode_only']['p50_ms']:.1f} ms)")
@@ -754,6 +772,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")
     bn.add_argument("--memory-doc-mb", default=None, metavar="SIZES",
                     help="e.g. 2,10,50: peak memory and time of builds of ONE document of that many MB of the collection's prose")
+    bn.add_argument("--precision", default=DEFAULT_PRECISION, metavar="LIST",
+                    help=f"precisions of our encoder to measure, comma-separated from {', '.join(PRECISIONS)} (default "
+                         f"{DEFAULT_PRECISION}; e.g. fp32,bf16): each one's ratio to sentence-transformers fp32, GFLOP/s against "
+                         "that precision's matmul limit, and cosine distance to our fp32 vectors")
+    bn.add_argument("--beir", type=Path, default=None, metavar="DIR",
+                    help="also nDCG@10 of each representation at each precision on this BEIR folder's test split (an index "
+                         "of its corpus is built at each, and at fp32 for the change), e.g. ../shared/datasets/msmarco-5k")
     bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory / --memory-doc-mb)")
     bn.add_argument("--json", action="store_true")
     index_type_options(bn, default="hnsw", help="with --latency: approximate index measured against exact search (default hnsw; flat: exact only)")

@@ -320,6 +320,14 @@ class Encoder:
         other._lock = self._lock
         return other
 
+    def with_precision(self, precision: Precision) -> "Encoder":
+        """The same loaded model computing in another precision (auto, fp32 or bf16, resolved for its device); it shares
+        the tokenizer and its lock. The weights stay as loaded: bf16 is torch.autocast around the forward pass."""
+        other = Encoder(self.model, self.tokenizer, self.info, representations=self.representations, batch_size=self.batch_size,
+                        max_tokens=self.max_tokens, precision=resolve_precision(precision, self.device))
+        other._lock = self._lock
+        return other
+
     @classmethod
     def load(
         cls,
