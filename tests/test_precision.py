@@ -82,6 +82,25 @@ def test_bf16_vectors_are_float32_and_close_to_the_fp32_ones(tiny_bert, native):
         assert np.abs(fp32[p] - bf16[p]).max() > 1e-5, p  # computed in bf16 indeed, not fp32 again
 
 
+def test_bf16_is_the_forward_pass_only_pooling_is_float32(tiny_bert, native):
+    """The model runs under autocast; its outputs are pooled and normalised in float32 (not rounded to bf16 first)."""
+    import torch
+
+    native(True)
+    encoder = load(tiny_bert, "bf16", ("pooled", "mean"))
+    text = "the bees make honey from nectar and pollen in the hive"
+    batch = encoder.tokenizer([text], return_tensors="pt")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = encoder.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = output.last_hidden_state.float()
+    mean = hidden.sum(1) / batch["attention_mask"].sum()
+    expected = {"pooled": output.pooler_output.float(), "mean": mean}
+    got = encoder.encode_texts([text])
+    for p, vector in expected.items():
+        vector = (vector / vector.norm(dim=1, keepdim=True)).numpy()
+        np.testing.assert_allclose(got[p], vector, atol=2e-6, err_msg=p)
+
+
 def build(tiny_bert, source, directory, precision):
     return build_index(source, directory, load(tiny_bert, precision), overlap=2, progress=False)
 
