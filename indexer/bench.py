@@ -241,7 +241,7 @@ def synthetic_index(directory: Path, encoder, texts: Sequence[str], fits: dict, 
         staging.apply(documents=docs, chunks=chunks, vectors={r: synthetic_vectors(fit, len(docs), rng) for r, fit in fits.items()})
     info = encoder.info
     manifest = Manifest(indexer_version=__version__, model=info, chunking=ChunkingConfig(encoder.max_tokens),
-                        content_tokens_per_chunk=encoder.window, source=SourceRecord("synthetic", "synthetic", ""),
+                        content_tokens_per_chunk=encoder.window, precision=encoder.precision, source=SourceRecord("synthetic", "synthetic", ""),
                         build=BuildRecord(0.0, 0, 0))
     publish(directory, staging, manifest, {r: info.dim for r in fits})
 

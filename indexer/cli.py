@@ -498,7 +498,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         collection = texts_of(Path(args.data), None)  # the Gaussian fit wants every distinct text
         # over the poolings themselves: synthetic vectors carry no fitted transform (it would add one product per query)
         plain = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.poolings,
-                        batch_size=encoder.batch_size, max_tokens=encoder.max_tokens)
+                        batch_size=encoder.batch_size, max_tokens=encoder.max_tokens, precision=encoder.precision)
         report["latency"] = scale_benchmark(plain, collection, queries_of(Path(args.data), args.queries, collection), sizes, spec=spec)
     if memory:
         sizes = memory
