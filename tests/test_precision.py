@@ -213,3 +213,20 @@ def test_an_unknown_precision_is_one_line_exit_2(command, capsys):
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1
     assert err.startswith("error: argument --precision: invalid choice: 'bogus' (choose from 'auto', 'fp32', 'bf16')")
+
+
+def test_the_library_takes_a_precision_too(tmp_path, tiny_bert, small_jsonl, native):
+    from indexer import Index
+
+    native(False)
+    Index.build(small_jsonl, tmp_path / "ix", model=str(tiny_bert), max_tokens=16, overlap=2, precision="bf16").close()
+    assert read_manifest(tmp_path / "ix").precision == "bf16"
+    with Index.open(tmp_path / "ix", model=str(tiny_bert)) as index:
+        assert index._searcher.encoder.precision == "bf16"  # the index's
+    more = [{"_id": "new-1", "text": "a new flower"}]
+    with Index.open(tmp_path / "ix", model=str(tiny_bert), precision="fp32") as index:
+        assert index._searcher.encoder.precision == "fp32" and index.search("bees", k=1)  # queries in fp32, to compare
+        with pytest.raises(StoreError, match="built with bf16 precision"):
+            index.add(more)
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        Index.build(small_jsonl, tmp_path / "other", model=str(tiny_bert), precision="half")
