@@ -89,9 +89,8 @@ class Index:
         `add` needs the index's)."""
         wanted = None if representations is None else parse_representations(representations)
         # the encoder is made for each generation served, so a rebuild with another model or length is followed
-        return cls(Searcher(directory, representations=wanted,
-                            make_encoder=lambda manifest: encoder_for(manifest, model, trust_remote_code=trust_remote_code,
-                                                                                precision=precision)))
+        return cls(Searcher(directory, representations=wanted, make_encoder=lambda manifest: encoder_for(
+            manifest, model, trust_remote_code=trust_remote_code, precision=precision)))
 
     # -- using ---------------------------------------------------------------------------------------------
 
