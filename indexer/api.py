@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .config import DEFAULT_REPRESENTATIONS, parse_representations
+from .config import DEFAULT_PRECISION, DEFAULT_REPRESENTATIONS, Precision, parse_representations
 from .encoder import Encoder
 from .evaluation import Evaluation, evaluate, load_labels
 from .loaders import Format
@@ -53,6 +53,7 @@ class Index:
         text_column: str = "text",
         progress: bool = False,
         trust_remote_code: bool = False,
+        precision: Precision = DEFAULT_PRECISION,
     ) -> Index:
         """Index `source` into `directory` (what `pooling-lab build` does) and open it.
 
@@ -61,11 +62,13 @@ class Index:
         an iterator. Bad records are skipped and named in `index.summary.issues`. A killed build resumes when run
         again with the same arguments; for records that means the same list (an iterator is read once, so its
         build starts over). `model`: the embedded default, a local folder or a hub id. `representations`: e.g.
-        "pooled,mean,max" or ["pooled", "mean+whiten"] (default: pooled and mean).
+        "pooled,mean,max" or ["pooled", "mean+whiten"] (default: pooled and mean). `precision`: what the model
+        computes in, "fp32", "bf16" or "auto" (bf16 where the device has native bf16, else fp32; recorded in the
+        manifest, and the index's queries are encoded in it); the vectors are float32 either way.
         """
         wanted = parse_representations(DEFAULT_REPRESENTATIONS if representations is None else representations)
         encoder = Encoder.load(model, representations=wanted, max_tokens=max_tokens,
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, precision=precision)
         summary = build_index(source, directory, encoder, overlap=overlap, overwrite=overwrite, format=format,
                               id_column=id_column, title_column=title_column, text_column=text_column,
                               progress=progress, vector_index=IndexSpec(type=index_type))
@@ -79,13 +82,15 @@ class Index:
         model: str | None = None,
         representations: str | Sequence[str] | None = None,
         trust_remote_code: bool = False,
+        precision: Precision | None = None,
     ) -> Index:
         """Open a built index with its own model (or `model`, which must match it); `representations`: the ones
-        to search (default: every one it holds)."""
+        to search (default: every one it holds); `precision`: what queries are encoded in (default: the index's own;
+        `add` needs the index's)."""
         wanted = None if representations is None else parse_representations(representations)
         # the encoder is made for each generation served, so a rebuild with another model or length is followed
-        return cls(Searcher(directory, representations=wanted,
-                            make_encoder=lambda manifest: encoder_for(manifest, model, trust_remote_code=trust_remote_code)))
+        return cls(Searcher(directory, representations=wanted, make_encoder=lambda manifest: encoder_for(
+            manifest, model, trust_remote_code=trust_remote_code, precision=precision)))
 
     # -- using ---------------------------------------------------------------------------------------------
 

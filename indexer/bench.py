@@ -51,9 +51,26 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
-def peak_gflops(n: int = 2048, runs: int = 5) -> float:
-    """Achievable float32 GFLOP/s of this machine: a large matrix multiply (2 n^3 operations)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def parse_precisions(text: str) -> list[str]:
+    """Comma-separated precisions such as "fp32,bf16" (config.Precision), each once, in the order given; else
+    ValueError naming the value and the valid ones."""
+    from .config import Precision, require_one_of
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"--precision takes comma-separated precisions such as fp32,bf16; got {text!r}")
+    return list(dict.fromkeys(require_one_of(name, Precision, "precision") for name in names))
+
+
+#: The torch dtype of each precision an encoder computes in (config.ENCODED_PRECISIONS).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def peak_gflops(n: int = 2048, runs: int = 5, precision: str = "fp32") -> float:
+    """Achievable GFLOP/s of this machine in `precision` (fp32 or bf16): a large matrix multiply (2 n^3 operations)
+    of that dtype, the limit of the encoder's matrix products in it."""
+    dtype = DTYPES[precision]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up
     return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), runs) / 1e9
 
@@ -66,49 +83,129 @@ def flops_per_sequence(config, length: int) -> float:
     return float(dense + attention)
 
 
-def encode_benchmark(texts: Sequence[str], encoder, peer, *, runs: int = 3, peer_batch_size: int = 32) -> dict:
-    """(a) our encoder, all its representations from one pass per batch, against (b) sentence-transformers'
-    `encode` (`mean` only).
+def cosine_distances(vectors: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per pooling, the max and mean of 1 - cos between each vector and its reference twin (both L2-normalised)."""
+    out = {}
+    for p, ref in reference.items():
+        distance = 1.0 - np.sum(vectors[p].astype(np.float64) * ref.astype(np.float64), axis=1)
+        out[p] = {"max": float(distance.max()), "mean": float(distance.mean())}
+    return out
+
+
+def encode_benchmark(texts: Sequence[str], encoder, peer, *, runs: int = 3, peer_batch_size: int = 32,
+                     precisions: Sequence[str] = ("auto",)) -> dict:
+    """(a) our encoder, all its representations from one pass per batch, in each of `precisions`, against (b)
+    sentence-transformers' `encode` (`mean` only, fp32).
 
     Both tokenise the raw texts and cut them to the model's window, as a first chunk is. Ours computes
     the poolings behind its representations; a transform (fitted on a collection, one matrix product
-    per batch) is not timed.
+    per batch) is not timed. Per precision (a row of "precisions"): the ratio to the peer, GFLOP/s against the
+    matmul limit of that precision measured in this run, and the quality cost, the max and mean cosine distance
+    of each pooling's vectors to our fp32 vectors of the same texts. The top-level figures are the first
+    precision's, as they were before precision was a choice.
     """
     texts = list(texts)
     positive("runs", runs)
     if not texts:
         raise ValueError("no text to encode")
-
-    def ours() -> dict:
-        return encoder.encode_ids([t.ids[: encoder.window] for t in encoder.tokenize(texts)])
+    windows = [t.ids[: encoder.window] for t in encoder.tokenize(texts)]
 
     def theirs():
         return peer.encode(texts, batch_size=peer_batch_size, normalize_embeddings=True, show_progress_bar=False)
 
-    ours(), theirs()  # warm-up: first calls allocate and pick kernels
-    ours_s, peer_s = median_seconds(ours, runs), median_seconds(theirs, runs)
-    lengths = [min(len(t.ids), encoder.window) + encoder.max_tokens - encoder.window for t in encoder.tokenize(texts)]
+    theirs()  # warm-up: first calls allocate and pick kernels
+    peer_s = median_seconds(theirs, runs)
+    lengths = [len(w) + encoder.max_tokens - encoder.window for w in windows]
     tokens = int(sum(lengths))
     flops = sum(flops_per_sequence(encoder.model.config, n) for n in lengths)
-    peak = peak_gflops()
+    peaks: dict[str, float] = {}
+    reference = None  # our fp32 vectors, computed once
+    rows = []
+    for requested in precisions:
+        ours_encoder = encoder.with_precision(requested)
+        done = next((row for row in rows if row["precision"] == ours_encoder.precision), None)
+        if done is not None:  # `auto` resolved to a precision measured already: the same row
+            rows.append(done | {"requested": requested})
+            continue
+        vectors = ours_encoder.encode_ids(windows)  # also the warm-up
+        ours_s = median_seconds(lambda e=ours_encoder: e.encode_ids(windows), runs)
+        if ours_encoder.precision == "fp32" and reference is None:
+            reference = vectors
+        precision = ours_encoder.precision
+        if precision not in peaks:
+            peaks[precision] = peak_gflops(precision=precision)
+        rows.append({"requested": requested, "precision": precision, "ours_s": ours_s, "ratio": ours_s / peer_s,
+                     "ours_docs_per_s": len(texts) / ours_s, "ours_tokens_per_s": tokens / ours_s,
+                     "gflops": flops / ours_s / 1e9, "peak_gflops": peaks[precision],
+                     "fraction_of_peak": flops / ours_s / 1e9 / peaks[precision], "vectors": vectors})
+    if reference is None:
+        reference = encoder.with_precision("fp32").encode_ids(windows)
+    for row in rows:
+        row["cosine_distance"] = cosine_distances(row.pop("vectors"), reference)
+    first = rows[0]
     return {
         "docs": len(texts),
         "representations": list(encoder.representations),
         "poolings": list(encoder.poolings),
         "tokens": tokens,
         "runs": runs,
-        "ours_s": ours_s,
+        "precision": first["precision"],
+        "ours_s": first["ours_s"],
         "peer_s": peer_s,
-        "ratio": ours_s / peer_s,
-        "ours_docs_per_s": len(texts) / ours_s,
+        "ratio": first["ratio"],
+        "ours_docs_per_s": first["ours_docs_per_s"],
         "peer_docs_per_s": len(texts) / peer_s,
-        "ours_tokens_per_s": tokens / ours_s,
+        "ours_tokens_per_s": first["ours_tokens_per_s"],
         "peer_tokens_per_s": tokens / peer_s,
-        "gflops": flops / ours_s / 1e9,
+        "gflops": first["gflops"],
         "peer_gflops": flops / peer_s / 1e9,
-        "peak_gflops": peak,
+        "peak_gflops": first["peak_gflops"],
+        "fp32_peak_gflops": peaks.get("fp32") or peak_gflops(precision="fp32"),  # the peer's limit
         "threads": torch.get_num_threads(),
+        "precisions": rows,
     }
+
+
+def beir_quality(dataset: Path, encoder, precisions: Sequence[str], *, split: str = "test", progress: bool = False) -> list[dict]:
+    """nDCG@10 of each representation on a BEIR folder's `split`, per precision: the corpus indexed through `build`'s
+    pipeline into a temporary index at that precision, evaluated as `evaluate` does; with the change against fp32
+    (built too if not among `precisions`)."""
+    from .evaluation import evaluate, load_labels
+    from .loaders import SourceError, open_beir
+    from .pipeline import build_index
+    from .search import Searcher
+
+    beir = open_beir(dataset)
+    if beir.queries is None or split not in beir.qrels:
+        raise SourceError(f"{beir.root}: --beir needs queries.jsonl and qrels/{split}.tsv")
+    resolved = {p: encoder.with_precision(p) for p in precisions}
+    if "fp32" not in {e.precision for e in resolved.values()}:
+        resolved["fp32"] = encoder.with_precision("fp32")
+    scores: dict[str, dict[str, float]] = {}  # by resolved precision: each is built once
+    with tempfile.TemporaryDirectory(prefix="pooling-lab-bench-beir-") as tmp:
+        for e in resolved.values():
+            if e.precision in scores:
+                continue
+            directory = Path(tmp) / e.precision
+            started = time.perf_counter()
+            build_index(beir.root, directory, e, progress=progress)
+            built_s = time.perf_counter() - started
+            searcher = Searcher(directory, e, representations=e.representations)
+            try:
+                queries, qrels, issues = load_labels(beir.queries, beir.qrels[split], searcher.index.doc_ids())
+                result = evaluate(searcher, queries, qrels, dataset=beir.root.name, split=split, issues=issues, progress=progress)
+            finally:
+                searcher.close()
+            metrics = result.metrics()
+            scores[e.precision] = {r: metrics[r]["ndcg@10"] for r in e.representations} | {"_build_s": built_s}
+    rows = []
+    for requested in precisions:
+        p = resolved[requested].precision
+        ndcg = {r: v for r, v in scores[p].items() if not r.startswith("_")}
+        rows.append({"requested": requested, "precision": p, "dataset": beir.root.name, "split": split,
+                     "build_s": scores[p]["_build_s"], "ndcg_at_10": ndcg,
+                     "ndcg_at_10_change": {r: v - scores["fp32"][r] for r, v in ndcg.items()}})
+    return rows
 
 
 def fit_gaussian(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +237,7 @@ def synthetic_index(directory: Path, encoder, texts: Sequence[str], fits: dict, 
         _synthetic_batch(staging, texts, fits, range(start, min(start + batch, n)), rng)
     info = encoder.info
     manifest = Manifest(indexer_version=__version__, model=info, chunking=ChunkingConfig(encoder.max_tokens),
-                        content_tokens_per_chunk=encoder.window, source=SourceRecord("synthetic", "synthetic", ""),
+                        content_tokens_per_chunk=encoder.window, precision=encoder.precision, source=SourceRecord("synthetic", "synthetic", ""),
                         build=BuildRecord(0.0, 0, 0))
     publish(directory, staging, manifest, {r: info.dim for r in fits})
 

@@ -20,8 +20,10 @@ from .app.serve import DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, add_app_arguments
 from .config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
+    DEFAULT_PRECISION,
     DEFAULT_REPRESENTATIONS,
     POOLINGS,
+    PRECISIONS,
     SAMPLE_INDEX,
     SAMPLE_SOURCE,
     parse_representations,
@@ -136,6 +138,8 @@ def format_info(manifest: Manifest, directory: Path) -> str:
         f"documents:      {counts.documents}",
         f"chunks:         {counts.chunks}",
         f"vectors:        L2-normalised float32, {manifest.metric}",
+        f"precision:      {manifest.encoded_precision} "
+        + ("(the forward pass; vectors are stored as float32)" if manifest.precision else "(not recorded: built before precision was a choice)"),
         f"vector index:   {manifest.vector_index.label}",
         "representations:",
     ]
@@ -209,6 +213,7 @@ def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> E
         batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
         max_tokens=getattr(args, "max_tokens", None),
         trust_remote_code=args.trust_remote_code,
+        precision=getattr(args, "precision", None) or DEFAULT_PRECISION,
     )
 
 
@@ -232,7 +237,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                          precision=args.precision)
     summary = add_documents(
         args.index, args.source, encoder, format=args.format, id_column=args.id_column,
         title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
@@ -299,8 +305,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _searcher(args: argparse.Namespace, representations: Sequence[str] | None = None) -> Searcher:
-    """The searcher of --index with --model (default: the index's own) and --trust-remote-code."""
-    encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code)
+    """The searcher of --index with --model (default: the index's own), --precision (default: the index's) and
+    --trust-remote-code."""
+    encoder = encoder_for(read_manifest(args.index), args.model, trust_remote_code=args.trust_remote_code, precision=args.precision)
     return Searcher(args.index, encoder, representations=representations)
 
 
@@ -350,7 +357,8 @@ def _evaluate_sts(args: argparse.Namespace) -> int:
     if args.fit_on is not None and not any(parse_representation(r).transform for r in representations):
         print(f"warning: --fit-on is not used: none of {', '.join(representations)} has a transform", file=sys.stderr)
     data = read_sts(args.sts)
-    encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code)
+    encoder = Encoder.load(args.model, representations=representations, batch_size=BATCH_SIZE, trust_remote_code=args.trust_remote_code,
+                           precision=args.precision or DEFAULT_PRECISION)
     result = evaluate_sts(data, encoder, representations, fit_on=args.fit_on, baseline=args.baseline, progress=not args.no_progress)
     print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) if args.json else result.to_markdown())
     return 0
@@ -492,10 +500,12 @@ def _document_sizes(value: str) -> list[float]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import (
+        beir_quality,
         build_benchmark,
         build_peak_memory,
         document_peak_memory,
         encode_benchmark,
+        parse_precisions,
         parse_sizes,
         positive,
         queries_of,
@@ -512,6 +522,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     sizes_mb = _document_sizes(args.memory_doc_mb) if args.memory_doc_mb else []
     representations = parse_representations(args.representations)
+    precisions = parse_precisions(args.precision)
+    if args.beir is not None:
+        open_beir(args.beir)  # a wrong folder costs no encoding
 
     from sentence_transformers import SentenceTransformer
 
@@ -522,7 +535,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report: dict = {}
     if not args.no_encode:
         print(f"encoding {len(texts)} documents, {args.runs} runs each …", file=sys.stderr)
-        report = encode_benchmark(texts, encoder, peer, runs=args.runs)
+        report = encode_benchmark(texts, encoder, peer, runs=args.runs, precisions=precisions)
+    if args.beir is not None:
+        print(f"nDCG@10 on {args.beir} (test split), an index built at each precision …", file=sys.stderr)
+        report["beir"] = beir_quality(args.beir, encoder, precisions)
     if args.build:
         print(f"building {len(texts)} documents against the encoder alone, {args.runs} runs each …", file=sys.stderr)
         report["build"] = build_benchmark(texts, encoder, runs=args.runs)
@@ -533,7 +549,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         collection = texts_of(Path(args.data), None)  # the Gaussian fit wants every distinct text
         # over the poolings themselves: synthetic vectors carry no fitted transform (it would add one product per query)
         plain = Encoder(encoder.model, encoder.tokenizer, encoder.info, representations=encoder.poolings,
-                        batch_size=encoder.batch_size, max_tokens=encoder.max_tokens)
+                        batch_size=encoder.batch_size, max_tokens=encoder.max_tokens, precision=encoder.precision)
         report["latency"] = scale_benchmark(plain, collection, queries_of(Path(args.data), args.queries, collection), sizes, spec=spec)
     if memory:
         sizes = memory
@@ -555,9 +571,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{report['ours_tokens_per_s']:.0f} tokens/s  {report['gflops']:.1f} GFLOP/s\n"
             f"  {peer:<{width}}{report['peer_s']:.2f} s  {report['peer_docs_per_s']:.1f} docs/s  "
             f"{report['peer_tokens_per_s']:.0f} tokens/s  {report['peer_gflops']:.1f} GFLOP/s\n"
-            f"  ratio ours/peer: {report['ratio']:.3f}   machine limit (float32 matmul): {report['peak_gflops']:.1f} GFLOP/s, "
+            f"  ratio ours/peer: {report['ratio']:.3f}   machine limit ({report['precision']} matmul): {report['peak_gflops']:.1f} GFLOP/s, "
             f"ours at {report['gflops'] / report['peak_gflops']:.0%}"
         )
+        print("  per precision (ours, all representations / sentence-transformers fp32, mean only):")
+        for row in report["precisions"]:
+            cost = ", ".join(f"{p} {d['max']:.2e}/{d['mean']:.2e}" for p, d in row["cosine_distance"].items())
+            print(f"    {row['requested']:>4} = {row['precision']}: {row['ours_s']:.2f} s, ratio {row['ratio']:.3f}, "
+                  f"{row['gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of the {row['peak_gflops']:.1f} GFLOP/s "
+                  f"{row['precision']} matmul limit; cosine distance to fp32, max/mean: {cost}")
+    for row in report.get("beir", []):
+        change = ", ".join(f"{r} {v:.4f} ({row['ndcg_at_10_change'][r]:+.4f})" for r, v in row["ndcg_at_10"].items())
+        print(f"  nDCG@10 on {row['dataset']} ({row['split']}), {row['requested']} = {row['precision']} "
+              f"(change vs fp32): {change}")
     if "build" in report:
         row, disk = report["build"], report["build"]["disk"]
         print(f"build of {row['docs']} documents ({row['chunks']} chunks, {row['encoder_calls']} encoder calls), median of {row['runs']} runs\n"
@@ -690,6 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help=default_help)
         p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own Python code (off by default)")
 
+    def precision_option(p: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
+        p.add_argument("--precision", choices=PRECISIONS, default=default,
+                       help=f"what the model computes in: fp32, bf16, or auto (bf16 where the CPU or GPU has native bf16 "
+                            f"instructions, else fp32); vectors are stored as float32 either way (default: {default_help})")
+
     def index_type_options(p: argparse.ArgumentParser, required: bool = False, default: str = "flat", help: str | None = None) -> None:
         d = IndexSpec()
         p.add_argument("--index-type", choices=INDEX_TYPES, required=required, default=None if required else default,
@@ -718,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--title-column", default="title", help="CSV: title column (default title, optional)")
     b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index (kept until the new one is complete)")
+    precision_option(b, DEFAULT_PRECISION, DEFAULT_PRECISION)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     index_type_options(b)
     b.set_defaults(func=cmd_build)
@@ -732,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--title-column", default="title")
     a.add_argument("--text-column", default="text")
     a.add_argument("--no-progress", action="store_true")
+    precision_option(a, None, "the index's; new vectors must be of the index's precision")
     a.set_defaults(func=cmd_add)
 
     rm = sub.add_parser("delete", help="remove documents by id")
@@ -767,6 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="documents per ranking (default 10)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     model_options(s, "model to encode the query with (default: the index's own); must match the index")
+    precision_option(s, None, "the index's, so that queries are encoded as its documents were")
     s.set_defaults(func=cmd_search)
 
     i = sub.add_parser("info", help="show an index's manifest and counts")
@@ -798,6 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sts: take transforms (+whiten, +abtt) from this index instead of fitting them on the STS sentences")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    precision_option(e, None, f"with --index: the index's; with --beir or --sts: {DEFAULT_PRECISION}, and a cached index of "
+                              "another precision is rebuilt")
     model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2); with --index alone: "
                      "model to encode the queries with (default: the index's own); must match the index")
     e.set_defaults(func=cmd_evaluate)
@@ -817,6 +853,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--memory", default=None, metavar="SIZES", help="e.g. 5000,50000: peak memory of builds of that many documents")
     bn.add_argument("--memory-doc-mb", default=None, metavar="SIZES",
                     help="e.g. 2,10,50: peak memory and time of builds of ONE document of that many MB of the collection's prose")
+    bn.add_argument("--precision", default=DEFAULT_PRECISION, metavar="LIST",
+                    help=f"precisions of our encoder to measure, comma-separated from {', '.join(PRECISIONS)} (default "
+                         f"{DEFAULT_PRECISION}; e.g. fp32,bf16): each one's ratio to sentence-transformers fp32, GFLOP/s against "
+                         "that precision's matmul limit, and cosine distance to our fp32 vectors")
+    bn.add_argument("--beir", type=Path, default=None, metavar="DIR",
+                    help="also nDCG@10 of each representation at each precision on this BEIR folder's test split (an index "
+                         "of its corpus is built at each, and at fp32 for the change), e.g. ../shared/datasets/msmarco-5k")
     bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory / --memory-doc-mb)")
     bn.add_argument("--json", action="store_true")
     index_type_options(bn, default="hnsw", help="with --latency: approximate index measured against exact search (default hnsw; flat: exact only)")

@@ -28,7 +28,9 @@ def compatibility_problems(
     """What stops `encoder` from serving `purpose` on the index `manifest` describes (empty: nothing).
 
     Always: the same model (weights, config and tokenizer files) and vector dimension; for every
-    purpose but `fit` (which only needs the same vector space), the same max length.
+    purpose but `fit` (which only needs the same vector space), the same max length; to add or reuse (whose
+    vectors are stored beside the index's), the same precision (fp32 or bf16): queries may be encoded in another,
+    which is how a user compares them.
     Representations, one rule for every purpose: each representation the work needs must be held by the
     index and computable by the encoder, that is, the encoder computes its pooling (a transform is the
     index's own, fitted on the stored vectors). What an encoder computes beyond that is not used. The
@@ -48,6 +50,11 @@ def compatibility_problems(
     built_max = manifest.chunking.max_tokens
     if built_max != encoder.max_tokens and purpose != "fit":
         problems.append(f"the index was built with a max length of {built_max} tokens, {who}'s is {encoder.max_tokens}")
+    built_precision = manifest.encoded_precision
+    if purpose in ("add", "reuse") and built_precision != encoder.precision:
+        problems.append(f"the index was built with {built_precision} precision, {who} encodes in {encoder.precision}"
+                        + (f" (add with --precision {built_precision}, or leave --precision out to take the index's)"
+                           if purpose == "add" else ""))
     for p, dim in manifest.poolings.items():  # the poolings' vectors; a transform may change a representation's
         if dim != info.dim:
             problems.append(f"`{p}` vectors have dimension {dim}, the model produces {info.dim}")

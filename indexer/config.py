@@ -96,6 +96,16 @@ def poolings_of(representations) -> tuple[str, ...]:
     return tuple(p for p in POOLINGS if any(parse_representation(r).pooling == p for r in representations))
 
 
+Precision = Literal["auto", "fp32", "bf16"]
+#: What `--precision` takes: `auto` is bf16 where the device computes it natively (encoder.native_bf16), else fp32.
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+EncodedPrecision = Literal["fp32", "bf16"]
+#: What an encoder computes in (a resolved `Precision`) and a manifest records; vectors are float32 on disk either way.
+ENCODED_PRECISIONS: tuple[str, ...] = get_args(EncodedPrecision)
+DEFAULT_PRECISION = "auto"
+#: The precision of an index whose manifest records none: written before precision was a choice, always fp32.
+UNRECORDED_PRECISION = "fp32"
+
 #: Name under which the embedded all-MiniLM-L6-v2 is known to `--model`.
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_OVERLAP = 32

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import platform
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,17 @@ from .chunking import SLICE_CHARS
 from .config import (
     BUNDLED_MODEL,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_PRECISION,
     DEFAULT_REPRESENTATIONS,
+    ENCODED_PRECISIONS,
+    EncodedPrecision,
     ModelInfo,
     ModelSource,
     PoolerStatus,
+    Precision,
     parse_representations,
     poolings_of,
+    require_one_of,
 )
 from .files import sha256_file
 from .pooling import cls_pool, first_last_pool, l2_normalize, max_pool, mean_pool
@@ -65,6 +71,50 @@ def threads(n: int):
         yield
     finally:
         torch.set_num_threads(DEFAULT_THREADS)
+
+
+#: CPU feature flags (/proc/cpuinfo) that mean bf16 instructions: x86's AVX512-BF16 and AMX-BF16, ARM's BF16.
+BF16_CPU_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 `flags`, ARM `Features`); empty where unreadable."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` computes bf16 matrix products in hardware (not emulated): a CUDA GPU that torch says
+    supports bf16 without emulation, or a CPU whose flags list bf16 instructions (BF16_CPU_FLAGS). Anything
+    that cannot be read or is not known is False. The one capability check (tests replace it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    wanted = BF16_CPU_FLAGS.get(platform.machine().lower(), ())
+    return bool(_cpu_flags() & set(wanted))
+
+
+def resolve_precision(requested: str, device: str | torch.device) -> str:
+    """`fp32` or `bf16` for `--precision` (config.Precision) on `device`: `auto` is bf16 where native_bf16, else fp32.
+
+    An explicit bf16 on a device without native bf16 works (torch emulates it) but is slow: a warning says so."""
+    require_one_of(requested, Precision, "precision")
+    native = native_bf16(device)
+    if requested == "auto":
+        return "bf16" if native else "fp32"
+    if requested == "bf16" and not native:
+        log.warning("WARNING: %s has no native bf16 instructions: bf16 is emulated and will be slower than fp32",
+                    torch.device(device).type.upper())
+    return requested
 
 
 #: Files besides the safetensors weights that decide the vectors a text gets, as far as this indexer reads
@@ -228,6 +278,7 @@ class Encoder:
         representations: Sequence[str] = DEFAULT_REPRESENTATIONS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_tokens: int | None = None,
+        precision: EncodedPrecision = "fp32",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -254,6 +305,9 @@ class Encoder:
         self.window = self.max_tokens - len(self._prefix) - len(self._suffix)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
+        #: what the forward pass computes in (resolve_precision): bf16 runs it under torch.autocast; pooling and
+        #: normalisation are float32 either way, and so are the vectors
+        self.precision = require_one_of(precision, ENCODED_PRECISIONS, "encoder precision")
         # Fast tokenizers are not safe to call from several threads at once (the app shares one).
         self._lock = threading.Lock()
         self.exact_at_word_boundaries = _exact_at_word_boundaries(tokenizer)
@@ -262,7 +316,15 @@ class Encoder:
         """The same loaded model at another max length (ValueError beyond the model's own); it shares the tokenizer
         and its lock, so both encoders may be used from any thread."""
         other = Encoder(self.model, self.tokenizer, self.info, representations=self.representations,
-                        batch_size=self.batch_size, max_tokens=max_tokens)
+                        batch_size=self.batch_size, max_tokens=max_tokens, precision=self.precision)
+        other._lock = self._lock
+        return other
+
+    def with_precision(self, precision: Precision) -> "Encoder":
+        """The same loaded model computing in another precision (auto, fp32 or bf16, resolved for its device); it shares
+        the tokenizer and its lock. The weights stay as loaded: bf16 is torch.autocast around the forward pass."""
+        other = Encoder(self.model, self.tokenizer, self.info, representations=self.representations, batch_size=self.batch_size,
+                        max_tokens=self.max_tokens, precision=resolve_precision(precision, self.device))
         other._lock = self._lock
         return other
 
@@ -276,9 +338,14 @@ class Encoder:
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
         device: str | None = None,
+        precision: Precision = DEFAULT_PRECISION,
     ) -> "Encoder":
-        """Load the embedded default (`name=None`), a local directory, or a hub model id."""
+        """Load the embedded default (`name=None`), a local directory, or a hub model id; `precision` (auto, fp32 or
+        bf16) is resolved for the device (resolve_precision) before anything is loaded."""
         from transformers import AutoModel, AutoTokenizer
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        resolved = resolve_precision(precision, device)
 
         display, source, model_dir = resolve_model(name)
         try:
@@ -302,7 +369,6 @@ class Encoder:
             raise ModelError(f"could not load model from {model_dir}: {exc}") from exc
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError(f"model {display!r} has no fast tokenizer (tokenizer.json); one is needed for chunk offsets")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = model.to(device).eval()
         pooler, note = _pooler_status(model, loading.get("missing_keys", ()))
         if pooler == "missing":
@@ -322,7 +388,8 @@ class Encoder:
             architecture=type(model).__name__,
         )
         return cls(
-            model, tokenizer, info, representations=representations, batch_size=batch_size, max_tokens=max_tokens
+            model, tokenizer, info, representations=representations, batch_size=batch_size, max_tokens=max_tokens,
+            precision=resolved,
         )
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
@@ -388,14 +455,17 @@ class Encoder:
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             layers = "first_last" in self.poolings  # every layer's hidden states cost memory: only when needed
-            output = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=layers)
-            hidden = output.last_hidden_state
+            with (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                  else contextlib.nullcontext()):
+                output = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=layers)
+            # pooling and normalisation in float32 whatever the forward pass computed in
+            hidden = output.last_hidden_state.float()
             pooled = {
-                "pooled": lambda: output.pooler_output,
+                "pooled": lambda: output.pooler_output.float(),
                 "mean": lambda: mean_pool(hidden, mask),
                 "cls": lambda: cls_pool(hidden, mask),
                 "max": lambda: max_pool(hidden, mask),
-                "first_last": lambda: first_last_pool(output.hidden_states, mask),
+                "first_last": lambda: first_last_pool([h.float() for h in output.hidden_states], mask),
             }
             return {p: l2_normalize(pooled[p]()).cpu().numpy() for p in self.poolings}
 

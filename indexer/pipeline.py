@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .chunking import Chunk, chunk_document, first_slice
 from .compat import compatibility_problems
-from .config import ChunkingConfig, default_overlap
+from .config import UNRECORDED_PRECISION, ChunkingConfig, default_overlap
 from .encoder import Encoder
 from .files import sha256_file
 from .loaders import (
@@ -529,6 +529,8 @@ def build_index(
             "columns": columns, "model": info.fingerprint, "chunking": chunking.to_dict(), "dims": dims,
             "representations": list(encoder.representations),
         }
+        if encoder.precision != UNRECORDED_PRECISION:  # an fp32 build keeps the signature it had before precision was a choice
+            command["precision"] = encoder.precision
         command_sha = hashlib.sha256(json.dumps(command, sort_keys=True).encode()).hexdigest()
         signature = command | {"base": old.generation if old else None}
         resumable = Staging.pending(index_dir, signature)
@@ -564,6 +566,7 @@ def build_index(
             model=info,
             chunking=chunking,
             content_tokens_per_chunk=encoder.window,
+            precision=encoder.precision,
             vector_index=spec,
             source=SourceRecord(opened.name, fmt, fingerprint),
             build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha),
@@ -629,9 +632,11 @@ def add_documents(
             "op": "add", "source": opened.name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
         }
-        # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again)
-        generation = publish(index_dir, staging, replace(manifest, updates=(*manifest.updates, update)), manifest.poolings,
-                             representations=list(manifest.representations), fixed=fixed, labels=labels, incremental=True)
+        # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again); the index's
+        # precision is recorded now if it was not (compatibility_problems made sure the new vectors are of it)
+        generation = publish(index_dir, staging, replace(manifest, precision=encoder.precision, updates=(*manifest.updates, update)),
+                             manifest.poolings, representations=list(manifest.representations), fixed=fixed, labels=labels,
+                             incremental=True)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])

@@ -13,7 +13,7 @@ import numpy as np
 
 from .chunking import SLICE_CHARS
 from .compat import compatibility_problems
-from .config import DEFAULT_BATCH_SIZE
+from .config import DEFAULT_BATCH_SIZE, Precision
 from .encoder import Encoder, ModelError
 from .ranking import trec_order
 from .store import IndexReader, Manifest, StoreError, read_pointer
@@ -90,9 +90,12 @@ def encoder_for(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     trust_remote_code: bool = False,
+    precision: Precision | None = None,
     load: Callable[..., Encoder] = Encoder.load,
 ) -> Encoder:
-    """The encoder for an index: its own model (or `model`), its representations and its max length.
+    """The encoder for an index: its own model (or `model`), its representations, its max length and its precision
+    (or `precision`: None takes the index's, fp32 for an index that records none, so that queries are encoded as its
+    vectors were; a value is used as given, to compare precisions).
 
     The one place that makes it, for the CLI, the app and evaluation. The index's max length is taken
     whenever the model allows it, so that naming the index's own model is accepted whatever `--max-tokens`
@@ -104,6 +107,7 @@ def encoder_for(
         representations=tuple(manifest.representations),
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
+        precision=manifest.encoded_precision if precision is None else precision,
     )
     built_max = manifest.chunking.max_tokens
     if built_max != encoder.max_tokens and 8 <= built_max <= encoder.info.max_tokens:
@@ -169,12 +173,14 @@ class Searcher:
         self._refused: dict | None = None  # the CURRENT pointer of a generation that could not be served
 
     def _serve(self, index: IndexReader, encoder: Encoder | None) -> Served:
-        """`index` with `encoder`, or with a new one from `make_encoder` when it does not fit; IndexMismatchError
-        (the index closed) when neither does."""
+        """`index` with `encoder`, or with a new one from `make_encoder` when it does not fit or is of another precision
+        than the index (rebuilt in another: `make_encoder` decides again); IndexMismatchError (the index closed) when
+        neither fits."""
         representations = self._wanted or index.representations
         try:
             problems = None if encoder is None else compatibility_problems(index.manifest, encoder, "search", representations)
-            if (encoder is None or problems) and self._make_encoder is not None:
+            other_precision = encoder is not None and encoder.precision != index.manifest.encoded_precision
+            if (encoder is None or problems or other_precision) and self._make_encoder is not None:
                 encoder = self._make_encoder(index.manifest)
                 problems = compatibility_problems(index.manifest, encoder, "search", representations)
         except BaseException:

@@ -41,7 +41,16 @@ import faiss
 import numpy as np
 
 from . import __version__, vector_index
-from .config import POOLINGS, REPRESENTATION_NAME, ChunkingConfig, ModelInfo, parse_representation
+from .config import (
+    ENCODED_PRECISIONS,
+    POOLINGS,
+    REPRESENTATION_NAME,
+    UNRECORDED_PRECISION,
+    ChunkingConfig,
+    ModelInfo,
+    parse_representation,
+    require_one_of,
+)
 from .files import sha256_file
 from .text import PAGE_STARTS, content_head, page_at
 from .transforms import Transform
@@ -246,6 +255,7 @@ class Manifest:
     content_tokens_per_chunk: int  # the window between the model's special tokens (recorded inside "chunking")
     normalized: bool = True
     metric: str = "inner_product"
+    precision: str | None = None  # what the vectors were computed in (config.ENCODED_PRECISIONS); None: not recorded, fp32
     vector_index: IndexSpec = IndexSpec()  # absent from manifests written before it was a choice: flat
     source: SourceRecord
     build: BuildRecord
@@ -261,6 +271,11 @@ class Manifest:
     representations: Mapping[str, RepresentationRecord] = field(default_factory=dict)
     files: Mapping[str, FileRecord] = field(default_factory=dict)
 
+    @property
+    def encoded_precision(self) -> str:
+        """What the stored vectors were computed in: the recorded precision, or fp32 for an index from before it was."""
+        return self.precision or UNRECORDED_PRECISION
+
     def to_dict(self) -> dict:
         """The JSON object of manifest.json, keys in the order the writer has always used."""
         chunking = self.chunking.to_dict() | {"content_tokens_per_chunk": self.content_tokens_per_chunk}
@@ -268,6 +283,10 @@ class Manifest:
             "indexer_version": self.indexer_version, "model": self.model.to_dict(),
             "pooler_check": {"status": self.model.pooler, "note": self.model.pooler_note},
             "tokenizer": self.model.tokenizer, "chunking": chunking, "normalized": self.normalized, "metric": self.metric,
+        }
+        if self.precision is not None:  # a manifest from before precision was recorded is written back as it was
+            out["precision"] = self.precision
+        out |= {
             "vector_index": self.vector_index.to_dict(), "source": dataclasses.asdict(self.source),
             "build": self.build.to_dict(), "updates": [dict(u) for u in self.updates],
         }
@@ -312,6 +331,8 @@ class Manifest:
             content_tokens_per_chunk=_field(chunking, "content_tokens_per_chunk", int, f"{where}: 'chunking'"),
             normalized=_field(data, "normalized", bool, where),
             metric=_field(data, "metric", str, where),
+            precision=None if data.get("precision") is None else _settings(
+                where, "precision", lambda: require_one_of(data["precision"], ENCODED_PRECISIONS, "precision")),
             vector_index=spec,
             source=_record(SourceRecord, data.get("source"), f"{where}: 'source'"),
             build=_record(BuildRecord, data.get("build"), f"{where}: 'build'"),

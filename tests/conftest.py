@@ -140,6 +140,19 @@ def app_config():
     config.set_option("server.address", settings["server"]["address"])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_unless_asked():
+    """`auto` precision resolves as on a device without native bf16, whatever this machine has, so that every test's
+    vectors are fp32 unless it asks for bf16 (test_precision.py replaces the check itself). Yields the real check."""
+    from indexer import encoder
+
+    real = encoder.native_bf16
+    patch = pytest.MonkeyPatch()
+    patch.setattr(encoder, "native_bf16", lambda device: False)
+    yield real
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

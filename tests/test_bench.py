@@ -168,3 +168,66 @@ def test_bench_build_times_the_build_against_the_encoder_over_its_chunks(capsys,
     disk = row["disk"]
     assert set(disk["files"]) >= {"pooled.faiss", "mean.faiss", "metadata.sqlite"}
     assert disk["float32_vector"] == 4 * 32 and disk["metadata_vectors_per_pooling"] >= disk["float32_vector"]
+
+
+def test_bench_reports_each_precision_against_fp32(capsys, tiny_bert, tmp_path, monkeypatch):
+    """Per precision: the ratio to the peer measured in the same run, GFLOP/s against that precision's matmul limit,
+    the cosine distance of each pooling to fp32 vectors of the same texts, and with --beir the nDCG@10 of an index
+    built at that precision, as `evaluate --beir` computes it (issue 14, item 1)."""
+    from conftest import random_corpus
+    from indexer import encoder as encoder_module
+    from indexer.encoder import Encoder
+
+    monkeypatch.setattr(encoder_module, "native_bf16", lambda device: True)  # auto = bf16
+    limits = {"fp32": 100.0, "bf16": 200.0}  # stands for the matmul limit measured in each dtype
+    monkeypatch.setattr(bench, "peak_gflops", lambda n=2048, runs=5, precision="fp32": limits[precision])
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    random_corpus(beir / "corpus.jsonl", 30)
+    queries = {"q1": "bees and honey", "q2": "bread in the oven", "q3": "a comet in the sky"}
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()), encoding="utf-8")
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq2\td5\t2\nq3\td7\t1\n", encoding="utf-8")
+    assert main(["bench", "--data", str(SAMPLE), "--docs", "20", "--runs", "1", "--model", str(tiny_bert),
+                 "--precision", "auto,fp32", "--beir", str(beir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    auto, fp32 = report["precisions"]
+    assert (auto["requested"], auto["precision"], fp32["requested"], fp32["precision"]) == ("auto", "bf16", "fp32", "fp32")
+    assert (report["precision"], report["ours_s"], report["ratio"]) == ("bf16", auto["ours_s"], auto["ratio"])  # the first's
+    for row in (auto, fp32):
+        assert row["ratio"] == pytest.approx(row["ours_s"] / report["peer_s"])
+        assert row["peak_gflops"] == limits[row["precision"]]  # the limit of that row's precision
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / row["peak_gflops"])
+    # the quality cost, against an independent encoding of the same texts (cut to the window) in both precisions
+    texts = texts_of(SAMPLE, 20)
+    vectors = {}
+    for precision in ("fp32", "bf16"):
+        encoder = Encoder.load(str(tiny_bert), precision=precision)
+        vectors[precision] = encoder.encode_ids([t.ids[: encoder.window] for t in encoder.tokenize(texts)])
+    for p in ("pooled", "mean"):
+        distance = 1 - np.sum(vectors["bf16"][p].astype(np.float64) * vectors["fp32"][p], axis=1)
+        assert auto["cosine_distance"][p]["max"] == pytest.approx(distance.max(), abs=1e-7)
+        assert auto["cosine_distance"][p]["mean"] == pytest.approx(distance.mean(), abs=1e-7)
+        assert auto["cosine_distance"][p]["max"] > 1e-6 and fp32["cosine_distance"][p]["max"] < 1e-6
+    # nDCG@10 per precision: what `evaluate --beir` reports for an index of that precision
+    for row in report["beir"]:
+        assert main(["evaluate", "--beir", str(beir), "--model", str(tiny_bert), "--precision", row["precision"],
+                     "--index", str(tmp_path / f"ix-{row['precision']}"), "--out", str(tmp_path / "out"), "--json", "--no-progress"]) == 0
+        metrics = json.loads(capsys.readouterr().out)["metrics"]
+        assert row["ndcg_at_10"] == {r: pytest.approx(metrics[r]["ndcg@10"], abs=1e-12) for r in ("pooled", "mean")}
+    assert report["beir"][1]["ndcg_at_10_change"] == {"pooled": 0.0, "mean": 0.0}  # fp32 against itself
+    assert report["beir"][0]["ndcg_at_10_change"] == {
+        r: pytest.approx(v - report["beir"][1]["ndcg_at_10"][r], abs=1e-12) for r, v in report["beir"][0]["ndcg_at_10"].items()}
+
+
+def test_bench_refuses_an_unknown_precision_in_one_line(capsys):
+    assert main(["bench", "--precision", "fp32,fp8", "--no-encode"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown precision 'fp8'; valid: auto, fp32, bf16\n"
+
+
+def test_the_matmul_limit_is_measured_in_the_dtype_asked(monkeypatch):
+    seen = []
+    real_mm = bench.torch.mm
+    monkeypatch.setattr(bench.torch, "mm", lambda a, b: seen.append((a.dtype, b.dtype)) or real_mm(a, b))
+    assert bench.peak_gflops(n=64, runs=1, precision="bf16") > 0 and bench.peak_gflops(n=64, runs=1) > 0
+    assert set(seen[:2]) == {(bench.torch.bfloat16, bench.torch.bfloat16)} and set(seen[2:]) == {(bench.torch.float32, bench.torch.float32)}

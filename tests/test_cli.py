@@ -235,6 +235,8 @@ def test_choices_come_from_their_literal_types_and_a_wrong_one_is_named_with_the
 
     from indexer.cli import build_parser
     from indexer.compat import Purpose, compatibility_problems
+    from indexer.config import Precision
+    from indexer.encoder import resolve_precision
     from indexer.explore import Negatives, relevance_similarities
     from indexer.loaders import Format, LoadReport, iter_documents
     from indexer.vector_index import IndexSpec, IndexType
@@ -243,11 +245,13 @@ def test_choices_come_from_their_literal_types_and_a_wrong_one_is_named_with_the
     offered = {(name, option): tuple(action.choices) for name, sub in commands.choices.items()
                for action in sub._actions if action.choices is not None for option in action.option_strings}
     assert offered == {(c, "--format"): get_args(Format) for c in ("build", "add")} | {
-        (c, "--index-type"): get_args(IndexType) for c in ("build", "convert", "bench")}
+        (c, "--index-type"): get_args(IndexType) for c in ("build", "convert", "bench")} | {
+        (c, "--precision"): get_args(Precision) for c in ("build", "add", "search", "evaluate")}
     refused = {
         ("index type", "ivf", IndexType): lambda: IndexSpec(type="ivf"),
         ("format", "pdf", Format): lambda: iter_documents(tmp_path, LoadReport(), format="pdf"),
         ("purpose", "serve", Purpose): lambda: compatibility_problems({}, None, "serve"),
+        ("precision", "fp16", Precision): lambda: resolve_precision("fp16", "cpu"),
         ("kind of negatives", "easy", Negatives): lambda: relevance_similarities(None, {}, {}, [], negatives="easy"),
     }
     for (what, value, choices), call in refused.items():

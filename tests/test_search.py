@@ -146,7 +146,7 @@ class Computing:
     """An encoder as compatibility_problems sees it: the index's model, computing `representations`."""
 
     def __init__(self, manifest, representations):
-        self.info, self.max_tokens = manifest.model, manifest.chunking.max_tokens
+        self.info, self.max_tokens, self.precision = manifest.model, manifest.chunking.max_tokens, manifest.encoded_precision
         self.representations = parse_representations(representations)
         self.poolings = poolings_of(self.representations)
 

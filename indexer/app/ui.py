@@ -16,7 +16,7 @@ import streamlit as st
 
 from indexer import compare, explore
 from indexer.app.serve import LOOPBACK_NAMES
-from indexer.config import DEFAULT_BATCH_SIZE, SAMPLE_INDEX
+from indexer.config import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, SAMPLE_INDEX
 from indexer.encoder import Encoder, ModelError
 from indexer.evaluation import LabelledSet, labelled_sets, load_labels
 from indexer.search import Searcher, encoder_for
@@ -168,11 +168,12 @@ def shown_text(text: str, *paths: str | Path) -> str:
 
 @st.cache_resource(show_spinner="Loading the model…")
 def load_encoder(model: str | None, representations: tuple[str, ...], max_tokens: int | None = None, *,
-                 batch_size: int = DEFAULT_BATCH_SIZE, trust_remote_code: bool = False) -> Encoder:
-    """One shared encoder per model, representations and max length (None: the model's own): Encoder.load's
-    arguments, so that search.encoder_for can load with it."""
+                 batch_size: int = DEFAULT_BATCH_SIZE, trust_remote_code: bool = False,
+                 precision: str = DEFAULT_PRECISION) -> Encoder:
+    """One shared encoder per model, representations, max length (None: the model's own) and precision: Encoder.load's
+    arguments, so that search.encoder_for can load with it (it passes the index's precision)."""
     return Encoder.load(model, representations=tuple(representations), max_tokens=max_tokens, batch_size=batch_size,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, precision=precision)
 
 
 @st.cache_resource(show_spinner="Opening the index…", max_entries=8)
