@@ -73,8 +73,11 @@ def threads(n: int):
         torch.set_num_threads(DEFAULT_THREADS)
 
 
-#: CPU feature flags (/proc/cpuinfo) that mean bf16 instructions: x86's AVX512-BF16 and AMX-BF16, ARM's BF16.
-BF16_CPU_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
+#: CPU feature flags (/proc/cpuinfo) that mean bf16 *matrix* hardware: x86's AMX-BF16 tiles, ARM's BF16 (BFMMLA).
+#: AVX512-BF16 alone is not enough: it only converts and takes dot products of pairs, and on this project's
+#: machine (Xeon with avx512_bf16 but no AMX exposed) oneDNN's bf16 matmul ran at 0.55-0.75x the float32 GFLOP/s
+#: and a bf16 encode took 1.2-1.4x the fp32 time, so `auto` keeps fp32 there.
+BF16_CPU_FLAGS = {"x86_64": ("amx_bf16",), "aarch64": ("bf16",)}
 
 
 def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
