@@ -47,11 +47,11 @@ def test_bench_reports_the_promised_keys(capsys, tiny_bert):
         assert 0 < row[part]["p50_ms"] <= row[part]["p95_ms"]
     assert row["index_type"]["type"] == "hnsw" and set(row["recall_at_k"]) == {"pooled", "mean"}
     assert all(0.9 <= v <= 1.0 for v in row["recall_at_k"].values())  # 1000 vectors, tuned to 0.95 on the sample
-    assert set(row["ef_search"]) == {"pooled", "mean"} and all(row["tuning"][r]["queries"] == 100 for r in row["ef_search"])
+    assert set(row["effort"]) == {"pooled", "mean"} and all(row["tuning"][r]["queries"] == 100 for r in row["effort"])
     add = row["add_1pct"]  # 10 vectors added to the graphs, not a rebuild
     assert add["vectors"] == 10 and add["extended"] and add["wall_s"] > 0 and set(add["structure_s"]) == {"pooled", "mean"}
     assert {"sequential", "concurrent"} == set(row["search_only"])
-    assert [s["ef_search"] for s in row["ef_sweep"]] == sorted(s["ef_search"] for s in row["ef_sweep"])
+    assert [s["effort"] for s in row["effort_sweep"]] == sorted(s["effort"] for s in row["effort_sweep"])
 
 
 def test_recall_at_by_hand():

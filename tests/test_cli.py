@@ -227,7 +227,7 @@ def test_choices_come_from_their_literal_types_and_a_wrong_one_is_named_with_the
     assert offered == {(c, "--format"): get_args(Format) for c in ("build", "add")} | {
         (c, "--index-type"): get_args(IndexType) for c in ("build", "convert", "bench")}
     refused = {
-        ("index type", "ivf", IndexType): lambda: IndexSpec(type="ivf"),
+        ("index type", "annoy", IndexType): lambda: IndexSpec(type="annoy"),
         ("format", "pdf", Format): lambda: iter_documents(tmp_path, LoadReport(), format="pdf"),
         ("purpose", "serve", Purpose): lambda: compatibility_problems({}, None, "serve"),
         ("kind of negatives", "easy", Negatives): lambda: relevance_similarities(None, {}, {}, [], negatives="easy"),

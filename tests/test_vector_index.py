@@ -24,14 +24,20 @@ def clustered(rng, n, d, centres=20, spread=0.3):
 
 
 def test_spec_validation_names_the_value_and_the_choices():
-    with pytest.raises(ValueError, match=r"unknown index type 'ivf'; valid: flat, hnsw"):
-        IndexSpec(type="ivf")
+    with pytest.raises(ValueError, match=r"unknown index type 'annoy'; valid: flat, hnsw, ivf"):
+        IndexSpec(type="annoy")
     with pytest.raises(ValueError, match=r"m must be an integer of at least 2, got 1"):
         IndexSpec(type="hnsw", m=1)
     with pytest.raises(ValueError, match=r"ef_search must be an integer of at least 1, got 0"):
         IndexSpec(type="hnsw", ef_search=0)
-    with pytest.raises(ValueError, match=r"unknown vector index setting nprobe"):
-        IndexSpec.from_dict({"type": "hnsw", "nprobe": 4})
+    with pytest.raises(ValueError, match=r"unknown vector index setting nbits"):
+        IndexSpec.from_dict({"type": "ivf", "nbits": 4})
+    with pytest.raises(ValueError, match=r"unknown quantizer 'pq'; valid: sq8 \(one byte per dimension\) or pqM"):
+        IndexSpec(type="ivf", quantizer="pq")
+    with pytest.raises(ValueError, match=r"nprobe must be an integer of at least 1, got 0"):
+        IndexSpec(type="ivf", nprobe=0)
+    with pytest.raises(ValueError, match=r"quantizer 'pq5' needs a dimension divisible by 5, got 16; valid: sq8, pq1, pq2, pq4, pq8, pq16"):
+        vector_index.build(IndexSpec(type="ivf", quantizer="pq5"), np.arange(100), unit(np.random.default_rng(0), 100, 16))
 
 
 def test_spec_round_trips_through_the_manifest_form():
@@ -66,7 +72,7 @@ def test_hnsw_recall_grows_with_ef_search():
     exact = np.argsort(-(queries @ base.T), axis=1)[:, :10]
     recalls = []
     for ef in (10, 400):
-        vector_index.configure(index, IndexSpec(type="hnsw"), ef_search=ef)
+        vector_index.configure(index, IndexSpec(type="hnsw"), effort=ef)
         found = index.search(queries, 10)[1]
         recalls.append(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]))
     assert recalls[0] < recalls[1]
@@ -187,17 +193,17 @@ def test_tuned_ef_search_is_the_smallest_on_the_ladder_reaching_the_target_and_h
     assert index.ntotal == 20000  # the held-out sample is in the index too
     tried = {ef: (mean, bound) for ef, mean, bound in tuning.tried}
     assert tried[vector_index.EF_START][0] < 0.95  # the default start does not reach it: tuning had work to do
-    assert tuning.recall == round(tried[tuning.ef_search][0], 4) and tuning.queries == vector_index.TUNING_QUERIES
+    assert tuning.recall == round(tried[tuning.effort][0], 4) and tuning.queries == vector_index.TUNING_QUERIES
     # the smallest value tried whose recall on the sample reaches the target (its 97.5% lower confidence bound does)
-    assert tried[tuning.ef_search][1] >= 0.95
-    assert all(bound < 0.95 for ef, (_, bound) in tried.items() if ef < tuning.ef_search)
+    assert tried[tuning.effort][1] >= 0.95
+    assert all(bound < 0.95 for ef, (_, bound) in tried.items() if ef < tuning.effort)
     # doubling from EF_START, then a binary search: a value within 1/16 below the result was tried and missed
-    assert max(ef for ef in tried if ef < tuning.ef_search) >= tuning.ef_search - max(1, tuning.ef_search // 16)
-    assert vector_index.ef_search_of(index) == tuning.ef_search  # left set to it
+    assert max(ef for ef in tried if ef < tuning.effort) >= tuning.effort - max(1, tuning.effort // 16)
+    assert vector_index.effort_of(index) == tuning.effort  # left set to it
     # on queries it never saw, against numpy brute force, the tuned value reaches the target too
     found = index.search(held_out, 10)[1] - 5000
     assert recall_of(found, exact_top(held_out, base)) >= 0.95
-    vector_index.configure(index, spec, ef_search=vector_index.EF_START)
+    vector_index.configure(index, spec, effort=vector_index.EF_START)
     assert recall_of(index.search(held_out, 10)[1] - 5000, exact_top(held_out, base)) < 0.95
 
 
@@ -208,9 +214,9 @@ def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_
     reader = IndexReader(tmp_path / "ix")
     for r, record in manifest.representations.items():
         again = vector_index.build_tuned(manifest.vector_index, np.arange(len(vectors[r])), vectors[r])[1]
-        assert (record.ef_search, record.recall_at_10, record.tuning_queries) == (again.ef_search, again.recall, 120)
+        assert (record.ef_search, record.recall_at_10, record.tuning_queries) == (again.effort, again.recall, 120)
         assert record.recall_at_10 >= 0.95 and record.tuning_seconds >= 0
-        assert vector_index.ef_search_of(reader.indexes[r]) == record.ef_search
+        assert vector_index.effort_of(reader.indexes[r]) == record.ef_search
     assert main(["info", str(tmp_path / "ix")]) == 0
     out = capsys.readouterr().out
     assert "efSearch tuned per representation to recall@10 >= 0.95" in out
@@ -220,7 +226,7 @@ def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_
     convert(tmp_path / "ix", IndexSpec(type="hnsw", m=4, ef_construction=8, ef_search=40))
     fixed = IndexReader(tmp_path / "ix")
     assert all(rec.ef_search is None and rec.recall_at_10 is None for rec in fixed.manifest.representations.values())
-    assert {vector_index.ef_search_of(i) for i in fixed.indexes.values()} == {40}
+    assert {vector_index.effort_of(i) for i in fixed.indexes.values()} == {40}
 
 
 # -- cheap updates: the previous generation's index extended, deletions as tombstones -------------------------------
@@ -279,12 +285,12 @@ def test_an_incremental_add_keeps_the_tuned_ef_search_and_a_rebuild_tunes_it_aga
     update(tmp_path / "ix", add=10)
     reader = IndexReader(tmp_path / "ix")
     assert {r: rec.ef_search for r, rec in reader.manifest.representations.items()} == tuned
-    assert {r: vector_index.ef_search_of(i) for r, i in reader.indexes.items()} == tuned
+    assert {r: vector_index.effort_of(i) for r, i in reader.indexes.items()} == tuned
     convert(tmp_path / "ix", reader.manifest.vector_index)
     for r, rec in read_manifest(tmp_path / "ix").representations.items():
         ids, stored = all_vectors(IndexReader(tmp_path / "ix"), r)
         again = vector_index.build_tuned(read_manifest(tmp_path / "ix").vector_index, ids, stored)[1]
-        assert rec.built_from is None and rec.ef_search == again.ef_search and rec.tuning_queries == 91
+        assert rec.built_from is None and rec.ef_search == again.effort and rec.tuning_queries == 91
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "flat"])
