@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -395,3 +396,156 @@ def test_verify_accepts_recorded_tombstones_and_refuses_ids_that_are_neither_chu
     with pytest.raises(StoreError, match=r"mean\.faiss holds chunk ids that differ"):
         IndexReader(directory)
     assert any("`mean` holds 300 vectors whose ids differ" in p for p in verify(directory)[0])
+
+
+# -- ivf: compressed, re-ranked exactly with the stored vectors --------------------------------------------------------
+
+def test_ivf_scores_are_exact_inner_products_of_the_stored_vectors_and_its_file_is_smaller(tmp_path):
+    _, _, vectors = write_index(tmp_path / "ix", n_docs=400, vector_index=IndexSpec(type="ivf"))
+    write_index(tmp_path / "flat", n_docs=400)
+    reader, flat = IndexReader(tmp_path / "ix"), IndexReader(tmp_path / "flat")
+    queries = unit(np.random.default_rng(7), 20, 16)
+    for r in ("pooled", "mean"):
+        record = reader.manifest.representations[r]
+        assert record.nlist == vector_index.default_nlist(1200 - 120) and record.nprobe == vector_index.effort_of(reader.indexes[r])
+        scores, ids = reader.search(r, queries, 10)
+        brute = queries @ vectors[r].T
+        np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, axis=1), atol=1e-6)  # exact, not the codes'
+        assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+        compressed = faiss_search_raw(reader, r, queries)
+        assert np.abs(compressed - np.take_along_axis(brute, ids, axis=1)).max() > 1e-4  # what re-ranking corrects
+        ivf_bytes, flat_bytes = (x.manifest.files[x.manifest.representations[r].file].bytes / 1200 for x in (reader, flat))
+        # per vector: 16 one-byte codes + 2 ids (the list's, the id map's) against 64 bytes of floats + 1 id, the
+        # centroids shared: under 55% (float16 codes would be about 70%)
+        assert ivf_bytes < 0.55 * flat_bytes
+    assert verify(tmp_path / "ix")[0] == []
+
+
+def faiss_search_raw(reader, r, queries):
+    """The compressed index's own (approximate) scores of the same query, without the re-rank."""
+    return vector_index.search(reader.indexes[r], queries, 10)[0]
+
+
+def test_ivf_tuned_nprobe_reaches_the_target_on_held_out_queries_against_brute_force():
+    both = clustered(np.random.default_rng(11), 20500, 32, centres=40, spread=1.0)
+    base, held_out = both[:20000], both[20000:]
+    spec = IndexSpec(type="ivf", rerank=2)
+    ids = np.arange(5000, 25000, dtype=np.int64)
+    index, tuning, _ = vector_index.build_tuned(spec, ids, base)
+    assert index.ntotal == 20000 and vector_index.effort_of(index) == tuning.effort
+    tried = {e: (mean, bound) for e, mean, bound in tuning.tried}
+    assert tried[1][0] < 0.95 and tried[tuning.effort][1] >= 0.95  # one list is not enough; the tuned value is
+    assert all(bound < 0.95 for e, (_, bound) in tried.items() if e < tuning.effort)
+    assert tuning.effort < vector_index.nlist_of(index)  # approximate: fewer lists than all of them
+
+    def recall_at(effort):
+        vector_index.configure(index, spec, effort=effort)
+        scores, found = index.search(held_out, 20)
+        rescored = vector_index.rerank_exact(scores, found, held_out, base[found - 5000], 10)[1] - 5000
+        return recall_of(rescored, exact_top(held_out, base))
+
+    assert recall_at(tuning.effort) >= 0.95
+    assert recall_at(1) < 0.95
+
+
+def test_ivf_pq_codes_are_a_few_bytes_per_vector_and_still_exact_after_re_ranking(tmp_path):
+    write_index(tmp_path / "ix", n_docs=400, vector_index=IndexSpec(type="ivf", quantizer="pq4", nlist=8, nprobe=8, rerank=50))
+    reader = IndexReader(tmp_path / "ix")
+    queries = unit(np.random.default_rng(1), 10, 16)
+    for r in ("pooled", "mean"):
+        pq = faiss.downcast_index(reader.indexes[r].index)
+        # 1,200 vectors: too few for 256 centroids per sub-quantiser, so fewer bits (1200 // 39 = 30 points: 4 bits)
+        assert (pq.pq.M, pq.pq.nbits, pq.code_size) == (4, 4, 2)
+        ids, stored = all_vectors(reader, r)
+        scores, found = reader.search(r, queries, 10)  # every list, 500 candidates re-scored: the exact top 10
+        np.testing.assert_array_equal(found, ids[exact_top(queries, stored)])
+        np.testing.assert_allclose(scores, np.take_along_axis(queries @ stored.T, found, axis=1), atol=1e-6)
+    assert verify(tmp_path / "ix")[0] == []
+
+
+def test_ivf_of_a_whitened_representation_is_re_ranked_in_the_whitened_space(five_index, tmp_path):
+    import shutil
+
+    directory = tmp_path / "five"
+    shutil.copytree(five_index[0], directory)
+    convert(directory, IndexSpec(type="ivf"))
+    reader = IndexReader(directory)
+    transform = reader.transforms["mean+whiten"]
+    ids, stored_mean = all_vectors_of(reader, "mean")
+    documents = transform.apply(stored_mean)  # the documents as the build mapped them
+    queries = transform.apply(unit(np.random.default_rng(2), 4, stored_mean.shape[1]))
+    scores, found = reader.search("mean+whiten", queries, 5)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ documents.T, np.searchsorted(ids, found), axis=1), atol=1e-5)
+    assert verify(directory)[0] == []
+
+
+def all_vectors_of(reader, pooling):
+    from indexer.store import read_vectors
+
+    return read_vectors(reader.db, pooling, reader.manifest.poolings[pooling], reader.directory)
+
+
+def test_ivf_deletions_never_show_up_and_adds_use_the_trained_lists(tmp_path):
+    directory = tmp_path / "ix"
+    write_index(directory, n_docs=200, vector_index=IndexSpec(type="ivf"))
+    before = read_manifest(directory)
+    gone_docs = [f"doc-{i}" for i in range(0, 30, 2)]  # 45 of 600 chunks: tombstones, under the 10% limit
+    gone_chunks = {c for d in gone_docs for c in IndexReader(directory).chunk_ids_by_doc(gone_docs)[d]}
+    update(directory, add=5, remove=gone_docs)
+    reader = IndexReader(directory)
+    queries = unit(np.random.default_rng(3), 30, 16)
+    for r, record in reader.manifest.representations.items():
+        old = before.representations[r]
+        assert record.built_from == before.generation and record.tombstones == 45
+        assert (record.nlist, record.nprobe) == (old.nlist, old.nprobe)  # no retraining, the tuned nprobe kept
+        assert reader.indexes[r].ntotal == 600 + 5
+        scores, found = reader.search(r, queries, reader.n_chunks)  # every live chunk
+        assert not gone_chunks & set(found.ravel().tolist()) and set(found.ravel().tolist()) - {-1}
+        ids, stored = all_vectors(reader, r)
+        np.testing.assert_allclose(scores[found >= 0], (queries @ stored.T)[np.nonzero(found >= 0)[0], np.searchsorted(ids, found[found >= 0])], atol=1e-6)
+    assert verify(directory)[0] == []
+    update(directory, remove=[f"doc-{i}" for i in range(1, 60, 2)], seed=2)  # past 10%: trained again, no tombstones
+    for record in read_manifest(directory).representations.values():
+        assert record.built_from is None and record.tombstones is None
+    assert verify(directory)[0] == []
+
+
+def test_convert_flat_to_ivf_and_back_keeps_the_results_of_exact_queries(tmp_path, capsys):
+    directory = tmp_path / "ix"
+    _, chunks, vectors = write_index(directory, n_docs=200)
+    queries = np.vstack([vectors["mean"][:5], vectors["pooled"][5:10]])  # stored vectors: each finds itself first
+    before = IndexReader(directory)
+    exact = {r: before.search(r, queries, 10) for r in ("pooled", "mean")}
+    convert(directory, IndexSpec(type="ivf", nprobe=1000))  # every list: the exact answer after re-ranking
+    after = IndexReader(directory)
+    for r in ("pooled", "mean"):
+        scores, ids = after.search(r, queries, 10)
+        np.testing.assert_array_equal(ids, exact[r][1])
+        np.testing.assert_allclose(scores, exact[r][0], atol=1e-6)
+        np.testing.assert_array_equal(after.vectors(r, range(len(chunks))), vectors[r])  # from the metadata store
+    assert verify(directory)[0] == []
+    assert main(["info", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "vector index:   ivf (approximate, compressed: nlist from the collection size, sq8 codes, nprobe=1000" in out
+    assert "15 lists, sq8 codes, nprobe 1000 (fixed), 4x candidates re-scored exactly; FAISS file " in out
+    convert(directory, IndexSpec())
+    back = IndexReader(directory)
+    for r in ("pooled", "mean"):
+        np.testing.assert_array_equal(back.search(r, queries, 10)[1], exact[r][1])
+    assert verify(directory)[0] == []
+
+
+def test_verify_catches_an_ivf_file_holding_other_vectors(tmp_path):
+    directory = tmp_path / "ix"
+    write_index(directory, n_docs=100, vector_index=IndexSpec(type="ivf"))
+    reader = IndexReader(directory)
+    other = vector_index.build(IndexSpec(type="ivf"), faiss_ids_of_array(reader.indexes["mean"]), unit(np.random.default_rng(99), 300, 16))
+    rewrite_generation(directory, faiss_files={"mean.faiss": faiss.serialize_index(other).tobytes()},
+                       edit_manifest=lambda m: m["representations"]["mean"].update(nprobe=1))
+    assert verify(directory)[0] == ["`mean` vectors in the FAISS file differ from those in the metadata store"]
+
+
+def faiss_ids_of_array(index):
+    from indexer.store import faiss_ids
+
+    return faiss_ids(index)
