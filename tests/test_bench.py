@@ -54,6 +54,20 @@ def test_bench_reports_the_promised_keys(capsys, tiny_bert):
     assert [s["effort"] for s in row["effort_sweep"]] == sorted(s["effort"] for s in row["effort_sweep"])
 
 
+
+def test_bench_of_ivf_reports_its_bytes_per_vector_nprobe_and_recall(capsys, tiny_bert):
+    assert main(["bench", "--data", str(SAMPLE), "--no-encode", "--model", str(tiny_bert), "--latency", "2000",
+                 "--queries", "5", "--index-type", "ivf", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["latency"][0]
+    assert row["index_type"]["type"] == "ivf" and set(row["effort"]) == set(row["nlist"]) == {"pooled", "mean"}
+    assert all(1 <= row["effort"][r] <= row["nlist"][r] == 46 for r in row["effort"])  # 1,800 vectors trained on: 1800 // 39 lists
+    sizes = row["bytes_per_vector"]
+    assert all(sizes["ivf"][r] < 0.5 * sizes["flat"][r] for r in ("pooled", "mean"))  # one byte per dimension, not four
+    assert all(0.8 <= v <= 1.0 for v in row["recall_at_k"].values())
+    assert [s["effort"] for s in row["effort_sweep"]] == sorted(s["effort"] for s in row["effort_sweep"])
+    assert row["add_1pct"]["extended"]
+
+
 def test_recall_at_by_hand():
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, 9, 1], [5, 6, 7, 8]])
