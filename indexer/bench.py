@@ -270,6 +270,12 @@ def synthetic_add(directory: Path, texts: Sequence[str], fits: dict, n: int, *, 
     return time.perf_counter() - started
 
 
+def _bytes_per_vector(index) -> dict:
+    """Bytes per vector of each representation's FAISS file (as the manifest lists it), over the vectors it holds."""
+    files, records = index.manifest.files, index.manifest.representations
+    return {r: files[records[r].file].bytes / max(1, faiss_index.ntotal) for r, faiss_index in index.indexes.items()}
+
+
 def _percentiles(times: Sequence[float]) -> dict:
     return {"p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95))}
 
@@ -288,12 +294,14 @@ def scale_benchmark(
     *,
     spec=None,
     ef_sweep: Sequence[int] = (128, 256, 512, 1024, 2048, 4096),
+    nprobe_sweep: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
     k: int = 10,
     fit_docs: int = 2000,
 ) -> list[dict]:
     """Per size: end-to-end query latency (encode once + search every representation + read the hits'
-    metadata, through `Searcher`) over a synthetic index; with an `hnsw` spec also its build time,
-    latency and recall@k against exact search, over a sweep of efSearch values."""
+    metadata, through `Searcher`) over a synthetic index; with an `hnsw` or `ivf` spec also its build time,
+    latency and recall@k against exact search, the tuned search effort, over a sweep of efSearch / nprobe values,
+    the bytes per vector of its FAISS files against the flat ones', and the cost of an add of 1%."""
     from . import vector_index
     from .integrity import convert
     from .search import Searcher
@@ -316,16 +324,20 @@ def scale_benchmark(
             truth = {r: searcher.index.search(r, qvecs[r], k)[1] for r in encoder.representations}
             row["encode_only"] = _percentiles(_timed(lambda q: encoder.encode_texts([q]), queries))
             row["exact"] = _percentiles(_timed(lambda q, s=searcher: s.search(q, k), queries))
+            row["bytes_per_vector"] = {"flat": _bytes_per_vector(searcher.index)}
             if spec is not None and spec.type != "flat":
                 convert(directory, spec)
                 index = searcher.current()  # the searcher switches to the new generation
                 row["index_type"] = spec.to_dict()
                 records = index.manifest.representations
                 row["build_s"] = {r: records[r].build_seconds for r in encoder.representations}
-                tuned = {r: vector_index.ef_search_of(index.indexes[r]) for r in encoder.representations}
-                row["ef_search"] = tuned
+                row["bytes_per_vector"][spec.type] = _bytes_per_vector(index)
+                tuned = {r: vector_index.effort_of(index.indexes[r]) for r in encoder.representations}
+                row["effort"] = tuned  # efSearch (hnsw) or nprobe (ivf), per representation
+                if spec.type == "ivf":
+                    row["nlist"] = {r: vector_index.nlist_of(index.indexes[r]) for r in encoder.representations}
                 row["tuning"] = {r: {"recall_at_10": records[r].recall_at_10, "queries": records[r].tuning_queries,
-                                     "seconds": records[r].tuning_seconds} for r in encoder.representations if records[r].ef_search}
+                                     "seconds": records[r].tuning_seconds} for r in encoder.representations if records[r].effort}
                 row["approximate"] = _percentiles(_timed(lambda q, s=searcher: s.search(q, k), queries))
                 row["recall_at_k"] = {r: recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}
                 # the searches alone, at the tuned efSearch: one representation after the other, and concurrently
@@ -341,17 +353,22 @@ def scale_benchmark(
                             pool.submit(ix.search, r, v[j : j + 1], k) for r, v in one.items()]], range(len(queries)))),
                     }
                 sweep = []
-                for ef in sorted(set(ef_sweep) | {e for e in tuned.values() if e}):
+                if spec.type == "ivf":
+                    lists = min(n for n in row["nlist"].values())
+                    efforts = {e for e in nprobe_sweep if e <= lists}
+                else:
+                    efforts = set(ef_sweep)
+                for ef in sorted(efforts | {e for e in tuned.values() if e}):
                     for faiss_index in index.indexes.values():
-                        vector_index.configure(faiss_index, spec, ef_search=ef)
+                        vector_index.configure(faiss_index, spec, effort=ef)
                     per_query = _timed(lambda j, ix=index, qv=qvecs: [ix.search(r, qv[r][j : j + 1], k) for r in encoder.representations],
                                        range(len(queries)))
-                    sweep.append({"ef_search": ef, "search_p50_ms": 1000 * float(np.percentile(per_query, 50)),
+                    sweep.append({"effort": ef, "search_p50_ms": 1000 * float(np.percentile(per_query, 50)),
                                   **{f"recall_{r}": recall_at(index.search(r, qvecs[r], k)[1], truth[r]) for r in encoder.representations}})
                 for r, faiss_index in index.indexes.items():
-                    vector_index.configure(faiss_index, spec, ef_search=tuned[r])
-                row["ef_sweep"] = sweep
-                if spec.type == "hnsw":  # an add of 1% extends the graphs: its cost against the full build's
+                    vector_index.configure(faiss_index, spec, effort=tuned[r])
+                row["effort_sweep"] = sweep
+                if spec.type in vector_index.EFFORT:  # an add of 1% extends the indexes: its cost against the full build's
                     added = max(1, n // 100)
                     wall = synthetic_add(directory, texts, fits, added)
                     after = searcher.current().manifest.representations

@@ -15,7 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from . import __version__, vector_index
 from .app.serve import DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, add_app_arguments, app_argv, streamlit_command
 from .config import (
     DEFAULT_BATCH_SIZE,
@@ -175,16 +175,28 @@ def describe_search(manifest: Manifest, representation: str) -> str:
     spec, record = manifest.vector_index, manifest.representations[representation]
     if spec.type == "flat":
         return ""
-    if record.ef_search is not None:
+    name = EFFORT_NAMES[spec.type]
+    if record.effort is not None:
         recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} of its own vectors"
-        parts = [f"efSearch {record.ef_search} (tuned to {spec.recall_target:g}{recall})"]
+        parts = [f"{name} {record.effort} (tuned to {spec.recall_target:g}{recall})"]
     else:
-        parts = [f"efSearch {spec.ef_search} (fixed)"]
+        parts = [f"{name} {spec.effort} (fixed)"]
+    if spec.type == "ivf":
+        listed = manifest.files.get(record.file)
+        held = manifest.counts.chunks + (record.tombstones or 0)
+        size = f"; FAISS file {listed.bytes / held:.0f} bytes per vector (flat: {4 * record.dim})" if listed and held else ""
+        parts[0] = (f"{record.nlist} lists, {spec.quantizer} codes, {parts[0]}, {spec.rerank}x candidates re-scored "
+                    f"exactly{size}")
     if record.built_from:
         stale = record.tombstones or 0
-        parts.append(f"graph extended from {record.built_from}, {stale} tombstones (rebuilt when they pass "
+        what = "graph" if spec.type == "hnsw" else "index"
+        parts.append(f"{what} extended from {record.built_from}, {stale} tombstones (rebuilt when they pass "
                      f"{MAX_TOMBSTONE_FRACTION:.0%} of it)")
     return "; ".join(parts)
+
+
+#: how `info` and the bench name each approximate type's search effort
+EFFORT_NAMES = {"hnsw": "efSearch", "ivf": "nprobe"}
 
 
 def describe_update(manifest: Manifest) -> str:
@@ -197,13 +209,14 @@ def describe_update(manifest: Manifest) -> str:
             parts.append(f"`{r}` extended from {record.built_from}{took}{stale}")
         else:
             parts.append(f"`{r}` built again in full{took}")
-    return (f"FAISS indexes: {'; '.join(parts)} (an HNSW graph is rebuilt when its tombstones would pass "
+    return (f"FAISS indexes: {'; '.join(parts)} (an HNSW or IVF index is rebuilt when its tombstones would pass "
             f"{MAX_TOMBSTONE_FRACTION:.0%} of it)")
 
 
 def _index_spec(args: argparse.Namespace) -> IndexSpec:
     return IndexSpec(type=args.index_type, m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
-                     recall_target=args.recall_target)
+                     recall_target=args.recall_target, nlist=args.nlist, quantizer=args.quantizer, nprobe=args.nprobe,
+                     rerank=args.rerank)
 
 
 def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> Encoder:
@@ -602,10 +615,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             build = ", ".join(f"{r} {v:.0f} s" for r, v in row["build_s"].items())
             print(f"    {row['index_type']['type']}: p50 {row['approximate']['p50_ms']:.1f} ms, p95 {row['approximate']['p95_ms']:.1f} ms; "
                   f"recall@10 vs exact: {recall}; build {build}")
+            name = EFFORT_NAMES[row["index_type"]["type"]]
             tuned = ", ".join(f"{r} {ef}" + (f" (sample recall {row['tuning'][r]['recall_at_10']:.3f}, tuned in "
                                               f"{row['tuning'][r]['seconds']:.0f} s)" if r in row["tuning"] else "")
-                              for r, ef in row["ef_search"].items())
-            print(f"    efSearch: {tuned}")
+                              for r, ef in row["effort"].items())
+            print(f"    {name}: {tuned}" + (f"; lists: {', '.join(f'{r} {v}' for r, v in row['nlist'].items())}" if "nlist" in row else ""))
+            sizes = row["bytes_per_vector"]
+            print(f"    FAISS file bytes per vector: {', '.join(f'{r} {v:.1f}' for r, v in sizes[row['index_type']['type']].items())} "
+                  f"(flat: {', '.join(f'{r} {v:.1f}' for r, v in sizes['flat'].items())})")
             so = row["search_only"]
             print(f"    searches alone, all representations: p50 {so['sequential']['p50_ms']:.2f} ms one after the other, "
                   f"{so['concurrent']['p50_ms']:.2f} ms concurrently")
@@ -615,9 +632,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                    for r in add["structure_s"] if row["build_s"][r])
                 print(f"    add of {add['vectors']} vectors (1%): {add['wall_s']:.1f} s in all; index structures: {ratios}"
                       + ("" if add["extended"] else " (a graph was rebuilt)"))
-            for sweep in row["ef_sweep"]:
+            for sweep in row["effort_sweep"]:
                 recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in sweep.items() if k.startswith("recall_"))
-                print(f"      efSearch {sweep['ef_search']:>5}: search both p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
+                print(f"      {name} {sweep['effort']:>5}: search all p50 {sweep['search_p50_ms']:.2f} ms, recall@10 {recalls}")
     for row in report.get("memory", []):
         print(f"  build of {row['docs']:>6} documents: peak RSS {format_bytes(row['peak_rss_bytes'])} "
               f"(vectors {format_bytes(row['vectors_bytes'])})")
@@ -724,15 +741,26 @@ def build_parser() -> argparse.ArgumentParser:
     def index_type_options(p: argparse.ArgumentParser, required: bool = False, default: str = "flat", help: str | None = None) -> None:
         d = IndexSpec()
         p.add_argument("--index-type", choices=INDEX_TYPES, required=required, default=None if required else default,
-                       help=help or "flat: exact search (default); hnsw: approximate graph search for large collections")
+                       help=help or "flat: exact search (default); hnsw: approximate graph search for large collections; "
+                                    "ivf: approximate and compressed, for vectors that do not fit in memory (re-ranked exactly)")
         p.add_argument("--hnsw-m", type=int, default=d.m, help=f"hnsw: links per vector (default {d.m})")
         p.add_argument("--ef-construction", type=int, default=d.ef_construction, help=f"hnsw: build effort (default {d.ef_construction})")
         p.add_argument("--ef-search", type=int, default=None,
                        help="hnsw: search effort, more = better recall; fixes it for every representation "
                             "(default: tuned per representation to --recall-target at build, convert and repair)")
         p.add_argument("--recall-target", type=float, default=d.recall_target,
-                       help=f"hnsw: recall@10 against exact search that the tuned efSearch reaches on a sample of the "
-                            f"collection's own vectors (default {d.recall_target})")
+                       help=f"hnsw, ivf: recall@10 against exact search that the tuned efSearch / nprobe reaches on a "
+                            f"sample of the collection's own vectors (default {d.recall_target})")
+        p.add_argument("--nlist", type=int, default=None,
+                       help="ivf: k-means lists (default: about 4 sqrt(vectors), at most vectors / 39)")
+        p.add_argument("--quantizer", default=d.quantizer,
+                       help=f"ivf: how vectors are compressed: {vector_index.QUANTIZERS} (default {d.quantizer})")
+        p.add_argument("--nprobe", type=int, default=None,
+                       help="ivf: lists searched per query; fixes it for every representation (default: tuned per "
+                            "representation to --recall-target)")
+        p.add_argument("--rerank", type=int, default=d.rerank,
+                       help=f"ivf: candidates fetched per result and re-scored exactly with the stored vectors "
+                            f"(default {d.rerank}: 4k candidates for k results)")
 
     b = sub.add_parser("build", help="index a folder, JSONL, CSV or BEIR dataset")
     b.add_argument("source", help="folder of .txt/.md/.html/.pdf/.docx, a .jsonl/.csv/.tsv file, or a BEIR dataset folder")

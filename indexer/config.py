@@ -37,7 +37,7 @@ REPRESENTATION_FORMS = (
 
 def require_one_of(value: Any, choices: Any, what: str) -> Any:
     """`value` when it is one of `choices` (a `Literal` type, or the values themselves); else ValueError naming
-    the value and the valid ones: "unknown index type 'ivf'; valid: flat, hnsw". The one check of a Literal choice."""
+    the value and the valid ones: "unknown index type 'annoy'; valid: flat, hnsw, ivf". The one check of a Literal choice."""
     valid = get_args(choices) or tuple(choices)
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")

@@ -13,6 +13,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from . import vector_index
 from .config import parse_representation, parse_representations, poolings_of
 from .files import atomic_write_bytes
 from .staging import STAGING, Staging, WriterLock, generations, publish, recover, write_failed
@@ -142,14 +143,28 @@ def _check_metadata(db: sqlite3.Connection, gen_dir: Path, manifest: Manifest, i
         live = ~np.isin(in_faiss_order, stale)  # tombstones: vectors of chunks gone from the store, never served
         served = (index.index.reconstruct_n(0, index.ntotal)[live][np.argsort(in_faiss_order[live])] if len(stored_ids)
                   else np.empty((0, index.d), np.float32))  # an emptied index: no rows, of the representation's width
+        compressed = vector_index.kind_of(index) == "ivf"
         if parse_representation(r).transform is None:
-            if not np.array_equal(stored, served):
+            if not (_codes_match(index, stored, served) if compressed else np.array_equal(stored, served)):
                 problems.append(f"`{r}` vectors in the FAISS file differ from those in the metadata store")
         elif fitted is not None and r in fitted:
             expected = fitted[r].apply(stored)
-            if expected.shape != served.shape or not np.allclose(expected, served, atol=1e-5):
+            if expected.shape != served.shape or not (_codes_match(index, expected, served) if compressed
+                                                      else np.allclose(expected, served, atol=1e-5)):
                 problems.append(f"`{r}` vectors in the FAISS file differ from its transform applied to the stored `{parse_representation(r).pooling}` vectors")
     return problems
+
+
+def _codes_match(index: faiss.Index, expected: np.ndarray, served: np.ndarray) -> bool:
+    """Whether a compressed (IVF) index holds `expected`: what it decodes (`served`) is what encoding `expected` with
+    its trained lists and quantiser and decoding again gives (compressed codes cannot equal the vectors themselves)."""
+    if expected.shape != served.shape:
+        return False
+    if not len(expected):
+        return True
+    inner = faiss.downcast_index(index.index)
+    roundtrip = inner.sa_decode(inner.sa_encode(np.ascontiguousarray(expected, dtype=np.float32)))
+    return bool(np.allclose(roundtrip, served, atol=1e-4))
 
 
 @dataclass(frozen=True)
@@ -182,7 +197,7 @@ def repair(directory: str | Path) -> Repaired:
 
 
 def convert(directory: str | Path, spec: IndexSpec) -> str:
-    """Publish a new generation whose FAISS files are of another type (`flat` or `hnsw`), from the stored vectors.
+    """Publish a new generation whose FAISS files are of another type (`flat`, `hnsw`, `ivf`), from the stored vectors.
 
     Nothing is re-embedded: switching an index to approximate search, or back, costs only the FAISS build.
     """

@@ -503,7 +503,7 @@ def build_index(
     memory: the same list; an iterator cannot be read again, so its build starts over).
     `on_progress(documents_done, estimated_total)` is called after every batch; `on_stage` names the step too
     (see StageCallback: the app's bar).
-    `vector_index` chooses exact (`flat`, the default) or approximate (`hnsw`) FAISS indexes.
+    `vector_index` chooses exact (`flat`, the default), approximate (`hnsw`) or compressed (`ivf`) FAISS indexes.
     """
     index_dir = Path(index_dir).resolve()
     _text_paths(index=index_dir)

@@ -429,7 +429,8 @@ def publish(
     folder's at build time, the previous generation's (store.kept_labels) afterwards; None keeps none.
     `incremental` (add, delete): `manifest` is the previous generation's, and each FAISS index is that generation's
     copied and extended where `extend_previous` allows it (else built from scratch, as always otherwise).
-    An HNSW graph built from scratch with no fixed efSearch has it tuned (vector_index.tune_ef_search).
+    An approximate index built from scratch with no fixed efSearch / nprobe has it tuned
+    (vector_index.tune_search_effort).
     A write error (full disk, permissions) before CURRENT is replaced leaves the previous
     generation published and untouched.
     """
@@ -497,8 +498,10 @@ def publish(
                 record = RepresentationRecord(int(matrix.shape[1]), faiss_file(r), pooling, index_type=f"{spec.type}-ip",
                                               build_seconds=round(seconds, 3), transform=transform_record(r, transform, generation))
                 if tuning is not None:
-                    record = dataclasses.replace(record, ef_search=tuning.ef_search, recall_at_10=tuning.recall,
+                    record = dataclasses.replace(record, **{vector_index.EFFORT[spec.type]: tuning.effort}, recall_at_10=tuning.recall,
                                                  tuning_queries=tuning.queries, tuning_seconds=round(tuning.seconds, 3))
+                if spec.type == "ivf":
+                    record = dataclasses.replace(record, nlist=vector_index.nlist_of(index))
                 del matrix  # the index holds its own copy
                 write(r, index, record, transform)
                 del index
@@ -550,9 +553,9 @@ def publish(
 
 
 #: An add or delete extends the previous generation's FAISS index unless its tombstones (chunks deleted or replaced
-#: since the last full build, left in an HNSW graph and filtered at search time) would exceed this fraction of it:
-#: then, as when the previous file cannot be used, the index is built again from the stored vectors (and an HNSW
-#: graph's efSearch tuned again).
+#: since the last full build, left in an HNSW graph or IVF index and filtered at search time) would exceed this
+#: fraction of it: then, as when the previous file cannot be used, the index is built again from the stored vectors
+#: (its efSearch / nprobe tuned again, an IVF index's lists trained again).
 MAX_TOMBSTONE_FRACTION = 0.10
 
 
@@ -571,8 +574,10 @@ def extend_previous(
 ) -> tuple[faiss.Index, RepresentationRecord] | None:
     """The previous generation's FAISS index of `r` (checksum verified) with the chunks added since (`new_ids`, their
     stored vectors, through `r`'s unchanged `transform`) for the new `generation`, and without the chunks no longer `live`: removed from a flat
-    index, left as tombstones in an HNSW graph. None when the index must be built from scratch: the previous one is
-    unusable, its transform differs, or the tombstones would exceed MAX_TOMBSTONE_FRACTION (logged)."""
+    index, left as tombstones in an HNSW graph or IVF index. None when the index must be built from scratch: the previous one is
+    unusable, its transform differs, or the tombstones would exceed MAX_TOMBSTONE_FRACTION (logged).
+    An IVF index's new vectors go to its trained lists as they are (`add_with_ids`, no retraining): the lists stay
+    those of the last full build until a rebuild (`convert`, `repair`, or this tombstone rule) trains them again."""
     record = manifest.representations.get(r)
     spec = manifest.vector_index
     if record is None or (transform is None) != (record.transform is None):

@@ -179,7 +179,9 @@ class RepresentationRecord:
     index's fixed `vector_index.ef_search` applies. A graph extended from the previous generation's (add, delete)
     names that generation in `built_from` (`build_seconds` then times the extension) and keeps the chunks deleted
     or replaced since its last full build as `tombstones`: ids in the FAISS file that are in no chunk of the
-    metadata store, never returned by a search. All are omitted (None) when unset, as older manifests were written."""
+    metadata store, never returned by a search. An IVF index records its tuned `nprobe` likewise, and the number of
+    lists it was trained with (`nlist`: kept by adds, which use the trained lists as they are). All are omitted
+    (None) when unset, as older manifests were written."""
 
     dim: int
     file: str
@@ -193,12 +195,20 @@ class RepresentationRecord:
     tuning_seconds: float | None = None
     built_from: str | None = None
     tombstones: int | None = None
+    nprobe: int | None = None
+    nlist: int | None = None
+
+    @property
+    def effort(self) -> int | None:
+        """The tuned search effort (efSearch or nprobe), None when the spec's fixed one applies."""
+        return self.ef_search if self.ef_search is not None else self.nprobe
 
     def to_dict(self) -> dict:
         record = {"dim": self.dim, "file": self.file, "index_type": self.index_type, "build_seconds": self.build_seconds,
                   "pooling": self.pooling, "transform": self.transform and self.transform.to_dict(),
                   "ef_search": self.ef_search, "recall_at_10": self.recall_at_10, "tuning_queries": self.tuning_queries,
-                  "tuning_seconds": self.tuning_seconds, "built_from": self.built_from, "tombstones": self.tombstones}
+                  "tuning_seconds": self.tuning_seconds, "built_from": self.built_from, "tombstones": self.tombstones,
+                  "nprobe": self.nprobe, "nlist": self.nlist}
         return _without_none(record)
 
 
@@ -642,9 +652,9 @@ def _check(path: Path, size: int, digest: str, expected: FileRecord) -> None:
         )
 
 
-def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec, *, ef_search: int | None = None):
+def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: IndexSpec, *, effort: int | None = None):
     """A FAISS index from verified bytes, checked against the manifest's dimension and index type, and set to search
-    with the representation's tuned `ef_search` (None: the spec's fixed one)."""
+    with the representation's tuned `effort` (efSearch, nprobe; None: the spec's fixed one)."""
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
@@ -656,7 +666,7 @@ def deserialize_faiss(gen_dir: Path, name: str, data: bytes, dim: int, spec: Ind
     kind = vector_index.kind_of(index)
     if kind != spec.type:
         raise StoreError(f"{gen_dir / name} is a {kind} index, the manifest says {spec.type}")
-    vector_index.configure(index, spec, ef_search=ef_search)
+    vector_index.configure(index, spec, effort=effort)
     return index
 
 
@@ -664,7 +674,7 @@ def load_faiss(gen_dir: Path, manifest: Manifest, representation: str) -> faiss.
     """One representation's FAISS index, after its checksum, dimension and type are checked."""
     spec = manifest.representations[representation]
     data = verified_bytes(gen_dir, spec.file, manifest.files)
-    return deserialize_faiss(gen_dir, spec.file, data, spec.dim, manifest.vector_index, ef_search=spec.ef_search)
+    return deserialize_faiss(gen_dir, spec.file, data, spec.dim, manifest.vector_index, effort=spec.effort)
 
 
 def load_transforms(gen_dir: Path, manifest: Manifest) -> dict[str, Transform]:
@@ -763,6 +773,11 @@ def read_vectors(db: sqlite3.Connection, representation: str, dim: int, where: P
     return ids, matrix
 
 
+#: queries whose candidates are re-scored together (a compressed index's exact re-rank): bounds the memory of a large
+#: batch (an evaluation's queries) to RERANK_BATCH x candidates x dimension floats
+RERANK_BATCH = 64
+
+
 class IndexReader:
     """A complete, verified index opened read-only; safe to share between threads."""
 
@@ -818,10 +833,33 @@ class IndexReader:
 
     def search(self, representation: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Inner-product search (exact scores; exact neighbours for `flat`): (scores, chunk ids), each of shape
-        (len(queries), n). Tombstones are never returned."""
+        (len(queries), n). Tombstones are never returned.
+
+        Every search path (Searcher, evaluation, the app, the bench) comes here. A compressed (`ivf`) index's scores
+        are approximate: it fetches `rerank` x n candidates, which are re-scored with their stored float32 vectors
+        (`vectors`: read from the metadata store, through the representation's transform), and the n best by that
+        exact score are returned, so users see exact cosine similarities whatever the type."""
         if representation not in self.indexes:
             raise KeyError(f"index has no {representation!r}; it keeps {', '.join(self.indexes)}")
-        return vector_index.search(self.indexes[representation], queries, n, self.excluded.get(representation))
+        index = self.indexes[representation]
+        spec = self.manifest.vector_index
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if spec.type != "ivf":
+            return vector_index.search(index, queries, n, self.excluded.get(representation))
+        live = index.ntotal - (self.manifest.representations[representation].tombstones or 0)
+        fetch = max(n, min(live, n * spec.rerank))
+        scores, found = vector_index.search(index, queries, fetch, self.excluded.get(representation))
+        wanted = np.unique(found[found >= 0])
+        stored = self.vectors(representation, wanted)
+        out_scores = np.empty((len(queries), n), dtype=np.float32)
+        out_ids = np.empty((len(queries), n), dtype=np.int64)
+        for lo in range(0, len(queries), RERANK_BATCH):  # bounded memory: a batch's candidates' vectors at a time
+            part = found[lo : lo + RERANK_BATCH]
+            rows = np.searchsorted(wanted, np.maximum(part, 0))
+            out_scores[lo : lo + RERANK_BATCH], out_ids[lo : lo + RERANK_BATCH] = vector_index.rerank_exact(
+                scores[lo : lo + RERANK_BATCH], part, queries[lo : lo + RERANK_BATCH], stored[np.minimum(rows, len(wanted) - 1)]
+                if len(wanted) else np.zeros((*part.shape, index.d), np.float32), n)
+        return out_scores, out_ids
 
     def chunk_docs(self, chunk_ids: Iterable[int]) -> dict[int, str]:
         """Document id of each chunk id."""
@@ -873,9 +911,25 @@ class IndexReader:
         return head[start:end] + tail, total
 
     def vectors(self, representation: str, chunk_ids: Sequence[int]) -> np.ndarray:
-        """Stored vectors of the given chunks, in that order."""
+        """Stored vectors of the given chunks, in that order, exactly as documents were mapped at build time. From the
+        FAISS index where it holds them uncompressed (`flat`, `hnsw`); else from the metadata store (float32 vectors
+        of the representation's pooling), through the representation's transform, as `publish` mapped them."""
         index = self.indexes[representation]
-        return np.vstack([index.reconstruct(int(i)) for i in chunk_ids]) if len(chunk_ids) else np.empty((0, index.d), np.float32)
+        if not len(chunk_ids):
+            return np.empty((0, index.d), np.float32)
+        if self.manifest.vector_index.type != "ivf":
+            return np.vstack([index.reconstruct(int(i)) for i in chunk_ids])
+        pooling = parse_representation(representation).pooling
+        dim = self.manifest.poolings[pooling]
+        wanted = [int(i) for i in chunk_ids]
+        rows = dict(self._query("SELECT chunk_id, vector FROM vectors WHERE representation = ? AND chunk_id IN ({})", wanted,
+                                head=(pooling,)))
+        if len(rows) != len(set(wanted)) or any(len(b) != 4 * dim for b in rows.values()):
+            missing = sorted(set(wanted) - set(rows))[:5]
+            raise StoreError(f"{self.directory}: no stored `{pooling}` vector of {dim} floats for chunks {missing or 'some'}")
+        matrix = np.frombuffer(b"".join(rows[i] for i in wanted), dtype=np.float32).reshape(len(wanted), dim)
+        transform = self.transforms.get(representation)
+        return np.ascontiguousarray(matrix if transform is None else transform.apply(matrix), dtype=np.float32)
 
     def sample_chunk_ids(self, n: int, *, seed: int = 0) -> np.ndarray:
         """Up to `n` chunk ids drawn without replacement (seeded, so reports repeat), sorted; all of them when fewer.
@@ -913,11 +967,12 @@ class IndexReader:
             rows = self.db.execute("SELECT doc_id, title, text FROM documents ORDER BY doc_id").fetchall()
         yield from rows
 
-    def _query(self, sql: str, ids: list) -> list[tuple]:
+    def _query(self, sql: str, ids: list, head: Sequence = ()) -> list[tuple]:
+        """Rows of `sql` whose `IN ({})` takes `ids` (in parts, see in_batches), after the parameters `head`."""
         out: list[tuple] = []
         with self._lock:
             for part, marks in in_batches(ids):
-                out.extend(self.db.execute(sql.format(marks), part).fetchall())
+                out.extend(self.db.execute(sql.format(marks), [*head, *part]).fetchall())
         return out
 
     def close(self) -> None:

@@ -136,7 +136,7 @@ def test_evaluate_takes_labels_from_memory_with_the_checks_of_the_files(tmp_path
 
 
 @pytest.mark.parametrize("call, named", [
-    (lambda d, m: Index.build(RECORDS, d, model=m, index_type="ivf"), ["'ivf'", "flat", "hnsw"]),
+    (lambda d, m: Index.build(RECORDS, d, model=m, index_type="annoy"), ["'annoy'", "flat", "hnsw", "ivf"]),
     (lambda d, m: Index.build(SAMPLE, d, model=m, format="pdf"), ["'pdf'", "folder", "jsonl"]),
     (lambda d, m: Index.build(RECORDS, d, model=m, format="jsonl"), ["'jsonl'", "'auto'", "'records'"]),
     (lambda d, m: Index.build(RECORDS, d, model=m, representations="meen"), ["'meen'", "pooled", "mean"]),

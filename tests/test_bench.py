@@ -47,11 +47,25 @@ def test_bench_reports_the_promised_keys(capsys, tiny_bert):
         assert 0 < row[part]["p50_ms"] <= row[part]["p95_ms"]
     assert row["index_type"]["type"] == "hnsw" and set(row["recall_at_k"]) == {"pooled", "mean"}
     assert all(0.9 <= v <= 1.0 for v in row["recall_at_k"].values())  # 1000 vectors, tuned to 0.95 on the sample
-    assert set(row["ef_search"]) == {"pooled", "mean"} and all(row["tuning"][r]["queries"] == 100 for r in row["ef_search"])
+    assert set(row["effort"]) == {"pooled", "mean"} and all(row["tuning"][r]["queries"] == 100 for r in row["effort"])
     add = row["add_1pct"]  # 10 vectors added to the graphs, not a rebuild
     assert add["vectors"] == 10 and add["extended"] and add["wall_s"] > 0 and set(add["structure_s"]) == {"pooled", "mean"}
     assert {"sequential", "concurrent"} == set(row["search_only"])
-    assert [s["ef_search"] for s in row["ef_sweep"]] == sorted(s["ef_search"] for s in row["ef_sweep"])
+    assert [s["effort"] for s in row["effort_sweep"]] == sorted(s["effort"] for s in row["effort_sweep"])
+
+
+
+def test_bench_of_ivf_reports_its_bytes_per_vector_nprobe_and_recall(capsys, tiny_bert):
+    assert main(["bench", "--data", str(SAMPLE), "--no-encode", "--model", str(tiny_bert), "--latency", "2000",
+                 "--queries", "5", "--index-type", "ivf", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["latency"][0]
+    assert row["index_type"]["type"] == "ivf" and set(row["effort"]) == set(row["nlist"]) == {"pooled", "mean"}
+    assert all(1 <= row["effort"][r] <= row["nlist"][r] == 46 for r in row["effort"])  # 1,800 vectors trained on: 1800 // 39 lists
+    sizes = row["bytes_per_vector"]
+    assert all(sizes["ivf"][r] < 0.5 * sizes["flat"][r] for r in ("pooled", "mean"))  # one byte per dimension, not four
+    assert all(0.8 <= v <= 1.0 for v in row["recall_at_k"].values())
+    assert [s["effort"] for s in row["effort_sweep"]] == sorted(s["effort"] for s in row["effort_sweep"])
+    assert row["add_1pct"]["extended"]
 
 
 def test_recall_at_by_hand():

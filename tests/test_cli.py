@@ -248,7 +248,7 @@ def test_choices_come_from_their_literal_types_and_a_wrong_one_is_named_with_the
         (c, "--index-type"): get_args(IndexType) for c in ("build", "convert", "bench")} | {
         (c, "--precision"): get_args(Precision) for c in ("build", "add", "search", "evaluate")}
     refused = {
-        ("index type", "ivf", IndexType): lambda: IndexSpec(type="ivf"),
+        ("index type", "annoy", IndexType): lambda: IndexSpec(type="annoy"),
         ("format", "pdf", Format): lambda: iter_documents(tmp_path, LoadReport(), format="pdf"),
         ("purpose", "serve", Purpose): lambda: compatibility_problems({}, None, "serve"),
         ("precision", "fp16", Precision): lambda: resolve_precision("fp16", "cpu"),

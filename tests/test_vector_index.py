@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -24,14 +25,20 @@ def clustered(rng, n, d, centres=20, spread=0.3):
 
 
 def test_spec_validation_names_the_value_and_the_choices():
-    with pytest.raises(ValueError, match=r"unknown index type 'ivf'; valid: flat, hnsw"):
-        IndexSpec(type="ivf")
+    with pytest.raises(ValueError, match=r"unknown index type 'annoy'; valid: flat, hnsw, ivf"):
+        IndexSpec(type="annoy")
     with pytest.raises(ValueError, match=r"m must be an integer of at least 2, got 1"):
         IndexSpec(type="hnsw", m=1)
     with pytest.raises(ValueError, match=r"ef_search must be an integer of at least 1, got 0"):
         IndexSpec(type="hnsw", ef_search=0)
-    with pytest.raises(ValueError, match=r"unknown vector index setting nprobe"):
-        IndexSpec.from_dict({"type": "hnsw", "nprobe": 4})
+    with pytest.raises(ValueError, match=r"unknown vector index setting nbits"):
+        IndexSpec.from_dict({"type": "ivf", "nbits": 4})
+    with pytest.raises(ValueError, match=r"unknown quantizer 'pq'; valid: sq8 \(one byte per dimension\) or pqM"):
+        IndexSpec(type="ivf", quantizer="pq")
+    with pytest.raises(ValueError, match=r"nprobe must be an integer of at least 1, got 0"):
+        IndexSpec(type="ivf", nprobe=0)
+    with pytest.raises(ValueError, match=r"quantizer 'pq5' needs a dimension divisible by 5, got 16; valid: sq8, pq1, pq2, pq4, pq8, pq16"):
+        vector_index.build(IndexSpec(type="ivf", quantizer="pq5"), np.arange(100), unit(np.random.default_rng(0), 100, 16))
 
 
 def test_spec_round_trips_through_the_manifest_form():
@@ -66,7 +73,7 @@ def test_hnsw_recall_grows_with_ef_search():
     exact = np.argsort(-(queries @ base.T), axis=1)[:, :10]
     recalls = []
     for ef in (10, 400):
-        vector_index.configure(index, IndexSpec(type="hnsw"), ef_search=ef)
+        vector_index.configure(index, IndexSpec(type="hnsw"), effort=ef)
         found = index.search(queries, 10)[1]
         recalls.append(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]))
     assert recalls[0] < recalls[1]
@@ -187,17 +194,17 @@ def test_tuned_ef_search_is_the_smallest_on_the_ladder_reaching_the_target_and_h
     assert index.ntotal == 20000  # the held-out sample is in the index too
     tried = {ef: (mean, bound) for ef, mean, bound in tuning.tried}
     assert tried[vector_index.EF_START][0] < 0.95  # the default start does not reach it: tuning had work to do
-    assert tuning.recall == round(tried[tuning.ef_search][0], 4) and tuning.queries == vector_index.TUNING_QUERIES
+    assert tuning.recall == round(tried[tuning.effort][0], 4) and tuning.queries == vector_index.TUNING_QUERIES
     # the smallest value tried whose recall on the sample reaches the target (its 97.5% lower confidence bound does)
-    assert tried[tuning.ef_search][1] >= 0.95
-    assert all(bound < 0.95 for ef, (_, bound) in tried.items() if ef < tuning.ef_search)
+    assert tried[tuning.effort][1] >= 0.95
+    assert all(bound < 0.95 for ef, (_, bound) in tried.items() if ef < tuning.effort)
     # doubling from EF_START, then a binary search: a value within 1/16 below the result was tried and missed
-    assert max(ef for ef in tried if ef < tuning.ef_search) >= tuning.ef_search - max(1, tuning.ef_search // 16)
-    assert vector_index.ef_search_of(index) == tuning.ef_search  # left set to it
+    assert max(ef for ef in tried if ef < tuning.effort) >= tuning.effort - max(1, tuning.effort // 16)
+    assert vector_index.effort_of(index) == tuning.effort  # left set to it
     # on queries it never saw, against numpy brute force, the tuned value reaches the target too
     found = index.search(held_out, 10)[1] - 5000
     assert recall_of(found, exact_top(held_out, base)) >= 0.95
-    vector_index.configure(index, spec, ef_search=vector_index.EF_START)
+    vector_index.configure(index, spec, effort=vector_index.EF_START)
     assert recall_of(index.search(held_out, 10)[1] - 5000, exact_top(held_out, base)) < 0.95
 
 
@@ -208,9 +215,9 @@ def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_
     reader = IndexReader(tmp_path / "ix")
     for r, record in manifest.representations.items():
         again = vector_index.build_tuned(manifest.vector_index, np.arange(len(vectors[r])), vectors[r])[1]
-        assert (record.ef_search, record.recall_at_10, record.tuning_queries) == (again.ef_search, again.recall, 120)
+        assert (record.ef_search, record.recall_at_10, record.tuning_queries) == (again.effort, again.recall, 120)
         assert record.recall_at_10 >= 0.95 and record.tuning_seconds >= 0
-        assert vector_index.ef_search_of(reader.indexes[r]) == record.ef_search
+        assert vector_index.effort_of(reader.indexes[r]) == record.ef_search
     assert main(["info", str(tmp_path / "ix")]) == 0
     out = capsys.readouterr().out
     assert "efSearch tuned per representation to recall@10 >= 0.95" in out
@@ -220,7 +227,7 @@ def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_
     convert(tmp_path / "ix", IndexSpec(type="hnsw", m=4, ef_construction=8, ef_search=40))
     fixed = IndexReader(tmp_path / "ix")
     assert all(rec.ef_search is None and rec.recall_at_10 is None for rec in fixed.manifest.representations.values())
-    assert {vector_index.ef_search_of(i) for i in fixed.indexes.values()} == {40}
+    assert {vector_index.effort_of(i) for i in fixed.indexes.values()} == {40}
 
 
 # -- cheap updates: the previous generation's index extended, deletions as tombstones -------------------------------
@@ -279,12 +286,12 @@ def test_an_incremental_add_keeps_the_tuned_ef_search_and_a_rebuild_tunes_it_aga
     update(tmp_path / "ix", add=10)
     reader = IndexReader(tmp_path / "ix")
     assert {r: rec.ef_search for r, rec in reader.manifest.representations.items()} == tuned
-    assert {r: vector_index.ef_search_of(i) for r, i in reader.indexes.items()} == tuned
+    assert {r: vector_index.effort_of(i) for r, i in reader.indexes.items()} == tuned
     convert(tmp_path / "ix", reader.manifest.vector_index)
     for r, rec in read_manifest(tmp_path / "ix").representations.items():
         ids, stored = all_vectors(IndexReader(tmp_path / "ix"), r)
         again = vector_index.build_tuned(read_manifest(tmp_path / "ix").vector_index, ids, stored)[1]
-        assert rec.built_from is None and rec.ef_search == again.ef_search and rec.tuning_queries == 91
+        assert rec.built_from is None and rec.ef_search == again.effort and rec.tuning_queries == 91
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "flat"])
@@ -389,3 +396,156 @@ def test_verify_accepts_recorded_tombstones_and_refuses_ids_that_are_neither_chu
     with pytest.raises(StoreError, match=r"mean\.faiss holds chunk ids that differ"):
         IndexReader(directory)
     assert any("`mean` holds 300 vectors whose ids differ" in p for p in verify(directory)[0])
+
+
+# -- ivf: compressed, re-ranked exactly with the stored vectors --------------------------------------------------------
+
+def test_ivf_scores_are_exact_inner_products_of_the_stored_vectors_and_its_file_is_smaller(tmp_path):
+    _, _, vectors = write_index(tmp_path / "ix", n_docs=400, vector_index=IndexSpec(type="ivf"))
+    write_index(tmp_path / "flat", n_docs=400)
+    reader, flat = IndexReader(tmp_path / "ix"), IndexReader(tmp_path / "flat")
+    queries = unit(np.random.default_rng(7), 20, 16)
+    for r in ("pooled", "mean"):
+        record = reader.manifest.representations[r]
+        assert record.nlist == vector_index.default_nlist(1200 - 120) and record.nprobe == vector_index.effort_of(reader.indexes[r])
+        scores, ids = reader.search(r, queries, 10)
+        brute = queries @ vectors[r].T
+        np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, axis=1), atol=1e-6)  # exact, not the codes'
+        assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+        compressed = faiss_search_raw(reader, r, queries)
+        assert np.abs(compressed - np.take_along_axis(brute, ids, axis=1)).max() > 1e-4  # what re-ranking corrects
+        ivf_bytes, flat_bytes = (x.manifest.files[x.manifest.representations[r].file].bytes / 1200 for x in (reader, flat))
+        # per vector: 16 one-byte codes + 2 ids (the list's, the id map's) against 64 bytes of floats + 1 id, the
+        # centroids shared: under 55% (float16 codes would be about 70%)
+        assert ivf_bytes < 0.55 * flat_bytes
+    assert verify(tmp_path / "ix")[0] == []
+
+
+def faiss_search_raw(reader, r, queries):
+    """The compressed index's own (approximate) scores of the same query, without the re-rank."""
+    return vector_index.search(reader.indexes[r], queries, 10)[0]
+
+
+def test_ivf_tuned_nprobe_reaches_the_target_on_held_out_queries_against_brute_force():
+    both = clustered(np.random.default_rng(11), 20500, 32, centres=40, spread=1.0)
+    base, held_out = both[:20000], both[20000:]
+    spec = IndexSpec(type="ivf", rerank=2)
+    ids = np.arange(5000, 25000, dtype=np.int64)
+    index, tuning, _ = vector_index.build_tuned(spec, ids, base)
+    assert index.ntotal == 20000 and vector_index.effort_of(index) == tuning.effort
+    tried = {e: (mean, bound) for e, mean, bound in tuning.tried}
+    assert tried[1][0] < 0.95 and tried[tuning.effort][1] >= 0.95  # one list is not enough; the tuned value is
+    assert all(bound < 0.95 for e, (_, bound) in tried.items() if e < tuning.effort)
+    assert tuning.effort < vector_index.nlist_of(index)  # approximate: fewer lists than all of them
+
+    def recall_at(effort):
+        vector_index.configure(index, spec, effort=effort)
+        scores, found = index.search(held_out, 20)
+        rescored = vector_index.rerank_exact(scores, found, held_out, base[found - 5000], 10)[1] - 5000
+        return recall_of(rescored, exact_top(held_out, base))
+
+    assert recall_at(tuning.effort) >= 0.95
+    assert recall_at(1) < 0.95
+
+
+def test_ivf_pq_codes_are_a_few_bytes_per_vector_and_still_exact_after_re_ranking(tmp_path):
+    write_index(tmp_path / "ix", n_docs=400, vector_index=IndexSpec(type="ivf", quantizer="pq4", nlist=8, nprobe=8, rerank=50))
+    reader = IndexReader(tmp_path / "ix")
+    queries = unit(np.random.default_rng(1), 10, 16)
+    for r in ("pooled", "mean"):
+        pq = faiss.downcast_index(reader.indexes[r].index)
+        # 1,200 vectors: too few for 256 centroids per sub-quantiser, so fewer bits (1200 // 39 = 30 points: 4 bits)
+        assert (pq.pq.M, pq.pq.nbits, pq.code_size) == (4, 4, 2)
+        ids, stored = all_vectors(reader, r)
+        scores, found = reader.search(r, queries, 10)  # every list, 500 candidates re-scored: the exact top 10
+        np.testing.assert_array_equal(found, ids[exact_top(queries, stored)])
+        np.testing.assert_allclose(scores, np.take_along_axis(queries @ stored.T, found, axis=1), atol=1e-6)
+    assert verify(tmp_path / "ix")[0] == []
+
+
+def test_ivf_of_a_whitened_representation_is_re_ranked_in_the_whitened_space(five_index, tmp_path):
+    import shutil
+
+    directory = tmp_path / "five"
+    shutil.copytree(five_index[0], directory)
+    convert(directory, IndexSpec(type="ivf"))
+    reader = IndexReader(directory)
+    transform = reader.transforms["mean+whiten"]
+    ids, stored_mean = all_vectors_of(reader, "mean")
+    documents = transform.apply(stored_mean)  # the documents as the build mapped them
+    queries = transform.apply(unit(np.random.default_rng(2), 4, stored_mean.shape[1]))
+    scores, found = reader.search("mean+whiten", queries, 5)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ documents.T, np.searchsorted(ids, found), axis=1), atol=1e-5)
+    assert verify(directory)[0] == []
+
+
+def all_vectors_of(reader, pooling):
+    from indexer.store import read_vectors
+
+    return read_vectors(reader.db, pooling, reader.manifest.poolings[pooling], reader.directory)
+
+
+def test_ivf_deletions_never_show_up_and_adds_use_the_trained_lists(tmp_path):
+    directory = tmp_path / "ix"
+    write_index(directory, n_docs=200, vector_index=IndexSpec(type="ivf"))
+    before = read_manifest(directory)
+    gone_docs = [f"doc-{i}" for i in range(0, 30, 2)]  # 45 of 600 chunks: tombstones, under the 10% limit
+    gone_chunks = {c for d in gone_docs for c in IndexReader(directory).chunk_ids_by_doc(gone_docs)[d]}
+    update(directory, add=5, remove=gone_docs)
+    reader = IndexReader(directory)
+    queries = unit(np.random.default_rng(3), 30, 16)
+    for r, record in reader.manifest.representations.items():
+        old = before.representations[r]
+        assert record.built_from == before.generation and record.tombstones == 45
+        assert (record.nlist, record.nprobe) == (old.nlist, old.nprobe)  # no retraining, the tuned nprobe kept
+        assert reader.indexes[r].ntotal == 600 + 5
+        scores, found = reader.search(r, queries, reader.n_chunks)  # every live chunk
+        assert not gone_chunks & set(found.ravel().tolist()) and set(found.ravel().tolist()) - {-1}
+        ids, stored = all_vectors(reader, r)
+        np.testing.assert_allclose(scores[found >= 0], (queries @ stored.T)[np.nonzero(found >= 0)[0], np.searchsorted(ids, found[found >= 0])], atol=1e-6)
+    assert verify(directory)[0] == []
+    update(directory, remove=[f"doc-{i}" for i in range(1, 60, 2)], seed=2)  # past 10%: trained again, no tombstones
+    for record in read_manifest(directory).representations.values():
+        assert record.built_from is None and record.tombstones is None
+    assert verify(directory)[0] == []
+
+
+def test_convert_flat_to_ivf_and_back_keeps_the_results_of_exact_queries(tmp_path, capsys):
+    directory = tmp_path / "ix"
+    _, chunks, vectors = write_index(directory, n_docs=200)
+    queries = np.vstack([vectors["mean"][:5], vectors["pooled"][5:10]])  # stored vectors: each finds itself first
+    before = IndexReader(directory)
+    exact = {r: before.search(r, queries, 10) for r in ("pooled", "mean")}
+    convert(directory, IndexSpec(type="ivf", nprobe=1000))  # every list: the exact answer after re-ranking
+    after = IndexReader(directory)
+    for r in ("pooled", "mean"):
+        scores, ids = after.search(r, queries, 10)
+        np.testing.assert_array_equal(ids, exact[r][1])
+        np.testing.assert_allclose(scores, exact[r][0], atol=1e-6)
+        np.testing.assert_array_equal(after.vectors(r, range(len(chunks))), vectors[r])  # from the metadata store
+    assert verify(directory)[0] == []
+    assert main(["info", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "vector index:   ivf (approximate, compressed: nlist from the collection size, sq8 codes, nprobe=1000" in out
+    assert "15 lists, sq8 codes, nprobe 1000 (fixed), 4x candidates re-scored exactly; FAISS file " in out
+    convert(directory, IndexSpec())
+    back = IndexReader(directory)
+    for r in ("pooled", "mean"):
+        np.testing.assert_array_equal(back.search(r, queries, 10)[1], exact[r][1])
+    assert verify(directory)[0] == []
+
+
+def test_verify_catches_an_ivf_file_holding_other_vectors(tmp_path):
+    directory = tmp_path / "ix"
+    write_index(directory, n_docs=100, vector_index=IndexSpec(type="ivf"))
+    reader = IndexReader(directory)
+    other = vector_index.build(IndexSpec(type="ivf"), faiss_ids_of_array(reader.indexes["mean"]), unit(np.random.default_rng(99), 300, 16))
+    rewrite_generation(directory, faiss_files={"mean.faiss": faiss.serialize_index(other).tobytes()},
+                       edit_manifest=lambda m: m["representations"]["mean"].update(nprobe=1))
+    assert verify(directory)[0] == ["`mean` vectors in the FAISS file differ from those in the metadata store"]
+
+
+def faiss_ids_of_array(index):
+    from indexer.store import faiss_ids
+
+    return faiss_ids(index)
