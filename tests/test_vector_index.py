@@ -208,6 +208,28 @@ def test_tuned_ef_search_is_the_smallest_on_the_ladder_reaching_the_target_and_h
     assert recall_of(index.search(held_out, 10)[1] - 5000, exact_top(held_out, base)) < 0.95
 
 
+def test_tuning_probes_are_query_like_and_the_tuned_value_holds_for_queries_farther_than_documents():
+    """Tuning probes are unit vectors at cosine PROBE_COSINE from held-out vectors (queries lie farther from the
+    collection than documents do); the efSearch tuned on them is at least what held-out documents alone would need,
+    and reaches the target on unseen queries of that kind, against numpy brute force."""
+    rng = np.random.default_rng(5)
+    sample = clustered(rng, 200, 32, centres=40, spread=1.0)
+    probes = vector_index.query_probes(sample, np.random.default_rng(6))
+    assert np.allclose(np.linalg.norm(probes, axis=1), 1, atol=1e-5)
+    assert np.allclose(np.sum(probes * sample, axis=1), vector_index.PROBE_COSINE, atol=1e-5)
+    both = clustered(np.random.default_rng(11), 20500, 32, centres=40, spread=1.0)
+    base, held_out = both[:20000], both[20000:]
+    spec = IndexSpec(type="hnsw", m=6, ef_construction=20)
+    ids = np.arange(20000, dtype=np.int64)
+    index, tuning, _ = vector_index.build_tuned(spec, ids, base)
+    # what held-out documents alone would have asked for, on the same graph
+    plain = vector_index.tune_search_effort(index, base, held_out, spec.recall_target)
+    assert tuning.effort >= plain.effort
+    vector_index.configure(index, spec, effort=tuning.effort)
+    queries = vector_index.query_probes(held_out, np.random.default_rng(99))  # unseen, never tuned on
+    assert recall_of(index.search(queries, 10)[1], exact_top(queries, base)) >= 0.95
+
+
 def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_it(tmp_path, capsys):
     _, _, vectors = write_index(tmp_path / "ix", n_docs=400, vector_index=IndexSpec(type="hnsw", m=4, ef_construction=8))
     manifest = read_manifest(tmp_path / "ix")
@@ -336,6 +358,7 @@ class _NoEncoder:
         self.window = reader.manifest.content_tokens_per_chunk
         self.representations = reader.representations
         self.poolings = tuple(reader.manifest.poolings)
+        self.precision = reader.manifest.encoded_precision
 
 
 def faiss_ids_of(index):
