@@ -177,7 +177,7 @@ def describe_search(manifest: Manifest, representation: str) -> str:
         return ""
     name = EFFORT_NAMES[spec.type]
     if record.effort is not None:
-        recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} of its own vectors"
+        recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} probes from its own vectors"
         parts = [f"{name} {record.effort} (tuned to {spec.recall_target:g}{recall})"]
     else:
         parts = [f"{name} {spec.effort} (fixed)"]

@@ -244,7 +244,7 @@ def test_build_records_the_tuned_ef_search_per_representation_and_readers_apply_
     out = capsys.readouterr().out
     assert "efSearch tuned per representation to recall@10 >= 0.95" in out
     record = manifest.representations["mean"]
-    assert f"efSearch {record.ef_search} (tuned to 0.95: recall@10 {record.recall_at_10:.3f} on 120 of its own vectors)" in out
+    assert f"efSearch {record.ef_search} (tuned to 0.95: recall@10 {record.recall_at_10:.3f} on 120 probes from its own vectors)" in out
     # an explicit efSearch fixes it for every representation: nothing is tuned or recorded per representation
     convert(tmp_path / "ix", IndexSpec(type="hnsw", m=4, ef_construction=8, ef_search=40))
     fixed = IndexReader(tmp_path / "ix")
