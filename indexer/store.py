@@ -64,7 +64,13 @@ MANIFEST = "manifest.json"
 METADATA = "metadata.sqlite"
 GENERATION = re.compile(r"gen-(\d{6})")
 
-SCHEMA = """
+#: The metadata store's SQLite page size, set when a build creates it (add and delete copy it, and VACUUM INTO
+#: keeps it). A 384-dimension float32 vector row is 1.55 kB: a 4,096-byte page holds two, with 1 kB unused, so each
+#: vector took 2,073 bytes; 8,192-byte pages hold five, 1,679 bytes each (-10% of an msmarco index per chunk).
+PAGE_SIZE = 8192
+
+SCHEMA = f"""
+PRAGMA page_size = {PAGE_SIZE};
 CREATE TABLE documents (
     doc_id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
