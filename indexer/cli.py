@@ -749,8 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hnsw: search effort, more = better recall; fixes it for every representation "
                             "(default: tuned per representation to --recall-target at build, convert and repair)")
         p.add_argument("--recall-target", type=float, default=d.recall_target,
-                       help=f"hnsw, ivf: recall@10 against exact search that the tuned efSearch / nprobe reaches on a "
-                            f"sample of the collection's own vectors (default {d.recall_target})")
+                       help=f"hnsw, ivf: recall@10 against exact search that the tuned efSearch / nprobe reaches on "
+                            f"query-like probes made from the collection's own vectors (default {d.recall_target})")
         p.add_argument("--nlist", type=int, default=None,
                        help="ivf: k-means lists (default: about 4 sqrt(vectors), at most vectors / 39)")
         p.add_argument("--quantizer", default=d.quantizer,
