@@ -95,7 +95,7 @@ def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 
 def native_bf16(device: str | torch.device) -> bool:
     """Whether `device` computes bf16 matrix products in hardware (not emulated): a CUDA GPU that torch says
-    supports bf16 without emulation, or a CPU whose flags list bf16 instructions (BF16_CPU_FLAGS). Anything
+    supports bf16 without emulation, or a CPU whose flags list bf16 matrix instructions (BF16_CPU_FLAGS). Anything
     that cannot be read or is not known is False. The one capability check (tests replace it)."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -109,13 +109,14 @@ def native_bf16(device: str | torch.device) -> bool:
 def resolve_precision(requested: str, device: str | torch.device) -> str:
     """`fp32` or `bf16` for `--precision` (config.Precision) on `device`: `auto` is bf16 where native_bf16, else fp32.
 
-    An explicit bf16 on a device without native bf16 works (torch emulates it) but is slow: a warning says so."""
+    An explicit bf16 on a device without bf16 matrix hardware works (emulated, or on AVX512-BF16's slower path) but
+    is likely slower than fp32: a warning says so."""
     require_one_of(requested, Precision, "precision")
     native = native_bf16(device)
     if requested == "auto":
         return "bf16" if native else "fp32"
     if requested == "bf16" and not native:
-        log.warning("WARNING: %s has no native bf16 instructions: bf16 is emulated and will be slower than fp32",
+        log.warning("WARNING: %s has no native bf16 matrix hardware (x86 AMX-BF16, ARM BF16): bf16 will likely be slower than fp32",
                     torch.device(device).type.upper())
     return requested
 
