@@ -54,6 +54,7 @@ from .store import (
     Manifest,
     SourceRecord,
     StoreError,
+    content_hashes,
     content_sha256,
     in_batches,
     is_index,
@@ -250,9 +251,7 @@ def _steps(batches: Iterable[list[Document]], encoder: Encoder, overlap: int, re
         for batch in batches:
             todo, remove = batch, []
             if db is not None:
-                known: dict[str, str] = {}
-                for part, marks in in_batches([d.doc_id for d in batch]):
-                    known.update(db.execute(f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({marks})", part))
+                known = content_hashes(db, [d.doc_id for d in batch])
                 todo = [d for d in batch if known.get(d.doc_id) != content_sha256(d.content)]
                 remove = [d.doc_id for d in todo if d.doc_id in known]
             step = _Step([], records=len(batch), todo=len(todo), remove=remove)

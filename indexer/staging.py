@@ -48,6 +48,7 @@ from .store import (
     StoreError,
     TransformRecord,
     chunk_ids,
+    content_hashes,
     content_sha256,
     faiss_file,
     faiss_ids,
@@ -318,10 +319,7 @@ class Staging:
         return self._meta("publishing")
 
     def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        out = {}
-        for part, marks in in_batches(doc_ids):
-            out.update(self.db.execute(f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({marks})", part).fetchall())
-        return out
+        return content_hashes(self.db, doc_ids)
 
     def counts(self) -> tuple[int, int]:
         docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]

@@ -725,6 +725,14 @@ def in_batches(ids: Iterable) -> Iterator[tuple[list, str]]:
         yield part, ",".join("?" * len(part))
 
 
+def content_hashes(db: sqlite3.Connection, doc_ids: Sequence[str]) -> dict[str, str]:
+    """{doc_id: content sha256} of the documents of a metadata store among `doc_ids` (absent ones left out)."""
+    out: dict[str, str] = {}
+    for part, marks in in_batches(doc_ids):
+        out.update(db.execute(f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({marks})", part).fetchall())
+    return out
+
+
 def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The chunk ids an index holds, sorted."""
     return np.sort(faiss.vector_to_array(index.id_map))
