@@ -394,13 +394,14 @@ def _timed(fn: Callable, items: Sequence) -> list[float]:
 
 
 def queries_of(source: Path, n: int, texts: Sequence[str]) -> list[str]:
-    """n distinct query texts: the collection's queries.jsonl first, then the first eight words of documents."""
+    """n distinct query texts: the collection's queries.jsonl first, then pseudo-queries of its documents."""
     from .loaders import LoadReport, load_queries
+    from .text import pseudo_query
 
     positive("queries", n)
     path = Path(source) / "queries.jsonl"
     found = list(load_queries(path, LoadReport()).values()) if path.is_file() else []
-    found += [" ".join(t.split()[:8]) for t in texts]
+    found += [pseudo_query(t) for t in texts]
     return list(dict.fromkeys(q for q in found if q.strip()))[:n]
 
 

@@ -177,7 +177,9 @@ def describe_search(manifest: Manifest, representation: str) -> str:
         return ""
     name = EFFORT_NAMES[spec.type]
     if record.effort is not None:
-        recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} probes from its own vectors"
+        probes = ("pseudo-queries of its own chunks" if record.tuning_probes == vector_index.PROBES_TEXT
+                  else "probes from its own vectors")
+        recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} {probes}"
         parts = [f"{name} {record.effort} (tuned to {spec.recall_target:g}{recall})"]
     else:
         parts = [f"{name} {spec.effort} (fixed)"]

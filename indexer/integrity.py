@@ -318,5 +318,8 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
     if op == "refit":
         update["representations"] = wanted
     base = replace(manifest, vector_index=spec or manifest.vector_index, updates=(*manifest.updates, update))
-    generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed, labels=labels)
+    from .search import tuning_encode  # approximate indexes are tuned on pseudo-queries, as a build tunes them
+
+    generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed, labels=labels,
+                         encode=tuning_encode(base))
     return Repaired(generation, True, note)

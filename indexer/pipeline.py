@@ -571,7 +571,7 @@ def build_index(
             build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha),
         )
         generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations,
-                             labels=beir_labels(opened.path) if fmt == "beir" else None)
+                             labels=beir_labels(opened.path) if fmt == "beir" else None, encode=encoder.encode_texts)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=docs)
 
@@ -635,7 +635,7 @@ def add_documents(
         # precision is recorded now if it was not (compatibility_problems made sure the new vectors are of it)
         generation = publish(index_dir, staging, replace(manifest, precision=encoder.precision, updates=(*manifest.updates, update)),
                              manifest.poolings, representations=list(manifest.representations), fixed=fixed, labels=labels,
-                             incremental=True)
+                             incremental=True, encode=encoder.encode_texts)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])
@@ -683,6 +683,9 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> DeleteSum
         staging.delete(wanted)
         update = {"op": "delete", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "removed": len(present)}
         docs, _ = staging.counts()
+        from .search import tuning_encode  # a graph rebuilt for its tombstones is tuned as a build's is
+
         generation = publish(index_dir, staging, replace(manifest, updates=(*manifest.updates, update)), manifest.poolings,
-                             representations=list(manifest.representations), fixed=fixed, labels=labels, incremental=True)
+                             representations=list(manifest.representations), fixed=fixed, labels=labels, incremental=True,
+                             encode=tuning_encode(manifest))
     return DeleteSummary(index_dir, sorted(present), [i for i in wanted if i not in present], docs, generation)

@@ -115,6 +115,30 @@ def encoder_for(
     return encoder
 
 
+def tuning_encode(manifest: Manifest, *, load: Callable[..., Encoder] = Encoder.load) -> Callable[[list[str]], Mapping[str, np.ndarray] | None]:
+    """`staging.publish`'s `encode` for a writer that has no encoder at hand (convert, repair, refit, a delete that
+    rebuilds): the index's own encoder (`encoder_for`), loaded only when a tuning first asks for probes. It gives
+    None (the tuning then makes its probes from the vectors, and records so) when that model cannot be loaded or
+    does not fit the index, with one warning saying why."""
+    state: dict = {}
+
+    def encode(texts: list[str]) -> Mapping[str, np.ndarray] | None:
+        if "encoder" not in state:
+            try:
+                encoder = encoder_for(manifest, load=load)
+                problems = compatibility_problems(manifest, encoder, "search", list(manifest.representations))
+            except (ModelError, OSError, ValueError) as exc:
+                encoder, problems = None, [str(exc)]
+            if problems:
+                log.warning("tuning on probes made from the vectors, not on pseudo-queries: the index's model cannot "
+                            "encode them (%s)", "; ".join(problems))
+                encoder = None
+            state["encoder"] = encoder
+        return None if state["encoder"] is None else state["encoder"].encode_texts(texts)
+
+    return encode
+
+
 def query_problem(query: str) -> str | None:
     """Why a query cannot be searched (one line), or None: blank text (zero-width characters count
     as blank, see text.is_blank) or a lone surrogate, which no tokenizer can encode."""

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -48,6 +48,7 @@ from .store import (
     StoreError,
     TransformRecord,
     chunk_ids,
+    chunk_texts,
     content_hashes,
     content_sha256,
     faiss_file,
@@ -60,6 +61,7 @@ from .store import (
     read_vectors,
     transform_file,
 )
+from .text import pseudo_query
 from .transforms import Transform
 
 log = logging.getLogger("indexer.staging")
@@ -403,6 +405,31 @@ class Staging:
         self.db.close()
 
 
+class TextProbes:
+    """Probes that tune an approximate index (vector_index.build_tuned): pseudo-queries (text.pseudo_query) of the
+    held-out chunks' texts, encoded by `encode` once per sample for every pooling, and mapped by a representation's
+    transform as its queries are."""
+
+    def __init__(self, db: sqlite3.Connection, encode: Callable[[list[str]], Mapping[str, np.ndarray] | None]) -> None:
+        self.db, self.encode = db, encode
+        self._sample: bytes | None = None
+        self._vectors: Mapping[str, np.ndarray] = {}
+
+    def of(self, pooling: str, transform: Transform | None) -> Callable[[np.ndarray], np.ndarray | None]:
+        """`build_tuned`'s `probes` for a representation of `pooling` (None where the encoder has no such pooling)."""
+        def make(held_out: np.ndarray) -> np.ndarray | None:
+            sample = np.asarray(held_out, dtype=np.int64).tobytes()
+            if sample != self._sample:  # every representation of an index holds out the same chunks: encoded once
+                self._vectors = {}
+                self._vectors = self.encode([pseudo_query(t) for t in chunk_texts(self.db, held_out)]) or {}
+                self._sample = sample
+            if pooling not in self._vectors:
+                return None
+            vectors = np.asarray(self._vectors[pooling], dtype=np.float32)
+            return vectors if transform is None else transform.apply(vectors)
+        return make
+
+
 def publish(
     directory: Path,
     staging: Staging,
@@ -413,6 +440,7 @@ def publish(
     fixed: Mapping[str, Transform] | None = None,
     labels: LabelFiles | None = None,
     incremental: bool = False,
+    encode: Callable[[list[str]], Mapping[str, np.ndarray] | None] | None = None,
 ) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
 
@@ -428,7 +456,9 @@ def publish(
     `incremental` (add, delete): `manifest` is the previous generation's, and each FAISS index is that generation's
     copied and extended where `extend_previous` allows it (else built from scratch, as always otherwise).
     An approximate index built from scratch with no fixed efSearch / nprobe has it tuned
-    (vector_index.tune_search_effort).
+    (vector_index.build_tuned), on pseudo-queries of held-out chunks' texts encoded by `encode` (the index's
+    encoder: texts to vectors per pooling, `Encoder.encode_texts`, or search.tuning_encode, which loads it when first
+    asked); without it (or when it gives None), on probes made from the vectors.
     A write error (full disk, permissions) before CURRENT is replaced leaves the previous
     generation published and untouched.
     """
@@ -452,6 +482,7 @@ def publish(
             by_pooling.setdefault(parse_representation(r).pooling, []).append(r)
         previous = (directory / manifest.generation, manifest) if incremental and manifest.generation else None
         live = chunk_ids(staging.db) if previous else None
+        probes = TextProbes(staging.db, encode) if encode is not None else None
 
         def write(r: str, index: faiss.Index, record: RepresentationRecord, transform: Transform | None) -> None:
             if transform is not None:
@@ -490,14 +521,16 @@ def publish(
                     matrix = transform.apply(stored)
                 tuning = None
                 if spec.tuned:
-                    index, tuning, seconds = vector_index.build_tuned(spec, ids, matrix)
+                    index, tuning, seconds = vector_index.build_tuned(spec, ids, matrix,
+                                                                      probes=probes and probes.of(pooling, transform))
                 else:
                     index, seconds = vector_index.build_timed(spec, ids, matrix)
                 record = RepresentationRecord(int(matrix.shape[1]), faiss_file(r), pooling, index_type=f"{spec.type}-ip",
                                               build_seconds=round(seconds, 3), transform=transform_record(r, transform, generation))
                 if tuning is not None:
                     record = dataclasses.replace(record, **{vector_index.EFFORT[spec.type]: tuning.effort}, recall_at_10=tuning.recall,
-                                                 tuning_queries=tuning.queries, tuning_seconds=round(tuning.seconds, 3))
+                                                 tuning_queries=tuning.queries, tuning_seconds=round(tuning.seconds, 3),
+                                                 tuning_probes=tuning.probes)
                 if spec.type == "ivf":
                     record = dataclasses.replace(record, nlist=vector_index.nlist_of(index))
                 del matrix  # the index holds its own copy

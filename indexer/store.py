@@ -181,7 +181,9 @@ class RepresentationRecord:
     transform, if any. `build_seconds` is None in records written before it was kept.
 
     An HNSW graph records the efSearch it is searched with when it was tuned (`ef_search`, with the recall@10 it
-    reached on `tuning_queries` of the collection's own vectors, and the seconds the tuning took); None: the
+    reached on `tuning_queries` probes made from the collection's own chunks, what they were (`tuning_probes`:
+    vector_index.PROBES_TEXT or PROBES_VECTORS; None in records written before it was kept), and the seconds the
+    tuning took); None: the
     index's fixed `vector_index.ef_search` applies. A graph extended from the previous generation's (add, delete)
     names that generation in `built_from` (`build_seconds` then times the extension) and keeps the chunks deleted
     or replaced since its last full build as `tombstones`: ids in the FAISS file that are in no chunk of the
@@ -199,6 +201,7 @@ class RepresentationRecord:
     recall_at_10: float | None = None
     tuning_queries: int | None = None
     tuning_seconds: float | None = None
+    tuning_probes: str | None = None
     built_from: str | None = None
     tombstones: int | None = None
     nprobe: int | None = None
@@ -213,7 +216,7 @@ class RepresentationRecord:
         record = {"dim": self.dim, "file": self.file, "index_type": self.index_type, "build_seconds": self.build_seconds,
                   "pooling": self.pooling, "transform": self.transform and self.transform.to_dict(),
                   "ef_search": self.ef_search, "recall_at_10": self.recall_at_10, "tuning_queries": self.tuning_queries,
-                  "tuning_seconds": self.tuning_seconds, "built_from": self.built_from, "tombstones": self.tombstones,
+                  "tuning_seconds": self.tuning_seconds, "tuning_probes": self.tuning_probes, "built_from": self.built_from, "tombstones": self.tombstones,
                   "nprobe": self.nprobe, "nlist": self.nlist}
         return _without_none(record)
 
@@ -731,6 +734,14 @@ def content_hashes(db: sqlite3.Connection, doc_ids: Sequence[str]) -> dict[str, 
     for part, marks in in_batches(doc_ids):
         out.update(db.execute(f"SELECT doc_id, content_sha256 FROM documents WHERE doc_id IN ({marks})", part).fetchall())
     return out
+
+
+def chunk_texts(db: sqlite3.Connection, chunk_ids: Iterable[int]) -> list[str]:
+    """The texts of chunks of a metadata store, in the order of `chunk_ids` ("" for an id it does not hold)."""
+    out: dict[int, str] = {}
+    for part, marks in in_batches([int(i) for i in chunk_ids]):
+        out.update(db.execute(f"SELECT chunk_id, text FROM chunks WHERE chunk_id IN ({marks})", part).fetchall())
+    return [out.get(int(i), "") for i in chunk_ids]
 
 
 def faiss_ids(index: faiss.IndexIDMap2) -> np.ndarray:

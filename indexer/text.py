@@ -13,6 +13,9 @@
   space, BEIR and MTEB's convention), which chunk offsets count in.
 - `page_at`: the page a character of a paged document (a PDF) lies on, from the page starts its
   reader records in the document's metadata under `PAGE_STARTS`.
+- `pseudo_query`: a query-like text made from a document or chunk (its first QUERY_WORDS words), where
+  real queries are wanted and none are at hand: the bench's extra queries and the probes that tune an
+  approximate index's search effort.
 - `STOP_WORDS`: the English words that count for nothing, alike in the BM25 baseline
   (evaluation.bm25_run) and in the app's highlighting of a query's words in a result.
 """
@@ -33,6 +36,17 @@ STOP_WORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
     "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
 })
+
+
+#: Words in a pseudo-query: the median length of msmarco-5k's queries (8 words; web search queries are shorter).
+#: Measured at 200,000 synthetic vectors with its real queries as the reference (README, "Approximate search"):
+#: probes of a document's first 8 words needed the efSearch its real queries needed in both `pooled` and `mean`.
+QUERY_WORDS = 8
+
+
+def pseudo_query(text: str, words: int = QUERY_WORDS) -> str:
+    """A query-like text made from a document or chunk: its first `words` words."""
+    return " ".join(text.split()[:words])
 
 
 def lone_surrogate(text: str) -> int | None:

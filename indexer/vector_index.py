@@ -10,16 +10,18 @@ the stored float32 vectors (`store.IndexReader.search`, `rerank`), so users see 
 
 The search effort of an approximate index (HNSW's efSearch, IVF's nprobe: `EFFORT`) is tuned per
 representation when it is built from scratch (`tune_search_effort`): the smallest value whose
-recall@10 on a held-out sample of the collection's own vectors, against exact search, reaches the
-spec's `recall_target`. An explicit `ef_search` / `nprobe` fixes it instead.
+recall@10 on query-like probes made from a held-out sample of the collection (`build_tuned`),
+against exact search, reaches the spec's `recall_target`. An explicit `ef_search` / `nprobe` fixes
+it instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal, Mapping, get_args
+from typing import Callable, Literal, Mapping, get_args
 
 import faiss
 import numpy as np
@@ -265,29 +267,42 @@ def search(index: faiss.Index, queries: np.ndarray, n: int, excluded: Excluded |
 @dataclass(frozen=True)
 class Tuning:
     """The search effort chosen for an approximate index (HNSW's efSearch, IVF's nprobe), the recall@10 it reached on
-    `queries` of the collection's own vectors held out of the index while it was tuned, every (effort, mean recall,
-    its lower confidence bound) tried on the way, and the seconds the tuning took."""
+    `queries` probes made from a sample of the collection held out of the index while it was tuned, what they were
+    (`probes`: PROBES_TEXT or PROBES_VECTORS, see `build_tuned`), every (effort, mean recall, its lower confidence
+    bound) tried on the way, and the seconds the tuning took."""
 
     effort: int
     recall: float | None
     queries: int
     tried: tuple[tuple[int, float, float], ...] = ()
     seconds: float = 0.0
+    probes: str | None = None
+
+
+#: What a tuning's probes were (`Tuning.probes`, recorded per representation): pseudo-queries of the held-out
+#: chunks' texts encoded by the index's model, or the held-out vectors turned away from themselves (`query_probes`)
+#: where no encoder was at hand.
+PROBES_TEXT, PROBES_VECTORS = "pseudo-queries", "perturbed vectors"
 
 
 def build_tuned(spec: IndexSpec, ids: np.ndarray, matrix: np.ndarray, *, queries: int = TUNING_QUERIES,
-                seed: int = TUNING_SEED) -> tuple[faiss.Index, Tuning, float]:
+                seed: int = TUNING_SEED, probes: Callable[[np.ndarray], np.ndarray | None] | None = None,
+                ) -> tuple[faiss.Index, Tuning, float]:
     """(index, tuning, build seconds): an approximate index over `matrix` keyed by `ids` (sorted, as the store
     reads them), its search effort tuned to `spec.recall_target` on a seeded sample of the vectors (up to `queries`,
     at most a tenth of them).
 
     The sample is held out: the index is built over the other vectors, tuned with query-like probes made from the
-    sample (`query_probes`) against their exact top-10 among those others, and only then are the sampled vectors added. A vector already in a graph is an
-    easy query (the search lands on it and its links are its neighbours: with the self-hit merely dropped, recall
-    measured on such queries was several points higher than on unseen queries), so held-out vectors stand for
-    queries the index has never seen. The last vectors added change the graph as any insertion order would; an IVF
-    index's lists are trained on the other vectors, and the sample is added to them without retraining.
-    An IVF index is tuned as it is searched: `spec.rerank` x 10 candidates, re-scored exactly."""
+    sample against their exact top-10 among those others, and only then are the sampled vectors added. A vector
+    already in a graph is an easy query (the search lands on it and its links are its neighbours: with the self-hit
+    merely dropped, recall measured on such queries was several points higher than on unseen queries), so held-out
+    chunks stand for queries the index has never seen. The last vectors added change the graph as any insertion
+    order would; an IVF index's lists are trained on the other vectors, and the sample is added to them without
+    retraining. An IVF index is tuned as it is searched: `spec.rerank` x 10 candidates, re-scored exactly.
+
+    `probes(held_out_ids)` gives the probes, one row per held-out id in the space of `matrix`: the publisher's
+    pseudo-queries of those chunks' texts encoded by the index's model (`staging.publish`). Without it (or when it
+    gives None) the held-out vectors themselves are turned into probes (`query_probes`), a cruder stand-in."""
     ids = np.asarray(ids, dtype=np.int64)
     n = len(ids)
     size = min(queries, n // 10)
@@ -301,8 +316,14 @@ def build_tuned(spec: IndexSpec, ids: np.ndarray, matrix: np.ndarray, *, queries
     started = time.perf_counter()
     index = build(spec, ids[~rows], matrix[~rows], seed=seed)  # IVF: nlist from the vectors it is trained on
     seconds = time.perf_counter() - started
-    probes = query_probes(matrix[rows], np.random.default_rng(seed + 1))
-    tuning = tune_search_effort(index, matrix[~rows], probes, spec.recall_target, base_ids=ids[~rows], rerank=spec.rerank)
+    made = probes(ids[rows]) if probes is not None else None
+    kind = PROBES_TEXT if made is not None else PROBES_VECTORS
+    if made is None:
+        made = query_probes(matrix[rows], np.random.default_rng(seed + 1))
+    elif np.shape(made) != (size, matrix.shape[1]):
+        raise ValueError(f"{np.shape(made)} probes for {size} held-out vectors of dimension {matrix.shape[1]}")
+    tuning = tune_search_effort(index, matrix[~rows], made, spec.recall_target, base_ids=ids[~rows], rerank=spec.rerank)
+    tuning = dataclasses.replace(tuning, probes=kind)
     started = time.perf_counter()
     index.add_with_ids(np.ascontiguousarray(matrix[rows], dtype=np.float32), ids[rows])
     return index, tuning, seconds + time.perf_counter() - started
@@ -320,7 +341,9 @@ def query_probes(vectors: np.ndarray, rng: np.random.Generator, cosine: float = 
     than one document lies from another, in a sparser region where approximate search is harder. Measured at
     100,000 synthetic vectors with the bench's real msmarco queries (README, "Approximate search"), held-out documents
     were optimistic stand-ins (tuned efSearch 104/128 for `pooled`/`mean`; the real queries reached recall@10 0.89
-    and 0.85 there), while probes at cosine 0.5 needed as much efSearch as the real queries or more."""
+    and 0.85 there), while probes at cosine 0.5 needed as much efSearch as the real queries or more. One cosine does
+    not fit every space (at 1M they over-tuned `pooled` and under-tuned `mean`): this is the fallback for a tuning
+    without the index's model; pseudo-queries of the chunks' texts are the probes otherwise (`build_tuned`)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     noise = rng.standard_normal(units.shape).astype(np.float32)
