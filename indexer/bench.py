@@ -343,9 +343,9 @@ def scale_benchmark(
                 # the searches alone, at the tuned efSearch: one representation after the other, and concurrently
                 # (Searcher's way: one thread per representation, FAISS releasing the GIL)
                 one = {r: qvecs[r] for r in encoder.representations}
-                from concurrent.futures import ThreadPoolExecutor
+                from .search import search_threads
 
-                with ThreadPoolExecutor(max_workers=len(one)) as pool:
+                with search_threads(len(one)) as pool:
                     row["search_only"] = {
                         "sequential": _percentiles(_timed(lambda j, ix=index, one=one: [ix.search(r, v[j : j + 1], k) for r, v in one.items()],
                                                           range(len(queries)))),
