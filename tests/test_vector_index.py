@@ -572,3 +572,111 @@ def faiss_ids_of_array(index):
     from indexer.store import faiss_ids
 
     return faiss_ids(index)
+
+
+# -- what tuning probes are: pseudo-queries of held-out chunks, encoded by the index's model ---------------------------
+
+def test_build_tuned_tunes_on_the_probes_it_is_given_for_the_held_out_ids_and_falls_back_to_vector_probes():
+    both = clustered(np.random.default_rng(11), 20000, 32, centres=40, spread=1.0)
+    ids = np.arange(100, 20100, dtype=np.int64)
+    spec = IndexSpec(type="hnsw", m=6, ef_construction=20)
+    asked = []
+
+    def probes(kind):
+        def make(held_out):
+            asked.append(np.array(held_out))
+            rows = np.searchsorted(ids, held_out)
+            if kind == "same":  # the held-out vectors themselves: the easiest queries there are
+                return both[rows]
+            return unit(np.random.default_rng(3), len(rows), 32)  # random directions, far from every cluster: hard
+        return make
+
+    _, easy, _ = vector_index.build_tuned(spec, ids, both, probes=probes("same"))
+    _, hard, _ = vector_index.build_tuned(spec, ids, both, probes=probes("random"))
+    assert easy.probes == hard.probes == vector_index.PROBES_TEXT
+    held = asked[0]
+    assert len(held) == vector_index.TUNING_QUERIES == len(set(held.tolist())) and set(held.tolist()) <= set(ids.tolist())
+    np.testing.assert_array_equal(asked[1], held)  # the same seeded sample for every representation
+    assert hard.effort > easy.effort  # the probes given are the ones tuned on
+    # what the recorded recall says, computed independently: the held-out vectors against numpy brute force over the others
+    index = vector_index.build(spec, ids[~np.isin(ids, held)], both[~np.isin(ids, held)], seed=vector_index.TUNING_SEED)
+    vector_index.configure(index, spec, effort=easy.effort)
+    others = both[~np.isin(ids, held)]
+    found = np.searchsorted(ids[~np.isin(ids, held)], index.search(both[np.isin(ids, held)], 10)[1])
+    assert abs(recall_of(found, exact_top(both[np.isin(ids, held)], others)) - easy.recall) < 0.02
+    # a publisher without an encoder (None): the held-out vectors turned into probes, as without `probes`
+    _, fallback, _ = vector_index.build_tuned(spec, ids, both, probes=lambda held_out: None)
+    _, plain, _ = vector_index.build_tuned(spec, ids, both)
+    assert fallback.probes == plain.probes == vector_index.PROBES_VECTORS and fallback.effort == plain.effort
+    with pytest.raises(ValueError, match="probes for 500 held-out vectors"):
+        vector_index.build_tuned(spec, ids, both, probes=lambda held_out: both[:3])
+
+
+def test_a_build_tunes_on_pseudo_queries_of_held_out_chunks_mapped_like_queries(tmp_path, tiny_bert, monkeypatch):
+    """The probes of every representation are the first words of held-out chunks' texts, encoded once by the index's
+    encoder for all poolings and passed through the representation's transform, as a query is (checked against the
+    published chunks and transform, and the encoder called again)."""
+    from indexer.config import parse_representation
+    from indexer.encoder import Encoder
+    from indexer.store import load_transforms
+    from indexer.text import pseudo_query
+    from conftest import build_random
+
+    encoder = Encoder.load(str(tiny_bert), representations=("mean", "mean+whiten", "max"))
+    calls, tuned = [], {}
+    encode = encoder.encode_texts
+    monkeypatch.setattr(encoder, "encode_texts", lambda texts: calls.append(list(texts)) or encode(texts))
+    real_tune = vector_index.tune_search_effort
+
+    def spy(index, base, queries, target, **kw):
+        tuned[index.d, len(tuned)] = np.array(queries)
+        return real_tune(index, base, queries, target, **kw)
+
+    monkeypatch.setattr(vector_index, "tune_search_effort", spy)
+    from indexer.pipeline import build_index
+    from conftest import random_corpus
+
+    build_index(random_corpus(tmp_path / "c.jsonl", 150), tmp_path / "ix", encoder, overlap=2, progress=False,
+                vector_index=IndexSpec(type="hnsw", m=4, ef_construction=8))
+    reader = IndexReader(tmp_path / "ix")
+    manifest = reader.manifest
+    assert len(calls) == 1, "one encoding of the pseudo-queries for every representation"
+    texts = calls[0]
+    n = manifest.counts.chunks // 10
+    assert len(texts) == n and all(r.tuning_probes == vector_index.PROBES_TEXT and r.tuning_queries == n
+                                   for r in manifest.representations.values())
+    chunk_words = {" ".join(t.split()[:8]) for t in reader.db.execute("SELECT text FROM chunks").fetchall() for t in t}
+    assert set(texts) <= chunk_words and all(pseudo_query(t) == t for t in texts)
+    expected = encode(texts)
+    transforms = load_transforms(tmp_path / "ix" / manifest.generation, manifest)
+    got = list(tuned.values())
+    for r, queries in zip(manifest.representations, got):
+        pooling = parse_representation(r).pooling
+        want = transforms[r].apply(expected[pooling]) if r in transforms else expected[pooling]
+        np.testing.assert_allclose(queries, want, atol=1e-5)
+
+
+def test_convert_and_a_delete_that_rebuilds_tune_on_pseudo_queries_with_the_index_model(tmp_path, tiny_encoder, caplog):
+    from conftest import build_random
+
+    build_random(tmp_path / "ix", tiny_encoder, 120)
+    convert(tmp_path / "ix", IndexSpec(type="hnsw", m=4, ef_construction=8))
+    assert {r.tuning_probes for r in read_manifest(tmp_path / "ix").representations.values()} == {vector_index.PROBES_TEXT}
+    delete_documents(tmp_path / "ix", [f"d{i}" for i in range(30)])  # a quarter of the chunks: past the tombstone limit
+    after = read_manifest(tmp_path / "ix").representations.values()
+    assert all(r.built_from is None and r.tuning_probes == vector_index.PROBES_TEXT for r in after)
+    # an index whose model cannot be loaded (random vectors, no model): probes from the vectors, and a warning saying why
+    write_index(tmp_path / "nomodel", n_docs=100)
+    with caplog.at_level("WARNING", logger="indexer.search"):
+        convert(tmp_path / "nomodel", IndexSpec(type="hnsw", m=4, ef_construction=8))
+    assert {r.tuning_probes for r in read_manifest(tmp_path / "nomodel").representations.values()} == {vector_index.PROBES_VECTORS}
+    assert "tuning on probes made from the vectors" in caplog.text and "/nowhere" in caplog.text
+
+
+def test_search_threads_run_faiss_on_one_openmp_thread_each():
+    from indexer.search import search_threads
+
+    before = faiss.omp_get_max_threads()
+    with search_threads(2) as pool:
+        assert {pool.submit(faiss.omp_get_max_threads).result() for _ in range(4)} == {1}
+    assert faiss.omp_get_max_threads() == before
