@@ -620,7 +620,6 @@ def test_a_build_tunes_on_pseudo_queries_of_held_out_chunks_mapped_like_queries(
     from indexer.encoder import Encoder
     from indexer.store import load_transforms
     from indexer.text import pseudo_query
-    from conftest import build_random
 
     encoder = Encoder.load(str(tiny_bert), representations=("mean", "mean+whiten", "max"))
     calls, tuned = [], {}
@@ -633,8 +632,8 @@ def test_a_build_tunes_on_pseudo_queries_of_held_out_chunks_mapped_like_queries(
         return real_tune(index, base, queries, target, **kw)
 
     monkeypatch.setattr(vector_index, "tune_search_effort", spy)
-    from indexer.pipeline import build_index
     from conftest import random_corpus
+    from indexer.pipeline import build_index
 
     build_index(random_corpus(tmp_path / "c.jsonl", 150), tmp_path / "ix", encoder, overlap=2, progress=False,
                 vector_index=IndexSpec(type="hnsw", m=4, ef_construction=8))
