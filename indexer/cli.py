@@ -181,6 +181,8 @@ def describe_search(manifest: Manifest, representation: str) -> str:
                   else "probes from its own vectors")
         recall = "" if record.recall_at_10 is None else f": recall@10 {record.recall_at_10:.3f} on {record.tuning_queries} {probes}"
         parts = [f"{name} {record.effort} (tuned to {spec.recall_target:g}{recall})"]
+    elif spec.type == "ivf" and record.nlist is not None and spec.effort > record.nlist:  # as configure caps it
+        parts = [f"{name} {record.nlist} (fixed: {spec.effort} asked for, capped at the number of lists)"]
     else:
         parts = [f"{name} {spec.effort} (fixed)"]
     if spec.type == "ivf":

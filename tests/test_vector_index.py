@@ -550,7 +550,10 @@ def test_convert_flat_to_ivf_and_back_keeps_the_results_of_exact_queries(tmp_pat
     assert main(["info", str(directory)]) == 0
     out = capsys.readouterr().out
     assert "vector index:   ivf (approximate, compressed: nlist from the collection size, sq8 codes, nprobe=1000" in out
-    assert "15 lists, sq8 codes, nprobe 1000 (fixed), 4x candidates re-scored exactly; FAISS file " in out
+    # what is searched: the 15 lists the index has, as opening it caps the value asked for
+    assert {vector_index.effort_of(i) for i in after.indexes.values()} == {15}
+    assert ("15 lists, sq8 codes, nprobe 15 (fixed: 1000 asked for, capped at the number of lists), 4x candidates "
+            "re-scored exactly; FAISS file ") in out
     convert(directory, IndexSpec())
     back = IndexReader(directory)
     for r in ("pooled", "mean"):
