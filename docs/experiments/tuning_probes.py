@@ -2,10 +2,11 @@
 
 At N synthetic vectors per representation (the bench's data model: a Gaussian fitted to real msmarco-5k
 embeddings), one HNSW graph (M=32, efConstruction=100) per representation, and recall@10 against brute force at
-several efSearch values, for real msmarco queries (the reference) and for candidate probes: pseudo-queries of
-documents (first 8 words; 6 or 10 random consecutive words) and held-out vectors at cosine 0.5.
+several efSearch values, for msmarco-5k's 50 real queries (the reference: queries.jsonl only, no pseudo-queries)
+and for candidate probes: pseudo-queries of documents (first 8 words; 6 or 10 random consecutive words) and held-out
+vectors at cosine 0.5.
 
-    python docs/experiments/tuning_probes.py [N]    # N defaults to 200000; about 6 minutes on 2 cores
+    python docs/experiments/tuning_probes.py [N]    # N defaults to 200000; about 8 minutes on 2 cores
 """
 
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.bench import fit_gaussian, queries_of, synthetic_vectors, texts_of
+from indexer.bench import fit_gaussian, synthetic_vectors, texts_of
 from indexer.encoder import Encoder
+from indexer.loaders import LoadReport, load_queries
 from indexer.text import pseudo_query
 from indexer.vector_index import query_probes
 
@@ -25,7 +27,7 @@ source = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "m
 encoder = Encoder.load(None)
 texts = texts_of(source, None)
 real = encoder.encode_texts(texts[:2000])
-queries = queries_of(source, 400, texts)
+queries = list(load_queries(source / "queries.jsonl", LoadReport()).values())
 query_vectors = encoder.encode_texts(queries)
 rng = np.random.default_rng(0)
 picked = rng.choice(np.arange(2000, len(texts)), 400, replace=False)
