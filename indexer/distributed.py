@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import time
 from collections import deque
 from contextlib import closing
@@ -72,6 +73,9 @@ class EmbeddingWorker:
 
     def __init__(self, model: str | None, options: dict, threads: int, expected: dict[str, object]) -> None:
         set_default_threads(threads)  # torch's kernels on the CPUs Ray gave this actor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its weight-loading bar, once per actor, is noise in the driver's output
         self.node = ray.get_runtime_context().get_node_id()
         self.host = ray.util.get_node_ip_address()
         self.encoder: Encoder | None = None
@@ -254,6 +258,17 @@ class RayCluster:
         return Embedded(plan, [d for d in plan.todo if d.doc_id not in empty], chunks, result["vectors"])
 
 
+def _reachable(address: str) -> None:
+    """Refuse at once a HOST:PORT that nothing listens on (ray.init would retry it for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if address in (LOCAL, "auto") or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address}: {exc.strerror or exc}") from None
+
+
 @contextlib.contextmanager
 def connect(address: str = "auto", *, actors: int | None = None, threads: int = 1, trust_remote_code: bool = False,
             ) -> Iterator[RayCluster]:
@@ -268,6 +283,7 @@ def connect(address: str = "auto", *, actors: int | None = None, threads: int = 
     ours = not ray.is_initialized()
     if ours:
         try:
+            _reachable(address)
             if address == LOCAL:
                 ray.init(num_cpus=None if actors is None else actors * threads, include_dashboard=False,
                          logging_level=logging.WARNING)

@@ -181,3 +181,16 @@ def test_a_worker_without_the_drivers_model_is_refused_clearly(cluster, encoder,
     assert "node " in message and "pip install ray==2.60.0" in message and "same path on every node" in message
     assert ("weights sha256" in message) if problem == "other weights" else ("not-on-the-workers" in message)
     assert not is_index(tmp_path / "ix")
+
+
+def test_no_cluster_at_the_address_is_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "indexer", "build", str(SAMPLE), "--index", str(tmp_path / "ix"), "--ray",
+                           f"127.0.0.1:{port}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"error: no Ray cluster at '127.0.0.1:{port}'" in done.stderr and "ray start --head" in done.stderr
+    assert not (tmp_path / "ix").exists()
