@@ -121,9 +121,10 @@ def _chunks(result: dict) -> list[Chunk]:
 
 def _cause(exc: RayError) -> str:
     """A worker's error in one line: the exception raised there, not Ray's traceback around it."""
-    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
-    text = str(cause) if cause is not None else str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return text
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        return str(exc.cause)
+    lines = str(exc).strip().splitlines()  # Ray's own errors end with the worker's exception
+    return lines[-1] if lines else type(exc).__name__
 
 
 class RayCluster:
