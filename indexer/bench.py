@@ -438,8 +438,9 @@ def _peak_of_build(source: Path, index: Path, model: str | None, *, cwd: Path | 
     return {"peak_rss_bytes": peak_kib * 1024, "seconds": time.perf_counter() - started, "stderr": done.stderr}
 
 
-def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | None) -> list[dict]:
-    """Peak resident memory of `python -m indexer build` over `sizes` documents, each in a fresh process."""
+def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | None, extra: Sequence[str] = ()) -> list[dict]:
+    """Peak resident memory of `python -m indexer build` over `sizes` documents, each in a fresh process (`extra`
+    arguments for it, e.g. `--ray local`: then it is the driver's, the actors being processes of their own)."""
     for n in sizes:
         positive("sizes", n)
     out = []
@@ -449,7 +450,7 @@ def build_peak_memory(texts: Sequence[str], sizes: Sequence[int], model: str | N
             with open(source, "w", encoding="utf-8") as f:
                 for i in range(n):
                     f.write(json.dumps({"_id": str(i), "text": texts[i % len(texts)] + (f" ({i // len(texts)})" if i >= len(texts) else "")}) + "\n")
-            row = _peak_of_build(source, Path(tmp) / f"ix-{n}", model, extra=["--no-progress"])
+            row = _peak_of_build(source, Path(tmp) / f"ix-{n}", model, extra=["--no-progress", *extra])
             out.append({"docs": n, "peak_rss_bytes": row["peak_rss_bytes"], "vectors_bytes": n * 2 * 384 * 4,
                         "seconds": row["seconds"]})
     return out
@@ -562,3 +563,73 @@ def disk_per_chunk(directory: Path, manifest) -> dict:
         "float32_vector": 4 * manifest.model.dim,
         "metadata_rest": sum(pages.values()) / chunks,
     }
+
+
+def ray_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
+    """Whole builds of the texts (a JSONL file): locally, on Ray with one actor of this process's thread count, and on
+    Ray with two single-threaded actors, on a cluster started in this process (`--ray local`); and Ray's fixed
+    start-up cost: ray.init once, then each build's actors started with their model loaded. A Ray build's time after
+    start-up is its whole time less its actors' start-up. Runs alternate the three systems, so that each round shares
+    the machine's load of the moment; times are medians. Also: how much of the embedding phase the driver spent on its
+    own work (reading, batching, committing) rather than waiting for the actors (what bounds the scaling), and whether
+    the Ray builds hold what the local build holds (chunk ids, texts, vectors within 1e-5)."""
+    from .distributed import LOCAL, connect
+    from .encoder import DEFAULT_THREADS
+    from .pipeline import build_index
+    from .store import IndexReader, read_manifest
+
+    positive("runs", runs)
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no text to build")
+    systems = {"ray_1_actor": (1, DEFAULT_THREADS), "ray_2_actors": (2, 1)}
+    with tempfile.TemporaryDirectory(prefix="pooling-lab-ray-") as tmp:
+        source = Path(tmp) / "docs.jsonl"
+        source.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+        times: dict[str, list[float]] = {"local": [], **{name: [] for name in systems}}
+        startup: dict[str, list[float]] = {name: [] for name in systems}
+        driver: dict[str, list[float]] = {name: [] for name in systems}
+        nodes: dict[str, int] = {}
+        with connect(LOCAL, actors=None, threads=1) as cluster:
+            for run in range(runs):
+                started = time.perf_counter()
+                build_index(source, Path(tmp) / f"local-{run}", encoder, progress=False)
+                times["local"].append(time.perf_counter() - started)
+                for name, (actors, threads) in systems.items():
+                    cluster.actors, cluster.threads = actors, threads
+                    started = time.perf_counter()
+                    build_index(source, Path(tmp) / f"{name}-{run}", encoder, progress=False, ray=cluster)
+                    total = time.perf_counter() - started
+                    startup[name].append(cluster.startup_s)
+                    times[name].append(total - cluster.startup_s)
+                    driver[name].append(cluster.wall_s - cluster.startup_s - cluster.waited_s)
+                    nodes[name] = cluster.nodes
+            init_s = cluster.init_s
+        reference = IndexReader(Path(tmp) / "local-0")
+        same = {}
+        for name in systems:
+            other = IndexReader(Path(tmp) / f"{name}-0")
+            query = "SELECT chunk_id, doc_id, position, text FROM chunks ORDER BY chunk_id"
+            ids = [row[0] for row in reference.db.execute(query)]
+            same[name] = {
+                "chunks_equal": reference.db.execute(query).fetchall() == other.db.execute(query).fetchall(),
+                "max_abs_vector_difference": max(float(np.abs(reference.vectors(r, ids) - other.vectors(r, ids)).max())
+                                                 for r in reference.representations),
+            }
+            other.close()
+        reference.close()
+        chunks = read_manifest(Path(tmp) / "local-0").counts.chunks
+    local = statistics.median(times["local"])
+    out = {"docs": len(texts), "chunks": chunks, "runs": runs, "cpus": os.cpu_count(), "local_threads": DEFAULT_THREADS,
+           "local_s": local, "local_docs_per_s": len(texts) / local, "ray_init_s": init_s, "systems": {}}
+    for name, (actors, threads) in systems.items():
+        after = statistics.median(times[name])
+        own = statistics.median(driver[name])
+        out["systems"][name] = {
+            "actors": actors, "threads_per_actor": threads, "nodes": nodes[name],
+            "build_s": after, "docs_per_s": len(texts) / after, "ratio_to_local": after / local,
+            "startup_s": statistics.median(startup[name]), "driver_own_s": own,
+            "driver_docs_per_s": len(texts) / own if own > 0 else None,
+            **same[name],
+        }
+    return out

@@ -4,6 +4,7 @@ the library, prints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -164,9 +165,25 @@ def format_info(manifest: Manifest, directory: Path) -> str:
                  f"({format_bytes(sum(f.bytes for f in manifest.files.values()))} in {len(manifest.files)} files)")
     lines.append(f"source:         {manifest.source.path} ({manifest.source.format})")
     lines.append(f"build:          {manifest.build.seconds} s, {manifest.build.skipped_records} records skipped")
+    if manifest.build.ray:
+        lines.append(f"                built on Ray: {describe_ray(manifest.build.ray)}")
+    for update in manifest.updates:
+        if isinstance(update.get("ray"), dict):
+            lines.append(f"                {update.get('op', 'update')} of {update.get('at', '?')} on Ray: {describe_ray(update['ray'])}")
     if model.pooler == "missing" and "pooled" in poolings_of(reps):
         lines.insert(0, "WARNING: `pooled` vectors of this index come from a randomly initialised pooler")
     return "\n".join(lines)
+
+
+def describe_ray(record) -> str:
+    """A build's or update's BuildRecord.ray in words: "2 nodes, 2 actors x 1 thread, 35.2 s"."""
+    def count(key: str, word: str) -> str:
+        n = record.get(key, "?")
+        return f"{n} {word}" + ("" if n == 1 else "s")
+
+    wall = record.get("wall_s")
+    return (f"{count('nodes', 'node')}, {count('actors', 'actor')} x {count('threads_per_actor', 'thread')}"
+            + (f", {wall:.1f} s" if isinstance(wall, (int, float)) else ""))
 
 
 def describe_search(manifest: Manifest, representation: str) -> str:
@@ -234,32 +251,48 @@ def _load_encoder(args: argparse.Namespace, representations: Sequence[str]) -> E
     )
 
 
+def _ray_cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The Ray cluster of --ray (connected before the model is loaded, so that a missing cluster costs nothing), or
+    None without it: then nothing imports ray."""
+    if args.ray is None:
+        given = [name for name in ("--ray-actors", "--ray-threads") if getattr(args, name[2:].replace("-", "_")) is not None]
+        if given:
+            raise SourceError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --ray [ADDRESS]")
+        return contextlib.nullcontext()
+    from .distributed import connect
+
+    return connect(args.ray, actors=args.ray_actors, threads=args.ray_threads or 1, trust_remote_code=args.trust_remote_code)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    encoder = _load_encoder(args, parse_representations(args.representations))
-    summary = build_index(
-        args.source,
-        args.index,
-        encoder,
-        overlap=args.overlap,
-        overwrite=args.overwrite,
-        format=args.format,
-        id_column=args.id_column,
-        title_column=args.title_column,
-        text_column=args.text_column,
-        progress=not args.no_progress,
-        vector_index=_index_spec(args),
-    )
+    with _ray_cluster(args) as cluster:
+        encoder = _load_encoder(args, parse_representations(args.representations))
+        summary = build_index(
+            args.source,
+            args.index,
+            encoder,
+            overlap=args.overlap,
+            overwrite=args.overwrite,
+            format=args.format,
+            id_column=args.id_column,
+            title_column=args.title_column,
+            text_column=args.text_column,
+            progress=not args.no_progress,
+            vector_index=_index_spec(args),
+            ray=cluster,
+        )
     print(format_summary(summary))
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
-                          precision=args.precision)
-    summary = add_documents(
-        args.index, args.source, encoder, format=args.format, id_column=args.id_column,
-        title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress,
-    )
+    with _ray_cluster(args) as cluster:
+        encoder = encoder_for(read_manifest(args.index), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                              precision=args.precision)
+        summary = add_documents(
+            args.index, args.source, encoder, format=args.format, id_column=args.id_column,
+            title_column=args.title_column, text_column=args.text_column, progress=not args.no_progress, ray=cluster,
+        )
     print(format_summary(summary, update=True))
     print(describe_update(read_manifest(args.index)))
     return 0
@@ -526,6 +559,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         parse_sizes,
         positive,
         queries_of,
+        ray_benchmark,
         scale_benchmark,
         texts_of,
     )
@@ -559,6 +593,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.build:
         print(f"building {len(texts)} documents against the encoder alone, {args.runs} runs each …", file=sys.stderr)
         report["build"] = build_benchmark(texts, encoder, runs=args.runs)
+    if args.ray:
+        print(f"builds of {len(texts)} documents, locally and on Ray (one actor; two single-threaded actors), {args.runs} runs each …",
+              file=sys.stderr)
+        report["ray"] = ray_benchmark(texts, encoder, runs=args.runs)
     if latency:
         sizes = latency
         spec = _index_spec(args)
@@ -572,6 +610,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes = memory
         print(f"peak memory of builds of {sizes} documents …", file=sys.stderr)
         report["memory"] = build_peak_memory(texts, sizes, args.model)
+        if args.ray:
+            report["ray_memory"] = build_peak_memory(texts, sizes, args.model, extra=["--ray", "local"])
     if sizes_mb:
         print(f"peak memory of builds of one document of {sizes_mb} MB …", file=sys.stderr)
         report["memory_document"] = document_peak_memory(texts_of(Path(args.data), None), sizes_mb, args.model)
@@ -642,10 +682,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for row in report.get("memory", []):
         print(f"  build of {row['docs']:>6} documents: peak RSS {format_bytes(row['peak_rss_bytes'])} "
               f"(vectors {format_bytes(row['vectors_bytes'])})")
+    for row in report.get("ray_memory", []):
+        print(f"  build of {row['docs']:>6} documents on Ray (--ray local): the driver's peak RSS {format_bytes(row['peak_rss_bytes'])}")
     for row in report.get("memory_document", []):
         print(f"  build of one {row['document_mb']:g} MB document: peak RSS {format_bytes(row['peak_rss_bytes'])}, {row['seconds']:.0f} s, "
               f"progress bar moved {row['progress_updates']} times during it")
+    if "ray" in report:
+        print(format_ray_benchmark(report["ray"]))
     return 0
+
+
+def format_ray_benchmark(row: dict) -> str:
+    lines = [f"builds of {row['docs']} documents ({row['chunks']} chunks) on {row['cpus']} CPUs, median of {row['runs']} runs, "
+             "after Ray's start-up",
+             f"  local build ({row['local_threads']} threads):{'':<14}{row['local_s']:.2f} s  {row['local_docs_per_s']:.1f} docs/s"]
+    for s in row["systems"].values():
+        label = f"Ray, {s['actors']} actor{'s' if s['actors'] > 1 else ''} x {s['threads_per_actor']} thread{'s' if s['threads_per_actor'] > 1 else ''}:"
+        driver = f"{s['driver_docs_per_s']:.0f} docs/s" if s["driver_docs_per_s"] else "n/a"
+        lines.append(f"  {label:<37}{s['build_s']:.2f} s  {s['docs_per_s']:.1f} docs/s  ({s['ratio_to_local']:.2f}x the local time; "
+                     f"actors' start-up {s['startup_s']:.1f} s; the driver's own work {s['driver_own_s']:.2f} s = {driver}; "
+                     f"same chunks: {s['chunks_equal']}, max vector difference {s['max_abs_vector_difference']:.1e})")
+    lines.append(f"  Ray's fixed start-up: ray.init {row['ray_init_s']:.1f} s, then each build's actors (model loaded) as above")
+    return "\n".join(lines)
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -742,6 +800,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"what the model computes in: fp32, bf16, or auto (bf16 where the CPU or GPU has native bf16 "
                             f"instructions, else fp32); vectors are stored as float32 either way (default: {default_help})")
 
+    def ray_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                       help="embed on a Ray cluster (needs `pip install ray==2.60.0`; put it after SOURCE): `auto` (the default) "
+                            "joins the cluster running here (`ray start --head`), HOST:PORT another one, `local` starts one "
+                            "in this process; the same index as a local build")
+        p.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                       help="with --ray: actors, each holding the model (default: the cluster's CPUs / --ray-threads)")
+        p.add_argument("--ray-threads", type=int, default=None, metavar="N", help="with --ray: torch threads (and CPUs) per actor (default 1)")
+
     def index_type_options(p: argparse.ArgumentParser, required: bool = False, default: str = "flat", help: str | None = None) -> None:
         d = IndexSpec()
         p.add_argument("--index-type", choices=INDEX_TYPES, required=required, default=None if required else default,
@@ -784,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     precision_option(b, DEFAULT_PRECISION, DEFAULT_PRECISION)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     index_type_options(b)
+    ray_options(b)
     b.set_defaults(func=cmd_build)
 
     a = sub.add_parser("add", help="index new documents and re-embed changed ones (by content hash)")
@@ -797,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--text-column", default="text")
     a.add_argument("--no-progress", action="store_true")
     precision_option(a, None, "the index's; new vectors must be of the index's precision")
+    ray_options(a)
     a.set_defaults(func=cmd_add)
 
     rm = sub.add_parser("delete", help="remove documents by id")
@@ -892,7 +961,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--beir", type=Path, default=None, metavar="DIR",
                     help="also nDCG@10 of each representation at each precision on this BEIR folder's test split (an index "
                          "of its corpus is built at each, and at fp32 for the change), e.g. ../shared/datasets/msmarco-5k")
-    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory / --memory-doc-mb)")
+    bn.add_argument("--no-encode", action="store_true", help="skip the encoding comparison (only --latency / --memory / --memory-doc-mb / --ray)")
+    bn.add_argument("--ray", action="store_true",
+                    help="also whole builds of the texts locally, on Ray with one actor and with two single-threaded actors (a "
+                         "cluster started in this process), and Ray's start-up cost; with --memory, the peak memory of the "
+                         "driver of Ray builds too")
     bn.add_argument("--json", action="store_true")
     index_type_options(bn, default="hnsw", help="with --latency: approximate index measured against exact search (default hnsw; flat: exact only)")
     bn.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")

@@ -60,6 +60,14 @@ DEFAULT_THREADS = torch.get_num_threads()
 QUERY_THREADS = 1
 
 
+def set_default_threads(n: int) -> None:
+    """Make `n` this process's thread count for torch's CPU kernels (DEFAULT_THREADS, which `threads` returns to and
+    encoding uses): for a process that owns `n` cores, such as a Ray actor given n CPUs."""
+    global DEFAULT_THREADS
+    DEFAULT_THREADS = max(1, n)
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
 @contextlib.contextmanager
 def threads(n: int):
     """torch's CPU kernels on `n` threads inside the block, then DEFAULT_THREADS again.

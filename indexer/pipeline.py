@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -65,6 +65,9 @@ from .store import (
 )
 from .text import lone_surrogate
 from .vector_index import IndexSpec
+
+if TYPE_CHECKING:  # imported only with --ray: a plain build never loads Ray
+    from .distributed import RayCluster
 
 log = logging.getLogger("indexer.pipeline")
 
@@ -194,10 +197,14 @@ class _Ticker:
         self.bar, self.report = bar, report
         self.chunks = self.tokens = 0
         self._shown = time.monotonic()
+        self.on_begin: Callable[[], None] = lambda: None  # when a batch's embedding begins
         self.on_forward: Callable[[], None] = lambda: None  # after each forward pass of the model
 
     def show(self, *, refresh: bool) -> None:
         self.bar.set_postfix(chunks=self.chunks, tokens=self.tokens, skipped=self.report.skipped, refresh=refresh)
+
+    def begin(self) -> None:
+        self.on_begin()
 
     def embedded(self, chunks: int, tokens: int) -> None:
         self.chunks += chunks
@@ -224,58 +231,123 @@ def _ours(name: str) -> bool:
 
 
 @dataclass
-class _Step:
-    """One encoder call's worth of a batch, prepared by the reading thread: `chunks` to embed together (at most
-    CHUNKS_PER_ENCODE, in order). A batch's first step carries its record count and what an update removes and
-    re-embeds; its last step carries `kept`, the documents that have chunks: the batch is then committed."""
+class Plan:
+    """One batch of source records (`records` of them, cut by _batched) and what of it is embedded: `todo`, of which
+    `remove` names the documents an update replaces (their content changed). A build embeds the whole batch."""
 
-    chunks: list[Chunk]
-    records: int | None = None  # on a batch's first step
-    todo: int = 0
+    records: int
+    todo: list[Document]
     remove: list[str] = field(default_factory=list)
-    kept: list[Document] | None = None  # on a batch's last step
 
 
-def _steps(batches: Iterable[list[Document]], encoder: Encoder, overlap: int, report: LoadReport,
-           base: Path | None) -> Iterator[_Step]:
-    """Tokenise and chunk batch after batch, in the order and the encoder calls a sequential build makes.
+@dataclass
+class Embedded:
+    """A batch embedded, ready to commit: the documents of its `todo` that have chunks (`kept`), their chunks in order
+    (without token ids) and the chunks' vectors by pooling (None when the batch has no chunk)."""
 
-    With `base` (an update), a document whose content that generation holds unchanged is not embedded again. The
-    hashes are read from the published base, not from the staging copy that the main thread is writing: ids are
-    unique within a source (loaders drop duplicates), so the batches already committed never touch the ids of a
-    later batch, and both hold the same hashes for them."""
+    plan: Plan
+    kept: list[Document]
+    chunks: list[Chunk]
+    vectors: dict[str, np.ndarray] | None
+
+
+#: `embed(plans, ticker)`: the batches of `plans` embedded, one Embedded per Plan and in their order, with the vectors
+#: of the poolings the index stores; it calls `ticker.begin()` when a batch's embedding begins and
+#: `ticker.embedded(chunks, tokens)` as chunks are embedded.
+#: This process's encoder by default (_embed_here); a pool of Ray actors with `--ray` (distributed.RayCluster).
+Embed = Callable[[Iterator[Plan], _Ticker], Iterator[Embedded]]
+
+
+def _plans(batches: Iterable[list[Document]], base: Path | None) -> Iterator[Plan]:
+    """Each batch's Plan. With `base` (an update), a document whose content that generation holds unchanged is not
+    embedded again. The hashes are read from the published base, not from the staging copy that the committing thread
+    is writing: ids are unique within a source (loaders drop duplicates), so the batches already committed never touch
+    the ids of a later batch, and both hold the same hashes for them."""
     db = None
-    if base is not None:  # opened in this thread, where it is used: the base generation never changes
+    if base is not None:  # opened in the thread that reads the plans, where it is used: the base generation never changes
         db = sqlite3.connect(f"{(base / METADATA).as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         for batch in batches:
-            todo, remove = batch, []
-            if db is not None:
-                known = content_hashes(db, [d.doc_id for d in batch])
-                todo = [d for d in batch if known.get(d.doc_id) != content_sha256(d.content)]
-                remove = [d.doc_id for d in todo if d.doc_id in known]
-            step = _Step([], records=len(batch), todo=len(todo), remove=remove)
-            kept = []
-            # the first slice of every document in one tokenizer call: most documents are one slice
-            firsts = encoder.tokenize([first_slice(d.content) for d in todo])
-            for doc, first in zip(todo, firsts):
-                found = False
-                for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap,
-                                            first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries):
-                    found = True
-                    step.chunks.append(chunk)
-                    if len(step.chunks) >= CHUNKS_PER_ENCODE:  # a huge document: embedded as it is cut
-                        yield step
-                        step = _Step([])
-                if found:
-                    kept.append(doc)
-                else:
-                    report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
-            step.kept = kept
-            yield step
+            if db is None:
+                yield Plan(len(batch), batch)
+                continue
+            known = content_hashes(db, [d.doc_id for d in batch])
+            todo = [d for d in batch if known.get(d.doc_id) != content_sha256(d.content)]
+            yield Plan(len(batch), todo, [d.doc_id for d in todo if d.doc_id in known])
     finally:
         if db is not None:
             db.close()
+
+
+def encoder_calls(todo: Sequence[Document], encoder: Encoder, overlap: int,
+                  empty: Callable[[Document], None]) -> Iterator[list[Chunk]]:
+    """The chunks of `todo` in the encoder calls a build makes of them: in document order, at most CHUNKS_PER_ENCODE
+    chunks a call, each call's list given as soon as it is full (a huge document is embedded as it is cut, so its
+    token ids are never all in memory). A document with no tokens is given to `empty`. Local and Ray builds both cut
+    their batches here, so that their vectors come from the same encoder calls."""
+    chunks: list[Chunk] = []
+    # the first slice of every document in one tokenizer call: most documents are one slice
+    firsts = encoder.tokenize([first_slice(d.content) for d in todo])
+    for doc, first in zip(todo, firsts):
+        found = False
+        for chunk in chunk_document(doc.doc_id, doc.content, encoder.tokenize, window=encoder.window, overlap=overlap,
+                                    first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries):
+            found = True
+            chunks.append(chunk)
+            if len(chunks) >= CHUNKS_PER_ENCODE:
+                yield chunks
+                chunks = []
+        if not found:
+            empty(doc)
+    if chunks:
+        yield chunks
+
+
+def no_tokens(report: LoadReport, doc: Document) -> None:
+    """Report a document that has no tokens (it is skipped: nothing of it is stored)."""
+    report.skip(doc.source, None, f"document {doc.doc_id!r} has no tokens")
+
+
+def joined(parts: Sequence[Mapping[str, np.ndarray]], poolings: Sequence[str] | None) -> dict[str, np.ndarray] | None:
+    """The vectors of a batch's encoder calls, one matrix per pooling of `poolings` (default: all computed)."""
+    return {r: np.concatenate([p[r] for p in parts]) for r in poolings or parts[0]} if parts else None
+
+
+def embed_batch(todo: Sequence[Document], encoder: Encoder, overlap: int, poolings: Sequence[str] | None = None,
+                ) -> tuple[list[Chunk], dict[str, np.ndarray] | None, list[Document]]:
+    """One batch chunked and embedded in one go, as a Ray actor does it: (its chunks without token ids, their vectors
+    by pooling, the documents with no tokens)."""
+    empty: list[Document] = []
+    chunks: list[Chunk] = []
+    parts = []
+    for call in encoder_calls(todo, encoder, overlap, empty.append):
+        parts.append(encoder.encode_ids([c.token_ids for c in call]))
+        chunks.extend(c.embedded() for c in call)
+    return chunks, joined(parts, poolings), empty
+
+
+@dataclass
+class _Step:
+    """What the reading thread hands over: a batch's `plan` (on its first step), chunks to embed together (one encoder
+    call), or, on its last step, `kept`, the documents that have chunks: the batch is then complete."""
+
+    chunks: list[Chunk]
+    plan: Plan | None = None
+    kept: list[Document] | None = None
+
+
+def _steps(plans: Iterator[Plan], encoder: Encoder, overlap: int, report: LoadReport) -> Iterator[_Step]:
+    """Tokenise and chunk batch after batch, in the order and the encoder calls a sequential build makes."""
+    with closing(plans):  # closed in this thread, which opened what the plans read
+        for plan in plans:
+            empty: list[Document] = []
+            yield _Step([], plan=plan)
+            for call in encoder_calls(plan.todo, encoder, overlap, empty.append):
+                yield _Step(call)
+            for doc in empty:  # reported in this thread, with the loader's reports of the same records
+                no_tokens(report, doc)
+            skipped = {d.doc_id for d in empty}
+            yield _Step([], kept=[d for d in plan.todo if d.doc_id not in skipped])
 
 
 _DONE = object()
@@ -323,6 +395,28 @@ def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
         thread.join()
 
 
+def _embed_here(encoder: Encoder, overlap: int, report: LoadReport, poolings: Sequence[str] | None) -> Embed:
+    """Embed with this process's encoder. Reading, tokenising and chunking run one step ahead in a thread, since the
+    tokenizer and the model release the GIL; encoding stays in the caller's thread, in the order of a sequential build."""
+
+    def embed(plans: Iterator[Plan], ticker: _Ticker) -> Iterator[Embedded]:
+        plan, chunks, parts = None, [], []
+        with closing(_ahead(_steps(plans, encoder, overlap, report), depth=1)) as steps:  # closed: its thread ends here
+            for step in steps:
+                if step.plan is not None:  # a batch begins
+                    plan = step.plan
+                    ticker.begin()
+                if step.chunks:
+                    parts.append(encoder.encode_ids([c.token_ids for c in step.chunks], on_batch=ticker.embedded))
+                    chunks.extend(c.embedded() for c in step.chunks)
+                if step.kept is not None:
+                    done, chunks, parts = Embedded(plan, step.kept, chunks, joined(parts, poolings)), [], []
+                    yield done  # committed before the next batch is embedded: nothing of it is kept here meanwhile
+                    del done
+
+    return embed
+
+
 def _ingest(
     staging: Staging,
     documents: Iterable[Document],
@@ -335,6 +429,7 @@ def _ingest(
     on_progress: Callable[[int, int | None], None] | None,
     on_stage: StageCallback | None = None,
     poolings: Sequence[str] | None = None,
+    embed: Embed | None = None,
 ) -> dict[str, int]:
     """Chunk, embed and stage documents batch by batch; each batch commits with the count of records consumed.
 
@@ -344,6 +439,9 @@ def _ingest(
     `base`: the published generation an update (`add`) starts from; documents it holds with the same content are not
     embedded again. None for a build: every document is embedded.
 
+    `embed` (default: this process's encoder) embeds the batches; whatever embeds them, they are committed here, in
+    order, by this thread (the store's SQLite connection belongs to it), with the same progress and callbacks.
+
     Batches are cut at the same record positions on a resumed run as on an uninterrupted one, and embedded in
     the same encoder calls, so a resumed build ends with exactly the same chunks and vectors.
     """
@@ -351,43 +449,32 @@ def _ingest(
     consumed = staging.consumed
     bar.update(consumed)
     ticker = _Ticker(bar, report)
+    ticker.chunks = staging.next_chunk_id
     stage = on_stage or (lambda *_: None)
     total = bar.total  # counted here, not by the bar, which counts nothing when it is disabled
     stage("reading", consumed, total)
-    ticker.on_forward = lambda: stage("embedding", consumed, total)
+    ticker.on_begin = ticker.on_forward = lambda: stage("embedding", consumed, total)
     batches = _batched(itertools.islice(documents, consumed, None), DOCS_PER_BATCH, CHARS_PER_BATCH)
-    # reading, tokenising and chunking run one step ahead in a thread; encoding, the store (its SQLite connection
-    # belongs to this thread) and every callback stay here, in the order of a sequential build
-    chunks, parts, records, remove = [], [], 0, []
-    with closing(_ahead(_steps(batches, encoder, overlap, report, base), depth=1)) as steps:  # closed: its thread ends here
-        for step in steps:
-            if step.records is not None:  # a batch begins
-                records, remove = step.records, step.remove
-                if base is not None:
-                    stats["unchanged"] += records - step.todo
-                    stats["updated"] += len(remove)
-                    stats["added"] += step.todo - len(remove)
-                ticker.chunks = staging.next_chunk_id
-                stage("embedding", consumed, total)
-            if step.chunks:
-                parts.append(encoder.encode_ids([c.token_ids for c in step.chunks], on_batch=ticker.embedded))
-                chunks.extend(c.embedded() for c in step.chunks)
-            if step.kept is None:
-                continue
-            vectors = {r: np.concatenate([p[r] for p in parts]) for r in poolings or parts[0]} if parts else None
-            parts.clear()
-            consumed += records
+    embed = embed or _embed_here(encoder, overlap, report, poolings)
+    with closing(embed(_plans(batches, base), ticker)) as embedded:  # closed: whatever it started ends here
+        for done in embedded:
+            plan = done.plan
+            if base is not None:
+                stats["unchanged"] += plan.records - len(plan.todo)
+                stats["updated"] += len(plan.remove)
+                stats["added"] += len(plan.todo) - len(plan.remove)
+            consumed += plan.records
             try:
-                staging.apply(remove=remove, documents=step.kept, chunks=chunks, vectors=vectors, consumed=consumed)
+                staging.apply(remove=plan.remove, documents=done.kept, chunks=done.chunks, vectors=done.vectors, consumed=consumed)
             except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
                 raise StoreError(
                     f"could not write to {staging.path}: {exc}; the published index is untouched and the work done so far "
                     "resumes when the same command is run again"
                 ) from exc
-            stats["tokens"] += sum(c.n_tokens for c in chunks)
-            stats["processed"] += records
-            chunks = []
-            bar.update(records)
+            stats["tokens"] += sum(c.n_tokens for c in done.chunks)
+            stats["processed"] += plan.records
+            del done  # its chunks and vectors are in the store now
+            bar.update(plan.records)
             ticker.chunks = staging.next_chunk_id
             ticker.show(refresh=False)
             if on_progress is not None:
@@ -494,6 +581,7 @@ def build_index(
     on_progress: Callable[[int, int | None], None] | None = None,
     on_stage: StageCallback | None = None,
     vector_index: IndexSpec | None = None,
+    ray: RayCluster | None = None,
 ) -> BuildSummary:
     """Index every readable document of `source` into `index_dir`; bad records are reported and skipped.
 
@@ -503,6 +591,8 @@ def build_index(
     `on_progress(documents_done, estimated_total)` is called after every batch; `on_stage` names the step too
     (see StageCallback: the app's bar).
     `vector_index` chooses exact (`flat`, the default), approximate (`hnsw`) or compressed (`ivf`) FAISS indexes.
+    `ray` (distributed.connect): the batches are embedded by a pool of actors on that Ray cluster, into the same index;
+    reading, the lock, the commits and the publication stay in this process.
     """
     index_dir = Path(index_dir).resolve()
     _text_paths(index=index_dir)
@@ -552,7 +642,8 @@ def build_index(
             total=opened.estimate, unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True
         ) as bar:
             stats = _ingest(staging, opened.documents, encoder, chunking.overlap, report, bar, base=None,
-                            on_progress=on_progress, on_stage=on_stage)
+                            on_progress=on_progress, on_stage=on_stage,
+                            embed=ray and ray.embedder(encoder, chunking.overlap, report))
         docs, chunks = staging.counts()
         if docs == 0:
             staging.remove()
@@ -568,7 +659,7 @@ def build_index(
             precision=encoder.precision,
             vector_index=spec,
             source=SourceRecord(opened.name, fmt, fingerprint),
-            build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha),
+            build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha, ray=ray and ray.record()),
         )
         generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations,
                              labels=beir_labels(opened.path) if fmt == "beir" else None, encode=encoder.encode_texts)
@@ -593,10 +684,12 @@ def add_documents(
     text_column: str = "text",
     progress: bool = True,
     on_progress: Callable[[int, int | None], None] | None = None,
+    ray: RayCluster | None = None,
 ) -> BuildSummary:
     """Index new documents of `source` and re-embed those whose content changed; unchanged ones are skipped.
 
-    All representations and the metadata change together, in one new generation. Resumes like build_index.
+    All representations and the metadata change together, in one new generation. Resumes like build_index; embeds on
+    a Ray cluster like it, with `ray`.
     """
     index_dir = Path(index_dir).resolve()
     _text_paths(index=index_dir)
@@ -624,13 +717,16 @@ def add_documents(
             total=opened.estimate, unit="doc", desc="updating", disable=not progress, dynamic_ncols=True
         ) as bar:
             stats = _ingest(staging, opened.documents, encoder, overlap, report, bar, base=gen_dir, on_progress=on_progress,
-                            poolings=tuple(manifest.poolings))
+                            poolings=tuple(manifest.poolings),
+                            embed=ray and ray.embedder(encoder, overlap, report, tuple(manifest.poolings)))
         docs, chunks = staging.counts()
         seconds = time.perf_counter() - started
         update = {
             "op": "add", "source": opened.name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
         }
+        if ray is not None and ray.record() is not None:
+            update["ray"] = ray.record()
         # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again); the index's
         # precision is recorded now if it was not (compatibility_problems made sure the new vectors are of it)
         generation = publish(index_dir, staging, replace(manifest, precision=encoder.precision, updates=(*manifest.updates, update)),

@@ -238,12 +238,15 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class BuildRecord:
-    """How the build went; `command_sha256` (None before it was kept) lets the same build run twice do nothing."""
+    """How the build went; `command_sha256` (None before it was kept) lets the same build run twice do nothing.
+    `ray`: where a build on a Ray cluster embedded (`address`, `nodes`, `actors`, `threads_per_actor`) and the seconds
+    that took (`wall_s`, the actors' start-up included); omitted for a local build, as manifests were written before."""
 
     seconds: float
     skipped_records: int
     ignored_files: int
     command_sha256: str | None = None
+    ray: Mapping[str, str | float] | None = None
 
     def to_dict(self) -> dict:
         return _without_none(dataclasses.asdict(self))

@@ -336,3 +336,22 @@ def test_transformed_representations_info_and_refit(tmp_path, small_jsonl, build
     assert code == 2 and "stores no `cls` vectors" in err
     code, out, _ = run(capsys, "search", ix, "bees", "-k", "2", "--json")
     assert code == 0 and set(json.loads(out)["results"]) == {"mean", "mean+whiten4"}
+
+
+def test_without_ray_nothing_imports_it(tmp_path, small_jsonl, tiny_bert):
+    """Ray is optional (issue 15): the CLI's start, its help and a whole local build never import it."""
+    code = ("import sys\nfrom indexer.cli import main\n"
+            "assert 'ray' not in sys.modules, 'import'\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'ray' not in sys.modules, '--help'\n"
+            "assert main(sys.argv[1:]) == 0\n"
+            "assert 'ray' not in sys.modules, 'build'\n")
+    done = subprocess.run([sys.executable, "-c", code, "build", str(small_jsonl), "--index", str(tmp_path / "ix"), "--model", str(tiny_bert),
+                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "indexed 8 documents" in done.stdout
+
+
+def test_ray_options_without_ray_are_refused(tmp_path, small_jsonl, build_args, capsys):
+    code, _, err = run(capsys, "build", small_jsonl, "--index", tmp_path / "ix", *build_args, "--ray-actors", "2")
+    assert code == 2 and "--ray-actors goes with --ray [ADDRESS]" in err and not (tmp_path / "ix").exists()

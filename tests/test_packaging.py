@@ -79,7 +79,12 @@ def test_a_wheel_builds_with_the_library_and_the_console_script(tmp_path, source
     assert "indexer/app/.streamlit/config.toml" in files
     assert not [f for f in files if not f.startswith(("indexer/", "pooling_lab-"))]  # nothing else at the top
     assert "pooling-lab = indexer.cli:main" in entry_points
-    assert pins(metadata.get_all("Requires-Dist")) == pins((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    required = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
+    assert pins(required) == pins((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    # the one optional extra, `pip install .[ray]` (issue 15), at the pin the tests use
+    extras = [r for r in metadata.get_all("Requires-Dist") if "extra ==" in r]
+    assert metadata.get_all("Provides-Extra") == ["ray"] and [Requirement(r).marker.evaluate({"extra": "ray"}) for r in extras] == [True]
+    assert pins(r.split(";")[0] for r in extras) == {"ray": pins((ROOT / "requirements-dev.txt").read_text(encoding="utf-8").splitlines())["ray"]}
 
 
 def test_pip_install_in_a_new_venv_gives_a_working_pooling_lab_command(tmp_path, source, sample_index):
