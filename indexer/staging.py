@@ -420,7 +420,6 @@ class TextProbes:
         def make(held_out: np.ndarray) -> np.ndarray | None:
             sample = np.asarray(held_out, dtype=np.int64).tobytes()
             if sample != self._sample:  # every representation of an index holds out the same chunks: encoded once
-                self._vectors = {}
                 self._vectors = self.encode([pseudo_query(t) for t in chunk_texts(self.db, held_out)]) or {}
                 self._sample = sample
             if pooling not in self._vectors:
