@@ -38,10 +38,12 @@ STOP_WORDS = frozenset({
 })
 
 
-#: Words in a pseudo-query. Measured at 200,000 synthetic vectors against msmarco-5k's 50 real queries (median 5 words;
-#: README, "Approximate search"): probes of a document's first 8 words needed about the efSearch the real queries
-#: needed in `pooled`, and somewhat less in `mean` (random 6-word spans needed more there).
-QUERY_WORDS = 8
+#: Words in a pseudo-query. msmarco-5k's 50 real queries have 2-9 words, median 5. Measured at 1,000,000 synthetic
+#: vectors (docs/experiments/tuning_probes.py; README, "Approximate search"), a document's first 6 words needed the
+#: efSearch the real queries needed in `mean` (recall@10 within 0.004 of theirs from efSearch 1024 to 4096), where
+#: the first 8 words were easier (tuned on them, `mean` got efSearch 2,304 at 1M, where the real queries reach about
+#: 0.94) and the first 5 harder. In `pooled` every probe made from a document's words was easier than the real queries.
+QUERY_WORDS = 6
 
 
 def pseudo_query(text: str, words: int = QUERY_WORDS) -> str:

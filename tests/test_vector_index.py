@@ -622,7 +622,7 @@ def test_a_build_tunes_on_pseudo_queries_of_held_out_chunks_mapped_like_queries(
     from indexer.config import parse_representation
     from indexer.encoder import Encoder
     from indexer.store import load_transforms
-    from indexer.text import pseudo_query
+    from indexer.text import QUERY_WORDS, pseudo_query
 
     encoder = Encoder.load(str(tiny_bert), representations=("mean", "mean+whiten", "max"))
     calls, tuned = [], {}
@@ -647,7 +647,7 @@ def test_a_build_tunes_on_pseudo_queries_of_held_out_chunks_mapped_like_queries(
     n = manifest.counts.chunks // 10
     assert len(texts) == n and all(r.tuning_probes == vector_index.PROBES_TEXT and r.tuning_queries == n
                                    for r in manifest.representations.values())
-    chunk_words = {" ".join(t.split()[:8]) for t in reader.db.execute("SELECT text FROM chunks").fetchall() for t in t}
+    chunk_words = {" ".join(t.split()[:QUERY_WORDS]) for t in reader.db.execute("SELECT text FROM chunks").fetchall() for t in t}
     assert set(texts) <= chunk_words and all(pseudo_query(t) == t for t in texts)
     expected = encode(texts)
     transforms = load_transforms(tmp_path / "ix" / manifest.generation, manifest)
