@@ -14,7 +14,7 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from . import __version__, vector_index
 from .app.serve import DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, add_app_arguments, app_argv, streamlit_command
@@ -175,14 +175,20 @@ def format_info(manifest: Manifest, directory: Path) -> str:
     return "\n".join(lines)
 
 
-def describe_ray(record) -> str:
-    """A build's or update's BuildRecord.ray in words: "2 nodes, 2 actors x 1 thread, 35.2 s"."""
-    def count(key: str, word: str) -> str:
-        n = record.get(key, "?")
-        return f"{n} {word}" + ("" if n == 1 else "s")
+def _count(n, word: str) -> str:
+    """"1 actor", "2 actors" ("? actors" for a count a record lacks)."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
+
+def describe_pool(record: Mapping) -> str:
+    """A Ray pool's size in words, from a record with `actors` and `threads_per_actor`: "2 actors x 1 thread"."""
+    return f"{_count(record.get('actors', '?'), 'actor')} x {_count(record.get('threads_per_actor', '?'), 'thread')}"
+
+
+def describe_ray(record: Mapping) -> str:
+    """A build's or update's BuildRecord.ray in words: "2 nodes, 2 actors x 1 thread, 35.2 s"."""
     wall = record.get("wall_s")
-    return (f"{count('nodes', 'node')}, {count('actors', 'actor')} x {count('threads_per_actor', 'thread')}"
+    return (f"{_count(record.get('nodes', '?'), 'node')}, {describe_pool(record)}"
             + (f", {wall:.1f} s" if isinstance(wall, (int, float)) else ""))
 
 
@@ -697,7 +703,7 @@ def format_ray_benchmark(row: dict) -> str:
              "after Ray's start-up",
              f"  local build ({row['local_threads']} threads):{'':<14}{row['local_s']:.2f} s  {row['local_docs_per_s']:.1f} docs/s"]
     for s in row["systems"].values():
-        label = f"Ray, {s['actors']} actor{'s' if s['actors'] > 1 else ''} x {s['threads_per_actor']} thread{'s' if s['threads_per_actor'] > 1 else ''}:"
+        label = f"Ray, {describe_pool(s)}:"
         driver = f"{s['driver_docs_per_s']:.0f} docs/s" if s["driver_docs_per_s"] else "n/a"
         lines.append(f"  {label:<37}{s['build_s']:.2f} s  {s['docs_per_s']:.1f} docs/s  ({s['ratio_to_local']:.2f}x the local time; "
                      f"actors' start-up {s['startup_s']:.1f} s; the driver's own work {s['driver_own_s']:.2f} s = {driver}; "

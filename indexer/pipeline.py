@@ -725,8 +725,9 @@ def add_documents(
             "op": "add", "source": opened.name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "added": stats["added"], "updated": stats["updated"], "unchanged": stats["unchanged"], "skipped_records": report.skipped,
         }
-        if ray is not None and ray.record() is not None:
-            update["ray"] = ray.record()
+        on_ray = ray.record() if ray is not None else None
+        if on_ray is not None:
+            update["ray"] = on_ray
         # transforms stay as fitted: new documents are mapped like the old ones (`refit` fits them again); the index's
         # precision is recorded now if it was not (compatibility_problems made sure the new vectors are of it)
         generation = publish(index_dir, staging, replace(manifest, precision=encoder.precision, updates=(*manifest.updates, update)),
