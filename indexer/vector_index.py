@@ -61,7 +61,7 @@ class IndexSpec:
 
     type: IndexType = "flat"
     m: int = 32
-    ef_construction: int = 100
+    ef_construction: int = 200
     ef_search: int | None = None
     recall_target: float = DEFAULT_RECALL_TARGET
     nlist: int | None = None
