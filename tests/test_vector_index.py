@@ -162,7 +162,9 @@ def test_cli_build_with_hnsw_info_and_convert(tmp_path, tiny_bert, small_jsonl, 
     assert main(["build", str(small_jsonl), "--index", ix, "--model", str(tiny_bert), "--index-type", "hnsw",
                  "--hnsw-m", "8", "--ef-search", "64", "--no-progress"]) == 0
     assert main(["info", ix]) == 0
-    assert "vector index:   hnsw (approximate: M=8, efConstruction=100, efSearch=64)" in capsys.readouterr().out
+    # without --ef-construction: the spec's default
+    assert (f"vector index:   hnsw (approximate: M=8, efConstruction={IndexSpec().ef_construction}, efSearch=64)"
+            in capsys.readouterr().out)
     # the same build with another type: refused without --overwrite, with a pointer to `convert`
     assert main(["build", str(small_jsonl), "--index", ix, "--model", str(tiny_bert), "--no-progress"]) == 2
     assert f"python -m indexer convert {tmp_path / 'ix'} --index-type flat" in capsys.readouterr().err
