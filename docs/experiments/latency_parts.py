@@ -15,12 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import indexer.encoder as E
 from indexer import search as S
 from indexer import vector_index
-from indexer.bench import _timed, fit_gaussian, queries_of, synthetic_index, texts_of
+from indexer.bench import _percentiles, _timed, fit_gaussian, queries_of, synthetic_index, texts_of
 from indexer.encoder import Encoder
 from indexer.integrity import convert
 from indexer.vector_index import IndexSpec
@@ -37,7 +35,7 @@ T: dict[str, list[float]] = {}
 
 
 def med(v):
-    return round(1000 * float(np.median(v)), 2)
+    return round(_percentiles(v)["p50_ms"], 2)
 
 
 def timed_as(name, f):
@@ -79,7 +77,7 @@ with tempfile.TemporaryDirectory() as tmp:
             tot = _timed(lambda q: s.search(q, 10), queries)
             type(enc).encode_texts, S.Searcher._rank_batch = orig_enc, staticmethod(orig_rb)
             # rank_batch: the median over both representations' calls together
-            print(f" QUERY_THREADS={threads}: search() p50 {med(tot)} p95 {round(1000 * float(np.percentile(tot, 95)), 2)};",
+            print(f" QUERY_THREADS={threads}: search() p50 {med(tot)} p95 {round(_percentiles(tot)['p95_ms'], 2)};",
                   "inside it: encode", med(T["encode"]), "rank_batch (search + doc ids) per representation", med(T["rank_batch"]),
                   flush=True)
         E.QUERY_THREADS = 1

@@ -4,7 +4,7 @@ At N synthetic vectors per representation (the bench's data model: a Gaussian fi
 embeddings), one HNSW graph (M=32, efConstruction=100) per representation, and recall@10 against brute force at
 several efSearch values (mean over the queries / its 97.5% lower confidence bound, what tuning compares with the
 target) for msmarco-5k's 50 real queries (`realq`, the reference: queries.jsonl only), for the bench's 200 queries
-(`bench200`: those 50, then pseudo-queries of the first 150 documents, `text.pseudo_query`), and for candidate
+(`bench200`: `bench.queries_of`, those 50, then pseudo-queries of the first documents, `text.pseudo_query`), and for candidate
 probes made from 500 documents: their first 8, 6 or 5 words, their first 3 to 8 words (cycling), or 6 random
 consecutive words.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.bench import fit_gaussian, synthetic_vectors, texts_of
+from indexer.bench import fit_gaussian, queries_of, synthetic_vectors, texts_of
 from indexer.encoder import Encoder
 from indexer.loaders import LoadReport, load_queries
 from indexer.text import pseudo_query
@@ -53,7 +53,7 @@ candidates = {"first8": [pseudo_query(texts[i], 8) for i in picked],
               "first3-8": [pseudo_query(texts[i], 3 + j % 6) for j, i in enumerate(picked)],
               "span6": [span(texts[i], 6) for i in picked]}
 candidate_vectors = {name: encoder.encode_texts(texts_) for name, texts_ in candidates.items()}
-bench_vectors = encoder.encode_texts(queries + [pseudo_query(t) for t in texts][:150])
+bench_vectors = encoder.encode_texts(queries_of(source, 200, texts))  # the bench's own 200 queries
 print("queries", len(queries), "median words", np.median([len(q.split()) for q in queries]), flush=True)
 for rep in ("pooled", "mean"):
     fit = fit_gaussian(real[rep])
