@@ -78,6 +78,20 @@ def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1"
         pytest.fail(str(exc))
 
 
+@contextlib.contextmanager
+def forward_pre_hook(encoder, hook):
+    """`hook` before every forward pass of `encoder`'s model, whichever layout runs it: the model's own (batches) or
+    encoder.small_input_model's copy (a single short sequence: a query)."""
+    from indexer.encoder import small_input_model
+
+    handles = [m.register_forward_pre_hook(hook) for m in (encoder.model, small_input_model(encoder.model))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def make_tiny_bert(directory: Path, *, seed: int = 0, with_pooler: bool = True) -> Path:
     """A 2-layer random BERT with a small vocabulary, saved as safetensors (no pooler weights if asked)."""
     from transformers import BertConfig, BertModel

@@ -103,6 +103,41 @@ def test_one_forward_pass_per_batch(tiny_bert):
     assert len(calls) == 3  # ceil(5 / 2), whatever the number of representations
 
 
+def test_a_single_short_sequence_runs_on_the_transposed_copy_and_gets_the_models_vectors(tiny_encoder, monkeypatch):
+    """A query (one sequence of at most SMALL_INPUT_TOKENS) is run by small_input_model: the linear weights stored
+    transposed, every other tensor shared; its vectors are the model's own (the independent `reference`). A batch,
+    or one sequence longer than SMALL_INPUT_TOKENS, runs on the model's own layout."""
+    import indexer.encoder
+    from conftest import forward_pre_hook
+    from indexer.encoder import small_input_model
+
+    small = small_input_model(tiny_encoder.model)
+    assert small is small_input_model(tiny_encoder.model) and small is not tiny_encoder.model
+    own = dict(tiny_encoder.model.named_parameters())
+    linears = 0
+    for name, p in small.named_parameters():
+        module = small.get_submodule(name.rpartition(".")[0])
+        if isinstance(module, torch.nn.Linear) and name.endswith(".weight"):
+            linears += 1
+            assert p.T.is_contiguous() and not p.is_contiguous() and p.data_ptr() != own[name].data_ptr()
+            assert torch.equal(p, own[name])
+        else:
+            assert p is own[name]
+    assert linears > 0
+
+    ran = []
+    monkeypatch.setattr(indexer.encoder, "SMALL_INPUT_TOKENS", 8)  # the tiny model's window is shorter than 64
+    short, longer = TEXTS[0], TEXTS[1]  # 4 and 33 words: with [CLS] and [SEP], at most 8 tokens and more
+    with forward_pre_hook(tiny_encoder, lambda module, *_: ran.append(module is small)):
+        one = tiny_encoder.encode_texts([short])
+        assert ran == [True]
+        tiny_encoder.encode_texts([short, short])
+        tiny_encoder.encode_texts([longer])
+        assert ran == [True, False, False]
+    for r in ("pooled", "mean", "cls"):
+        np.testing.assert_allclose(one[r][0], reference(tiny_encoder, short)[r], atol=1e-5, err_msg=r)
+
+
 def test_long_query_is_cut_to_the_window_with_a_warning(tiny_encoder, caplog):
     with caplog.at_level(logging.WARNING, logger="indexer.encoder"):
         v = tiny_encoder.encode_texts(["the bees " * 100])

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import build_random, edited_copy, relu_one_layer, swap_bees_and_honey
+from conftest import build_random, edited_copy, forward_pre_hook, relu_one_layer, swap_bees_and_honey
 from indexer.compat import compatibility_problems
 from indexer.config import parse_representation, parse_representations, poolings_of
 from indexer.encoder import Encoder
@@ -237,15 +237,12 @@ def test_one_query_is_encoded_on_one_thread_and_the_count_comes_back(tiny_index)
     directory, encoder = tiny_index
     searcher = Searcher(directory, encoder)
     seen = []
-    hook = encoder.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
-    try:
+    with forward_pre_hook(encoder, lambda *_: seen.append(torch.get_num_threads())):
         searcher.search("bees and honey", k=3)
         assert seen == [QUERY_THREADS] and torch.get_num_threads() == DEFAULT_THREADS
         seen.clear()
         searcher.rank_many(["bees and honey", "bread"], 3)
         assert seen == [DEFAULT_THREADS]
-    finally:
-        hook.remove()
 
 
 def test_a_batch_started_while_another_session_searches_keeps_the_process_threads(tiny_encoder, tmp_path):
@@ -270,8 +267,7 @@ def test_a_batch_started_while_another_session_searches_keeps_the_process_thread
         else:
             seen.setdefault(name, torch.get_num_threads())
 
-    handle = tiny_encoder.model.register_forward_pre_hook(hook)
-    try:
+    with forward_pre_hook(tiny_encoder, hook):
         def batch():
             in_search.wait(10)
             torch.ones(4, 4).sum()  # the thread's first torch call, while the query's block is open
@@ -287,6 +283,4 @@ def test_a_batch_started_while_another_session_searches_keeps_the_process_thread
         later = threading.Thread(target=lambda: tiny_encoder.encode_texts(["bees"] * 8), name="later")
         later.start()
         later.join(30)
-    finally:
-        handle.remove()
     assert seen == {"batch": DEFAULT_THREADS, "later": DEFAULT_THREADS}
