@@ -69,7 +69,7 @@ QUERY_THREADS = 1
 #: of 13.5-14.1 ms (four rounds), the same vectors within 2e-6; a 384x1536 product was faster with up to 64 rows, not
 #: with 128 or more, and a batch of 32 windows of 256 tokens was 8-12% slower: batches keep the model's own layout.
 SMALL_INPUT_TOKENS = 64
-_small_input_models: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_small_input_models: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module | None]" = weakref.WeakKeyDictionary()
 _small_input_lock = threading.Lock()
 
 
@@ -80,21 +80,21 @@ def small_input_model(model: torch.nn.Module) -> torch.nn.Module:
     that encodes a single short sequence (a searcher; a build only if one of its steps is a single short window).
     A model that cannot be copied (custom code) is used as it is, with a warning."""
     with _small_input_lock:
-        small = _small_input_models.get(model)
-        if small is None:
+        if model not in _small_input_models:
             shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
             try:
                 small = copy.deepcopy(model, shared)  # new modules over the same tensors
             except Exception as exc:  # an optimisation: on any failure, the own layout
                 log.warning("queries run on the model's own weight layout: it cannot be copied (%s: %s)",
-                            type(exc).__name__, exc)
-                small = model
+                            type(exc).__name__, str(exc))  # text: the error holds its frames
+                small = None  # not `model`: a value that refers to its weak key would keep the model alive
             else:
                 for module in small.modules():
                     if isinstance(module, torch.nn.Linear):
                         module.weight = torch.nn.Parameter(module.weight.detach().t().contiguous().t(), requires_grad=False)
             _small_input_models[model] = small
-        return small
+        small = _small_input_models[model]
+        return model if small is None else small
 
 
 def set_default_threads(n: int) -> None:

@@ -138,6 +138,34 @@ def test_a_single_short_sequence_runs_on_the_transposed_copy_and_gets_the_models
         np.testing.assert_allclose(one[r][0], reference(tiny_encoder, short)[r], atol=1e-5, err_msg=r)
 
 
+def test_a_model_that_cannot_be_copied_runs_queries_on_its_own_layout_and_is_not_kept(tiny_bert, monkeypatch, caplog):
+    """small_input_model falls back to the model itself, with one warning, when it cannot be deep-copied (custom
+    code); the vectors are still the model's, and the fallback does not keep a dropped model alive."""
+    import copy
+    import gc
+    import weakref
+
+    from indexer.encoder import small_input_model
+
+    encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean", "cls"))
+
+    def refuse(*_args, **_kwargs):
+        raise TypeError("cannot pickle this module")
+
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    with caplog.at_level(logging.WARNING, logger="indexer.encoder"):
+        one = encoder.encode_texts([TEXTS[0]])
+        assert small_input_model(encoder.model) is encoder.model
+    assert [r.getMessage() for r in caplog.records] == [
+        "queries run on the model's own weight layout: it cannot be copied (TypeError: cannot pickle this module)"]
+    for r in ("pooled", "mean", "cls"):
+        np.testing.assert_allclose(one[r][0], reference(encoder, TEXTS[0])[r], atol=1e-5, err_msg=r)
+    model = weakref.ref(encoder.model)
+    del encoder
+    gc.collect()
+    assert model() is None
+
+
 def test_long_query_is_cut_to_the_window_with_a_warning(tiny_encoder, caplog):
     with caplog.at_level(logging.WARNING, logger="indexer.encoder"):
         v = tiny_encoder.encode_texts(["the bees " * 100])
