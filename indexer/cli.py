@@ -845,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(b, "embedded all-MiniLM-L6-v2 by default; or a local model directory, or a Hugging Face model id (downloaded)")
     b.add_argument("--max-tokens", type=int, default=None, help="tokens per chunk incl. special tokens (default: the model's limit, 256 for all-MiniLM-L6-v2)")
     b.add_argument("--overlap", type=int, default=None, help=f"tokens shared by neighbouring chunks (default {DEFAULT_OVERLAP}, or an eighth of shorter chunks)")
-    b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
+    b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"at most this many chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
     b.add_argument("--representations", default=",".join(DEFAULT_REPRESENTATIONS), metavar="LIST",
                    help=f"comma-separated: poolings ({', '.join(POOLINGS)}), each optionally with a transform fitted on the "
                         f"collection (+whiten, +whitenK, +abttD), e.g. pooled,mean,max,pooled+whiten (default {','.join(DEFAULT_REPRESENTATIONS)})")
@@ -863,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("add", help="index new documents and re-embed changed ones (by content hash)")
     a.add_argument("index", type=Path, help="index directory")
     a.add_argument("source", help="folder, JSONL, CSV/TSV or BEIR dataset")
-    a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
+    a.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"at most this many chunks per forward pass (default {DEFAULT_BATCH_SIZE})")
     a.add_argument("--trust-remote-code", action="store_true", help="allow the index's hub model its own Python code (off by default)")
     a.add_argument("--format", default="auto", choices=FORMATS)
     a.add_argument("--id-column", default=None)

@@ -97,6 +97,41 @@ def small_input_model(model: torch.nn.Module) -> torch.nn.Module:
         return model if small is None else small
 
 
+#: What one more forward pass costs besides its rows, in padded token positions, on a CPU: the model's modules are
+#: called once per pass whatever its size, a few milliseconds here. With it, `length_batches` cuts a batch early
+#: only where that saves more padding. Measured on this project's 2-core machine, all-MiniLM-L6-v2, msmarco-5k's
+#: first 2,048 passages in calls of 512 (as a build makes them): 7.6% less time than full batches of 32 (medians
+#: of 6 interleaved rounds, 21.5 against 23.3 s; better in every round); over all 5,000, padding falls from 8.0%
+#: to 2.5% of the tokens. Other devices
+#: (a GPU, not measured here) keep batches full: there the fixed cost of a pass is far larger than a row's.
+BATCH_OVERHEAD_TOKENS = 64
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, overhead: int) -> list[list[int]]:
+    """The indices of `lengths`, longest first (ties in input order), cut into batches of at most `batch_size`.
+
+    A batch is padded to its longest row, so it costs its rows x its first length, plus `overhead`. The cuts are the
+    cheapest ones of the sorted order (a dynamic programme, O(n x batch_size)): a batch ends
+    early where lengths fall steeply rather than pad many short rows to a long one; with a large `overhead`, the
+    fewest batches, padded least. Deterministic: the same lengths give the same batches."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0] + [0] * n  # best[j]: the least cost of the first j rows; cut[j]: where its last batch starts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        best[j] = -1
+        for i in range(max(0, j - batch_size), j):
+            cost = best[i] + lengths[order[i]] * (j - i) + overhead
+            if best[j] < 0 or cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches = []
+    j = n
+    while j > 0:
+        batches.append(order[cut[j] : j])
+        j = cut[j]
+    return batches[::-1]
+
+
 def set_default_threads(n: int) -> None:
     """Make `n` this process's thread count for torch's CPU kernels (DEFAULT_THREADS, which `threads` returns to and
     encoding uses): for a process that owns `n` cores, such as a Ray actor given n CPUs."""
@@ -473,7 +508,8 @@ class Encoder:
     ) -> dict[str, np.ndarray]:
         """Vectors for token windows of content ids, keyed by pooling: one forward pass per batch for all of them.
 
-        Windows are sorted by length so that a batch pads little; rows come back in input order.
+        Windows are sorted by length and cut into batches of at most `batch_size` that pad little (length_batches);
+        rows come back in input order.
         `on_batch(windows, tokens)` is called after each forward pass with what it encoded (progress).
         """
         n = len(sequences)
@@ -481,12 +517,13 @@ class Encoder:
         too_long = [i for i, s in enumerate(sequences) if len(s) > self.window]
         if too_long:
             raise ValueError(f"sequence {too_long[0]} has {len(sequences[too_long[0]])} tokens; the window is {self.window}")
-        order = sorted(range(n), key=lambda i: -len(sequences[i]))
+        specials = len(self._prefix) + len(self._suffix)
+        overhead = BATCH_OVERHEAD_TOKENS if self.device.type == "cpu" else self.batch_size * self.max_tokens
+        batches = length_batches([len(s) + specials for s in sequences], self.batch_size, overhead)
         # every call says its thread count: a thread's OpenMP count is fixed at its first torch call, from whatever
         # the process's was then (another session's query may have lowered it for a moment)
         with threads(QUERY_THREADS if n == 1 else DEFAULT_THREADS):
-            for b in range(0, n, self.batch_size):
-                idx = order[b : b + self.batch_size]
+            for idx in batches:
                 rows = [self._prefix + list(sequences[i]) + self._suffix for i in idx]
                 width = max(len(r) for r in rows)
                 input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)

@@ -79,12 +79,13 @@ def running_app(index_dir: Path, log: Path, *, address: str | None = "127.0.0.1"
 
 
 @contextlib.contextmanager
-def forward_pre_hook(encoder, hook):
+def forward_pre_hook(encoder, hook, **options):
     """`hook` before every forward pass of `encoder`'s model, whichever layout runs it: the model's own (batches) or
-    encoder.small_input_model's copy (a single short sequence: a query)."""
+    encoder.small_input_model's copy (a single short sequence: a query). `options` go to register_forward_pre_hook
+    (with_kwargs=True: `hook(module, args, kwargs)`)."""
     from indexer.encoder import small_input_model
 
-    handles = [m.register_forward_pre_hook(hook) for m in (encoder.model, small_input_model(encoder.model))]
+    handles = [m.register_forward_pre_hook(hook, **options) for m in (encoder.model, small_input_model(encoder.model))]
     try:
         yield
     finally:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import edited_copy, make_tiny_bert, make_tiny_distilbert, relu_one_layer, swap_bees_and_honey
-from indexer.encoder import IDENTITY_FILES, Encoder, ModelError, resolve_model, weights_digest
+import indexer.encoder
+from conftest import edited_copy, forward_pre_hook, make_tiny_bert, make_tiny_distilbert, relu_one_layer, swap_bees_and_honey
+from indexer.encoder import IDENTITY_FILES, Encoder, ModelError, length_batches, resolve_model, weights_digest
 
 TEXTS = [
     "the bees make honey",
@@ -47,8 +48,20 @@ def test_vectors_are_unit_float32(tiny_encoder):
         np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
 
 
-def test_padding_invariance_and_order_restored(tiny_encoder):
-    together = tiny_encoder.encode_texts(TEXTS)  # batch_size 4: sorted by length, padded
+def widths_of_passes(encoder, texts):
+    """(rows, width) of each forward pass that encoding `texts` makes, and the vectors."""
+    shapes = []
+    with forward_pre_hook(encoder, lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                          with_kwargs=True):
+        vectors = encoder.encode_texts(texts)
+    return shapes, vectors
+
+
+def test_padding_invariance_and_order_restored(tiny_encoder, monkeypatch):
+    monkeypatch.setattr(indexer.encoder, "BATCH_OVERHEAD_TOKENS", 10**6)  # full batches: rows padded to the longest
+    shapes, together = widths_of_passes(tiny_encoder, TEXTS)  # batch_size 4: sorted by length, padded
+    lengths = [len(t.ids) for t in tiny_encoder.tokenizer(TEXTS, add_special_tokens=True).encodings]
+    assert sum(r * w for r, w in shapes) > sum(lengths)  # padding happened
     for i, text in enumerate(TEXTS):
         alone = tiny_encoder.encode_texts([text])
         for r in together:
@@ -73,16 +86,16 @@ def test_max_and_first_last_match_an_independent_computation(tiny_bert):
 
 
 def test_hidden_states_are_asked_for_only_when_first_last_needs_them(tiny_bert):
-    asked = []
+    asked = {}
     for reps in (("pooled", "mean", "cls", "max"), ("mean", "first_last")):
         encoder = Encoder.load(str(tiny_bert), representations=reps, batch_size=8)
-        hook = encoder.model.register_forward_hook(lambda m, args, kwargs, out: asked.append(
+        hook = encoder.model.register_forward_hook(lambda m, args, kwargs, out, reps=reps: asked.setdefault(reps, set()).add(
             (kwargs.get("output_hidden_states"), out.hidden_states is not None)), with_kwargs=True)
         try:
             encoder.encode_texts(TEXTS)
         finally:
             hook.remove()
-    assert asked == [(False, False), (True, True)]
+    assert list(asked.values()) == [{(False, False)}, {(True, True)}]  # in every forward pass
 
 
 def test_transformed_representations_need_only_their_pooling(tiny_bert):
@@ -100,7 +113,58 @@ def test_one_forward_pass_per_batch(tiny_bert):
         encoder.encode_texts(TEXTS)
     finally:
         hook.remove()
-    assert len(calls) == 3  # ceil(5 / 2), whatever the number of representations
+    assert len(calls) == len(length_batches(
+        [len(e.ids) for e in encoder.tokenizer(TEXTS).encodings], 2, indexer.encoder.BATCH_OVERHEAD_TOKENS))
+    assert len(calls) == 3  # whatever the number of representations
+
+
+def partitions(items):
+    """Every way of splitting `items` into groups (set partitions), an independent enumeration."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in partitions(rest):
+        for k in range(len(part)):
+            yield part[:k] + [[first, *part[k]]] + part[k + 1 :]
+        yield [[first], *part]
+
+
+def cost(groups, lengths, overhead):
+    return sum(max(lengths[i] for i in g) * len(g) + overhead for g in groups)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_length_batches_are_the_cheapest_grouping_longest_first(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 8))
+    lengths = [int(x) for x in rng.integers(1, 40, n)]
+    if seed % 4 == 0 and n:
+        lengths[-1] = lengths[0]  # ties
+    batch_size = int(rng.integers(1, 5))
+    for overhead in (0, 3, 25, 10**6):
+        batches = length_batches(lengths, batch_size, overhead)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(n)) and all(1 <= len(b) <= batch_size for b in batches)
+        assert flat == sorted(range(n), key=lambda i: -lengths[i])  # longest first, ties in input order
+        cheapest = min(cost(p, lengths, overhead) for p in partitions(list(range(n))) if all(len(g) <= batch_size for g in p))
+        assert cost(batches, lengths, overhead) == cheapest
+        if overhead == 10**6:
+            assert len(batches) == -(-n // batch_size)  # the fewest batches
+    assert length_batches(lengths, batch_size, 25) == length_batches(lengths, batch_size, 25)
+
+
+def test_a_batch_ends_early_where_lengths_fall_steeply_and_encoding_pads_accordingly(tiny_bert, monkeypatch):
+    encoder = Encoder.load(str(tiny_bert), representations=("pooled", "mean"), batch_size=4)
+    texts = ["bake bread with flour water salt and yeast in a hot oven " * 3, "a comet", "the bees", "unbelievable"]
+    lengths = [len(e.ids) for e in encoder.tokenizer(texts).encodings]
+    shapes, vectors = widths_of_passes(encoder, texts)
+    assert sorted(shapes) == sorted([(1, max(lengths)), (3, sorted(lengths)[-2])])  # the long text alone
+    monkeypatch.setattr(indexer.encoder, "BATCH_OVERHEAD_TOKENS", 10**6)
+    full, padded = widths_of_passes(encoder, texts)
+    assert full == [(4, max(lengths))]
+    for r in vectors:
+        np.testing.assert_allclose(vectors[r], padded[r], atol=1e-5)
 
 
 def test_a_single_short_sequence_runs_on_the_transposed_copy_and_gets_the_models_vectors(tiny_encoder, monkeypatch):
