@@ -487,9 +487,12 @@ def document_peak_memory(texts: Sequence[str], sizes_mb: Sequence[float], model:
 def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
     """(b) a whole `build_index` of the texts (read a JSONL file, tokenise, chunk, encode, stage, publish) against
     (a) the encoder alone over exactly the chunks that build embeds, in the same encoder calls (one per batch of
-    the build, at most CHUNKS_PER_ENCODE chunks each). Runs alternate a and b, so that each pair shares the machine's
-    load of the moment; times are medians, and the ratio of throughputs b/a (the share of the encoder's speed a build
-    keeps) is the median of the pairs' ratios. Also: the built index's disk use per chunk."""
+    the build, at most CHUNKS_PER_ENCODE chunks each), and (c) the encoder alone over the same chunks in one call,
+    all sorted by length together, as `encode_benchmark` encodes its windows (the least padding; what a build, which
+    commits a batch of documents at a time, cannot do). Runs alternate a, b and c, so that each round shares the
+    machine's load of the moment; times are medians, and each ratio of throughputs (b/a, the share of the encoder's
+    speed a build keeps; b/c, the same against one sorted call) is the median of the rounds' ratios. Also: the built
+    index's disk use per chunk."""
     from .chunking import chunk_document, first_slice
     from .config import default_overlap
     from .loaders import Document
@@ -516,18 +519,22 @@ def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
             for ids in calls:
                 encoder.encode_ids(ids)
 
+        every_chunk = [ids for call in calls for ids in call]
+
         def build() -> None:
             build_index(source, Path(tmp) / f"ix-{next(built)}", encoder, progress=False)
 
         encoder.encode_ids(calls[0])  # warm-up: first calls allocate and pick kernels
-        encoder_s, build_s = [], []
+        encoder_s, build_s, one_call_s = [], [], []
         for _ in range(runs):
             encoder_s.append(median_seconds(encoder_only, 1))
             build_s.append(median_seconds(build, 1))
+            one_call_s.append(median_seconds(lambda: encoder.encode_ids(every_chunk), 1))
         index = Path(tmp) / "ix-0"
         disk = disk_per_chunk(index, read_manifest(index))
-    a, b = statistics.median(encoder_s), statistics.median(build_s)
+    a, b, c = statistics.median(encoder_s), statistics.median(build_s), statistics.median(one_call_s)
     ratios = [x / y for x, y in zip(encoder_s, build_s)]
+    one_call_ratios = [z / y for z, y in zip(one_call_s, build_s)]
     return {
         "docs": len(texts),
         "chunks": sum(len(ids) for ids in calls),
@@ -539,6 +546,10 @@ def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
         "build_docs_per_s": len(texts) / b,
         "ratio": statistics.median(ratios),
         "ratios": ratios,
+        "one_call_s": c,
+        "one_call_docs_per_s": len(texts) / c,
+        "ratio_to_one_call": statistics.median(one_call_ratios),
+        "ratios_to_one_call": one_call_ratios,
         "disk": disk,
     }
 

@@ -171,14 +171,30 @@ def test_bench_build_times_the_build_against_the_encoder_over_its_chunks(capsys,
         calls.append(summary)
         return summary
 
+    from indexer.encoder import Encoder
+
+    sizes = []  # the number of chunks of each encoder call
+    real_encode = Encoder.encode_ids
+
+    def encode_ids(self, sequences, **options):
+        sizes.append(len(sequences))
+        return real_encode(self, sequences, **options)
+
     monkeypatch.setattr(pipeline, "DOCS_PER_BATCH", 8)
     monkeypatch.setattr(pipeline, "build_index", counted)
+    monkeypatch.setattr(Encoder, "encode_ids", encode_ids)
     assert main(["bench", "--data", str(SAMPLE), "--docs", "20", "--runs", "2", "--model", str(tiny_bert), "--no-encode",
                  "--build", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["build"]
     assert len(calls) == 2 and all(s.documents == 20 for s in calls)
     assert row["chunks"] == calls[0].chunks and row["encoder_calls"] == 3 and row["docs"] == 20
     assert len(row["ratios"]) == 2 and row["ratio"] == pytest.approx(float(np.median(row["ratios"])))
+    # per run: the build's 3 calls alone, the build (its 3 calls), then every chunk in one call
+    batches = [n for n in sizes[1:] if n != row["chunks"]]  # after the warm-up (the first call's chunks)
+    assert sizes.count(row["chunks"]) == 2 and len(batches) == 2 * 2 * 3 and sum(batches) == 2 * 2 * row["chunks"]
+    assert len(row["ratios_to_one_call"]) == 2
+    assert row["ratio_to_one_call"] == pytest.approx(float(np.median(row["ratios_to_one_call"])))
+    assert row["one_call_docs_per_s"] == pytest.approx(20 / row["one_call_s"])
     disk = row["disk"]
     assert set(disk["files"]) >= {"pooled.faiss", "mean.faiss", "metadata.sqlite"}
     assert disk["float32_vector"] == 4 * 32 and disk["metadata_vectors_per_pooling"] >= disk["float32_vector"]
