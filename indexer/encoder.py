@@ -156,7 +156,7 @@ def threads(n: int):
 #: CPU feature flags (/proc/cpuinfo) that mean bf16 *matrix* hardware: x86's AMX-BF16 tiles, ARM's BF16 (BFMMLA).
 #: AVX512-BF16 alone is not enough: it only converts and takes dot products of pairs, and on this project's
 #: machine (Xeon with avx512_bf16 but no AMX exposed) oneDNN's bf16 matmul ran at 0.55-0.75x the float32 GFLOP/s
-#: and a bf16 encode took 1.2-1.4x the fp32 time, so `auto` keeps fp32 there.
+#: and a bf16 encode took 1.2-1.6x the fp32 time, so `auto` keeps fp32 there.
 BF16_CPU_FLAGS = {"x86_64": ("amx_bf16",), "aarch64": ("bf16",)}
 
 
