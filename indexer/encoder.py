@@ -102,8 +102,8 @@ def small_input_model(model: torch.nn.Module) -> torch.nn.Module:
 #: only where that saves more padding. Measured on this project's 2-core machine, all-MiniLM-L6-v2, msmarco-5k's
 #: first 2,048 passages in calls of 512 (as a build makes them): 7.6% less time than full batches of 32 (medians
 #: of 6 interleaved rounds, 21.5 against 23.3 s; better in every round); over all 5,000, padding falls from 8.0%
-#: to 2.5% of the tokens. Other devices
-#: (a GPU, not measured here) keep batches full: there the fixed cost of a pass is far larger than a row's.
+#: to 2.5% of the tokens. Other devices (a GPU, not measured here) keep batches full: there the fixed cost of a
+#: pass is far larger than a row's.
 BATCH_OVERHEAD_TOKENS = 64
 
 
@@ -111,19 +111,16 @@ def length_batches(lengths: Sequence[int], batch_size: int, overhead: int) -> li
     """The indices of `lengths`, longest first (ties in input order), cut into batches of at most `batch_size`.
 
     A batch is padded to its longest row, so it costs its rows x its first length, plus `overhead`. The cuts are the
-    cheapest ones of the sorted order (a dynamic programme, O(n x batch_size)): a batch ends
-    early where lengths fall steeply rather than pad many short rows to a long one; with a large `overhead`, the
-    fewest batches, padded least. Deterministic: the same lengths give the same batches."""
+    cheapest ones of the sorted order (a dynamic programme, O(n x batch_size)): a batch ends early where lengths fall
+    steeply rather than pad many short rows to a long one; with a large `overhead`, the fewest batches, padded least.
+    Deterministic: the same lengths give the same batches (of equal costs, the earliest cut)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     n = len(order)
-    best = [0] + [0] * n  # best[j]: the least cost of the first j rows; cut[j]: where its last batch starts
+    best = [0] * (n + 1)  # best[j]: the least cost of the first j rows; cut[j]: where its last batch starts
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
-        best[j] = -1
-        for i in range(max(0, j - batch_size), j):
-            cost = best[i] + lengths[order[i]] * (j - i) + overhead
-            if best[j] < 0 or cost < best[j]:
-                best[j], cut[j] = cost, i
+        best[j], cut[j] = min((best[i] + lengths[order[i]] * (j - i) + overhead, i)
+                              for i in range(max(0, j - batch_size), j))
     batches = []
     j = n
     while j > 0:
