@@ -30,7 +30,7 @@ from .config import (
     parse_representations,
     poolings_of,
 )
-from .encoder import Encoder, ModelError
+from .encoder import SPEED_CPU_FLAGS, Encoder, ModelError, machine_summary
 from .evaluation import (
     GEOMETRY_LABELS,
     GEOMETRY_NOTE,
@@ -621,9 +621,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if sizes_mb:
         print(f"peak memory of builds of one document of {sizes_mb} MB …", file=sys.stderr)
         report["memory_document"] = document_peak_memory(texts_of(Path(args.data), None), sizes_mb, args.model)
+    report["machine"] = machine = machine_summary(encoder.device)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    print(f"machine: {machine['cpu']} ({machine['architecture']}), {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+          f"device {machine['device']}; CPU features: {' '.join(machine['cpu_flags']) or 'none of ' + ', '.join(SPEED_CPU_FLAGS)}; "
+          f"bf16 matrix hardware: {'yes' if machine['native_bf16'] else 'no'} (figures from another machine do not compare)")
     if report.get("docs"):
         ours = f"ours ({', '.join(report['representations'])}, one pass):"
         peer = "sentence-transformers (mean):"

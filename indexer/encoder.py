@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import platform
 import threading
 import weakref
@@ -157,17 +158,49 @@ def threads(n: int):
 BF16_CPU_FLAGS = {"x86_64": ("amx_bf16",), "aarch64": ("bf16",)}
 
 
-def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's feature flags as Linux lists them (x86 `flags`, ARM `Features`); empty where unreadable."""
+def _cpuinfo(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields as Linux lists them in /proc/cpuinfo (x86 `model name` and `flags`, ARM
+    `Features`); empty where unreadable."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+        key, colon, value = line.partition(":")
+        if not colon:
+            if fields:  # the blank line after the first processor
+                break
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 `flags`, ARM `Features`); empty where unreadable."""
+    fields = _cpuinfo(cpuinfo)
+    return set((fields.get("flags") or fields.get("Features") or "").split())
+
+
+#: The CPU features that decide this encoder's speed, as `bench` reports them: x86 vector widths and fused
+#: multiply-add, and every bf16/fp16 flag of BF16_CPU_FLAGS or beside it.
+SPEED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "asimd", "sve", "bf16")
+
+
+def machine_summary(device: str | torch.device = "cpu", cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """What a benchmark ran on, for its report: the CPU's model, architecture and logical CPUs, which of its
+    SPEED_CPU_FLAGS it has, torch's thread count, and whether `device` has bf16 matrix hardware (what `auto` uses).
+    Figures from different machines do not compare: this says which one gave them."""
+    flags = _cpu_flags(cpuinfo)
+    return {
+        "cpu": _cpuinfo(cpuinfo).get("model name") or platform.processor() or "unknown",
+        "architecture": platform.machine(),
+        "cpus": os.cpu_count(),
+        "cpu_flags": [f for f in SPEED_CPU_FLAGS if f in flags],
+        "torch_threads": torch.get_num_threads(),
+        "device": str(torch.device(device)),
+        "native_bf16": native_bf16(device),
+    }
 
 
 def native_bf16(device: str | torch.device) -> bool:

@@ -41,6 +41,17 @@ def test_bench_reports_the_promised_keys(capsys, tiny_bert):
     assert report["gflops"] * report["ours_s"] * 1e9 == pytest.approx(flops, rel=1e-9)
     assert report["peer_gflops"] * report["peer_s"] * 1e9 == pytest.approx(flops, rel=1e-9)
     assert report["ours_s"] > 0 and report["peer_s"] > 0 and report["peak_gflops"] > 0
+    # the machine it ran on, read independently here: the first "model name" line Linux lists
+    import os
+    import re
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace") if Path("/proc/cpuinfo").exists() else ""
+    name = re.search(r"^model name\s*:\s*(.*?)\s*$", cpuinfo, re.M)
+    machine = report["machine"]
+    if name:
+        assert machine["cpu"] == name.group(1)
+    assert machine["cpus"] == os.cpu_count() and machine["device"] == "cpu" and isinstance(machine["native_bf16"], bool)
     row = report["latency"][0]
     assert row["vectors"] == 1000
     for part in ("exact", "approximate", "encode_only"):
@@ -150,6 +161,7 @@ def test_bench_compares_any_set_of_representations(reps, capsys, tiny_bert):
     if len(expected) == 5:  # the text report names them (once: each run loads both models again)
         assert main(args) == 0
         out = capsys.readouterr().out
+        assert out.startswith(f"machine: {report['machine']['cpu']} (") and "bf16 matrix hardware: " in out.splitlines()[0]
         assert f"ours ({', '.join(expected)}, one pass):" in out and "sentence-transformers (mean):" in out
 
 

@@ -68,6 +68,27 @@ def test_the_capability_check_reads_the_cpu_flags(fp32_unless_asked, monkeypatch
     assert _cpu_flags(tmp_path / "missing") == set()
 
 
+def test_the_machine_summary_names_the_cpu_and_its_speed_flags(monkeypatch, tmp_path):
+    """What `bench` says it ran on: the first processor's model name and, of its flags, the speed-relevant ones."""
+    import os
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
+                       "flags\t\t: fpu sse amx_bf16 avx2 fma avx512f\n\n"
+                       "processor\t: 1\nmodel name\t: Another CPU\nflags\t\t: fpu avx512_bf16\n", encoding="utf-8")
+    for native in (False, True):
+        monkeypatch.setattr(encoder_module, "native_bf16", lambda device, n=native: n)
+        summary = encoder_module.machine_summary("cpu", cpuinfo)
+        assert summary["cpu"] == "AMD EPYC 7B13" and summary["cpus"] == os.cpu_count()
+        assert summary["cpu_flags"] == ["avx2", "fma", "avx512f", "amx_bf16"]  # in SPEED_CPU_FLAGS' order
+        assert summary["native_bf16"] is native and summary["device"] == "cpu"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve bf16 crc32\n", encoding="utf-8")
+    monkeypatch.setattr(encoder_module.platform, "processor", lambda: "")
+    summary = encoder_module.machine_summary("cpu", cpuinfo)
+    assert summary["cpu"] == "unknown" and summary["cpu_flags"] == ["asimd", "sve", "bf16"]
+    assert encoder_module.machine_summary("cpu", tmp_path / "missing")["cpu_flags"] == []
+
+
 def test_bf16_vectors_are_float32_and_close_to_the_fp32_ones(tiny_bert, native):
     native(True)
     texts = ["the bees make honey from nectar and pollen in the hive", "bake bread with flour water salt and yeast",
