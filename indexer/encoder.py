@@ -103,8 +103,10 @@ def small_input_model(model: torch.nn.Module) -> torch.nn.Module:
 #: only where that saves more padding. Measured on this project's 2-core machine, all-MiniLM-L6-v2, msmarco-5k's
 #: first 2,048 passages in calls of 512 (as a build makes them): 7.6% less time than full batches of 32 (medians
 #: of 6 interleaved rounds, 21.5 against 23.3 s; better in every round); over all 5,000, padding falls from 8.0%
-#: to 2.5% of the tokens. Other devices (a GPU, not measured here) keep batches full: there the fixed cost of a
-#: pass is far larger than a row's.
+#: to 2.5% of the tokens. On an AVX2-only AMD EPYC (the machine of 2026-12-07) it made no measurable difference:
+#: 0.986 of full batches' time, and 16 or 256 no better (docs/experiments/batch_overhead.py, 4 rounds that moved
+#: by 20%). Other devices (a GPU, not measured here) keep batches full: there the fixed cost of a pass is far larger
+#: than a row's.
 BATCH_OVERHEAD_TOKENS = 64
 
 
