@@ -626,7 +626,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"machine: {machine['cpu']} ({machine['architecture']}), {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
-          f"device {machine['device']}; CPU features: {' '.join(machine['cpu_flags']) or 'none of ' + ', '.join(SPEED_CPU_FLAGS)}; "
+          f"device {machine['device']}" + (f" ({machine['device_name']})" if machine["device_name"] else "") + "; "
+          f"CPU features: {' '.join(machine['cpu_flags']) or 'none of ' + ', '.join(SPEED_CPU_FLAGS)}; "
           f"bf16 matrix hardware: {'yes' if machine['native_bf16'] else 'no'} (figures from another machine do not compare)")
     if report.get("docs"):
         ours = f"ours ({', '.join(report['representations'])}, one pass):"

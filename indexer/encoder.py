@@ -191,16 +191,18 @@ SPEED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx5
 
 def machine_summary(device: str | torch.device = "cpu", cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     """What a benchmark ran on, for its report: the CPU's model, architecture and logical CPUs, which of its
-    SPEED_CPU_FLAGS it has, torch's thread count, and whether `device` has bf16 matrix hardware (what `auto` uses).
-    Figures from different machines do not compare: this says which one gave them."""
+    SPEED_CPU_FLAGS it has, torch's thread count, `device` (with a GPU's name) and whether it has bf16 matrix
+    hardware (what `auto` uses). Figures from different machines do not compare: this says which one gave them."""
     flags = _cpu_flags(cpuinfo)
+    device = torch.device(device)
     return {
         "cpu": _cpuinfo(cpuinfo).get("model name") or platform.processor() or "unknown",
         "architecture": platform.machine(),
         "cpus": os.cpu_count(),
         "cpu_flags": [f for f in SPEED_CPU_FLAGS if f in flags],
         "torch_threads": torch.get_num_threads(),
-        "device": str(torch.device(device)),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "native_bf16": native_bf16(device),
     }
 

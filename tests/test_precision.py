@@ -87,6 +87,10 @@ def test_the_machine_summary_names_the_cpu_and_its_speed_flags(monkeypatch, tmp_
     summary = encoder_module.machine_summary("cpu", cpuinfo)
     assert summary["cpu"] == "unknown" and summary["cpu_flags"] == ["asimd", "sve", "bf16"]
     assert encoder_module.machine_summary("cpu", tmp_path / "missing")["cpu_flags"] == []
+    assert summary["device_name"] is None
+    monkeypatch.setattr(encoder_module.torch.cuda, "get_device_name", lambda device: f"GPU of {device}")
+    summary = encoder_module.machine_summary("cuda:0", cpuinfo)  # a GPU's name beside the CPU's
+    assert summary["device"] == "cuda:0" and summary["device_name"] == "GPU of cuda:0"
 
 
 def test_bf16_vectors_are_float32_and_close_to_the_fp32_ones(tiny_bert, native):
