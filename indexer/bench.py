@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,23 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def interleaved_seconds(fns: Mapping[str, Callable[[], object]], rounds: int,
+                        on_time: Callable[[int, str, float], None] | None = None) -> dict[str, list[float]]:
+    """Wall time of each of `fns` once per round, the rounds one after another and each round calling them in the
+    order given, so that each round's figures share the machine's load of the moment (a ratio of two of them is
+    taken within a round). `on_time(round, name, seconds)` is told each time as it is taken."""
+    positive("rounds", rounds)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(rounds):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+            if on_time is not None:
+                on_time(round_, name, times[name][-1])
+    return times
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -484,6 +501,21 @@ def document_peak_memory(texts: Sequence[str], sizes_mb: Sequence[float], model:
     return out
 
 
+def build_calls(texts: Sequence[str], encoder, docs_per_batch: int | None = None) -> list[list[list[int]]]:
+    """The token ids of each encoder call a build of `texts` (one document each) makes, cut as the build cuts them:
+    its committed batches (`docs_per_batch` documents, default pipeline.DOCS_PER_BATCH) and its encoder calls in each
+    (pipeline.encoder_calls), with the default overlap."""
+    from . import pipeline
+    from .config import default_overlap
+    from .loaders import Document
+
+    overlap = default_overlap(encoder.max_tokens)
+    documents = (Document(str(i), t) for i, t in enumerate(texts))
+    return [[c.token_ids for c in call]
+            for batch in pipeline._batched(documents, docs_per_batch or pipeline.DOCS_PER_BATCH, pipeline.CHARS_PER_BATCH)
+            for call in pipeline.encoder_calls(batch, encoder, overlap, lambda document: None)]
+
+
 def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
     """(b) a whole `build_index` of the texts (read a JSONL file, tokenise, chunk, encode, stage, publish) against
     (a) the encoder alone over exactly the chunks that build embeds, in the same encoder calls (one per batch of
@@ -493,23 +525,14 @@ def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
     machine's load of the moment; times are medians, and each ratio of throughputs (b/a, the share of the encoder's
     speed a build keeps; b/c, the same against one sorted call) is the median of the rounds' ratios. Also: the built
     index's disk use per chunk."""
-    from .chunking import chunk_document, first_slice
-    from .config import default_overlap
-    from .loaders import Document
-    from .pipeline import CHARS_PER_BATCH, CHUNKS_PER_ENCODE, DOCS_PER_BATCH, _batched, build_index
+    from .pipeline import build_index
     from .store import read_manifest
 
     texts = list(texts)
     positive("runs", runs)
     if not texts:
         raise ValueError("no text to encode")
-    overlap = default_overlap(encoder.max_tokens)
-    calls: list[list[list[int]]] = []  # the token ids of each encoder call of the build, cut as the build cuts
-    for batch in _batched((Document(str(i), t) for i, t in enumerate(texts)), DOCS_PER_BATCH, CHARS_PER_BATCH):
-        ids = [c.token_ids for d, first in zip(batch, encoder.tokenize([first_slice(d.content) for d in batch]))
-               for c in chunk_document(d.doc_id, d.content, encoder.tokenize, window=encoder.window, overlap=overlap,
-                                       first=first, exact_at_word_boundaries=encoder.exact_at_word_boundaries)]
-        calls += [ids[i : i + CHUNKS_PER_ENCODE] for i in range(0, len(ids), CHUNKS_PER_ENCODE)]
+    calls = build_calls(texts, encoder)
     with tempfile.TemporaryDirectory(prefix="pooling-lab-build-") as tmp:
         source = Path(tmp) / "docs.jsonl"
         source.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
@@ -525,11 +548,9 @@ def build_benchmark(texts: Sequence[str], encoder, *, runs: int = 3) -> dict:
             build_index(source, Path(tmp) / f"ix-{next(built)}", encoder, progress=False)
 
         encoder.encode_ids(calls[0])  # warm-up: first calls allocate and pick kernels
-        encoder_s, build_s, one_call_s = [], [], []
-        for _ in range(runs):
-            encoder_s.append(median_seconds(encoder_only, 1))
-            build_s.append(median_seconds(build, 1))
-            one_call_s.append(median_seconds(lambda: encoder.encode_ids(every_chunk), 1))
+        times = interleaved_seconds({"encoder": encoder_only, "build": build,
+                                     "one_call": lambda: encoder.encode_ids(every_chunk)}, runs)
+        encoder_s, build_s, one_call_s = times["encoder"], times["build"], times["one_call"]
         index = Path(tmp) / "ix-0"
         disk = disk_per_chunk(index, read_manifest(index))
     a, b, c = statistics.median(encoder_s), statistics.median(build_s), statistics.median(one_call_s)

@@ -119,6 +119,29 @@ def test_median_seconds_is_the_median_of_the_runs(monkeypatch):
         assert median_seconds(call, len(durations)) == expected and pending == []
 
 
+def test_interleaved_seconds_alternates_the_calls_and_times_each(monkeypatch):
+    """A fake clock each call advances by its own duration: every round calls each function once, in the order given,
+    and each time is that call's duration, reported as it is taken."""
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    order = []
+
+    def make(name, durations):
+        def call():
+            order.append(name)
+            now[0] += durations.pop(0)
+        return call
+
+    told = []
+    times = bench.interleaved_seconds({"a": make("a", [1.0, 2.0, 3.0]), "b": make("b", [10.0, 20.0, 30.0])}, 3,
+                                      lambda r, name, seconds: told.append((r, name, seconds)))
+    assert order == ["a", "b"] * 3
+    assert times == {"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0, 30.0]}
+    assert told == [(0, "a", 1.0), (0, "b", 10.0), (1, "a", 2.0), (1, "b", 20.0), (2, "a", 3.0), (2, "b", 30.0)]
+    with pytest.raises(ValueError, match="rounds must be"):
+        bench.interleaved_seconds({"a": lambda: None}, 0)
+
+
 @pytest.mark.parametrize(
     "option, value",
     [("--docs", "0"), ("--docs", "-3"), ("--runs", "0"), ("--queries", "0"), ("--batch-size", "0"),
@@ -202,8 +225,9 @@ def test_bench_build_times_the_build_against_the_encoder_over_its_chunks(capsys,
     assert row["chunks"] == calls[0].chunks and row["encoder_calls"] == 3 and row["docs"] == 20
     assert len(row["ratios"]) == 2 and row["ratio"] == pytest.approx(float(np.median(row["ratios"])))
     # per run: the build's 3 calls alone, the build (its 3 calls), then every chunk in one call
-    batches = [n for n in sizes[1:] if n != row["chunks"]]  # after the warm-up (the first call's chunks)
-    assert sizes.count(row["chunks"]) == 2 and len(batches) == 2 * 2 * 3 and sum(batches) == 2 * 2 * row["chunks"]
+    per_call = sizes[1:4]  # after the warm-up (the first call's chunks)
+    assert len(per_call) == 3 and sum(per_call) == row["chunks"] and sizes[0] == per_call[0]
+    assert sizes[1:] == (per_call + per_call + [row["chunks"]]) * 2  # the runs alternate a, b and c
     assert len(row["ratios_to_one_call"]) == 2
     assert row["ratio_to_one_call"] == pytest.approx(float(np.median(row["ratios_to_one_call"])))
     assert row["one_call_docs_per_s"] == pytest.approx(20 / row["one_call_s"])
