@@ -178,10 +178,14 @@ def _cpuinfo(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     return fields
 
 
+def _flags_of(fields: Mapping[str, str]) -> set[str]:
+    """The feature flags among a processor's /proc/cpuinfo fields (x86 `flags`, ARM `Features`)."""
+    return set((fields.get("flags") or fields.get("Features") or "").split())
+
+
 def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     """The CPU's feature flags as Linux lists them (x86 `flags`, ARM `Features`); empty where unreadable."""
-    fields = _cpuinfo(cpuinfo)
-    return set((fields.get("flags") or fields.get("Features") or "").split())
+    return _flags_of(_cpuinfo(cpuinfo))
 
 
 #: The CPU features that decide this encoder's speed, as `bench` reports them: x86 vector widths and fused
@@ -193,10 +197,11 @@ def machine_summary(device: str | torch.device = "cpu", cpuinfo: Path = Path("/p
     """What a benchmark ran on, for its report: the CPU's model, architecture and logical CPUs, which of its
     SPEED_CPU_FLAGS it has, torch's thread count, `device` (with a GPU's name) and whether it has bf16 matrix
     hardware (what `auto` uses). Figures from different machines do not compare: this says which one gave them."""
-    flags = _cpu_flags(cpuinfo)
+    fields = _cpuinfo(cpuinfo)  # read once
+    flags = _flags_of(fields)
     device = torch.device(device)
     return {
-        "cpu": _cpuinfo(cpuinfo).get("model name") or platform.processor() or "unknown",
+        "cpu": fields.get("model name") or platform.processor() or "unknown",
         "architecture": platform.machine(),
         "cpus": os.cpu_count(),
         "cpu_flags": [f for f in SPEED_CPU_FLAGS if f in flags],
