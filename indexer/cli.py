@@ -345,7 +345,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    repaired = repair(args.index)
+    repaired = repair(args.index, progress=not args.no_progress)
     problems, _ = verify(args.index)
     print(f"published {repaired.generation}: {repaired.note}; verify: " + ("ok" if not problems else "; ".join(problems)))
     return 0 if not problems else 1
@@ -354,7 +354,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     spec = _index_spec(args)
     started = time.perf_counter()
-    generation = convert(args.index, spec)
+    generation = convert(args.index, spec, progress=not args.no_progress)
     print(f"published {generation} with {spec.label} FAISS files, built from the stored vectors in "
           f"{time.perf_counter() - started:.1f} s (nothing re-embedded)")
     return 0
@@ -369,7 +369,7 @@ def _searcher(args: argparse.Namespace, representations: Sequence[str] | None = 
 
 def cmd_refit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    result = refit(args.index, args.representations)
+    result = refit(args.index, args.representations, progress=not args.no_progress)
     manifest = read_manifest(args.index)
     print(f"published {result.generation}: {result.note}, in {time.perf_counter() - started:.1f} s (nothing re-embedded); "
           f"representations: {', '.join(manifest.representations)}")
@@ -813,6 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"what the model computes in: fp32, bf16, or auto (bf16 where the CPU or GPU has native bf16 "
                             f"instructions, else fp32); vectors are stored as float32 either way (default: {default_help})")
 
+    def progress_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (on standard error)")
+
     def ray_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                        help="embed on a Ray cluster (needs `pip install ray==2.60.0`; put it after SOURCE): `auto` (the default) "
@@ -862,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--text-column", default="text", help="CSV: text column (default text)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index (kept until the new one is complete)")
     precision_option(b, DEFAULT_PRECISION, DEFAULT_PRECISION)
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    progress_option(b)
     index_type_options(b)
     ray_options(b)
     b.set_defaults(func=cmd_build)
@@ -876,7 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--id-column", default=None)
     a.add_argument("--title-column", default="title")
     a.add_argument("--text-column", default="text")
-    a.add_argument("--no-progress", action="store_true")
+    progress_option(a)
     precision_option(a, None, "the index's; new vectors must be of the index's precision")
     ray_options(a)
     a.set_defaults(func=cmd_add)
@@ -893,11 +896,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("repair", help="rebuild the FAISS files from the metadata store, as a new generation")
     rp.add_argument("index", type=Path)
+    progress_option(rp)
     rp.set_defaults(func=cmd_repair)
 
     cv = sub.add_parser("convert", help="switch an index between exact (flat) and approximate (hnsw) search; nothing is re-embedded")
     cv.add_argument("index", type=Path)
     index_type_options(cv, required=True)
+    progress_option(cv)
     cv.set_defaults(func=cmd_convert)
 
     rf = sub.add_parser("refit", help="fit the transforms (+whiten, +abtt) again on the index's vectors, or change the set of "
@@ -906,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--representations", default=None, metavar="LIST",
                     help="the representations to serve afterwards (default: the index's own), e.g. mean,mean+whiten; "
                          "their poolings must be stored in the index (a pooling that no representation uses any more is dropped)")
+    progress_option(rf)
     rf.set_defaults(func=cmd_refit)
 
     s = sub.add_parser("search", help="show each representation's ranking for a query, side by side")
@@ -945,7 +951,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fit-on", type=Path, default=None, metavar="INDEX_DIR",
                    help="with --sts: take transforms (+whiten, +abtt) from this index instead of fitting them on the STS sentences")
     e.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    progress_option(e)
     precision_option(e, None, f"with --index: the index's; with --beir or --sts: {DEFAULT_PRECISION}, and a cached index of "
                               "another precision is rebuilt")
     model_options(e, "with --beir or --sts: model to encode with (default: embedded all-MiniLM-L6-v2); with --index alone: "

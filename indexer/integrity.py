@@ -176,7 +176,7 @@ class Repaired:
     note: str
 
 
-def repair(directory: str | Path) -> Repaired:
+def repair(directory: str | Path, *, progress: bool = False) -> Repaired:
     """Make the index servable again, as a new CURRENT.
 
     When CURRENT names a generation that opens, its FAISS files are rebuilt from the metadata
@@ -193,20 +193,21 @@ def repair(directory: str | Path) -> Repaired:
             open_generation(directory)
         except StoreError as exc:
             return _publish_newest_intact(directory, exc)
-        return _rebuild_faiss(directory, "repair", None)
+        return _rebuild_faiss(directory, "repair", None, progress=progress)
 
 
-def convert(directory: str | Path, spec: IndexSpec) -> str:
+def convert(directory: str | Path, spec: IndexSpec, *, progress: bool = False) -> str:
     """Publish a new generation whose FAISS files are of another type (`flat`, `hnsw`, `ivf`), from the stored vectors.
 
     Nothing is re-embedded: switching an index to approximate search, or back, costs only the FAISS build.
+    `progress` (here and in `repair`, `refit`): a bar over the approximate indexes being built (staging.publish).
     """
     directory = Path(directory).resolve()
     with WriterLock(directory, "convert"):
-        return _rebuild_faiss(directory, "convert", spec).generation
+        return _rebuild_faiss(directory, "convert", spec, progress=progress).generation
 
 
-def refit(directory: str | Path, representations: Sequence[str] | None = None) -> Repaired:
+def refit(directory: str | Path, representations: Sequence[str] | None = None, *, progress: bool = False) -> Repaired:
     """Fit every transform again on the index's current vectors, as a new generation; nothing is re-embedded.
 
     `representations` (default: the index's own) may also change the set served, e.g. add `mean+whiten`
@@ -215,7 +216,7 @@ def refit(directory: str | Path, representations: Sequence[str] | None = None) -
     directory = Path(directory).resolve()
     wanted = parse_representations(representations) if representations else None
     with WriterLock(directory, "refit"):
-        return _rebuild_faiss(directory, "refit", None, representations=wanted)
+        return _rebuild_faiss(directory, "refit", None, representations=wanted, progress=progress)
 
 
 def _publish_newest_intact(directory: Path, why: StoreError) -> Repaired:
@@ -250,7 +251,8 @@ def _publish_newest_intact(directory: Path, why: StoreError) -> Repaired:
     )
 
 
-def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, representations: Sequence[str] | None = None) -> Repaired:
+def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, representations: Sequence[str] | None = None,
+                   progress: bool = False) -> Repaired:
     """Publish the published generation again with FAISS files built from its stored vectors (the caller holds the lock).
 
     Transforms are kept as fitted (`repair`, `convert`), or fitted again (`refit`; `repair` too when a
@@ -321,5 +323,5 @@ def _rebuild_faiss(directory: Path, op: str, spec: IndexSpec | None, *, represen
     from .search import tuning_encode  # approximate indexes are tuned on pseudo-queries, as a build tunes them
 
     generation = publish(directory, staging, base, dims, representations=wanted, fixed=fixed, labels=labels,
-                         encode=tuning_encode(base))
+                         encode=tuning_encode(base), progress=progress)
     return Repaired(generation, True, note)

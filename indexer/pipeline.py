@@ -662,7 +662,8 @@ def build_index(
             build=BuildRecord(round(seconds, 3), report.skipped, report.ignored_files, command_sha, ray=ray and ray.record()),
         )
         generation = publish(index_dir, staging, manifest, dims, representations=encoder.representations,
-                             labels=beir_labels(opened.path) if fmt == "beir" else None, encode=encoder.encode_texts)
+                             labels=beir_labels(opened.path) if fmt == "beir" else None, encode=encoder.encode_texts,
+                             progress=progress)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=docs)
 
@@ -732,7 +733,7 @@ def add_documents(
         # precision is recorded now if it was not (compatibility_problems made sure the new vectors are of it)
         generation = publish(index_dir, staging, replace(manifest, precision=encoder.precision, updates=(*manifest.updates, update)),
                              manifest.poolings, representations=list(manifest.representations), fixed=fixed, labels=labels,
-                             incremental=True, encode=encoder.encode_texts)
+                             incremental=True, encode=encoder.encode_texts, progress=progress)
     return BuildSummary(index_dir, docs, chunks, stats["tokens"], seconds, report.ignored_files, report.issues,
                         generation=generation, resumed_at=resumed_at, processed=stats["processed"], added=stats["added"],
                         updated=stats["updated"], unchanged=stats["unchanged"])

@@ -12,6 +12,7 @@ atomic replacement of CURRENT. Readers never see anything before that last step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -29,6 +30,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import transforms, vector_index
 from .config import parse_representation
@@ -440,6 +443,7 @@ def publish(
     labels: LabelFiles | None = None,
     incremental: bool = False,
     encode: Callable[[list[str]], Mapping[str, np.ndarray] | None] | None = None,
+    progress: bool = False,
 ) -> str:
     """Turn the staging area into a new generation and make it the published one; returns its name.
 
@@ -458,6 +462,8 @@ def publish(
     (vector_index.build_tuned), on pseudo-queries of held-out chunks' texts encoded by `encode` (the index's
     encoder: texts to vectors per pooling, `Encoder.encode_texts`, or search.tuning_encode, which loads it when first
     asked); without it (or when it gives None), on probes made from the vectors.
+    `progress`: a progress bar over the representations' FAISS indexes while approximate ones are built (a graph
+    over a million vectors takes half an hour on 2 cores); exact ones are a copy of the vectors and show none.
     A write error (full disk, permissions) before CURRENT is replaced leaves the previous
     generation published and untouched.
     """
@@ -470,6 +476,11 @@ def publish(
     tmp = directory / f".{generation}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     switched = False
+    shown = contextlib.ExitStack()  # the bar, and log messages written above it rather than into it
+    bar = shown.enter_context(tqdm(total=len(representations), unit="index", desc=f"{manifest.vector_index.type} indexes",
+                                   disable=not progress or manifest.vector_index.type == "flat", dynamic_ncols=True))
+    if not bar.disable:
+        shown.enter_context(logging_redirect_tqdm())
     try:
         tmp.mkdir()
         files = {}
@@ -491,12 +502,14 @@ def publish(
             atomic_write_bytes(tmp / faiss_file(r), data)
             written.append(faiss_file(r))
             built[r] = record
+            bar.update()
 
         for pooling, names in by_pooling.items():  # each pooling's vectors are read once
             pending = list(names)
             if previous is not None:
                 new_ids, new_vectors = staging.load_vectors(pooling, dims[pooling], since=previous[1].next_chunk_id)
                 for r in names:
+                    bar.set_postfix_str(f"{r}: extending")
                     extended = extend_previous(*previous, r, live, new_ids, new_vectors, fixed.get(r), generation)
                     if extended is not None:
                         write(r, *extended, fixed.get(r))
@@ -506,6 +519,7 @@ def publish(
                 continue
             ids, stored = staging.load_vectors(pooling, dims[pooling])
             for r in pending:
+                bar.set_postfix_str(f"{r}: {len(ids):,} vectors")
                 transform = None
                 if parse_representation(r).transform is None:
                     matrix = stored
@@ -570,6 +584,7 @@ def publish(
     except (OSError, sqlite3.Error) as exc:  # full disk, I/O error, permissions; SQLite's come from VACUUM INTO
         raise write_failed(directory, "write a new generation", exc) from exc
     finally:
+        shown.close()
         if not switched:  # whatever stopped it (an interrupt too), leave no half-written generation behind
             shutil.rmtree(tmp, ignore_errors=True)
             if published(directory) != generation:

@@ -176,6 +176,28 @@ def test_cli_build_with_hnsw_info_and_convert(tmp_path, tiny_bert, small_jsonl, 
         main(["convert", ix])  # --index-type is required
 
 
+
+def test_building_approximate_indexes_shows_a_bar_over_the_representations(tmp_path, tiny_bert, small_jsonl, capsys):
+    """An HNSW graph over a million vectors takes half an hour: convert, repair, refit, build and add show a bar over
+    the representations' indexes while approximate ones are built; none for exact ones or with --no-progress."""
+    ix = str(tmp_path / "ix")
+    assert main(["build", str(small_jsonl), "--index", ix, "--model", str(tiny_bert), "--no-progress"]) == 0
+    capsys.readouterr()
+    served = len(read_manifest(ix).representations)
+    assert served >= 2
+    done = "hnsw indexes: 100%"
+    for argv in (["convert", ix, "--index-type", "hnsw"], ["repair", ix], ["refit", ix]):
+        assert main(argv) == 0, argv
+        err = capsys.readouterr().err
+        assert done in err and f"{served}/{served}" in err, (argv, err)
+    assert main(["build", str(small_jsonl), "--index", ix, "--model", str(tiny_bert), "--overwrite", "--index-type", "hnsw"]) == 0
+    assert done in capsys.readouterr().err
+    for argv in (["convert", ix, "--index-type", "hnsw", "--no-progress"], ["repair", ix, "--no-progress"],
+                 ["convert", ix, "--index-type", "flat"], ["repair", ix]):
+        assert main(argv) == 0, argv
+        assert "indexes" not in capsys.readouterr().err, argv
+
+
 # -- efSearch tuned per representation --------------------------------------------------------------------------
 
 def exact_top(queries, base, k=10):
