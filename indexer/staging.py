@@ -476,15 +476,15 @@ def publish(
     tmp = directory / f".{generation}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     switched = False
+    spec = manifest.vector_index
     shown = contextlib.ExitStack()  # the bar, and log messages written above it rather than into it
-    bar = shown.enter_context(tqdm(total=len(representations), unit="index", desc=f"{manifest.vector_index.type} indexes",
-                                   disable=not progress or manifest.vector_index.type == "flat", dynamic_ncols=True))
+    bar = shown.enter_context(tqdm(total=len(representations), unit="index", desc=f"{spec.type} indexes",
+                                   disable=not progress or spec.type == "flat", dynamic_ncols=True))
     if not bar.disable:
         shown.enter_context(logging_redirect_tqdm())
     try:
         tmp.mkdir()
         files = {}
-        spec = manifest.vector_index
         built = {}
         written = []
         by_pooling: dict[str, list[str]] = {}

@@ -176,7 +176,6 @@ def test_cli_build_with_hnsw_info_and_convert(tmp_path, tiny_bert, small_jsonl, 
         main(["convert", ix])  # --index-type is required
 
 
-
 def test_building_approximate_indexes_shows_a_bar_over_the_representations(tmp_path, tiny_bert, small_jsonl, capsys):
     """An HNSW graph over a million vectors takes half an hour: convert, repair, refit, build and add show a bar over
     the representations' indexes while approximate ones are built; none for exact ones or with --no-progress."""
@@ -192,6 +191,12 @@ def test_building_approximate_indexes_shows_a_bar_over_the_representations(tmp_p
         assert done in err and f"{served}/{served}" in err, (argv, err)
     assert main(["build", str(small_jsonl), "--index", ix, "--model", str(tiny_bert), "--overwrite", "--index-type", "hnsw"]) == 0
     assert done in capsys.readouterr().err
+    more = tmp_path / "more.jsonl"  # an add extends each graph: the bar names it, and ends at every representation
+    more.write_text(json.dumps({"_id": "new-1", "text": "a passage the index has not seen yet"}) + "\n", encoding="utf-8")
+    assert main(["add", ix, str(more)]) == 0
+    err = capsys.readouterr().err
+    assert done in err and f"{served}/{served}" in err and ": extending" in err, err
+    assert all(read_manifest(ix).representations[r].built_from for r in read_manifest(ix).representations)
     for argv in (["convert", ix, "--index-type", "hnsw", "--no-progress"], ["repair", ix, "--no-progress"],
                  ["convert", ix, "--index-type", "flat"], ["repair", ix]):
         assert main(argv) == 0, argv
